@@ -1,0 +1,1 @@
+"""One module per CLI job; see ``widedeep.cli`` for the protocol each module follows."""
