@@ -1,0 +1,90 @@
+"""Item index (exact vs brute force, approximate vs exact) and the candidate policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widedeep.retrieval.candidates import CandidateGenerator
+from widedeep.retrieval.index import ExactIndex, HnswIndex, build_index, load_index, recall_vs_exact, save_index
+from widedeep.retrieval.interactions import CSR
+
+
+def _vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_exact_index_matches_brute_force_with_exclusions():
+    items, q = _vectors(300, 8), _vectors(20, 8, seed=1)
+    ex = CSR.from_pairs(np.zeros(5, dtype=np.int64), np.arange(5), 20, 300)
+    rows, scores = ExactIndex(items).search(q, 10, ex)
+    full = q @ items.T
+    full[0, :5] = -np.inf
+    want = np.argsort(-full, axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-5)
+    assert not np.isin(rows[0], np.arange(5)).any()
+
+
+def test_hnsw_agrees_with_exact(tmp_path):
+    items, q = _vectors(3000, 16), _vectors(200, 16, seed=2)
+    index, info = build_index(items, "hnsw", recall_k=50, recall_queries=q, threads=1)
+    assert info["recall@50_vs_exact"] >= 0.95
+    assert recall_vs_exact(index, ExactIndex(items), q, 50) == pytest.approx(info["recall@50_vs_exact"])
+    ex = CSR.from_pairs(np.arange(200), np.argmax(q @ items.T, axis=1), 200, 3000)  # ban each query's best item
+    rows, _ = index.search(q, 20, ex)
+    assert not (rows == ex.indices[:, None]).any()
+    keys = np.array([f"i{i}" for i in range(3000)])
+    save_index(tmp_path / "idx", keys, items, index, info)
+    k2, v2, idx2, info2 = load_index(tmp_path / "idx")
+    assert isinstance(idx2, HnswIndex) and info2["kind"] == "hnsw"
+    np.testing.assert_array_equal(k2, keys)
+    np.testing.assert_array_equal(idx2.search(q, 10)[0], index.search(q, 10)[0])
+
+
+def test_auto_index_is_exact_for_small_catalogs():
+    idx, info = build_index(_vectors(50, 4), "auto")
+    assert isinstance(idx, ExactIndex) and info["kind"] == "exact"
+
+
+def _generator() -> CandidateGenerator:
+    items = np.eye(6, dtype=np.float32)                      # item r scores user_vec[r]
+    pop = np.array([5, 1, 9, 3, 7, 0], dtype=np.float32)     # popularity order: 2, 4, 0, 3, 1, 5
+    keys = np.array([f"i{r}" for r in range(6)])
+    return CandidateGenerator(ExactIndex(items), pop, keys, seen={"alice": np.array([0, 2])})
+
+
+def test_seen_items_are_filtered():
+    gen = _generator()
+    vec = np.array([6, 5, 4, 3, 2, 1], dtype=np.float32)
+    rows, scores = gen.candidates(vec, user_key="alice", n=3)
+    assert rows.tolist() == [1, 3, 4]
+    assert scores.tolist() == [5, 3, 2]
+    rows, _ = gen.candidates(vec, user_key="alice", n=3, filter_seen=False)
+    assert rows.tolist() == [0, 1, 2]
+    rows, _ = gen.candidates(vec, user_key="bob", n=3)           # unknown user: nothing seen
+    assert rows.tolist() == [0, 1, 2]
+
+
+def test_caller_exclusions_and_n():
+    gen = _generator()
+    vec = np.array([6, 5, 4, 3, 2, 1], dtype=np.float32)
+    rows, _ = gen.candidates(vec, user_key="alice", n=10, exclude_keys=["i1", "not-an-item"], exclude_rows=[5])
+    assert rows.tolist() == [3, 4]
+
+
+def test_cold_start_falls_back_to_popularity_minus_seen():
+    gen = _generator()
+    rows, scores = gen.candidates(None, user_key="alice", n=3)
+    assert rows.tolist() == [4, 3, 1]
+    assert scores.tolist() == [7, 3, 1]
+    rows, _ = gen.candidates(None, user_key=None, n=2)
+    assert rows.tolist() == [2, 4]
+
+
+def test_batch_path_mixes_cold_and_warm_users():
+    gen = _generator()
+    vecs = np.array([[0.5, 0, 0.1, 0.2, 0, 1], [np.nan] * 6], dtype=np.float32)
+    rows, _ = gen.candidates_batch(vecs, 2, gen.seen_rows(["bob", "alice"]))
+    assert rows.tolist() == [[5, 0], [4, 3]]   # user 2 has no usable vector -> popularity, minus seen

@@ -1,0 +1,225 @@
+"""Item indexes: exact top-N by chunked matrix product, and an approximate HNSW index.
+
+Exact search scores the whole catalog with one matrix product per block of queries and keeps
+the top N (``torch.topk``); on a CPU this is fast enough for catalogs up to about a million
+items. Past that (``kind="auto"`` switches at ``EXACT_MAX_ITEMS``), an approximate index is
+built with **hnswlib**. Why hnswlib rather than faiss: both are well kept, but for our case
+(normalised embeddings, inner product, one index per model version, catalogs from 1M to tens
+of millions, CPU serving) HNSW gives >0.95 recall without a training step or tuning of
+cluster counts (faiss IVF/PQ needs both), hnswlib is a small self-contained wheel (the
+project's ``ann`` extra), saves to one file and answers batched queries multi-threaded.
+faiss would win for GPU search or billion-scale compressed indexes, which we do not need.
+
+The approximate index's recall against the exact top-N is measured on sample queries and
+logged when it is built, and stored in ``index.json``.
+
+Index directory layout::
+
+    DIR/index.json                  kind, dim, n_items, metric, measured recall, source checkpoint
+    DIR/items.parquet               item_key in row order (row r = embedding r)
+    DIR/item_embeddings.safetensors "embeddings": float32 [n_items, dim]
+    DIR/hnsw.bin                    (kind == "hnsw") the hnswlib graph
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from widedeep.errors import CheckpointError, ConfigError
+from widedeep.retrieval.interactions import CSR
+from widedeep.retrieval.metrics import rank_topk
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_ITEMS = 1_000_000
+INDEX_FORMAT = 1
+
+
+class ItemIndex(Protocol):
+    """Maximum-inner-product search over item embeddings."""
+
+    n_items: int
+    dim: int
+    kind: str
+
+    def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows int64 [Q, k], scores float32 [Q, k])`` best first; -1 / -inf pad short rows."""
+        ...
+
+
+class ExactIndex:
+    """Exact maximum-inner-product top-N over the full catalog (chunked ``queries @ items.T``).
+
+    Args:
+        vectors: float32 ``[n_items, dim]`` item embeddings.
+    """
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.n_items, self.dim = (int(x) for x in self.vectors.shape)
+
+    def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        _check_queries(q, self.dim)
+        return rank_topk(lambda lo, hi: q[lo:hi] @ self.vectors.T, q.shape[0], self.n_items, k, exclude, label="exact search")
+
+
+class HnswIndex:
+    """Approximate inner-product search with hnswlib (HNSW graph).
+
+    Args:
+        vectors: float32 ``[n_items, dim]`` item embeddings.
+        m: graph degree (hnswlib ``M``).
+        ef_construction: build-time beam width.
+        ef_search: query-time beam width (raised to at least the number of results asked for).
+        threads: threads for build and batched queries (-1 = all).
+    """
+
+    kind = "hnsw"
+
+    def __init__(self, vectors: np.ndarray | None, m: int = 32, ef_construction: int = 200, ef_search: int = 256,
+                 threads: int = -1, *, _loaded: Any = None, _dim: int = 0, _n: int = 0) -> None:
+        import hnswlib
+
+        self.ef_search = ef_search
+        self.threads = threads
+        if _loaded is not None:
+            self.index, self.dim, self.n_items = _loaded, _dim, _n
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.n_items, self.dim = (int(x) for x in v.shape)
+        t0 = time.monotonic()
+        self.index = hnswlib.Index(space="ip", dim=self.dim)
+        self.index.init_index(max_elements=max(self.n_items, 1), ef_construction=ef_construction, M=m, random_seed=0)
+        self.index.add_items(v, np.arange(self.n_items), num_threads=threads)
+        log.info("hnsw: indexed %d items (dim %d, M=%d, ef_construction=%d) in %.1fs",
+                 self.n_items, self.dim, m, ef_construction, time.monotonic() - t0)
+
+    def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        _check_queries(torch.from_numpy(q), self.dim)
+        n_q = q.shape[0]
+        extra = int(exclude.lengths().max(initial=0)) if exclude is not None else 0
+        kq = min(self.n_items, k + extra)
+        rows = np.full((n_q, k), -1, dtype=np.int64)
+        scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+        if n_q == 0 or kq == 0:
+            return rows, scores
+        self.index.set_ef(max(self.ef_search, kq))
+        labels, dist = self.index.knn_query(q, k=kq, num_threads=self.threads)
+        labels = labels.astype(np.int64)
+        sims = (1.0 - dist).astype(np.float32)          # hnswlib "ip" distance is 1 - <q, v>
+        if exclude is not None and exclude.nnz:
+            codes = np.arange(n_q, dtype=np.int64)[:, None] * self.n_items + labels
+            banned = np.isin(codes, exclude.row_ids() * self.n_items + exclude.indices)
+            sims = np.where(banned, -np.inf, sims)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        s = np.take_along_axis(sims, order, 1)
+        r = np.where(np.isneginf(s), -1, np.take_along_axis(labels, order, 1))
+        rows[:, : r.shape[1]] = r
+        scores[:, : s.shape[1]] = s
+        return rows, scores
+
+
+def _check_queries(q: torch.Tensor, dim: int) -> None:
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ConfigError(f"index search: queries must be [Q, {dim}], got {tuple(q.shape)}")
+
+
+def recall_vs_exact(approx: ItemIndex, exact: ExactIndex, queries: np.ndarray, k: int) -> float:
+    """Mean |approx top-k ∩ exact top-k| / |exact top-k| over ``queries``."""
+    a, _ = approx.search(queries, k)
+    e, _ = exact.search(queries, k)
+    n = np.int64(exact.n_items + 1)
+    rows = np.arange(e.shape[0], dtype=np.int64)[:, None] * n
+    valid = e >= 0
+    hit = np.isin(rows + e, (rows + a)[a >= 0]) & valid
+    return float(hit.sum() / max(valid.sum(), 1))
+
+
+def build_index(vectors: np.ndarray, kind: str = "auto", *, recall_k: int = 100, recall_queries: np.ndarray | None = None,
+                exact_max_items: int = EXACT_MAX_ITEMS, **hnsw_kwargs: Any) -> tuple[ItemIndex, dict[str, Any]]:
+    """Build the index for ``vectors`` and, for an approximate one, measure its recall against exact.
+
+    Args:
+        kind: ``"exact"``, ``"hnsw"`` or ``"auto"`` (exact up to ``exact_max_items`` items).
+        recall_k: N of the recall@N measured for an approximate index.
+        recall_queries: queries for that measurement; default: 1,000 item embeddings sampled
+            from the catalog (a proxy for user vectors, which live in the same space).
+
+    Returns:
+        ``(index, info)`` where ``info`` has ``kind`` and, for hnsw, ``recall@N_vs_exact``.
+    """
+    if kind not in ("auto", "exact", "hnsw"):
+        raise ConfigError(f"index kind: must be one of ['auto', 'exact', 'hnsw'], got {kind!r}")
+    n = int(vectors.shape[0])
+    if kind == "auto":
+        kind = "exact" if n <= exact_max_items else "hnsw"
+    info: dict[str, Any] = {"kind": kind, "n_items": n, "dim": int(vectors.shape[1]), "metric": "inner_product"}
+    if kind == "exact":
+        return ExactIndex(vectors), info
+    index = HnswIndex(vectors, **hnsw_kwargs)
+    if recall_queries is None:
+        rng = np.random.default_rng(0)
+        recall_queries = vectors[rng.choice(n, size=min(n, 1000), replace=False)]
+    t0 = time.monotonic()
+    k = min(recall_k, n)
+    rec = recall_vs_exact(index, ExactIndex(vectors), recall_queries, k)
+    info[f"recall@{k}_vs_exact"] = rec
+    info["recall_queries"] = int(recall_queries.shape[0])
+    log.info("hnsw: recall@%d against exact top-%d = %.4f over %d queries (%.1fs)", k, k, rec,
+             recall_queries.shape[0], time.monotonic() - t0)
+    print(f"approximate index recall@{k} vs exact: {rec:.4f} ({recall_queries.shape[0]} queries)")
+    return index, info
+
+
+def save_index(out: str | Path, item_keys: np.ndarray, vectors: np.ndarray, index: ItemIndex, info: dict[str, Any]) -> Path:
+    """Write the index directory (see the module docstring)."""
+    from safetensors.numpy import save_file
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_key": pa.array(item_keys)}), d / "items.parquet")
+    save_file({"embeddings": np.ascontiguousarray(vectors, dtype=np.float32)}, str(d / "item_embeddings.safetensors"))
+    if isinstance(index, HnswIndex):
+        index.index.save_index(str(d / "hnsw.bin"))
+    meta = {"format": INDEX_FORMAT, **info}
+    (d / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return d
+
+
+def load_index(path: str | Path) -> tuple[np.ndarray, np.ndarray, ItemIndex, dict[str, Any]]:
+    """``(item_keys, vectors, index, info)`` from an index directory."""
+    from safetensors.numpy import load_file
+
+    d = Path(path)
+    meta_p = d / "index.json"
+    if not meta_p.exists():
+        raise CheckpointError(f"{d}: not an item index (no index.json)")
+    info = json.loads(meta_p.read_text())
+    if info.get("format") != INDEX_FORMAT:
+        raise CheckpointError(f"{meta_p}: index format {info.get('format')!r}, this version reads {INDEX_FORMAT}")
+    keys = np.asarray(pq.read_table(d / "items.parquet").column("item_key").to_numpy(zero_copy_only=False))
+    vectors = load_file(str(d / "item_embeddings.safetensors"))["embeddings"]
+    if vectors.shape[0] != keys.shape[0]:
+        raise CheckpointError(f"{d}: {keys.shape[0]} item keys but {vectors.shape[0]} embeddings")
+    if info["kind"] == "hnsw":
+        import hnswlib
+
+        idx = hnswlib.Index(space="ip", dim=int(vectors.shape[1]))
+        idx.load_index(str(d / "hnsw.bin"), max_elements=int(vectors.shape[0]))
+        index: ItemIndex = HnswIndex(None, _loaded=idx, _dim=int(vectors.shape[1]), _n=int(vectors.shape[0]))
+    else:
+        index = ExactIndex(vectors)
+    return keys, vectors, index, info
