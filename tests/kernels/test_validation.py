@@ -1,0 +1,90 @@
+"""Bad input to the kernel gets a KernelInputError naming the value; bad configs a ConfigError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from widedeep.errors import ConfigError, KernelInputError
+from widedeep.kernels import OptimizerConfig, TableBatchedEmbeddingBag, TableConfig
+
+TABLES = [TableConfig("user", 10, 4), TableConfig("item", 5, 4)]
+SGD = OptimizerConfig("sgd", lr=0.1)
+
+
+@pytest.fixture
+def tbe():
+    return TableBatchedEmbeddingBag(TABLES, SGD)
+
+
+def _ok():  # B=2
+    return torch.tensor([1, 9, 0, 4, 2]), torch.tensor([0, 2, 3, 4, 5])
+
+
+def test_valid_input_passes(tbe):
+    assert tbe(*_ok()).shape == (2, 8)
+
+
+@pytest.mark.parametrize(
+    ("indices", "offsets", "match"),
+    [
+        ([1, 10, 0, 4, 2], [0, 2, 3, 4, 5], r"indices\[1\]=10 out of range for table 'user'.*0 <= id < 10"),
+        ([1, 9, 0, 5, 2], [0, 2, 3, 4, 5], r"indices\[3\]=5 out of range for table 'item'.*< 5"),
+        ([1, 9, -1, 4, 2], [0, 2, 3, 4, 5], r"indices\[2\]=-1 is negative \(table 'user'\)"),
+        ([1, 9, 0, 4, 2], [0, 3, 2, 4, 5], r"not monotone at position 2"),
+        ([1, 9, 0, 4, 2], [1, 2, 3, 4, 5], r"offsets\[0\]: expected 0, got 1"),
+        ([1, 9, 0, 4, 2], [0, 2, 3, 4, 4], r"offsets\[-1\]: expected 5"),
+        ([1, 9, 0, 4, 2], [0, 2, 3, 5], r"length T\*B\+1 with T=2 tables, got length 4"),
+    ],
+)
+def test_bad_values(tbe, indices, offsets, match):
+    with pytest.raises(KernelInputError, match=match):
+        tbe(torch.tensor(indices), torch.tensor(offsets))
+
+
+def test_dtype_and_shape_errors(tbe):
+    idx, off = _ok()
+    with pytest.raises(KernelInputError, match="indices: expected dtype torch.int64, got torch.int32"):
+        tbe(idx.int(), off)
+    with pytest.raises(KernelInputError, match="offsets: expected dtype torch.int64, got torch.float32"):
+        tbe(idx, off.float())
+    with pytest.raises(KernelInputError, match=r"indices: expected a 1-D tensor, got shape \(5, 1\)"):
+        tbe(idx[:, None], off)
+    with pytest.raises(KernelInputError, match="per_sample_weights: expected dtype torch.float32, got torch.float64"):
+        tbe(idx, off, torch.ones(5, dtype=torch.float64))
+    with pytest.raises(KernelInputError, match=r"per_sample_weights: expected shape \(5,\)"):
+        tbe(idx, off, torch.ones(4))
+
+
+def test_validation_can_be_turned_off():
+    tbe = TableBatchedEmbeddingBag(TABLES, SGD, validate=False)
+    idx, off = _ok()
+    assert tbe(idx, off).shape == (2, 8)
+    # Metadata checks stay on even without value checks.
+    with pytest.raises(KernelInputError, match="dtype"):
+        tbe(idx.int(), off)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: TableConfig("x", 0, 4), r"TableConfig\('x'\).num_rows: expected an int >= 1, got 0"),
+        (lambda: TableConfig("x", 3, 4, pooling="max"), r"pooling: expected one of \('sum', 'mean'\), got 'max'"),
+        (lambda: OptimizerConfig("adam", lr=0.1), r"OptimizerConfig.kind: expected one of"),
+        (lambda: OptimizerConfig("sgd", lr=0.0), r"OptimizerConfig.lr: expected > 0, got 0.0"),
+        (lambda: OptimizerConfig("ftrl", lr=0.1, l1=-1.0), r"OptimizerConfig.l1: expected a finite number >= 0"),
+        (lambda: TableBatchedEmbeddingBag(TABLES, SGD, backend="cuda"), r"backend: expected one of"),
+        (lambda: TableBatchedEmbeddingBag(TABLES, SGD, dtype=torch.bfloat16), r"vectorized path is fp32 only"),
+    ],
+)
+def test_bad_config(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_duplicate_table_names_and_lookup():
+    with pytest.raises(ConfigError, match=r"tables: names must be unique; repeated: \['a'\]"):
+        TableBatchedEmbeddingBag([TableConfig("a", 2, 2), TableConfig("a", 3, 2)], SGD)
+    tbe = TableBatchedEmbeddingBag(TABLES, SGD)
+    with pytest.raises(KernelInputError, match=r"no table named 'nope'; tables: \['user', 'item'\]"):
+        tbe.table_weight("nope")

@@ -1,0 +1,194 @@
+"""How many tables live in one weight tensor, and the input checks every backend shares.
+
+Packing: tables are laid out one after the other, in the order given, in ONE flat weight
+tensor (table ``t`` occupies ``elem_offsets[t] : elem_offsets[t] + num_rows * dim``), as
+FBGEMM's ``weights_offsets`` does. A *run* is a maximal sequence of consecutive tables with
+the same ``dim``: its rows are contiguous, so the run is one ``[rows, dim]`` matrix and one
+library call (``F.embedding_bag``) serves every table and bag of the run. The usual model has
+one run per side (all wide tables have D=1, all deep tables share D).
+
+Shape letters: ``T`` tables, ``B`` bags per table, ``N`` ids, ``D`` dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from widedeep.errors import ConfigError, KernelInputError
+from widedeep.kernels.config import TableConfig
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive tables ``first <= t < last`` sharing ``dim``; rows contiguous in the packing."""
+
+    first: int
+    last: int
+    dim: int
+    row_start: int  # first packed row of the run (rows of all tables counted together)
+    num_rows: int  # rows of the run's tables together
+    elem_start: int  # offset of the run in the flat weight tensor
+    col_start: int  # first output column of the run
+
+    @property
+    def num_tables(self) -> int:
+        return self.last - self.first
+
+
+class TableLayout:
+    """Offsets of every table in the packed weights, the output columns and the runs."""
+
+    def __init__(self, tables: list[TableConfig]) -> None:
+        if not tables:
+            raise ConfigError("tables: TableBatchedEmbeddingBag needs at least one table, got none")
+        names = [t.name for t in tables]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"tables: names must be unique; repeated: {dup}")
+        self.tables = list(tables)
+        self.row_offsets = [0]
+        self.elem_offsets = [0]
+        self.col_offsets = [0]
+        for t in tables:
+            self.row_offsets.append(self.row_offsets[-1] + t.num_rows)
+            self.elem_offsets.append(self.elem_offsets[-1] + t.num_rows * t.dim)
+            self.col_offsets.append(self.col_offsets[-1] + t.dim)
+        self.runs: list[Run] = []
+        first = 0
+        for i in range(1, len(tables) + 1):
+            if i == len(tables) or tables[i].dim != tables[first].dim:
+                self.runs.append(
+                    Run(
+                        first=first,
+                        last=i,
+                        dim=tables[first].dim,
+                        row_start=self.row_offsets[first],
+                        num_rows=self.row_offsets[i] - self.row_offsets[first],
+                        elem_start=self.elem_offsets[first],
+                        col_start=self.col_offsets[first],
+                    )
+                )
+                first = i
+        self.index = {n: i for i, n in enumerate(names)}
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.tables)
+
+    @property
+    def total_rows(self) -> int:
+        return self.row_offsets[-1]
+
+    @property
+    def total_elems(self) -> int:
+        return self.elem_offsets[-1]
+
+    @property
+    def total_dim(self) -> int:
+        return self.col_offsets[-1]
+
+    def table_index(self, t: int | str) -> int:
+        if isinstance(t, str):
+            if t not in self.index:
+                raise KernelInputError(f"no table named {t!r}; tables: {list(self.index)}")
+            return self.index[t]
+        if not 0 <= t < self.num_tables:
+            raise KernelInputError(f"table index {t} out of range: expected 0 <= t < {self.num_tables}")
+        return t
+
+
+def check_inputs(
+    layout: TableLayout,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None,
+    device: torch.device,
+    *,
+    check_values: bool,
+) -> int:
+    """Validate the jagged input and return ``B``, the number of bags per table.
+
+    Shapes, dtypes and devices are always checked (free: metadata only). With
+    ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
+    decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs a few passes over
+    ``N`` ids (about 10-20% of a CPU step) and, on CUDA, a device-to-host sync, which is why it
+    can be turned off (``validate=False``) once the loader is trusted.
+    """
+    for name, x in (("indices", indices), ("offsets", offsets)):
+        if not isinstance(x, torch.Tensor):
+            raise KernelInputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.int64:
+            raise KernelInputError(f"{name}: expected dtype torch.int64, got {x.dtype}")
+        if x.dim() != 1:
+            raise KernelInputError(f"{name}: expected a 1-D tensor, got shape {tuple(x.shape)}")
+        if x.device != device:
+            raise KernelInputError(f"{name}: expected device {device} (the weights'), got {x.device}")
+    T = layout.num_tables
+    if offsets.numel() < 1 or (offsets.numel() - 1) % T != 0:
+        raise KernelInputError(
+            f"offsets: expected length T*B+1 with T={T} tables, got length {offsets.numel()} "
+            f"({offsets.numel() - 1} is not a multiple of {T})"
+        )
+    B = (offsets.numel() - 1) // T
+    N = indices.numel()
+    if per_sample_weights is not None:
+        w = per_sample_weights
+        if not isinstance(w, torch.Tensor):
+            raise KernelInputError(f"per_sample_weights: expected a torch.Tensor or None, got {type(w).__name__}")
+        if w.dtype != torch.float32:
+            raise KernelInputError(f"per_sample_weights: expected dtype torch.float32, got {w.dtype}")
+        if w.dim() != 1 or w.numel() != N:
+            raise KernelInputError(
+                f"per_sample_weights: expected shape ({N},) like indices, got {tuple(w.shape)}"
+            )
+        if w.device != device:
+            raise KernelInputError(f"per_sample_weights: expected device {device}, got {w.device}")
+    if not check_values:
+        return B
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first != 0:
+        raise KernelInputError(f"offsets[0]: expected 0, got {first}")
+    if last != N:
+        raise KernelInputError(f"offsets[-1]: expected {N} (the number of indices), got {last}")
+    if B > 0:
+        d = offsets[1:] - offsets[:-1]
+        if bool((d < 0).any()):
+            i = int(torch.nonzero(d < 0)[0, 0])
+            raise KernelInputError(
+                f"offsets: not monotone at position {i + 1}: offsets[{i}]={int(offsets[i])} > "
+                f"offsets[{i + 1}]={int(offsets[i + 1])}"
+            )
+    if N == 0:
+        return B
+    if bool((indices < 0).any()):
+        i = int(torch.nonzero(indices < 0)[0, 0])
+        t = _table_of_position(offsets, B, i)
+        raise KernelInputError(
+            f"indices[{i}]={int(indices[i])} is negative (table {layout.tables[t].name!r}); expected 0 <= id"
+        )
+    counts = table_counts(offsets, B, T)
+    rows = torch.tensor([t.num_rows for t in layout.tables], dtype=torch.int64, device=device)
+    limit = torch.repeat_interleave(rows, counts, output_size=N)
+    bad = indices >= limit
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        t = _table_of_position(offsets, B, i)
+        tc = layout.tables[t]
+        raise KernelInputError(
+            f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: "
+            f"expected 0 <= id < {tc.num_rows}"
+        )
+    return B
+
+
+def table_counts(offsets: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """Ids per table, int64 ``[T]``: from the table boundaries ``offsets[0::B]``."""
+    bounds = offsets[0 :: max(B, 1)] if B > 0 else offsets.new_zeros(T + 1)
+    return bounds[1:] - bounds[:-1]
+
+
+def _table_of_position(offsets: torch.Tensor, B: int, i: int) -> int:
+    bag = int(torch.searchsorted(offsets, torch.tensor(i, device=offsets.device), right=True)) - 1
+    return bag // max(B, 1)
