@@ -1,0 +1,176 @@
+"""Reading what retrieval needs from a prepared data directory, vectorized with Arrow.
+
+- the **item catalog**: one row per ``item_key`` with the item-side prepared columns (a
+  deterministic function of the item's raw features, contracts §5), in a fixed row order that
+  the index, the candidate policy and evaluation share;
+- the **user table**: one row per ``user_key`` with its user- and context-side columns;
+- **interactions**: user x item sets as CSR (training history, test positives).
+
+Also the Arrow -> tensor step of the towers (``tower_input``): jagged, table-major ids as the
+kernel wants them, without per-row Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from widedeep.data.batch import JaggedIds
+from widedeep.errors import DataError
+from widedeep.retrieval.interactions import CSR, key_rows
+
+SPLITS = ("train", "valid", "test")
+
+
+def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
+    """Prepared columns of the given sides that any model reads (id tables of both parts, numerics)."""
+    cols: dict[str, None] = {}
+    for t in list(fs.wide_tables) + list(fs.deep_tables):
+        if t.side in sides:
+            cols[t.column] = None
+    for c in fs.dense_columns:
+        if fs.feature_side(c) in sides:
+            cols[c] = None
+    return list(cols)
+
+
+def data_root(path: str | Path) -> Path:
+    """The prepared directory for ``DIR`` or ``DIR/<split>`` (the one holding feature_space.json)."""
+    p = Path(path)
+    if (p / "feature_space.json").exists():
+        return p
+    if p.name in SPLITS and (p.parent / "feature_space.json").exists():
+        return p.parent
+    raise DataError(f"{p}: not a prepared data directory or split (no feature_space.json here or above)")
+
+
+def read_split(path: str | Path, columns: list[str]) -> pa.Table:
+    """Columns of every Parquet shard under ``path`` (a split directory or one file)."""
+    p = Path(path)
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"{p}: no Parquet shards")
+    tables = []
+    for f in files:
+        schema = pq.read_schema(f)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise DataError(f"{f}: missing prepared column(s) {missing} (has {schema.names})")
+        tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def first_by_key(table: pa.Table, key: str) -> tuple[np.ndarray, pa.Table]:
+    """``(distinct keys in first-seen order, their first rows)``."""
+    codes = pc.dictionary_encode(table.column(key)).combine_chunks()
+    idx = np.asarray(codes.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    _, first = np.unique(idx, return_index=True)
+    first = np.sort(first)
+    rows = table.take(pa.array(first))
+    keys = np.asarray(rows.column(key).to_numpy(zero_copy_only=False))
+    return keys, rows
+
+
+@dataclass
+class Catalog:
+    """Items in a fixed row order: ``keys[r]`` and its prepared item-side columns ``table[r]``."""
+
+    keys: np.ndarray
+    table: pa.Table
+
+    @property
+    def n_items(self) -> int:
+        return int(self.keys.shape[0])
+
+    def rows(self, keys: Any) -> np.ndarray:
+        return key_rows(keys, self.keys)
+
+
+def load_rows(root: Path, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
+    parts = [read_split(root / s, columns) for s in splits if (root / s).exists()]
+    if not parts:
+        raise DataError(f"{root}: none of the splits {list(splits)} exist")
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def build_catalog(fs: Any, root: str | Path, splits: tuple[str, ...] = SPLITS) -> Catalog:
+    """The item catalog of every item in ``splits`` of a prepared directory."""
+    if not fs.item_key:
+        raise DataError(f"{root}: the FeatureSpace declares no item_key; retrieval needs one")
+    t = load_rows(Path(root), splits, [fs.item_key, *side_columns(fs, ("item",))])
+    keys, rows = first_by_key(t, fs.item_key)
+    return Catalog(keys, rows.drop_columns([fs.item_key]))
+
+
+def interactions(table: pa.Table, user_col: str, item_col: str, users: np.ndarray, items: np.ndarray,
+                 positives_only: bool = True) -> CSR:
+    """Users x items CSR (rows aligned with ``users``) of ``table``'s rows (``label == 1`` if asked).
+
+    Rows whose user or item is not in ``users`` / ``items`` are left out (the caller chooses them).
+    """
+    if positives_only:
+        table = table.filter(pc.equal(table.column("label"), 1.0))
+    u = key_rows(table.column(user_col), users)
+    i = key_rows(table.column(item_col), items)
+    ok = (u >= 0) & (i >= 0)
+    return CSR.from_pairs(u[ok], i[ok], len(users), len(items))
+
+
+def _ids_lengths(col: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        raise DataError(f"column {name!r}: {arr.null_count} null id(s) in prepared data")
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        return pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64), lengths
+    return arr.to_numpy(zero_copy_only=False).astype(np.int64), None
+
+
+def tower_input(feats: Any, table: pa.Table) -> Any:
+    """Arrow rows -> ``TowerInput`` (jagged table-major ids + float32 numerics) of one tower."""
+    from widedeep.model.two_tower import TowerInput
+
+    b = table.num_rows
+    values, lengths = [], []
+    for column, _n, _p, _multi in feats.tables:
+        if column not in table.column_names:
+            raise DataError(f"column {column!r} missing (have {table.column_names})")
+        v, ln = _ids_lengths(table.column(column), column)
+        values.append(v)
+        lengths.append(np.ones(b, dtype=np.int64) if ln is None else ln)
+    if values:
+        vals = np.concatenate(values)
+        offs = np.zeros(len(values) * b + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(lengths), out=offs[1:])
+    else:
+        vals, offs = np.zeros(0, np.int64), np.zeros(1, np.int64)
+    if feats.dense:
+        dense = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float32)
+                          for c in feats.dense], axis=1)
+    else:
+        dense = np.zeros((b, 0), dtype=np.float32)
+    return TowerInput(JaggedIds(torch.from_numpy(vals), torch.from_numpy(offs)), torch.from_numpy(dense))
+
+
+def embed(model: Any, tower: str, table: pa.Table, batch_rows: int = 65536) -> np.ndarray:
+    """Vectors ``[rows, D]`` of ``table`` through the user or item tower, in eval mode, chunked."""
+    m = getattr(model, "module", model)
+    feats = m.user_features if tower == "user" else m.item_features
+    fn = m.user_embedding if tower == "user" else m.item_embedding
+    out = []
+    was = m.training
+    m.eval()
+    with torch.no_grad():
+        for lo in range(0, max(table.num_rows, 1), batch_rows):
+            part = table.slice(lo, batch_rows)
+            if part.num_rows:
+                out.append(fn(tower_input(feats, part)).numpy())
+    m.train(was)
+    return np.concatenate(out) if out else np.zeros((0, m.cfg.output_dim), np.float32)
