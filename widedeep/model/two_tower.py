@@ -116,6 +116,9 @@ class TowerInput:
     def batch_size(self) -> int:
         return int(self.dense.shape[0])
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TowerInput:
+        return TowerInput(self.ids.to(device, non_blocking), self.dense.to(device, non_blocking=non_blocking))
+
 
 class Tower(nn.Module):
     """Embedding bags (fused kernel) + numerics -> MLP -> L2-normalised ``[B, D]``.

@@ -30,8 +30,15 @@ SPLITS = ("train", "valid", "test")
 
 
 def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
-    """Prepared columns of the given sides that any model reads (id tables of both parts, numerics)."""
+    """Prepared columns of the given sides: every feature of those sides (cross components too),
+    or, for a FeatureSpace-like object without ``features``, the columns of its tables."""
     cols: dict[str, None] = {}
+    feats = getattr(fs, "features", None)
+    if feats is not None:
+        for f in feats:
+            if fs.feature_side(f.name) in sides:
+                cols[f.name] = None
+        return list(cols)
     for t in list(fs.wide_tables) + list(fs.deep_tables):
         if t.side in sides:
             cols[t.column] = None

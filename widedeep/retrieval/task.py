@@ -115,6 +115,11 @@ class RetrievalBatch:
     def batch_size(self) -> int:
         return self.user.batch_size
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RetrievalBatch:
+        return RetrievalBatch(self.user.to(device, non_blocking), self.item.to(device, non_blocking),
+                              self.item_ids.to(device, non_blocking=non_blocking),
+                              self.log_q.to(device, non_blocking=non_blocking))
+
 
 def collate(table: pa.Table, fs: Any, cfg: Any) -> RetrievalBatch:
     """Prepared rows -> a ``RetrievalBatch`` of the positive rows (thread-safe)."""

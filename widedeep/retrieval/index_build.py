@@ -1,0 +1,51 @@
+"""Build an item index from a retriever checkpoint and a prepared item source (``widedeep index``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from widedeep.errors import CheckpointError, DataError
+from widedeep.retrieval.data import Catalog, build_catalog, embed, first_by_key, read_split, side_columns
+from widedeep.retrieval.index import build_index, save_index
+
+log = logging.getLogger(__name__)
+
+
+def load_items(fs: Any, items: str | Path) -> Catalog:
+    """The catalog from a prepared directory (all splits), one split directory, or a Parquet file."""
+    p = Path(items)
+    if (p / "feature_space.json").exists():
+        return build_catalog(fs, p)
+    if not p.exists():
+        raise DataError(f"--items {p}: no such file or directory")
+    t = read_split(p, [fs.item_key, *side_columns(fs, ("item",))])
+    keys, rows = first_by_key(t, fs.item_key)
+    return Catalog(keys, rows.drop_columns([fs.item_key]))
+
+
+def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto", exact_max_items: int = 1_000_000,
+                     recall_k: int = 100, **hnsw: Any) -> dict[str, Any]:
+    """Embed every catalog item with the checkpoint's item tower, build and save the index."""
+    from widedeep.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    if ck.task != "retrieval":
+        raise CheckpointError(f"--checkpoint {checkpoint}: task is {ck.task!r}, expected a retriever ('retrieval')")
+    fs = ck.feature_space
+    if not fs.item_key:
+        raise DataError(f"{checkpoint}: its FeatureSpace declares no item_key")
+    catalog = load_items(fs, items)
+    t0 = time.monotonic()
+    vectors = embed(ck.model, "item", catalog.table)
+    log.info("embedded %d items in %.1fs", catalog.n_items, time.monotonic() - t0)
+    index, info = build_index(vectors, kind, recall_k=recall_k, exact_max_items=exact_max_items, **hnsw)
+    info["checkpoint"] = str(checkpoint)
+    info["feature_space_hash"] = fs.content_hash
+    save_index(out, catalog.keys, vectors, index, info)
+    return info
+
+
+__all__ = ["build_item_index", "load_items"]

@@ -1,0 +1,214 @@
+"""Full-catalog top-K evaluation of retrieval, of retrieval + ranking, and of two baselines.
+
+For every user of the evaluated split with at least one positive (``label == 1``), the WHOLE
+item catalog minus the user's training items is ranked (no sampled negatives):
+
+- **retrieval**: the two-tower user vector against every item vector (exact search, through
+  the same ``CandidateGenerator`` the online Retriever uses) -> Recall@10/50/100/500;
+- **final**: the top-N candidates re-ranked by the Wide & Deep ranker (user-side prepared
+  columns of the user + item-side columns of each candidate from the catalog, pair crosses
+  through ``fs.add_crosses``) -> HR@10, NDCG@10, Recall@10, Recall@50;
+- **baselines**, through the same ranking engine and exclusions: most-popular and item-kNN
+  (cosine over the training interaction matrix).
+
+Definitions: a user's *training items* are every item of their rows in the train split (any
+label: a seen item is never recommended again); their *history* for item-kNN and the
+popularity counts are the train split's positives; *relevant* items are the evaluated split's
+positives. The catalog is every item of the prepared directory (all splits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from widedeep.errors import CheckpointError, DataError
+from widedeep.retrieval.baselines import ItemKNN, MostPopular
+from widedeep.retrieval.candidates import CandidateGenerator
+from widedeep.retrieval.data import SPLITS, Catalog, build_catalog, data_root, embed, first_by_key, interactions, load_rows, read_split, side_columns
+from widedeep.retrieval.index import ExactIndex
+from widedeep.retrieval.interactions import CSR, key_rows
+from widedeep.retrieval.metrics import rank_topk, ranking_metrics
+
+log = logging.getLogger(__name__)
+
+RETRIEVAL_KS = (10, 50, 100, 500)
+FINAL_KS = (10, 50)
+
+
+def _final_subset(m: dict[str, float]) -> dict[str, float]:
+    keys = ("hr@10", "ndcg@10", "recall@10", "recall@50", "ndcg@50", "hr@50")
+    return {k: m[k] for k in keys if k in m} | {"users": m["users"]}
+
+
+class EvalData:
+    """Users, catalog and interaction sets of one evaluation (built once, shared by all methods)."""
+
+    def __init__(self, fs: Any, data_dir: str | Path) -> None:
+        t0 = time.monotonic()
+        self.fs = fs
+        p = Path(data_dir)
+        self.root = data_root(p)
+        self.split_dir = p if p.name in SPLITS and p != self.root else self.root / "test"
+        if not fs.user_key or not fs.item_key:
+            raise DataError(f"{self.root}: top-K evaluation needs user_key and item_key in the FeatureSpace")
+        uk, ik = fs.user_key, fs.item_key
+        self.catalog: Catalog = build_catalog(fs, self.root)
+        user_cols = side_columns(fs, ("user", "context"))
+        train = read_split(self.root / "train", [uk, ik, "label", *user_cols])
+        test = read_split(self.split_dir, [uk, ik, "label", *user_cols])
+        test_pos = test.filter(pc.equal(test.column("label"), 1.0))
+        self.users = first_by_key(test_pos.select([uk]), uk)[0]           # users with >= 1 positive
+        self.train_users = first_by_key(train.select([uk]), uk)[0]
+        items = self.catalog.keys
+        self.relevant = interactions(test_pos, uk, ik, self.users, items, positives_only=False)
+        self.exclude = interactions(train, uk, ik, self.users, items, positives_only=False)
+        self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
+        self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
+        # the user's features: their train rows first (every user of a per-user time split has
+        # some), else their rows in the evaluated split
+        both = pa.concat_tables([train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive")
+        ukeys, urows = first_by_key(both, uk)
+        self.user_table = urows.take(pa.array(key_rows(self.users, ukeys)))
+        log.info("top-K eval: %d users with positives in %s, %d items in the catalog, %d relevant pairs (%.1fs)",
+                 len(self.users), self.split_dir, self.catalog.n_items, self.relevant.nnz, time.monotonic() - t0)
+        if len(self.users) == 0:
+            raise DataError(f"{self.split_dir}: no user has a positive (label == 1) row to evaluate")
+
+
+def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows [U, n], scores [U, n], item_vectors)`` of the two-tower retriever for every user."""
+    t0 = time.monotonic()
+    item_vecs = embed(model, "item", data.catalog.table)
+    user_vecs = embed(model, "user", data.user_table)
+    popularity = np.bincount(data.train_pos.indices, minlength=data.catalog.n_items).astype(np.float32)
+    gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
+    rows, scores = gen.candidates_batch(user_vecs, n, data.exclude)
+    log.info("retrieval: %d users x %d items ranked in %.1fs", len(data.users), data.catalog.n_items, time.monotonic() - t0)
+    return rows, scores, item_vecs
+
+
+def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users_per_chunk: int = 64) -> np.ndarray:
+    """The candidates of every user re-ordered by the ranker's score (padding -1 stays last)."""
+    from widedeep.data.collate import Collator
+
+    user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
+    item_tab = data.catalog.table
+    collator = Collator(rfs, require_label=False)
+    n_users, n = cand.shape
+    out = np.full_like(cand, -1)
+    t0 = last = time.monotonic()
+    ranker.eval()
+    for lo in range(0, n_users, users_per_chunk):
+        hi = min(n_users, lo + users_per_chunk)
+        c = cand[lo:hi]
+        valid = c >= 0
+        u_idx = np.repeat(np.arange(lo, hi), valid.sum(1))
+        i_idx = c[valid]
+        t = data.user_table.select(user_cols).take(pa.array(u_idx))
+        it = item_tab.take(pa.array(i_idx))
+        for name in it.column_names:
+            if name not in t.column_names:
+                t = t.append_column(name, it.column(name))
+        t = rfs.add_crosses(t)
+        with torch.no_grad():
+            logits = ranker(collator(t)).float().numpy()
+        s = np.full(c.shape, -np.inf, dtype=np.float64)
+        s[valid] = logits
+        order = np.argsort(-s, axis=1, kind="stable")
+        out[lo:hi] = np.take_along_axis(c, order, 1)
+        now = time.monotonic()
+        if now - last > 10:
+            rate = hi / (now - t0)
+            log.info("re-ranking: %d/%d users (%.0f users/s, ETA %.0fs)", hi, n_users, rate, (n_users - hi) / rate)
+            last = now
+    return out
+
+
+def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
+    """Most-popular and item-kNN through the same engine, exclusions and metrics."""
+    out: dict[str, dict[str, float]] = {}
+    pop = MostPopular(data.train_pos)
+    rows, _ = rank_topk(lambda lo, hi: pop.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
+                        data.exclude, label="most-popular")
+    out["most_popular"] = ranking_metrics(rows, data.relevant, RETRIEVAL_KS)
+    knn = ItemKNN(data.train_pos)
+    rows, _ = rank_topk(lambda lo, hi: knn.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
+                        data.exclude, label="item-kNN")
+    out["item_knn"] = ranking_metrics(rows, data.relevant, RETRIEVAL_KS)
+    return out
+
+
+def evaluate_topk(retriever: Any, rfs: Any, data: EvalData, ranker: Any | None, ranker_fs: Any | None, n_candidates: int) -> dict[str, Any]:
+    """All metrics as the JSON document ``run_topk`` writes."""
+    k = max(max(RETRIEVAL_KS), n_candidates)
+    rows, _, _ = retrieve(retriever, data, k)
+    result: dict[str, Any] = {
+        "users": int(len(data.users)),
+        "items": int(data.catalog.n_items),
+        "candidates": int(n_candidates),
+        "retrieval": ranking_metrics(rows, data.relevant, RETRIEVAL_KS),
+    }
+    cand = rows[:, :n_candidates]
+    if ranker is not None:
+        t0 = time.monotonic()
+        final = rerank(ranker, ranker_fs, data, cand)
+        log.info("re-ranked %d x %d candidates in %.1fs", *cand.shape, time.monotonic() - t0)
+        result["final"] = _final_subset(ranking_metrics(final, data.relevant, FINAL_KS))
+        result["final"]["reranked"] = True
+    else:
+        result["final"] = _final_subset(ranking_metrics(cand, data.relevant, FINAL_KS))
+        result["final"]["reranked"] = False
+    result["baselines"] = baselines(data, max(RETRIEVAL_KS))
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cols = ["recall@10", "recall@50", "recall@100", "recall@500", "hr@10", "ndcg@10"]
+    rows = [("retrieval (two-tower)", result["retrieval"]),
+            (f"retrieval + ranker (top-{result['candidates']})", result["final"]),
+            ("most-popular", result["baselines"]["most_popular"]),
+            ("item-kNN", result["baselines"]["item_knn"])]
+    w = max(len(r[0]) for r in rows) + 2
+    lines = [f"top-K over the full catalog: {result['users']} users, {result['items']} items",
+             "".ljust(w) + "".join(c.rjust(11) for c in cols)]
+    for name, m in rows:
+        lines.append(name.ljust(w) + "".join((f"{m[c]:.4f}" if c in m else "-").rjust(11) for c in cols))
+    return "\n".join(lines)
+
+
+def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metrics_out: str | None) -> int:
+    """``widedeep evaluate --task topk``: evaluate, print a table, write the metrics JSON."""
+    from widedeep.retrieval.task import retrieval_config
+    from widedeep.train.checkpoint import load_checkpoint
+
+    ret = load_checkpoint(retriever_ckpt)
+    if ret.task != "retrieval":
+        raise CheckpointError(f"{retriever_ckpt}: checkpoint task is {ret.task!r}, expected 'retrieval' (--retriever)")
+    fs = ret.feature_space
+    ranker = ranker_fs = None
+    if ranker_ckpt:
+        rk = load_checkpoint(ranker_ckpt)
+        ranker, ranker_fs = rk.model, rk.feature_space
+        if ranker_fs.content_hash != fs.content_hash:
+            raise CheckpointError(f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
+                                  f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data")
+    data = EvalData(fs, data_dir)
+    n = retrieval_config(ret.config).candidates
+    result = evaluate_topk(ret.model, fs, data, ranker, ranker_fs, n)
+    result["retriever"] = str(retriever_ckpt)
+    result["ranker"] = str(ranker_ckpt) if ranker_ckpt else None
+    result["data"] = str(data.split_dir)
+    print(format_table(result))
+    if metrics_out:
+        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_out).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return 0
