@@ -1,0 +1,377 @@
+"""``widedeep prepare``: raw logs -> FeatureSpace + sharded Parquet of model inputs, on Ray Data.
+
+Pipeline (each pass is one Ray Data ``map_batches`` over read units, see ``sources.py``)::
+
+    pass 0 (time splits only): collect time cut-offs (global sketch, or per-user (user, time))
+    pass 1 (fit):    read unit -> assign split -> partial statistics of the TRAIN rows
+                     -> driver merges them (no shuffle) -> FeatureSpace
+    pass 2 (write):  read unit -> assign split -> FeatureSpace.transform (Arrow/NumPy)
+                     -> DIR/{train,valid,test}/part-UUUUU-KKKK.parquet + per-shard statistics
+
+Why tasks write their own shards rather than ``Dataset.write_parquet``: the three splits come
+out of one pass over the input (three ``filter`` + ``write_parquet`` would read it three
+times), file names are deterministic (``part-<unit>-<k>``), and each task returns exactly the
+statistics the manifest needs (rows, label sum, OOV counts, skipped rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from widedeep.data.sources import ReadUnit, filesystem, plan_units, read_unit
+from widedeep.data.split import SPLITS, SplitSpec, Splitter, parse_split, time_values, user_cutoffs
+from widedeep.errors import DataError, WidedeepError
+from widedeep.features import sketch
+from widedeep.features.fit import Accumulator, _from_ipc, _ipc, partial_stats
+from widedeep.features.space import FeatureSpace
+from widedeep.features.spec import FeatureSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+MANIFEST_KIND = "widedeep.prepared"
+_TIME_BITS = 40  # time sketch: exact for integer timestamps below 2**41
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Knobs of one ``prepare`` run (CLI flags map 1:1)."""
+
+    inputs: list[str]
+    out: str
+    split: str = "random:0.8,0.1,0.1"
+    seed: int = 0
+    format: str = "auto"
+    on_bad_rows: str = "error"
+    shard_rows: int = 1_000_000
+    row_group_rows: int = 65_536
+    chunk_rows: int = 131_072
+    unit_rows: int = 1_000_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_bad_rows not in ("error", "skip"):
+            raise DataError(f"--on-bad-rows must be error or skip, got {self.on_bad_rows!r}")
+        for k in ("shard_rows", "row_group_rows", "chunk_rows", "unit_rows"):
+            if getattr(self, k) <= 0:
+                raise DataError(f"{k}: must be > 0")
+
+
+def needed_columns(spec: FeatureSpec, split: SplitSpec) -> list[str]:
+    from widedeep.features.spec import feature_column
+
+    cols: list[str] = []
+    for c in [feature_column(f) for f in spec.features] + [spec.label.source, spec.user_key, spec.item_key] + split.columns:
+        if c and c not in cols:
+            cols.append(c)
+    return cols
+
+
+def unwrap_error(e: BaseException) -> WidedeepError | None:
+    """The widedeep error inside a Ray task / Ray Data wrapper, if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, WidedeepError) and type(cur).__module__ == "widedeep.errors":
+            return cur
+        stack.extend([getattr(cur, "cause", None), cur.__cause__, cur.__context__])
+    return None
+
+
+def _units_dataset(units: list[ReadUnit]):
+    import ray.data
+
+    return ray.data.from_items([u.to_item() for u in units], override_num_blocks=max(1, len(units)))
+
+
+def _run(ds, what: str):
+    """Iterate a dataset's output batches on the driver, re-raising our errors cleanly."""
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:  # noqa: BLE001 - Ray wraps task errors; surface ours without the traceback
+        inner = unwrap_error(e)
+        if inner is not None:
+            raise type(inner)(str(inner)) from None
+        raise
+
+
+# ------------------------------------------------------------------ tasks (run in Ray workers)
+
+
+def _time_task(batch: pa.Table, split: SplitSpec, chunk_rows: int, on_bad_rows: str) -> pa.Table:
+    keys, blobs = [], []
+    for item in batch.to_pylist():
+        unit = ReadUnit.from_item(item)
+        for chunk, _ in read_unit(unit, split.columns, chunk_rows, on_bad_rows):
+            t = time_values(chunk, split.time_column or "", unit.path)
+            if split.mode == "time":
+                k, c = sketch.sketch_keys(t, _TIME_BITS)
+                piece = pa.table({"key": pa.array(k, pa.int64()), "count": pa.array(c.astype(np.int64))})
+            else:
+                ucol = split.user_column or ""
+                if ucol not in chunk.column_names:
+                    raise DataError(f"{unit.path}: missing split user column {ucol!r}")
+                piece = pa.table({"user": pa.compute.cast(chunk.column(ucol), pa.string()), "time": pa.array(t)})
+            keys.append(split.mode)
+            blobs.append(_ipc(piece))
+    return pa.table({"key": pa.array(keys, pa.string()), "blob": pa.array(blobs, pa.binary())})
+
+
+def _fit_task(batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list[str], chunk_rows: int, on_bad_rows: str) -> pa.Table:
+    spec = parse_spec(spec_doc)
+    outs = []
+    for item in batch.to_pylist():
+        unit = ReadUnit.from_item(item)
+        row, n_read, bad_parse = unit.row_offset, 0, 0
+        for chunk, bad in read_unit(unit, columns, chunk_rows, on_bad_rows):
+            assign = splitter.assign(chunk, unit.file_index, row, unit.path)
+            row += chunk.num_rows
+            n_read += chunk.num_rows
+            bad_parse += bad
+            train = chunk.filter(pa.array(assign == 0))
+            if train.num_rows:
+                outs.append(partial_stats(spec, train, on_bad_rows, where=unit.path))
+        read = pa.table({"n": [n_read], "bad_parse": [bad_parse]})
+        outs.append(pa.table({"key": pa.array(["read"]), "blob": pa.array([_ipc(read)], pa.binary())}))
+    return pa.concat_tables(outs)
+
+
+_FS_CACHE: dict[str, FeatureSpace] = {}
+
+
+class _ShardWriter:
+    """Writes one split's rows of one unit into part files of at most ``shard_rows`` rows."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, split: str, unit: int, shard_rows: int, row_group_rows: int):
+        self.fs, self.dir, self.unit = fs, f"{root}/{split}", unit
+        self.shard_rows, self.row_group_rows = shard_rows, row_group_rows
+        self.k, self.rows, self.writer, self.files = 0, 0, None, []
+
+    def write(self, t: pa.Table) -> None:
+        while t.num_rows:
+            if self.writer is None:
+                path = f"{self.dir}/part-{self.unit:05d}-{self.k:04d}.parquet"
+                self.writer = pq.ParquetWriter(path, t.schema, filesystem=self.fs, compression="snappy")
+                self.files.append([path, 0])
+            take = min(t.num_rows, self.shard_rows - self.rows)
+            self.writer.write_table(t.slice(0, take), row_group_size=self.row_group_rows)
+            self.rows += take
+            self.files[-1][1] += take
+            t = t.slice(take)
+            if self.rows >= self.shard_rows:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.rows, self.k = None, 0, self.k + 1
+
+
+def _write_task(
+    batch: pa.Table, fs_json: str, splitter: Splitter, columns: list[str], out: str, opts: dict[str, Any]
+) -> pa.Table:
+    fspace = _FS_CACHE.get(fs_json[-200:] + str(len(fs_json)))
+    if fspace is None:
+        fspace = FeatureSpace.from_json(fs_json)
+        _FS_CACHE.clear()
+        _FS_CACHE[fs_json[-200:] + str(len(fs_json))] = fspace
+    ofs, root = filesystem(out)
+    keep_time = splitter.spec.time_column if splitter.spec.mode != "random" else None
+    rows_meta: list[dict[str, Any]] = []
+    for item in batch.to_pylist():
+        unit = ReadUnit.from_item(item)
+        writers = [_ShardWriter(ofs, root, s, unit.index, opts["shard_rows"], opts["row_group_rows"]) for s in SPLITS]
+        stats = [{"rows": 0, "label_sum": 0.0, "skipped": {}, "oov": {}, "values": {}} for _ in SPLITS]
+        row, bad_parse = unit.row_offset, 0
+        for chunk, bad in read_unit(unit, columns, opts["chunk_rows"], opts["on_bad_rows"]):
+            bad_parse += bad
+            assign = splitter.assign(chunk, unit.file_index, row, unit.path)
+            row += chunk.num_rows
+            for s in range(3):
+                part = chunk.filter(pa.array(assign == s))
+                if not part.num_rows:
+                    continue
+                t, info = fspace.transform_checked(
+                    part, require_label=True, on_bad_rows=opts["on_bad_rows"], where=unit.path, passthrough=(keep_time,) if keep_time else ()
+                )
+                writers[s].write(t)
+                st = stats[s]
+                st["rows"] += t.num_rows
+                st["label_sum"] += float(np.asarray(t.column("label").to_numpy(), dtype=np.float64).sum())
+                for k, v in info.skipped.items():
+                    st["skipped"][k] = st["skipped"].get(k, 0) + v
+                for k, v in info.oov.items():
+                    st["oov"][k] = st["oov"].get(k, 0) + v
+                for k, v in info.values.items():
+                    st["values"][k] = st["values"].get(k, 0) + v
+        for w in writers:
+            w.close()
+        for s, name in enumerate(SPLITS):
+            rows_meta.append({"unit": unit.index, "split": name, "files": writers[s].files, "stats": stats[s], "bad_parse": bad_parse if s == 0 else 0})
+    return pa.table({"meta": pa.array([json.dumps(r, sort_keys=True) for r in rows_meta], pa.string())})
+
+
+# ------------------------------------------------------------------ driver
+
+
+def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
+    """Run the whole preparation; returns the manifest (also written to ``OUT/manifest.json``)."""
+    from widedeep import __version__
+    from widedeep.ray_runtime import ensure_ray
+
+    split = parse_split(opts.split)
+    fmt = opts.format if opts.format != "auto" else spec.format
+    fmt, units = plan_units(opts.inputs, fmt, opts.unit_rows)
+    columns = needed_columns(spec, split)
+    log.info("prepare: %d input unit(s) of format %s; split %s; columns %s", len(units), fmt, opts.split, columns)
+    ensure_ray()
+    t0 = time.perf_counter()
+    ofs, root = filesystem(opts.out)
+    for s in SPLITS:
+        ofs.create_dir(f"{root}/{s}", recursive=True)
+        old = [i.path for i in ofs.get_file_info(pafs.FileSelector(f"{root}/{s}")) if i.path.endswith(".parquet")]
+        for p in old:  # a rerun into the same directory must not leave stale shards behind
+            ofs.delete_file(p)
+
+    # pass 0: time cut-offs
+    splitter = Splitter(split, opts.seed)
+    if split.mode != "random":
+        ds = _units_dataset(units).map_batches(
+            _time_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows}
+        )
+        pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
+        if split.mode == "time":
+            k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
+            if not len(k):
+                raise DataError(f"input is empty: {opts.inputs}")
+            fr = split.fractions
+            cuts = sketch.quantiles(k, c, np.array([fr[0], fr[0] + fr[1]]), _TIME_BITS)
+            splitter = Splitter(split, opts.seed, time_cuts=(float(cuts[0]), float(cuts[1])))
+            log.info("time split cut-offs on %s: valid from %s, test from %s", split.time_column, cuts[0], cuts[1])
+        else:
+            if not pieces or sum(p.num_rows for p in pieces) == 0:
+                raise DataError(f"input is empty: {opts.inputs}")
+            t = pa.concat_tables(pieces)
+            splitter = Splitter(split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions))
+            log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
+
+    # pass 1: fit on the training split
+    acc = Accumulator(spec)
+    ds = _units_dataset(units).map_batches(
+        _fit_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"spec_doc": spec.to_dict(), "splitter": splitter, "columns": columns, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
+    )
+    n_batches = 0
+    for batch in _run(ds, "fit"):
+        acc.add(batch)
+        n_batches += 1
+    read_rows = int(acc._sum("read", "n"))
+    bad_parse = int(acc._sum("read", "bad_parse"))
+    if read_rows == 0:
+        raise DataError(f"input is empty: no rows in {opts.inputs}")
+    fspace = acc.finish()
+    t_fit = time.perf_counter() - t0
+    log.info("fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)", read_rows, fspace.fit_info["train_rows"], t_fit, read_rows / max(t_fit, 1e-9))
+    fs_json = fspace.to_json()
+    with ofs.open_output_stream(f"{root}/feature_space.json") as f:
+        f.write(fs_json.encode("utf-8"))
+
+    # pass 2: transform + write
+    t1 = time.perf_counter()
+    wopts = {"shard_rows": opts.shard_rows, "row_group_rows": opts.row_group_rows, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows}
+    ds = _units_dataset(units).map_batches(
+        _write_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"fs_json": fs_json, "splitter": splitter, "columns": columns, "out": opts.out, "opts": wopts},
+    )
+    metas = []
+    done = 0
+    for batch in _run(ds, "write"):
+        for m in batch.column("meta").to_pylist():
+            metas.append(json.loads(m))
+        done += 1
+        rows = sum(m["stats"]["rows"] for m in metas)
+        el = time.perf_counter() - t1
+        log.info("write: %d/%d units, %d rows, %.0f rows/s", len({m['unit'] for m in metas}), len(units), rows, rows / max(el, 1e-9))
+    t_write = time.perf_counter() - t1
+    manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
+    total = time.perf_counter() - t0
+    manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    with ofs.open_output_stream(f"{root}/manifest.json") as f:
+        f.write(manifest_text.encode("utf-8"))
+    log.info("prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s", read_rows, total, t_fit, t_write, read_rows / max(total, 1e-9), opts.out)
+    manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
+    return manifest
+
+
+def _manifest(spec: FeatureSpec, fspace: FeatureSpace, opts: PrepareOptions, fmt: str, metas: list[dict], read_rows: int, bad_parse: int, version: str) -> dict[str, Any]:
+    metas = sorted(metas, key=lambda m: (m["unit"], m["split"]))
+    splits: dict[str, Any] = {}
+    oov_rate: dict[str, dict[str, float]] = {}
+    skipped_total: dict[str, int] = {}
+    for s in SPLITS:
+        ms = [m for m in metas if m["split"] == s]
+        files = [f for m in ms for f in m["files"]]
+        rows = sum(m["stats"]["rows"] for m in ms)
+        lsum = sum(m["stats"]["label_sum"] for m in ms)
+        skipped: dict[str, int] = {}
+        oov: dict[str, int] = {}
+        vals: dict[str, int] = {}
+        for m in ms:
+            for k, v in m["stats"]["skipped"].items():
+                skipped[k] = skipped.get(k, 0) + v
+            for k, v in m["stats"]["oov"].items():
+                oov[k] = oov.get(k, 0) + v
+            for k, v in m["stats"]["values"].items():
+                vals[k] = vals.get(k, 0) + v
+        for k, v in skipped.items():
+            skipped_total[k] = skipped_total.get(k, 0) + v
+        splits[s] = {
+            "rows": rows,
+            "shards": len(files),
+            "files": [{"path": "/".join(p.rsplit("/", 2)[-2:]), "rows": r} for p, r in files],
+            "label_rate": round(lsum / rows, 6) if rows else None,
+            "skipped_rows": skipped,
+        }
+        for k in vals:
+            oov_rate.setdefault(k, {})[s] = round(oov.get(k, 0) / vals[k], 6) if vals[k] else 0.0
+    if bad_parse:
+        skipped_total["unparseable row"] = bad_parse
+    return {
+        "kind": MANIFEST_KIND,
+        "version": 1,
+        "widedeep_version": version,
+        "spec_name": spec.name,
+        "spec_hash": spec.hash,
+        "feature_space_hash": fspace.content_hash,
+        "inputs": list(opts.inputs),
+        "format": fmt,
+        "split": opts.split,
+        "seed": opts.seed,
+        "on_bad_rows": opts.on_bad_rows,
+        "shard_rows": opts.shard_rows,
+        "row_group_rows": opts.row_group_rows,
+        "rows_read": read_rows,
+        "rows_written": sum(splits[s]["rows"] for s in SPLITS),
+        "skipped_rows": {"total": sum(skipped_total.values()), "by_reason": skipped_total},
+        "splits": splits,
+        "oov_rate": oov_rate,
+        "user_key": spec.user_key,
+        "item_key": spec.item_key,
+        "time_column": parse_split(opts.split).time_column,
+    }

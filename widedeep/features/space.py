@@ -1,0 +1,577 @@
+"""FeatureSpace: the fitted spec, as a versioned JSON document, and the one transform.
+
+Why one object: training data (Ray Data ``map_batches``) and a serving request go through the
+same ``transform``, so there is no train/serve skew. The document is plain JSON (no pickle):
+the normalised spec, per feature its fitted state (vocabulary in id order with counts and the
+OOV id, hash buckets, quantile boundaries, mean / std), and a content hash.
+
+Id conventions (every id column is int64, local to its feature, ``0 <= id < num_rows``):
+
+- vocabulary categorical / multivalent: ids ``0 .. V-1`` in vocabulary order (count desc, then
+  value), ``V`` = the out-of-vocabulary id (rare, unseen and missing values); ``num_rows = V + 1``.
+- ``hash_buckets: N``: ``stable_hash(value) % N`` (see ``hashing.py``), missing -> ``N``;
+  ``num_rows = N + 1``.
+- bucketized: ``i`` = number of boundaries ``<= x``, missing -> ``len(b) + 1``; ``num_rows = len(b) + 2``.
+- crossed: ``combine_ids(component ids) % hash_buckets``; ``num_rows = hash_buckets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from widedeep.errors import DataError, FeatureSpecError
+from widedeep.features import hashing
+from widedeep.features.columns import Problems, column_or_nulls, combine, to_float, to_string_lists, to_strings
+from widedeep.features.spec import (
+    BucketizedFeature,
+    CategoricalFeature,
+    CrossedFeature,
+    Feature,
+    FeatureSpec,
+    MultivalentFeature,
+    NumericFeature,
+    feature_column,
+    parse_condition,
+    spec_from_dict,
+)
+
+SCHEMA_VERSION = 1
+DOC_KIND = "widedeep.feature_space"
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One embedding (deep) or linear (wide, dim 1) table of the model."""
+
+    name: str
+    column: str
+    num_rows: int
+    dim: int
+    pooling: str
+    multivalent: bool
+    side: str
+
+
+@dataclass
+class TransformInfo:
+    """What ``transform_checked`` saw: rows skipped (by reason) and OOV counts per feature."""
+
+    rows_in: int
+    rows_out: int
+    skipped: dict[str, int]
+    oov: dict[str, int]
+    values: dict[str, int]
+
+
+class _VocabIndex:
+    """Vocabulary look-up by sorted 64-bit stable hashes + verification of the string.
+
+    Why not ``pc.index_in``: it rebuilds a hash table of the whole vocabulary on every call
+    (~28 ms per 100k rows against a 200k vocabulary, per column). Here the vocabulary's hashes
+    are sorted once per process; a batch costs one hash pass, a ``searchsorted`` and one string
+    comparison to rule out collisions.
+    """
+
+    def __init__(self, vocab: list[str]):
+        self.vocab = pa.array(vocab, type=pa.string())
+        self.oov = len(vocab)
+        h = hashing.hash_strings(self.vocab)
+        self.order = np.argsort(h, kind="stable")
+        self.sorted = h[self.order]
+        self.collide = bool(len(h) > 1 and (np.diff(self.sorted) == 0).any())
+
+    def lookup(self, values: pa.Array) -> np.ndarray:
+        n = len(values)
+        if self.oov == 0 or n == 0:
+            return np.full(n, self.oov, dtype=np.int64)
+        if self.collide:  # never seen in practice; exact fallback
+            ids = pc.index_in(values, value_set=self.vocab).to_numpy(zero_copy_only=False)
+            return np.where(np.isnan(ids.astype(np.float64)), self.oov, ids).astype(np.int64)
+        h = hashing.hash_strings(values)
+        pos = np.searchsorted(self.sorted, h)
+        pos = np.minimum(pos, len(self.sorted) - 1)
+        hit = self.sorted[pos] == h
+        cand = self.order[pos].astype(np.int64)
+        same = pc.equal(self.vocab.take(pa.array(cand)), values)
+        same = np.asarray(pc.fill_null(same, False), dtype=bool)
+        return np.where(hit & same, cand, self.oov)
+
+
+def _canonical(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _open_text(path: str | Path) -> str:
+    p = str(path)
+    if "://" in p:
+        import pyarrow.fs as pafs
+
+        fs, rel = pafs.FileSystem.from_uri(p)
+        with fs.open_input_stream(rel) as f:
+            return f.read().decode("utf-8")
+    return Path(p).read_text(encoding="utf-8")
+
+
+class FeatureSpace:
+    """A fitted FeatureSpec. Build with ``widedeep.features.fit`` or load with ``FeatureSpace.load``."""
+
+    def __init__(self, spec: FeatureSpec, states: dict[str, dict[str, Any]], fit_info: dict[str, Any] | None = None):
+        self.spec = spec
+        self.states = states
+        self.fit_info = dict(fit_info or {})
+        self._features = {f.name: f for f in spec.features}
+        for f in spec.features:
+            if not isinstance(f, NumericFeature) and f.name not in states:
+                raise FeatureSpecError(f"feature_space: no fitted state for feature {f.name!r}")
+
+    # ----- document -----
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": DOC_KIND,
+            "schema_version": SCHEMA_VERSION,
+            "spec": self.spec.to_dict(),
+            "spec_hash": self.spec.hash,
+            "features": {name: self.states[name] for name in sorted(self.states)},
+            "fit": self.fit_info,
+        }
+
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 hex of the canonical document (sorted keys, no whitespace)."""
+        return hashlib.sha256(_canonical(self.to_dict()).encode("utf-8")).hexdigest()
+
+    def to_json(self) -> str:
+        """The canonical file text: deterministic, with the content hash included."""
+        doc = self.to_dict()
+        doc["content_hash"] = self.content_hash
+        return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "feature_space.json") -> FeatureSpace:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FeatureSpecError(f"{source}: not valid JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND:
+            raise FeatureSpecError(f"{source}: not a widedeep feature space (kind={doc.get('kind') if isinstance(doc, dict) else None!r})")
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise FeatureSpecError(f"{source}: schema_version {doc.get('schema_version')!r}; this widedeep reads {SCHEMA_VERSION}")
+        stored = doc.pop("content_hash", None)
+        fs = cls(spec_from_dict(doc["spec"]), doc["features"], doc.get("fit"))
+        if stored is not None and stored != fs.content_hash:
+            raise FeatureSpecError(f"{source}: content_hash {stored} does not match the document ({fs.content_hash}); the file was edited or corrupted")
+        return fs
+
+    @classmethod
+    def load(cls, path_or_uri: str | Path) -> FeatureSpace:
+        p = str(path_or_uri)
+        if not p.endswith(".json"):
+            p = p.rstrip("/") + "/feature_space.json"
+        try:
+            text = _open_text(p)
+        except (OSError, FileNotFoundError) as e:
+            raise FeatureSpecError(f"{p}: cannot read feature space: {e}") from None
+        return cls.from_json(text, source=p)
+
+    # ----- schema -----
+    @property
+    def task(self) -> str:
+        return self.spec.label.task
+
+    @property
+    def user_key(self) -> str | None:
+        return "user_key" if self.spec.user_key else None
+
+    @property
+    def item_key(self) -> str | None:
+        return "item_key" if self.spec.item_key else None
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return self.spec.features
+
+    def feature(self, name: str) -> Feature:
+        try:
+            return self._features[name]
+        except KeyError:
+            raise KeyError(f"no feature named {name!r}; features: {list(self._features)}") from None
+
+    def num_rows(self, name: str) -> int:
+        return int(self.states[name]["num_rows"])
+
+    def feature_side(self, name: str) -> str:
+        f = self.feature(name)
+        if not isinstance(f, CrossedFeature):
+            return f.side
+        sides = {self.feature_side(i) for i in f.inputs}
+        if len(sides) == 1:
+            return sides.pop()
+        if "item" in sides or "pair" in sides:
+            return "pair"
+        return "context"
+
+    def vocabulary(self, name: str) -> list:
+        st = self.states.get(name, {})
+        if "vocab" not in st:
+            raise KeyError(f"feature {name!r} has no fitted vocabulary")
+        return list(st["vocab"])
+
+    def oov_id(self, name: str) -> int | None:
+        st = self.states.get(name, {})
+        return st.get("oov_id")
+
+    def _tables(self, prefix: str, side_attr: str) -> list[TableInfo]:
+        out = []
+        for f in self.spec.features:
+            if isinstance(f, NumericFeature) or not getattr(f, side_attr):
+                continue
+            multi = self.is_multivalent(f.name)
+            dim = 1 if side_attr == "wide" else f.dim
+            pooling = getattr(f, "combiner", "sum") if multi else "sum"
+            out.append(TableInfo(f"{prefix}/{f.name}", f.name, self.num_rows(f.name), dim, pooling, multi, self.feature_side(f.name)))
+        return out
+
+    @property
+    def wide_tables(self) -> list[TableInfo]:
+        return self._tables("wide", "wide")
+
+    @property
+    def deep_tables(self) -> list[TableInfo]:
+        return self._tables("deep", "deep")
+
+    @property
+    def dense_columns(self) -> list[str]:
+        return [f.name for f in self.spec.features if isinstance(f, NumericFeature)]
+
+    def is_multivalent(self, name: str) -> bool:
+        f = self.feature(name)
+        if isinstance(f, MultivalentFeature):
+            return True
+        if isinstance(f, CrossedFeature):
+            return any(self.is_multivalent(i) for i in f.inputs)
+        return False
+
+    def raw_input_columns(self, side: str | None = None) -> list[str]:
+        """Raw columns the transform reads (feature inputs; with side=None also label and keys)."""
+        cols: list[str] = []
+        for f in self.spec.features:
+            c = feature_column(f)
+            if c is None or (side is not None and f.side != side):
+                continue
+            if c not in cols:
+                cols.append(c)
+        if side is None:
+            for c in (self.spec.label.source, self.spec.user_key, self.spec.item_key):
+                if c and c not in cols:
+                    cols.append(c)
+        return cols
+
+    def output_schema(self, require_label: bool = True) -> pa.Schema:
+        fields = []
+        for f in self.spec.features:
+            if isinstance(f, NumericFeature):
+                fields.append(pa.field(f.name, pa.float32()))
+            elif self.is_multivalent(f.name):
+                fields.append(pa.field(f.name, pa.list_(pa.int64())))
+            else:
+                fields.append(pa.field(f.name, pa.int64()))
+        if require_label:
+            fields.append(pa.field("label", pa.float32()))
+        return pa.schema(fields)
+
+    # ----- transform -----
+    @cached_property
+    def _indexes(self) -> dict[str, _VocabIndex]:
+        return {name: _VocabIndex(st["vocab"]) for name, st in self.states.items() if "vocab" in st}
+
+    def transform(self, table: pa.Table, *, require_label: bool = True) -> pa.Table:
+        """Raw columns -> prepared columns (ids, float32 numerics, float32 label, raw keys).
+
+        Raises ``DataError`` naming the column and value for any row it cannot convert.
+        """
+        out, _ = self.transform_checked(table, require_label=require_label, on_bad_rows="error")
+        return out
+
+    def transform_records(self, records: list[dict[str, Any]], *, require_label: bool = False) -> pa.Table:
+        """Transform raw records (dicts of raw column values): serving and tests."""
+        if not records:
+            raise DataError("no records to transform")
+        return self.transform(pa.Table.from_pylist(records), require_label=require_label)
+
+    def transform_checked(
+        self,
+        table: pa.Table,
+        *,
+        require_label: bool = True,
+        on_bad_rows: str = "error",
+        where: str = "",
+        passthrough: tuple[str, ...] = (),
+    ) -> tuple[pa.Table, TransformInfo]:
+        """``transform`` that can skip bad rows (``on_bad_rows="skip"``) and reports counts.
+
+        ``passthrough``: raw columns copied unchanged to the output (e.g. a split's time column).
+        """
+        n = table.num_rows
+        problems = Problems(n)
+        raw: dict[str, Any] = {}
+        for f in self.spec.features:
+            if isinstance(f, CrossedFeature):
+                continue
+            col = column_or_nulls(table, feature_column(f), f.optional, f"feature {f.name!r}")
+            if isinstance(f, (NumericFeature, BucketizedFeature)):
+                x = to_float(col, feature_column(f), problems)
+                raw[f.name] = self._numeric_pre(f, x, problems) if isinstance(f, NumericFeature) else x
+            elif isinstance(f, MultivalentFeature):
+                raw[f.name] = to_string_lists(col, feature_column(f), f.separator)
+            else:
+                raw[f.name] = to_strings(col, feature_column(f))
+        label = None
+        if require_label:
+            label = label_values(self.spec, table, problems)
+        if problems.any:
+            if on_bad_rows != "skip":
+                problems.raise_if_any(where)
+            keep = ~problems.mask
+            table = table.filter(pa.array(keep))
+            raw = {k: _filter_raw(v, keep) for k, v in raw.items()}
+            if label is not None:
+                label = label[keep]
+        cols: dict[str, pa.Array] = {}
+        oov: dict[str, int] = {}
+        nvals: dict[str, int] = {}
+        for f in self.spec.features:
+            if isinstance(f, CrossedFeature):
+                continue
+            st = self.states.get(f.name)
+            v = raw[f.name]
+            if isinstance(f, NumericFeature):
+                cols[f.name] = pa.array(self._numeric_finish(f, st, v[0], v[1], where), type=pa.float32())
+            elif isinstance(f, BucketizedFeature):
+                b = np.asarray(st["boundaries"], dtype=np.float64)
+                ids = np.searchsorted(b, v, side="right").astype(np.int64)
+                cols[f.name] = pa.array(np.where(np.isnan(v), st["missing_id"], ids))
+            elif isinstance(f, MultivalentFeature):
+                values, offsets = v
+                ids = self._encode_values(f, st, values)
+                cols[f.name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids))
+                if "oov_id" in st:
+                    oov[f.name] = int((ids == st["oov_id"]).sum())
+                nvals[f.name] = len(ids)
+            else:
+                ids = self._encode_values(f, st, v)
+                cols[f.name] = pa.array(ids)
+                if "oov_id" in st:
+                    oov[f.name] = int((ids == st["oov_id"]).sum())
+                nvals[f.name] = len(ids)
+        base = pa.table(cols) if cols else pa.table({"__n": pa.nulls(table.num_rows)}).drop_columns(["__n"])
+        crossed = self.add_crosses(base)
+        out_cols = {}
+        for f in self.spec.features:
+            out_cols[f.name] = crossed.column(f.name)
+        if label is not None:
+            out_cols["label"] = pa.array(label, type=pa.float32())
+        for role, src in (("user_key", self.spec.user_key), ("item_key", self.spec.item_key)):
+            if src is None:
+                continue
+            if src in table.column_names:
+                out_cols[role] = combine(table.column(src))
+            elif require_label:
+                raise DataError(f"{where + ': ' if where else ''}missing column {src!r} (the spec's {role})")
+        for c in passthrough:
+            if c not in out_cols:
+                out_cols[c] = combine(table.column(c))
+        out = pa.table(out_cols)
+        info = TransformInfo(n, out.num_rows, dict(problems.counts) if problems.any else {}, oov, nvals)
+        return out, info
+
+    def _encode_values(self, f: CategoricalFeature | MultivalentFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
+        if "hash_buckets" in st:
+            ids = hashing.bucket(hashing.hash_strings(values), st["hash_buckets"])
+            if values.null_count:
+                ids = np.where(np.asarray(values.is_null()), st["missing_id"], ids)
+            return ids
+        return self._indexes[f.name].lookup(values)
+
+    @staticmethod
+    def _numeric_pre(f: NumericFeature, x: np.ndarray, problems: Problems) -> tuple[np.ndarray, np.ndarray]:
+        """(value after clip / log1p, missing mask); reports infinities / log1p domain errors."""
+        return numeric_pre(f, x, problems)
+
+    @staticmethod
+    def _numeric_finish(f: NumericFeature, st: dict[str, Any], v: np.ndarray, missing: np.ndarray, where: str) -> np.ndarray:
+        v = v.copy()
+        inf = np.isinf(v)
+        if f.infinity == "missing":
+            missing = missing | inf
+        elif inf.any():  # "clip": to the training range ("error" rows were already reported)
+            v[v == np.inf] = st["max"]
+            v[v == -np.inf] = st["min"]
+        v[missing] = st["fill"]
+        if f.normalize == "cdf":
+            b = np.asarray(st["boundaries"], dtype=np.float64)
+            if len(b) == 0:
+                return np.zeros_like(v)
+            return np.searchsorted(b, v, side="right") / float(len(b))
+        if f.normalize == "standard":
+            return (v - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
+        return v
+
+    def add_crosses(self, ids: pa.Table) -> pa.Table:
+        """Append every crossed feature, computed from its components' id columns in ``ids``.
+
+        Components may come from different sources (a request's user ids, a candidate's item
+        ids), which is why crosses never look at raw values. A multivalent component makes the
+        cross a list: the cartesian product of the row's component ids.
+        """
+        out = ids
+        for f in self.spec.features:
+            if not isinstance(f, CrossedFeature):
+                continue
+            missing = [i for i in f.inputs if i not in out.column_names]
+            if missing:
+                raise DataError(f"cross {f.name!r}: component id column(s) {missing} missing; have {out.column_names}")
+            comps = [combine(out.column(i)) for i in f.inputs]
+            arr = cross_ids(comps, f.hash_buckets)
+            if f.name in out.column_names:
+                out = out.drop_columns([f.name])
+            out = out.append_column(f.name, arr)
+        return out
+
+
+def _filter_raw(v: Any, keep: np.ndarray) -> Any:
+    if isinstance(v, tuple) and isinstance(v[0], np.ndarray):  # numeric: (value, missing)
+        return (v[0][keep], v[1][keep])
+    if isinstance(v, tuple):  # multivalent: (values, offsets)
+        values, offsets = v
+        lens = np.diff(offsets)[keep]
+        starts = offsets[:-1][keep]
+        idx = np.repeat(starts, lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+        return values.take(pa.array(idx.astype(np.int64))), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if isinstance(v, np.ndarray):
+        return v[keep]
+    return v.filter(pa.array(keep))
+
+
+def numeric_pre(f: NumericFeature, x: np.ndarray, problems: Problems) -> tuple[np.ndarray, np.ndarray]:
+    """Missing mask, infinity policy ("error"), clip and log1p, shared by fit and transform."""
+    col = feature_column(f)
+    missing = np.isnan(x)
+    inf = np.isinf(x)
+    if f.infinity == "error" and inf.any():
+        problems.add(inf, f"column {col!r}: infinite value", float(x[inf][0]))
+    if f.missing == "error" and missing.any():
+        problems.add(missing, f"column {col!r}: missing value", None)
+    v = x
+    if f.clip is not None:
+        v = np.clip(v, f.clip[0], f.clip[1])
+    if f.log1p:
+        bad = (v <= -1) & ~missing
+        if bad.any():
+            problems.add(bad, f"column {col!r}: log1p of a value <= -1", float(v[bad][0]))
+            v = np.where(bad, 0.0, v)
+        v = np.log1p(v)
+    return v, missing
+
+
+def label_values(spec: FeatureSpec, table: pa.Table, problems: Problems) -> np.ndarray:
+    """float64 label per row; reports nulls and values outside the declared set."""
+    lab = spec.label
+    src = lab.source
+    if src not in table.column_names:
+        raise DataError(f"missing label column {src!r}; input has: {', '.join(table.column_names)}")
+    col = combine(table.column(src))
+    null = np.asarray(col.is_null(), dtype=bool) if col.null_count else np.zeros(len(col), dtype=bool)
+    if null.any():
+        problems.add(null, f"label column {src!r}: missing value", None)
+    if lab.values is not None:
+        allowed = pa.array([_fmt(v) for v in lab.values], type=pa.string())
+        s = to_strings(col, src)
+        inset = np.asarray(pc.fill_null(pc.is_in(s, value_set=allowed), True), dtype=bool)
+        if not inset.all():
+            problems.add(~inset, f"label column {src!r}: value outside the declared set {lab.values}", s[int(np.argmin(inset))].as_py())
+    if lab.task == "regression":
+        y = to_float(col, src, problems)
+        return np.nan_to_num(y, nan=0.0)
+    if lab.condition is not None:
+        _, op, value = parse_condition(lab.condition)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or op == "in":
+            s = to_strings(col, src)
+            if op == "in":
+                r = pc.is_in(s, value_set=pa.array([_fmt(v) for v in value], type=pa.string()))
+            else:
+                r = _compare(s, op, pa.scalar(_fmt(value), pa.string()))
+            return np.asarray(pc.fill_null(r, False), dtype=np.float64)
+        x = to_float(col, src, problems)
+        with np.errstate(invalid="ignore"):
+            res = {"==": x == value, "!=": x != value, ">=": x >= value, "<=": x <= value, ">": x > value, "<": x < value}[op]
+        return res.astype(np.float64)
+    if lab.values is not None:  # [negative, positive]
+        s = to_strings(col, src)
+        return np.asarray(pc.fill_null(pc.equal(s, _fmt(lab.values[1])), False), dtype=np.float64)
+    x = to_float(col, src, problems)
+    bad = ~np.isnan(x) & (x != 0) & (x != 1)
+    if bad.any():
+        problems.add(bad, f"label column {src!r}: binary label outside {{0, 1}}", float(x[bad][0]))
+    return np.nan_to_num(x, nan=0.0)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _compare(s: pa.Array, op: str, value: pa.Scalar) -> pa.Array:
+    fn = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater, "<": pc.less}[op]
+    return fn(s, value)
+
+
+def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values, int64 offsets[n+1]) of an int64 or list<int64> column."""
+    arr = combine(arr)
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        if arr.null_count:
+            arr = pc.if_else(pc.is_null(arr), pa.scalar([], type=arr.type), arr)
+            arr = combine(arr)
+        offsets = np.asarray(arr.offsets, dtype=np.int64)
+        values = np.asarray(arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return values, offsets - offsets[0]
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64), np.arange(len(arr) + 1, dtype=np.int64)
+
+
+def cross_ids(comps: list[pa.Array], buckets: int) -> pa.Array:
+    """Hashed cross of aligned id columns (int64 or list<int64>); see ``hashing.combine_ids``."""
+    if all(pa.types.is_integer(c.type) for c in comps):
+        vals = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.int64) for c in comps]
+        return pa.array(hashing.bucket(hashing.combine_ids(vals), buckets))
+    n = len(comps[0])
+    tuples, offs = None, None
+    for c in comps:
+        v, o = _jagged(c)
+        if tuples is None:
+            tuples, offs = [v], o
+            continue
+        lc, ln = np.diff(offs), np.diff(o)
+        new_lens = lc * ln
+        new_offs = np.concatenate([[0], np.cumsum(new_lens)]).astype(np.int64)
+        row = np.repeat(np.arange(n), new_lens)
+        k = np.arange(int(new_offs[-1])) - new_offs[row]
+        i, j = k // np.maximum(ln[row], 1), k % np.maximum(ln[row], 1)
+        tuples = [t[offs[row] + i] for t in tuples] + [v[o[row] + j]]
+        offs = new_offs
+    ids = hashing.bucket(hashing.combine_ids(tuples), buckets) if len(tuples[0]) else np.zeros(0, np.int64)
+    return pa.ListArray.from_arrays(pa.array(offs.astype(np.int32)), pa.array(ids, type=pa.int64()))
