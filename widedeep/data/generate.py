@@ -1,0 +1,295 @@
+"""Synthetic data: app-store impression logs with a planted signal, and Criteo-shaped rows.
+
+App store (``widedeep generate``), the generator's model
+-------------------------------------------------------
+Fixed "world" (drawn from ``seed``, held in memory: O(users * installed + items)):
+
+- apps ``j = 0..I-1``: a category ``c_j`` (20 categories), a latent vector
+  ``v_j = 0.8 * centroid[c_j] + 0.6 * noise`` (dim 8), a popularity ``b_j ~ N(0, 1)``, a price
+  tier and a size in MB (numeric).
+- users ``i = 0..U-1``: demographics (age group, gender, country), a latent taste
+  ``u_i = 0.7 * (g[age,gender] + h[country]) + 0.7 * noise``, and a list of 3..15 installed
+  apps drawn without replacement with probability proportional to ``exp(u_i . v_j * 2 + b_j)``.
+- planted pairs: ``P = I // 20`` (trigger app, companion app) pairs, triggers among the 50
+  most popular apps, companions uniformly at random: "users who have X install Y".
+
+Each impression row (streamed in chunks, seeded per chunk, so any N fits in constant memory):
+user uniform; app = with probability 0.3 the companion of one of the user's installed
+triggers (if any), else Gumbel-max over 32 popularity-sampled candidates scored by
+``u . v``; hour 0..23; position 0..9; timestamp increasing with the row index.
+
+Label ``installed ~ Bernoulli(sigmoid(z))`` with::
+
+    z = -3.2 + 2.2 * (u . v) / s + 0.4 * b_j - 0.12 * position + 0.3 * cos(2 pi hour / 24)
+        + 3.0 * [some installed app of the user is the trigger of a pair whose companion is j]
+
+(``s`` = the world's standard deviation of ``u . v``). The ``u . v`` term is smooth and
+generalizes through demographics, installed-app and category embeddings (the deep part's job);
+the planted term is a specific (installed app x impression app) cross that only a memorizing
+wide cross learns. The generator writes ``_generator.json`` with the oracle AUCs of the full
+logit, the logit without the planted term, and the logit without the latent term.
+
+Criteo-shaped rows (``criteo_like_table``): 13 integer columns, 26 hashed categoricals (8-hex
+tokens drawn from a Zipf-like law over ``cardinality`` values), a 0/1 label; for benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+N_CATEGORIES = 20
+LATENT_DIM = 8
+AGES = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
+GENDERS = ["f", "m"]
+COUNTRIES = ["US", "IN", "BR", "DE", "JP", "GB", "FR", "MX", "ID", "NG"]
+PRICES = ["free", "paid", "freemium"]
+PLANT_BOOST = 3.0
+
+
+@dataclass
+class World:
+    """The fixed users / apps / planted pairs of one seed."""
+
+    users: int
+    items: int
+    u: np.ndarray
+    v: np.ndarray
+    pop: np.ndarray
+    cat: np.ndarray
+    price: np.ndarray
+    size_mb: np.ndarray
+    age: np.ndarray
+    gender: np.ndarray
+    country: np.ndarray
+    inst_offsets: np.ndarray
+    inst_values: np.ndarray
+    companion: np.ndarray  # companion[j] = companion app of trigger j, or -1
+    uv_scale: float
+
+
+def make_world(users: int, items: int, seed: int) -> World:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+    cat = rng.integers(0, N_CATEGORIES, items)
+    centroids = rng.normal(0, 1, (N_CATEGORIES, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    v = 0.8 * centroids[cat] + 0.6 * rng.normal(0, 1, (items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    pop = rng.normal(0, 1, items)
+    age = rng.integers(0, len(AGES), users)
+    gender = rng.integers(0, len(GENDERS), users)
+    country = rng.integers(0, len(COUNTRIES), users)
+    g = rng.normal(0, 1, (len(AGES), len(GENDERS), LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    h = rng.normal(0, 1, (len(COUNTRIES), LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    u = 0.7 * (g[age, gender] + h[country]) + 0.7 * rng.normal(0, 1, (users, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    # scale so that u.v has a useful spread
+    u *= 3.0
+    n_inst = rng.integers(3, 16, users)
+    offsets = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
+    values = np.empty(int(offsets[-1]), dtype=np.int64)
+    for s in range(0, users, 4096):  # Gumbel top-k per user, in blocks
+        e = min(users, s + 4096)
+        scores = 2.0 * (u[s:e] @ v.T) / 3.0 + pop[None, :] + rng.gumbel(size=(e - s, items))
+        top = np.argsort(-scores, axis=1)
+        for i in range(s, e):
+            values[offsets[i] : offsets[i + 1]] = top[i - s, : n_inst[i]]
+    companion = np.full(items, -1, dtype=np.int64)
+    n_pairs = max(1, items // 20)
+    triggers = np.argsort(-pop)[: max(n_pairs, min(50, items))]
+    triggers = rng.choice(triggers, size=min(n_pairs, len(triggers)), replace=False)
+    for t in triggers:
+        c = int(rng.integers(0, items))
+        while c == t:
+            c = int(rng.integers(0, items))
+        companion[t] = c
+    sample = rng.integers(0, users, 20000), rng.integers(0, items, 20000)
+    uv_scale = float(np.std(np.einsum("nd,nd->n", u[sample[0]], v[sample[1]]))) or 1.0
+    return World(
+        users, items, u, v, pop, cat, rng.integers(0, len(PRICES), items), np.round(np.exp(rng.normal(3, 1, items)), 1),
+        age, gender, country, offsets, values, companion, uv_scale,
+    )
+
+
+def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, start]))
+    w = world
+    users = rng.integers(0, w.users, n)
+    lens = w.inst_offsets[users + 1] - w.inst_offsets[users]
+    # candidate apps from popularity, picked by taste (Gumbel-max)
+    p = np.exp(w.pop)
+    p /= p.sum()
+    cands = rng.choice(w.items, size=(n, 32), p=p)
+    sc = np.einsum("nd,nkd->nk", w.u[users], w.v[cands]) + rng.gumbel(size=(n, 32))
+    app = cands[np.arange(n), np.argmax(sc, axis=1)]
+    # the user's installed triggers, and whether the impression is a planted companion
+    flat_users = np.repeat(np.arange(n), lens)
+    starts = np.repeat(w.inst_offsets[users], lens)
+    pos_in = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    inst = w.inst_values[starts + pos_in]
+    comp = w.companion[inst]
+    has = comp >= 0
+    # with prob 0.2 show the companion of a random installed trigger
+    pick = rng.random(n) < 0.3
+    trig_rows, trig_comp = flat_users[has], comp[has]
+    if len(trig_rows):
+        order = rng.permutation(len(trig_rows))
+        first = {}
+        for r, c in zip(trig_rows[order], trig_comp[order]):
+            first.setdefault(int(r), int(c))
+        rows_with = np.fromiter(first.keys(), dtype=np.int64, count=len(first))
+        comps = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+        sel = pick[rows_with]
+        app[rows_with[sel]] = comps[sel]
+    planted = np.zeros(n, dtype=bool)
+    if has.any():
+        hit = comp[has] == app[flat_users[has]]
+        planted[np.unique(flat_users[has][hit])] = True
+    hour = rng.integers(0, 24, n)
+    position = rng.integers(0, 10, n)
+    uv = np.einsum("nd,nd->n", w.u[users], w.v[app]) / w.uv_scale
+    z_latent = 2.2 * uv
+    z_plant = PLANT_BOOST * planted
+    z_rest = -3.2 + 0.4 * w.pop[app] - 0.12 * position + 0.3 * np.cos(2 * np.pi * hour / 24)
+    z = z_latent + z_plant + z_rest
+    label = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    inst_list = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)), pa.array(inst))
+    t = pa.table(
+        {
+            "user_id": pa.array(users, pa.int64()),
+            "user_age": pa.array(np.array(AGES)[w.age[users]]),
+            "user_gender": pa.array(np.array(GENDERS)[w.gender[users]]),
+            "user_country": pa.array(np.array(COUNTRIES)[w.country[users]]),
+            "installed_apps": inst_list,
+            "app_id": pa.array(app, pa.int64()),
+            "app_category": pa.array(np.char.add("cat", w.cat[app].astype(str))),
+            "app_price": pa.array(np.array(PRICES)[w.price[app]]),
+            "app_size_mb": pa.array(w.size_mb[app]),
+            "hour": pa.array(hour, pa.int64()),
+            "position": pa.array(position, pa.int64()),
+            "timestamp": pa.array(1_700_000_000 + (start + np.arange(n)) * 7, pa.int64()),
+            "installed": pa.array(label),
+        }
+    )
+    return t, {"z": z, "z_no_plant": z - z_plant, "z_no_latent": z - z_latent, "label": label}
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC by the rank statistic (ties averaged)."""
+    y = np.asarray(y).astype(bool)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    ss = np.asarray(s)[order]
+    # average ranks of ties
+    _, idx, cnt = np.unique(ss, return_index=True, return_counts=True)
+    avg = idx + (cnt + 1) / 2.0
+    r = np.repeat(avg, cnt)
+    ranks[order] = r
+    return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: int = 1_000, seed: int = 0, shard_rows: int = 250_000, chunk_rows: int = 50_000) -> dict:
+    """Write ``rows`` impressions as ``OUT/part-*.parquet`` + ``OUT/generator.json``; constant memory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-*.parquet"):
+        old.unlink()
+    t0 = time.perf_counter()
+    world = make_world(users, items, seed)
+    shard, written, writer = 0, 0, None
+    in_shard = 0
+    oracle = {"label": [], "z": [], "z_no_plant": [], "z_no_latent": []}
+    oracle_rows = 0
+    pos = 0
+    while written < rows:
+        n = min(chunk_rows, rows - written, shard_rows - in_shard)
+        t, z = _chunk(world, written, n, seed)
+        if writer is None:
+            writer = pq.ParquetWriter(out / f"part-{shard:05d}.parquet", t.schema, compression="snappy")
+        writer.write_table(t, row_group_size=min(65_536, shard_rows))
+        if oracle_rows < 200_000:  # oracle AUCs from the first rows only (constant memory)
+            for k in oracle:
+                oracle[k].append(z[k])
+            oracle_rows += n
+        pos += int(z["label"].sum())
+        written += n
+        in_shard += n
+        if in_shard >= shard_rows:
+            writer.close()
+            writer, shard, in_shard = None, shard + 1, 0
+        el = time.perf_counter() - t0
+        log.info("generate: %d/%d rows (%.0f rows/s)", written, rows, written / max(el, 1e-9))
+    if writer is not None:
+        writer.close()
+        shard += 1
+    y = np.concatenate(oracle["label"]) if oracle["label"] else np.zeros(0)
+    meta = {
+        "kind": "widedeep.generated.appstore",
+        "rows": rows,
+        "users": users,
+        "items": items,
+        "seed": seed,
+        "shards": shard,
+        "install_rate": round(pos / max(rows, 1), 6),
+        "planted_pairs": [[int(a), int(b)] for a, b in enumerate(world.companion) if b >= 0],
+        "oracle_auc": {
+            "full_logit": round(auc(y, np.concatenate(oracle["z"])), 4) if len(y) else None,
+            "without_planted_cross": round(auc(y, np.concatenate(oracle["z_no_plant"])), 4) if len(y) else None,
+            "without_latent_taste": round(auc(y, np.concatenate(oracle["z_no_latent"])), 4) if len(y) else None,
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (out / "_generator.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return meta
+
+
+def criteo_like_table(n: int, start: int, seed: int, cardinality: int = 200_000) -> pa.Table:
+    """``n`` Criteo-shaped rows (label, I1..I13, C1..C26); row ``start`` onwards of a seeded stream."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2, start]))
+    cols: dict[str, pa.Array] = {}
+    z = rng.normal(-1.2, 1.0, n)
+    ints = {}
+    for i in range(1, 14):
+        x = np.floor(np.exp(rng.normal(1.0 + 0.2 * i, 1.2, n))).astype(np.int64)
+        miss = rng.random(n) < 0.05
+        ints[f"I{i}"] = pa.array(x, mask=miss)
+        z += 0.05 * np.log1p(x) * (1 if i % 2 else -1)
+    # Zipf-like ranks over `cardinality` values; tokens are 8-hex strings like Criteo's
+    tokens_cache = _hex_tokens(cardinality)
+    cats = {}
+    for c in range(1, 27):
+        r = np.minimum((rng.pareto(1.1, n) * 50).astype(np.int64), cardinality - 1)
+        perm_off = (c * 7919) % cardinality
+        idx = (r + perm_off) % cardinality
+        miss = rng.random(n) < 0.03
+        cats[f"C{c}"] = tokens_cache.take(pa.array(idx))
+        if miss.any():
+            cats[f"C{c}"] = pc.if_else(pa.array(miss), pa.scalar(None, pa.string()), cats[f"C{c}"])
+        if c <= 3:
+            z += 0.3 * ((idx % 7) == 0)
+    cols["label"] = pa.array((rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64))
+    cols.update(ints)
+    cols.update(cats)
+    return pa.table(cols)
+
+
+_HEX: dict[int, pa.Array] = {}
+
+
+def _hex_tokens(k: int) -> pa.Array:
+    if k not in _HEX:
+        from widedeep.features.hashing import hash_ints
+
+        h = (hash_ints(np.arange(k)) >> np.uint64(32)).astype(np.uint32)
+        _HEX[k] = pa.array(np.char.mod("%08x", h).astype(object), pa.string())
+    return _HEX[k]
