@@ -1,0 +1,48 @@
+"""Deployment files in platform/ parse and point at files and import paths that exist.
+
+The Serve config inside the RayService manifest must be the checked-in platform/serve.yaml, so one
+file is validated (strictly, in tests/serve) and both `serve deploy` and KubeRay use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def _load(rel: str):
+    return list(yaml.safe_load_all((ROOT / rel).read_text()))
+
+
+def _config_paths(cmd: str) -> list[str]:
+    parts = shlex.split(cmd)
+    return [parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("--config", "--spec")]
+
+
+def test_rayjob_points_at_existing_config():
+    (job,) = _load("platform/k8s/rayjob-train.yaml")
+    assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    entry = spec["entrypoint"]
+    assert entry.startswith("python -m widedeep train")
+    paths = _config_paths(entry)
+    assert paths, entry
+    for p in paths:
+        assert (ROOT / p).is_file(), f"RayJob entrypoint names {p}, which does not exist"
+    yaml.safe_load(spec["runtimeEnvYAML"])
+    assert spec["rayClusterSpec"]["rayVersion"] == importlib.import_module("ray").__version__
+
+
+def test_dockerfile_installs_the_package():
+    text = (ROOT / "platform/docker/Dockerfile").read_text()
+    m = re.search(r"ARG RAY_IMAGE=rayproject/ray:([0-9.]+)-", text)
+    assert m and m.group(1) == importlib.import_module("ray").__version__
+    assert 'pip install --no-cache-dir ".[' in text
+    for src in re.findall(r"^COPY --chown=\S+ (.+) \S+$", text, flags=re.M):
+        for s in src.split():
+            assert (ROOT / s).exists(), f"Dockerfile copies {s}, which does not exist"
