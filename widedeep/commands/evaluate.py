@@ -1,0 +1,43 @@
+"""``widedeep evaluate``: score a prepared split with a checkpoint (or run the top-K evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a checkpoint on a prepared split (AUC, log loss, accuracy, calibration) or top-K"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="checkpoint directory (ranking task)")
+    parser.add_argument("--data", required=True, help="prepared split directory, e.g. DIR/test")
+    parser.add_argument("--metrics-out", help="write the metrics JSON here")
+    parser.add_argument("--task", choices=["ranking", "topk"], default="ranking",
+                        help="ranking: classification metrics of --checkpoint; topk: retrieval + ranking top-K")
+    parser.add_argument("--retriever", help="retriever checkpoint (--task topk)")
+    parser.add_argument("--ranker", help="ranker checkpoint (--task topk)")
+    parser.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")
+
+
+def run(args: argparse.Namespace) -> int:
+    from widedeep.errors import ConfigError
+
+    if args.task == "topk":
+        if not args.retriever or not args.ranker:
+            raise ConfigError("--task topk needs --retriever RET and --ranker RANK")
+        from widedeep.retrieval.topk_eval import run_topk
+
+        return int(run_topk(args.retriever, args.ranker, args.data, args.metrics_out))
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint is required for --task ranking")
+    import json
+    from pathlib import Path
+
+    from widedeep.train.evaluate import evaluate_split
+
+    metrics = evaluate_split(args.checkpoint, args.data, batch_size=args.batch_size)
+    text = json.dumps(metrics, indent=1, sort_keys=True, default=float)
+    print(text)
+    if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_out).write_text(text)
+    return 0

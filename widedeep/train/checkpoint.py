@@ -1,0 +1,229 @@
+"""Self-describing checkpoint directories, loadable without pickle.
+
+::
+
+    CKPT/
+      model.safetensors      every model tensor: MLP, wide bias, the packed tables and their
+                             fused optimizer state (FTRL z/n, row-wise Adagrad sums) — i.e.
+                             ``model.state_dict()``
+      optimizer.safetensors  the dense (torch) optimizer's tensors, keyed ``state.<i>.<name>``
+      optimizer.json         its scalars and param groups
+      feature_space.json     the FeatureSpace the model was trained on
+      config.yaml            the resolved TrainConfig
+      metrics.json           the metrics reported with this checkpoint
+      checkpoint.json        format, task, epoch / step / data position, early-stopping state,
+                             versions, the feature-space hash
+
+Why this layout: a checkpoint must outlive the code that wrote it and be safe to load from an
+untrusted place, so tensors go to safetensors and everything else is JSON/YAML; the model is
+rebuilt from ``config.yaml`` + ``feature_space.json`` through the task registry. Loading
+checks that the FeatureSpace on disk hashes to what ``checkpoint.json`` recorded and names
+both hashes when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from widedeep.errors import CheckpointError
+
+FORMAT = "widedeep.checkpoint/1"
+_FILES = ("model.safetensors", "feature_space.json", "config.yaml", "checkpoint.json")
+
+
+def _versions() -> dict[str, str]:
+    import widedeep
+
+    out = {"widedeep": widedeep.__version__, "torch": torch.__version__}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _tensor_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share storage (views of the packed tables)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def optimizer_to_files(opt: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a torch optimizer's state_dict into tensors (safetensors) and JSON scalars."""
+    if opt is None:
+        return {}, {"kind": None}
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    return _tensor_dict(tensors), {
+        "kind": type(opt).__name__,
+        "param_groups": sd["param_groups"],
+        "scalars": scalars,
+    }
+
+
+def optimizer_from_files(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    if meta.get("kind") != type(opt).__name__:
+        raise CheckpointError(f"optimizer: checkpoint has {meta.get('kind')}, the config builds {type(opt).__name__}")
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    feature_space: Any,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    task: str,
+    state: Mapping[str, Any],
+) -> Path:
+    """Write a checkpoint directory (created; files written then renamed into place)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    save_file(_tensor_dict(model.state_dict()), str(p / "model.safetensors"))
+    opt_t, opt_meta = optimizer_to_files(optimizer)
+    save_file(opt_t, str(p / "optimizer.safetensors"))
+    (p / "optimizer.json").write_text(json.dumps(opt_meta, indent=1, sort_keys=True))
+    (p / "feature_space.json").write_text(feature_space.to_json())
+    (p / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=True))
+    (p / "metrics.json").write_text(json.dumps(dict(metrics), indent=1, sort_keys=True, default=float))
+    meta = {
+        "format": FORMAT,
+        "task": task,
+        "feature_space_hash": feature_space.content_hash,
+        "versions": _versions(),
+        **dict(state),
+    }
+    (p / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
+    return p
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What ``load_checkpoint`` returns. ``model`` is on CPU in eval mode."""
+
+    model: torch.nn.Module
+    feature_space: Any
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    path: str
+    meta: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return str(self.meta.get("task", "ranking"))
+
+
+def _localize(path: str | Path) -> tuple[Path, str | None]:
+    """A local directory for ``path``; URIs (s3://, gs://, ...) are downloaded to a temp dir."""
+    s = str(path)
+    if "://" not in s or s.startswith("file://"):
+        return Path(s.removeprefix("file://")).expanduser(), None
+    import pyarrow.fs as pafs
+
+    tmp = tempfile.mkdtemp(prefix="widedeep-ckpt-")
+    try:
+        fs, root = pafs.FileSystem.from_uri(s)
+        pafs.copy_files(root, tmp, source_filesystem=fs)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{s}: cannot download checkpoint: {e}") from e
+    return Path(tmp), tmp
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    missing = [f for f in _FILES if not (p / f).exists()]
+    if missing:
+        raise CheckpointError(f"{p}: not a widedeep checkpoint (missing {', '.join(missing)})")
+    meta = json.loads((p / "checkpoint.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}/checkpoint.json: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_feature_space(path: str | Path, meta: Mapping[str, Any]) -> Any:
+    from widedeep.features import FeatureSpace
+
+    p = Path(path)
+    fs = FeatureSpace.load(str(p / "feature_space.json"))
+    want = meta.get("feature_space_hash")
+    if want and fs.content_hash != want:
+        raise CheckpointError(
+            f"{p}: feature_space.json hashes to {fs.content_hash} but checkpoint.json records {want}"
+        )
+    return fs
+
+
+def load_state_into(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load weights (and the dense optimizer state) of checkpoint ``path`` into live objects."""
+    p = Path(path)
+    sd = load_file(str(p / "model.safetensors"))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{p}/model.safetensors: tensors do not match the model (missing {missing}, unexpected {extra})")
+    for k, v in sd.items():
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{p}/model.safetensors: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(sd)
+    if optimizer is not None:
+        meta = json.loads((p / "optimizer.json").read_text())
+        tensors = load_file(str(p / "optimizer.safetensors"))
+        optimizer_from_files(optimizer, tensors, meta)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the model of a checkpoint directory (local path or URI), on CPU, in eval mode."""
+    from widedeep.train.config import config_from_dict
+    from widedeep.train.tasks import get_task
+
+    local, tmp = _localize(path)
+    try:
+        if not local.is_dir():
+            raise CheckpointError(f"{path}: checkpoint directory not found")
+        meta = read_meta(local)
+        fs = load_feature_space(local, meta)
+        raw_cfg = yaml.safe_load((local / "config.yaml").read_text()) or {}
+        cfg = config_from_dict(raw_cfg)
+        task = get_task(meta.get("task", cfg.task))
+        model = task.build_model(fs, cfg)
+        load_state_into(local, model)
+        model.eval()
+        metrics_path = local / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        return LoadedCheckpoint(model, fs, raw_cfg, metrics, str(path), meta)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
+    return all((Path(path) / f).exists() for f in _FILES)

@@ -1,0 +1,116 @@
+"""The training job config (``platform/jobs/*.yaml``), strict and frozen.
+
+Every key a job can set lives here, so an unknown key is an error naming it (``widedeep.config
+.from_dict``) and ``--set key=value`` overrides get the same checks as the file. The resolved
+config is written into every checkpoint (``config.yaml``), which is how ``load_checkpoint``
+rebuilds the model without pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
+from widedeep.errors import ConfigError
+from widedeep.model.wide_deep import ModelConfig, OptimConfig
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop when the validation ``metric`` has not improved for ``patience`` epochs; the
+    run's result is the best epoch's checkpoint either way (restore-best)."""
+
+    enabled: bool = True
+    metric: str = "auc"
+    mode: Literal["max", "min"] = "max"
+    patience: int = 2
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patience < 0:
+            raise ConfigError(f"patience: must be >= 0, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Test hooks. Not for production jobs.
+
+    ``deterministic_shards``: every worker reads the train split itself in file order, and
+    rank ``r`` of ``W`` takes rows ``[k*B*W + r*B, k*B*W + (r+1)*B)`` of global batch ``k``:
+    the global batches are then identical for any ``W`` (multi-worker equivalence test).
+    ``fail_at_step``: the worker of rank ``fail_rank`` SIGKILLs itself right after that global
+    step, only on an attempt that did not start from a checkpoint (fault-tolerance test).
+    """
+
+    deterministic_shards: bool = False
+    fail_at_step: int | None = None
+    fail_rank: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training job. ``data`` is a prepared directory (``widedeep prepare`` output)."""
+
+    data: str
+    task: Literal["ranking", "retrieval"] = "ranking"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    task_config: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 512
+    eval_batch_size: int = 4096
+    epochs: int = 5
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    checkpoint_every_steps: int = 0
+    num_to_keep: int | None = None
+    storage_path: str = "~/widedeep_runs"
+    run_name: str | None = None
+    max_failures: int = 0
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    seed: int = 0
+    shuffle: Literal["none", "files", "batches"] = "batches"
+    shuffle_window: int = 16384
+    prefetch_batches: int = 4
+    log_every_steps: int = 50
+    warm_start_from: str | None = None
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "epochs", "log_every_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0 (0 = local mode in the driver), got {self.num_workers}")
+        if self.cpus_per_worker < 0:
+            raise ConfigError(f"cpus_per_worker: must be >= 0, got {self.cpus_per_worker}")
+        if self.checkpoint_every_steps < 0:
+            raise ConfigError(f"checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), got {self.checkpoint_every_steps}")
+        if self.num_to_keep is not None and self.num_to_keep < 1:
+            raise ConfigError(f"num_to_keep: must be >= 1 or null, got {self.num_to_keep}")
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.prefetch_batches < 0:
+            raise ConfigError(f"prefetch_batches: must be >= 0, got {self.prefetch_batches}")
+        if not self.data:
+            raise ConfigError("data: must name a prepared data directory")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides, validate strictly."""
+    raw: dict[str, Any] = read_yaml(path) if path else {}
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return from_dict(TrainConfig, raw)
+    except ConfigError as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{e}") from None
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    return from_dict(TrainConfig, raw)

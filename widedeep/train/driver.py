@@ -1,0 +1,194 @@
+"""The driver side of ``widedeep train``: build the Ray Data pipeline and the TorchTrainer, run
+it, pick the best checkpoint, write the metrics JSON.
+
+The driver never materialises the data: ``read_parquet`` over the prepared shards (only the
+columns the task needs, file order shuffled per epoch, rows permuted inside windows by Ray Data
+tasks) is handed to the trainer, which streams a split of it to each worker.
+
+Resume is Ray Train V2's: the run directory is ``{storage_path}/{run_name}``, and launching the
+same name again continues from its latest checkpoint (``ray.train.get_checkpoint()`` in the
+loop). Without ``run_name`` every launch gets a fresh, timestamped name.
+
+The result is restore-best: the run's model is the epoch-end checkpoint with the best validation
+metric (every epoch-end report carries one, scored by ``score``), not necessarily the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from widedeep.errors import DataError, WidedeepError
+from widedeep.train.config import TrainConfig
+from widedeep.train.loop import log
+
+
+def _is_uri(p: str) -> bool:
+    return "://" in p and not p.startswith("file://")
+
+
+def _split_path(data: str, split: str) -> str:
+    return data.rstrip("/") + "/" + split
+
+
+def count_rows(path: str) -> int:
+    """Rows of a Parquet directory from the footers (no data read)."""
+    import pyarrow.dataset as pads
+
+    try:
+        return int(pads.dataset(path, format="parquet").count_rows())
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"{path}: cannot read prepared Parquet shards: {e}") from e
+
+
+def _permute_rows(table: Any) -> Any:
+    """Ray Data UDF: shuffle the rows of a window (cheap, streaming; file order is shuffled too)."""
+    import numpy as np
+
+    return table.take(np.random.default_rng().permutation(table.num_rows))
+
+
+def build_dataset(cfg: TrainConfig, split: str, columns: list[str], *, train: bool) -> Any:
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    shuffle = FileShuffleConfig(seed=cfg.seed) if train and cfg.shuffle != "none" else None
+    ds = ray.data.read_parquet(_split_path(cfg.data, split), shuffle=shuffle, file_extensions=["parquet"])
+    if columns:
+        ds = ds.select_columns(columns)
+    if train and cfg.shuffle == "batches":
+        ds = ds.map_batches(_permute_rows, batch_format="pyarrow", batch_size=cfg.shuffle_window)
+    return ds
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Absolute data / storage paths and a run name, so the config written into checkpoints
+    (and the one a resumed run reads) is unambiguous."""
+    import dataclasses
+
+    data = cfg.data if _is_uri(cfg.data) else str(Path(cfg.data).expanduser().resolve())
+    storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
+    name = cfg.run_name or f"widedeep-{time.strftime('%Y%m%d-%H%M%S')}"
+    warm = cfg.warm_start_from
+    if warm and not _is_uri(warm):
+        warm = str(Path(warm).expanduser().resolve())
+    return dataclasses.replace(cfg, data=data, storage_path=storage, run_name=name, warm_start_from=warm)
+
+
+def _pick_best(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]] | None:
+    epochs = [(c, m) for c, m in best_checkpoints if m.get("kind") == "epoch"]
+    if not epochs:
+        return None
+    # highest score; among ties the earliest epoch (restore-best keeps the first best model)
+    return max(epochs, key=lambda cm: (cm[1].get("score", -math.inf), -cm[1].get("epoch", 0)))
+
+
+def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[str, Any]:
+    """Run one training job end to end; returns (and optionally writes) the summary metrics."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from widedeep.features import FeatureSpace
+    from widedeep.ray_runtime import ensure_ray
+    from widedeep.train.loop import train_loop_per_worker
+    from widedeep.train.tasks import get_task
+
+    cfg = resolve(cfg)
+    if not _is_uri(cfg.data):
+        for part in ("feature_space.json", "train", "valid"):
+            if not (Path(cfg.data) / part).exists():
+                raise DataError(f"{cfg.data}: not a prepared data directory (missing {part}); run `widedeep prepare`")
+    fs = FeatureSpace.load(_split_path(cfg.data, "feature_space.json"))
+    task = get_task(cfg.task)
+    columns = task.required_columns(fs, cfg)
+    train_rows = count_rows(_split_path(cfg.data, "train"))
+    if train_rows == 0:
+        raise DataError(f"{cfg.data}/train: no rows")
+    ensure_ray()
+
+    local_mode = cfg.num_workers == 0
+    run_dir = os.path.join(cfg.storage_path, str(cfg.run_name))
+    if local_mode and not _is_uri(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+    loop_config = {
+        "config": cfg.to_dict(),
+        "feature_space": fs.to_json(),
+        "columns": columns,
+        "train_rows": train_rows,
+        "run_dir": run_dir,
+        "local_mode": local_mode,
+    }
+    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    datasets = {}
+    if not cfg.debug.deterministic_shards:
+        datasets = {
+            "train": build_dataset(cfg, "train", columns, train=True),
+            "valid": build_dataset(cfg, "valid", columns, train=False),
+        }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"
+            ),
+        ),
+        datasets=datasets,
+    )
+    log(f"run {cfg.run_name}: {cfg.num_workers or 'local-mode'} worker(s), {train_rows:,} train rows, "
+        f"storage {run_dir}")
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except WidedeepError:
+        raise
+    except Exception as e:  # TrainingFailedError & co: surface the worker's error message
+        raise WidedeepError(f"training run {cfg.run_name} failed: {e}") from e
+    wall = time.perf_counter() - t0
+    best_list = list(result.best_checkpoints or [])
+    best = _pick_best(best_list)
+    if best is None:
+        raise WidedeepError(f"training run {cfg.run_name} reported no epoch checkpoint")
+    ckpt, m = best
+    latest = result.checkpoint
+    last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
+    history = sorted(
+        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"), **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
+         for _, mm in best_list if mm.get("kind") == "epoch"),
+        key=lambda r: r["epoch"],
+    )
+    summary: dict[str, Any] = {
+        **{k: v for k, v in m.get("valid", {}).items()},
+        "split": "valid",
+        "primary_metric": m.get("primary_metric"),
+        "best_epoch": m.get("epoch"),
+        "epochs_completed": last_epoch.get("epoch"),
+        "early_stopped": bool(last_epoch.get("stopped")),
+        "global_step": last_epoch.get("global_step"),
+        "train_samples_per_s": last_epoch.get("train_samples_per_s"),
+        "wall_seconds": wall,
+        "checkpoint": ckpt.path,
+        "latest_checkpoint": latest.path if latest is not None else None,
+        "run_name": cfg.run_name,
+        "storage_path": cfg.storage_path,
+        "num_workers": cfg.num_workers,
+        "history": history,
+    }
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in ("auc", "logloss", "accuracy", "calibration", "rmse")
+                      if isinstance(summary.get(k), float))
+    log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
+    if metrics_out:
+        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_out).write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
+    return summary
