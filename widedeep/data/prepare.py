@@ -135,7 +135,9 @@ def _fit_task(batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list
     for item in batch.to_pylist():
         unit = ReadUnit.from_item(item)
         row, n_read, bad_parse = unit.row_offset, 0, 0
+        t_task, t_stats = time.perf_counter(), 0.0
         for chunk, bad in read_unit(unit, columns, chunk_rows, on_bad_rows):
+            t0 = time.perf_counter()
             assign = splitter.assign(chunk, unit.file_index, row, unit.path)
             row += chunk.num_rows
             n_read += chunk.num_rows
@@ -143,7 +145,9 @@ def _fit_task(batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list
             train = chunk.filter(pa.array(assign == 0))
             if train.num_rows:
                 outs.append(partial_stats(spec, train, on_bad_rows, where=unit.path))
-        read = pa.table({"n": [n_read], "bad_parse": [bad_parse]})
+            t_stats += time.perf_counter() - t0
+        task_s = time.perf_counter() - t_task
+        read = pa.table({"n": [n_read], "bad_parse": [bad_parse], "task_s": [task_s], "stats_s": [t_stats]})
         outs.append(pa.table({"key": pa.array(["read"]), "blob": pa.array([_ipc(read)], pa.binary())}))
     return pa.concat_tables(outs)
 
@@ -275,11 +279,16 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
         batch_format="pyarrow",
         fn_kwargs={"spec_doc": spec.to_dict(), "splitter": splitter, "columns": columns, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
     )
-    n_batches = 0
+    t_merge = 0.0
     for batch in _run(ds, "fit"):
+        tm = time.perf_counter()
         acc.add(batch)
-        n_batches += 1
+        t_merge += time.perf_counter() - tm
     read_rows = int(acc._sum("read", "n"))
+    log.info(
+        "fit tasks: %.1fs in tasks (%.1fs statistics, rest reading); driver merge %.1fs",
+        acc._sum("read", "task_s"), acc._sum("read", "stats_s"), t_merge,
+    )
     bad_parse = int(acc._sum("read", "bad_parse"))
     if read_rows == 0:
         raise DataError(f"input is empty: no rows in {opts.inputs}")

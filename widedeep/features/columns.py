@@ -32,7 +32,7 @@ class Problems:
         self.mask = np.zeros(self.n, dtype=bool)
 
     def add(self, rows: np.ndarray, reason: str, example: Any) -> None:
-        rows = np.asarray(rows, dtype=bool)
+        rows = np.asarray(rows, dtype=bool) & ~self.mask  # each bad row counted under its first reason
         k = int(rows.sum())
         if not k:
             return

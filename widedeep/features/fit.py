@@ -49,11 +49,12 @@ def _from_ipc(b: bytes) -> pa.Table:
 
 
 def _vocab_piece(values: pa.Array) -> pa.Table:
+    """Distinct values with counts (Arrow's hash aggregation), keyed by their stable hash."""
     if values.null_count:
         values = values.drop_null()
-    h = hashing.hash_strings(values)
-    uniq, first, counts = np.unique(h, return_index=True, return_counts=True)
-    return pa.table({"h": pa.array(uniq), "count": pa.array(counts.astype(np.int64)), "value": values.take(pa.array(first))})
+    vc = pc.value_counts(values)
+    uniq = vc.field("values")
+    return pa.table({"h": pa.array(hashing.hash_strings(uniq)), "count": pc.cast(vc.field("counts"), pa.int64()), "value": uniq})
 
 
 def _sketch_piece(v: np.ndarray) -> pa.Table:

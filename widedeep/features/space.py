@@ -90,20 +90,42 @@ class _VocabIndex:
         self.collide = bool(len(h) > 1 and (np.diff(self.sorted) == 0).any())
 
     def lookup(self, values: pa.Array) -> np.ndarray:
+        """int64 ids of ``values`` (nulls and unknown values -> the OOV id).
+
+        The batch is dictionary-encoded first (Arrow C++), so only its distinct values are
+        hashed and searched: real columns repeat values heavily.
+        """
         n = len(values)
         if self.oov == 0 or n == 0:
             return np.full(n, self.oov, dtype=np.int64)
+        enc = pc.dictionary_encode(values)
+        dict_ids = np.append(self._lookup_distinct(enc.dictionary), self.oov)
+        idx = enc.indices
+        if idx.null_count:
+            idx = pc.fill_null(idx, len(enc.dictionary))
+        return dict_ids[np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)]
+
+    def _lookup_distinct(self, values: pa.Array) -> np.ndarray:
         if self.collide:  # never seen in practice; exact fallback
-            ids = pc.index_in(values, value_set=self.vocab).to_numpy(zero_copy_only=False)
-            return np.where(np.isnan(ids.astype(np.float64)), self.oov, ids).astype(np.int64)
+            ids = pc.index_in(values, value_set=self.vocab)
+            return np.asarray(pc.fill_null(ids, self.oov).to_numpy(zero_copy_only=False), dtype=np.int64)
         h = hashing.hash_strings(values)
-        pos = np.searchsorted(self.sorted, h)
-        pos = np.minimum(pos, len(self.sorted) - 1)
+        pos = np.minimum(np.searchsorted(self.sorted, h), len(self.sorted) - 1)
         hit = self.sorted[pos] == h
         cand = self.order[pos].astype(np.int64)
         same = pc.equal(self.vocab.take(pa.array(cand)), values)
         same = np.asarray(pc.fill_null(same, False), dtype=bool)
         return np.where(hit & same, cand, self.oov)
+
+
+def hash_values(values: pa.Array) -> np.ndarray:
+    """Stable hashes of a string array via its distinct values (nulls hash like "")."""
+    enc = pc.dictionary_encode(values)
+    h = np.append(hashing.hash_strings(enc.dictionary), hashing.hash_strings([""]))
+    idx = enc.indices
+    if idx.null_count:
+        idx = pc.fill_null(idx, len(enc.dictionary))
+    return h[np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)]
 
 
 def _canonical(doc: dict[str, Any]) -> str:
@@ -296,19 +318,21 @@ class FeatureSpace:
     def _indexes(self) -> dict[str, _VocabIndex]:
         return {name: _VocabIndex(st["vocab"]) for name, st in self.states.items() if "vocab" in st}
 
-    def transform(self, table: pa.Table, *, require_label: bool = True) -> pa.Table:
+    def transform(self, table: pa.Table, *, require_label: bool = True, sides: tuple[str, ...] | list[str] | None = None) -> pa.Table:
         """Raw columns -> prepared columns (ids, float32 numerics, float32 label, raw keys).
 
+        ``sides`` (e.g. ``("user", "context")`` for a request without item fields) limits the
+        output to those sides' base features and the crosses computable from them.
         Raises ``DataError`` naming the column and value for any row it cannot convert.
         """
-        out, _ = self.transform_checked(table, require_label=require_label, on_bad_rows="error")
+        out, _ = self.transform_checked(table, require_label=require_label, on_bad_rows="error", sides=sides)
         return out
 
-    def transform_records(self, records: list[dict[str, Any]], *, require_label: bool = False) -> pa.Table:
+    def transform_records(
+        self, records: list[dict[str, Any]], *, require_label: bool = False, sides: tuple[str, ...] | list[str] | None = None
+    ) -> pa.Table:
         """Transform raw records (dicts of raw column values): serving and tests."""
-        if not records:
-            raise DataError("no records to transform")
-        return self.transform(pa.Table.from_pylist(records), require_label=require_label)
+        return self.transform(records_to_table(records), require_label=require_label, sides=sides)
 
     def transform_checked(
         self,
@@ -318,6 +342,7 @@ class FeatureSpace:
         on_bad_rows: str = "error",
         where: str = "",
         passthrough: tuple[str, ...] = (),
+        sides: tuple[str, ...] | list[str] | None = None,
     ) -> tuple[pa.Table, TransformInfo]:
         """``transform`` that can skip bad rows (``on_bad_rows="skip"``) and reports counts.
 
@@ -326,7 +351,8 @@ class FeatureSpace:
         n = table.num_rows
         problems = Problems(n)
         raw: dict[str, Any] = {}
-        for f in self.spec.features:
+        feats = self._selected(sides)
+        for f in feats:
             if isinstance(f, CrossedFeature):
                 continue
             col = column_or_nulls(table, feature_column(f), f.optional, f"feature {f.name!r}")
@@ -351,7 +377,7 @@ class FeatureSpace:
         cols: dict[str, pa.Array] = {}
         oov: dict[str, int] = {}
         nvals: dict[str, int] = {}
-        for f in self.spec.features:
+        for f in feats:
             if isinstance(f, CrossedFeature):
                 continue
             st = self.states.get(f.name)
@@ -376,9 +402,9 @@ class FeatureSpace:
                     oov[f.name] = int((ids == st["oov_id"]).sum())
                 nvals[f.name] = len(ids)
         base = pa.table(cols) if cols else pa.table({"__n": pa.nulls(table.num_rows)}).drop_columns(["__n"])
-        crossed = self.add_crosses(base)
+        crossed = self.add_crosses(base, only=[f.name for f in feats if isinstance(f, CrossedFeature)])
         out_cols = {}
-        for f in self.spec.features:
+        for f in feats:
             out_cols[f.name] = crossed.column(f.name)
         if label is not None:
             out_cols["label"] = pa.array(label, type=pa.float32())
@@ -398,7 +424,7 @@ class FeatureSpace:
 
     def _encode_values(self, f: CategoricalFeature | MultivalentFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
         if "hash_buckets" in st:
-            ids = hashing.bucket(hashing.hash_strings(values), st["hash_buckets"])
+            ids = hashing.bucket(hash_values(values), st["hash_buckets"])
             if values.null_count:
                 ids = np.where(np.asarray(values.is_null()), st["missing_id"], ids)
             return ids
@@ -428,7 +454,18 @@ class FeatureSpace:
             return (v - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
         return v
 
-    def add_crosses(self, ids: pa.Table) -> pa.Table:
+    def _selected(self, sides: tuple[str, ...] | list[str] | None) -> list[Feature]:
+        if sides is None:
+            return list(self.spec.features)
+        bad = set(sides) - {"user", "item", "context", "pair"}
+        if bad:
+            raise DataError(f"sides: unknown side(s) {sorted(bad)}; expected user, item, context")
+        base = [f for f in self.spec.features if not isinstance(f, CrossedFeature) and f.side in sides]
+        names = {f.name for f in base}
+        crosses = [f for f in self.spec.features if isinstance(f, CrossedFeature) and set(f.inputs) <= names]
+        return [f for f in self.spec.features if f in base or f in crosses]
+
+    def add_crosses(self, ids: pa.Table, only: list[str] | None = None) -> pa.Table:
         """Append every crossed feature, computed from its components' id columns in ``ids``.
 
         Components may come from different sources (a request's user ids, a candidate's item
@@ -437,7 +474,7 @@ class FeatureSpace:
         """
         out = ids
         for f in self.spec.features:
-            if not isinstance(f, CrossedFeature):
+            if not isinstance(f, CrossedFeature) or (only is not None and f.name not in only):
                 continue
             missing = [i for i in f.inputs if i not in out.column_names]
             if missing:
@@ -448,6 +485,28 @@ class FeatureSpace:
                 out = out.drop_columns([f.name])
             out = out.append_column(f.name, arr)
         return out
+
+
+def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Records -> table; a column mixing types (``8`` and ``"7"``) becomes strings, as a
+    categorical would read it, instead of failing Arrow's type inference."""
+    if not records:
+        raise DataError("no records to transform")
+    keys: list[str] = []
+    for r in records:
+        if not isinstance(r, dict):
+            raise DataError(f"a record must be a mapping of column -> value, got {type(r).__name__}")
+        keys.extend(k for k in r if k not in keys)
+    cols = {}
+    for k in keys:
+        vals = [r.get(k) for r in records]
+        try:
+            cols[k] = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            if any(isinstance(v, (list, tuple, dict)) for v in vals):
+                raise DataError(f"column {k!r}: values of mixed or unsupported types {sorted({type(v).__name__ for v in vals})}") from None
+            cols[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
+    return pa.table(cols)
 
 
 def _filter_raw(v: Any, keep: np.ndarray) -> Any:
@@ -467,7 +526,7 @@ def _filter_raw(v: Any, keep: np.ndarray) -> Any:
 def numeric_pre(f: NumericFeature, x: np.ndarray, problems: Problems) -> tuple[np.ndarray, np.ndarray]:
     """Missing mask, infinity policy ("error"), clip and log1p, shared by fit and transform."""
     col = feature_column(f)
-    missing = np.isnan(x)
+    missing = np.isnan(x) & ~problems.mask  # unparseable values were reported already
     inf = np.isinf(x)
     if f.infinity == "error" and inf.any():
         problems.add(inf, f"column {col!r}: infinite value", float(x[inf][0]))
