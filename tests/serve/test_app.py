@@ -1,0 +1,241 @@
+"""The Serve application over real HTTP on the session's local Ray, with small real bundles.
+
+One fused app is shared by the module (Serve start-up costs seconds); the chain app, the model
+swap and the autoscaling test deploy their own and clean up. This is the only test module that
+uses Serve / port 8000.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from widedeep.serve.bundle import load_bundle
+from widedeep.serve.pipeline import RecommendPipeline
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+URL = "http://127.0.0.1:8000"
+SMALL = {"Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+         "Retriever": {"ray_actor_options": {"num_cpus": 0.25}},
+         "Ranker": {"ray_actor_options": {"num_cpus": 0.25}}}
+
+
+def _args(bundle, **kw):
+    return {"bundle": str(bundle), "candidates": 50, "default_k": 5, "max_k": 20, "max_rank_items": 40,
+            "max_body_bytes": 4096, **kw}
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_session, bundles):
+    from ray import serve
+
+    from widedeep.serve.app import build_app_with
+
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    serve.run(build_app_with(_args(bundles[0]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
+    with httpx.Client(base_url=URL, timeout=30) as client:
+        yield client
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(bundles):
+    """The in-process pipeline over the same bundle: what the HTTP answers must equal."""
+    return RecommendPipeline(load_bundle(bundles[0]))
+
+
+def test_recommend_matches_in_process_pipeline(serve_app, reference):
+    body = {"user": {"user_id": "u3"}, "context": {"device": "ios"}, "k": 7, "exclude": ["i5", "i9"]}
+    r = serve_app.post("/v1/recommend", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model_version"] == "v1"
+    got = [(x["item_id"], x["score"]) for x in out["items"]]
+    want = reference.recommend(body["user"], body["context"], k=7, n=50, exclude=body["exclude"])
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[1] for g in got] == pytest.approx([w[1] for w in want], rel=1e-5)
+    scores = [s for _, s in got]
+    assert scores == sorted(scores, reverse=True)
+    seen = set(reference.bundle.item_keys[reference.bundle.seen["u3"]].tolist())
+    assert not ({i for i, _ in got} & (seen | {"i5", "i9"}))
+
+
+def test_known_user_fields_override_the_user_table(serve_app):
+    base = serve_app.post("/v1/recommend", json={"user": {"user_id": "u3"}, "k": 20}).json()["items"]
+    moved = serve_app.post("/v1/recommend", json={"user": {"user_id": "u3", "country": "c7", "age": 70}, "k": 20})
+    assert moved.status_code == 200
+    assert [x["score"] for x in moved.json()["items"]] != [x["score"] for x in base]
+
+
+def test_cold_and_unknown_values_are_served(serve_app, reference):
+    # an unknown user with no features: popularity; an unknown category: the OOV id
+    cold = serve_app.post("/v1/recommend", json={"user": {"user_id": "never-seen"}, "context": {"device": "fridge"}})
+    assert cold.status_code == 200 and len(cold.json()["items"]) == 5
+    r = serve_app.post("/v1/recommend", json={"user": {"country": "atlantis", "interests": ["i1", "zz"]}, "k": 3})
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
+    rates = serve_app.get("/v1/model").json()["serving"]["oov_rates_this_replica"]
+    assert rates["country"]["oov"] >= 1 and 0 < rates["country"]["rate"] < 1 or rates["country"]["rate"] == 1
+    assert rates["device"]["oov"] >= 1
+
+
+def test_rank_scores_in_given_order(serve_app, reference):
+    items = ["i12", "i3", "i250", "i3"]
+    r = serve_app.post("/v1/rank", json={"user": {"user_id": "u1"}, "context": {"device": "web"}, "items": items})
+    assert r.status_code == 200, r.text
+    got = r.json()["items"]
+    assert [x["item_id"] for x in got] == items
+    want = reference.rank({"user_id": "u1"}, {"device": "web"}, items)
+    assert [x["score"] for x in got] == pytest.approx(want, rel=1e-5)
+    assert got[1]["score"] == got[3]["score"]
+
+
+def test_model_health_and_openapi(serve_app):
+    m = serve_app.get("/v1/model").json()
+    assert m["model_version"] == "v1" and m["counts"]["items"] == 300
+    assert {f["name"] for f in m["features"]} >= {"country", "genre", "country_x_genre"}
+    assert m["request_fields"]["user_key"] == "user_id"
+    assert serve_app.get("/healthz").json() == {"status": "ok", "model_version": "v1"}
+    paths = serve_app.get("/openapi.json").json()["paths"]
+    assert {"/v1/recommend", "/v1/rank", "/v1/model", "/healthz"} <= set(paths)
+
+
+BAD = [
+    (b"{not json", 400, "body"),
+    (b'{"user": {"user_id": "u1"}, "k": 0}', 422, "body.k"),
+    (b'{"k": 21}', 422, "body.k"),
+    (b'{"k": "5"}', 422, "body.k"),
+    (b'{"k": 2.5}', 422, "body.k"),
+    (b'{"user": {"age": NaN}}', 422, "body.user.age"),
+    (b'{"user": {"age": Infinity}}', 422, "body.user.age"),
+    (b'{"user": {"age": "old"}}', 422, "body.user.age"),
+    (b'{"user": {"agee": 3}}', 422, "body.user.agee"),
+    (b'{"context": {"device": {"a": 1}}}', 422, "body.context.device"),
+    (b'{"user": {"interests": ["a", 1]}}', 422, "body.user.interests"),
+    (b'{"usr": {}}', 422, "body.usr"),
+    (b'[1, 2]', 422, "body"),
+    (b'{"exclude": [1.5]}', 422, "body.exclude"),
+]
+BAD_RANK = [
+    (b'{"user": {}}', 422, "body.items"),
+    (b'{"items": []}', 422, "body.items"),
+    (json.dumps({"items": [f"i{i}" for i in range(41)]}).encode(), 422, "body.items"),
+    (b'{"items": ["i1", "no-such-item"]}', 422, "body.items[1]"),
+]
+
+
+def test_bad_request_barrage_then_good_requests(serve_app):
+    headers = {"content-type": "application/json"}
+    for body, status, field in BAD:
+        r = serve_app.post("/v1/recommend", content=body, headers=headers)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["error"].startswith(field), (body, r.json())
+        assert r.json()["field"].startswith(field)
+    for body, status, field in BAD_RANK:
+        r = serve_app.post("/v1/rank", content=body, headers=headers)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["field"] == field, (body, r.json())
+    huge = json.dumps({"exclude": [f"i{i}" for i in range(2000)]}).encode()
+    r = serve_app.post("/v1/recommend", content=huge, headers=headers)
+    assert r.status_code == 413 and r.json()["field"] == "body" and "4096" in r.json()["error"]
+    for u in ("u1", "u2", "nobody"):
+        ok = serve_app.post("/v1/recommend", json={"user": {"user_id": u}, "context": {"device": "tv"}})
+        assert ok.status_code == 200 and len(ok.json()["items"]) == 5
+
+
+def _traffic(stop: threading.Event, path: str, out: Counter, errors: list) -> None:
+    with httpx.Client(base_url=URL, timeout=30) as c:
+        while not stop.is_set():
+            try:
+                r = c.post(path, json={"user": {"user_id": "u2"}, "context": {"device": "ios"}})
+            except httpx.HTTPError as e:
+                errors.append(repr(e))
+                continue
+            if r.status_code == 200:
+                out[r.json()["model_version"]] += 1
+            else:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+
+
+def test_model_swap_during_traffic(serve_app, bundles):
+    from ray import serve
+
+    from widedeep.serve.app import build_app_with
+
+    stop, versions, errors = threading.Event(), Counter(), []
+    threads = [threading.Thread(target=_traffic, args=(stop, "/v1/recommend", versions, errors)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        # same app, new bundle: only user_config changes -> reconfigure in place
+        serve.run(build_app_with(_args(bundles[1]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
+        deadline = time.time() + 60
+        while versions["v2"] < 20 and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert versions["v1"] > 0 and versions["v2"] >= 20, versions
+    assert serve_app.get("/v1/model").json()["model_version"] == "v2"
+    serve.run(build_app_with(_args(bundles[0]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
+    assert serve_app.get("/healthz").json()["model_version"] == "v1"
+
+
+def _replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    st = serve.status().applications[app].deployments[deployment]
+    return int(st.replica_states.get("RUNNING", 0))
+
+
+def test_chain_pipeline_answers_like_fused_and_ranker_autoscales(serve_app, reference, bundles):
+    from ray import serve
+
+    from widedeep.serve.app import build_app_with
+
+    fast = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "metrics_interval_s": 0.2,
+            "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 2.0}
+    opts = {**SMALL, "Ranker": {**SMALL["Ranker"], "autoscaling_config": fast}}
+    serve.run(build_app_with(_args(bundles[0], pipeline="chain"), opts), name="chain", route_prefix="/chain")
+    try:
+        body = {"user": {"user_id": "u3"}, "context": {"device": "ios"}, "k": 7, "exclude": ["i5"]}
+        r = serve_app.post("/chain/v1/recommend", json=body)
+        assert r.status_code == 200, r.text
+        want = reference.recommend(body["user"], body["context"], k=7, n=50, exclude=["i5"])
+        assert [x["item_id"] for x in r.json()["items"]] == [w[0] for w in want]
+        rank = serve_app.post("/chain/v1/rank", json={"user": {"user_id": "u1"}, "items": ["i1", "nope"]})
+        assert rank.status_code == 422 and rank.json()["field"] == "body.items[1]"
+        bad = serve_app.post("/chain/v1/recommend", json={"user": {"age": "old"}})
+        assert bad.status_code == 422 and bad.json()["field"] == "body.user.age"
+        assert _replicas("chain", "Ranker") == 1
+
+        stop, versions, errors = threading.Event(), Counter(), []
+        threads = [threading.Thread(target=_traffic, args=(stop, "/chain/v1/recommend", versions, errors))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.time() + 60
+            while _replicas("chain", "Ranker") < 2 and time.time() < deadline:
+                time.sleep(0.5)
+            peak = _replicas("chain", "Ranker")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert peak == 2, f"Ranker did not scale up under load ({sum(versions.values())} requests served)"
+        assert errors == []
+        deadline = time.time() + 60
+        while _replicas("chain", "Ranker") > 1 and time.time() < deadline:
+            time.sleep(0.5)
+        assert _replicas("chain", "Ranker") == 1
+    finally:
+        serve.delete("chain")

@@ -1,0 +1,211 @@
+"""The Retriever and Ranker deployments (``pipeline: chain``) and the model slot every replica uses.
+
+The Ranker batches scoring across concurrent requests with ``@serve.batch``; its
+``max_ongoing_requests`` (32) is at least ``max_batch_size * max_concurrent_batches`` (16 * 1),
+otherwise the router never hands a replica enough requests to fill a batch. Both set
+``max_queued_requests`` so overload answers 503 at once instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray import serve
+
+from widedeep.errors import ServingError
+from widedeep.serve.pipeline import RecommendPipeline
+
+log = logging.getLogger(__name__)
+
+RANKER_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 128,
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
+                           "upscale_delay_s": 5, "downscale_delay_s": 60},
+    "ray_actor_options": {"num_cpus": 1},
+}
+RETRIEVER_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 128,
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
+                           "upscale_delay_s": 5, "downscale_delay_s": 60},
+    "ray_actor_options": {"num_cpus": 1},
+}
+
+
+class ModelSlot:
+    """The replica's current pipeline, swapped atomically by ``reconfigure``.
+
+    The previous version stays loaded so requests that started on it (or, in the chain, whose
+    candidates came from it) finish on the same catalog.
+    """
+
+    def __init__(self, verify: bool = True) -> None:
+        self.verify = verify
+        self.current: RecommendPipeline | None = None
+        self.by_version: dict[str, RecommendPipeline] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self, path: str) -> RecommendPipeline:
+        from widedeep.serve.bundle import load_bundle
+
+        async with self._lock:
+            for p in self.by_version.values():
+                if str(p.bundle.path) == str(path):
+                    self.current = p
+                    return p
+            t0 = time.monotonic()
+            # off the event loop: requests keep being served by the current version meanwhile
+            pipe = await asyncio.to_thread(lambda: RecommendPipeline(load_bundle(path, verify=self.verify)))
+            self.by_version = {v: p for v, p in self.by_version.items() if p is self.current}
+            self.by_version[pipe.version] = pipe
+            self.current = pipe
+            log.info("serving model %s from %s (loaded in %.2fs)", pipe.version, path, time.monotonic() - t0)
+            return pipe
+
+    def get(self) -> RecommendPipeline:
+        if self.current is None:
+            raise ServingError("no model loaded yet (the bundle is still loading or failed to load)")
+        return self.current
+
+    async def version(self, version: str, path: str) -> RecommendPipeline:
+        """The pipeline of ``version``: a chain request is scored on the catalog it was retrieved from."""
+        p = self.by_version.get(version)
+        return p if p is not None else await self.load(path)
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+@serve.deployment(name="Retriever", **RETRIEVER_OPTIONS)
+class Retriever:
+    """Prepares the request (FeatureSpace transform) and retrieves N candidate rows."""
+
+    def __init__(self, verify_bundle: bool = True, torch_threads: int = 1) -> None:
+        from widedeep.serve.metrics import ServingMetrics
+
+        set_threads(torch_threads)
+        self.slot = ModelSlot(verify_bundle)
+        self.metrics = ServingMetrics("Retriever")
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.slot.load(str(user_config["bundle"]))
+
+    def check_health(self) -> None:
+        self.slot.get()
+
+    async def retrieve(self, user: dict[str, Any], context: dict[str, Any], n: int | None,
+                       exclude: list[Any]) -> tuple[str, str, pa.Table, np.ndarray]:
+        """``(version, bundle path, query row, int32 candidate rows)``; ``n=None``: no retrieval."""
+        pipe = self.slot.get()
+        t0 = time.perf_counter()
+        q = pipe.prepare(user, context)
+        t1 = time.perf_counter()
+        self.metrics.stage("prepare", (t1 - t0) * 1e3)
+        self.metrics.feature_oov(q.oov)
+        rows = np.zeros(0, dtype=np.int32)
+        if n is not None:
+            rows = pipe.retrieve(q, n, pipe.exclude_rows(exclude) if exclude else None)
+            self.metrics.stage("retrieve", (time.perf_counter() - t1) * 1e3)
+            self.metrics.retrieved(len(rows))
+        return pipe.version, str(pipe.bundle.path), q.row, rows
+
+
+@serve.deployment(name="Ranker", **RANKER_OPTIONS)
+class Ranker:
+    """Candidate-aware Wide & Deep scoring, batched across concurrent requests."""
+
+    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0, verify_bundle: bool = True,
+                 torch_threads: int = 1) -> None:
+        from widedeep.serve.metrics import ServingMetrics
+
+        set_threads(torch_threads)
+        self.slot = ModelSlot(verify_bundle)
+        self.metrics = ServingMetrics("Ranker")
+        self._score.set_max_batch_size(max_batch_size)
+        self._score.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.slot.load(str(user_config["bundle"]))
+
+    def check_health(self) -> None:
+        self.slot.get()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _score(self, jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> list[np.ndarray]:
+        return score_jobs(jobs)
+
+    async def rank(self, version: str, path: str, row: pa.Table, rows: np.ndarray, k: int | None,
+                   item_ids: list[Any] | None = None) -> tuple[str, list[tuple[Any, float]]]:
+        """Top-``k`` of ``rows`` (``k=None``: every item, in order; ``item_ids`` given: their rows)."""
+        pipe = await self.slot.version(version, path)
+        if item_ids is not None:
+            rows = pipe.item_rows(item_ids, "body.items")
+        t0 = time.perf_counter()
+        logits = await self._score((pipe, row, rows))
+        self.metrics.stage("rank", (time.perf_counter() - t0) * 1e3)
+        return pipe.version, ranked(pipe, rows, logits, k)
+
+    async def model_info(self) -> dict[str, Any]:
+        return model_info(self.slot.get())
+
+
+def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> list[np.ndarray]:
+    """Score a batch; jobs of different model versions (during a swap) are scored separately."""
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    groups: dict[int, list[int]] = {}
+    for i, (pipe, _, _) in enumerate(jobs):
+        groups.setdefault(id(pipe), []).append(i)
+    for idx in groups.values():
+        pipe = jobs[idx[0]][0]
+        parts = [(pipe.bundle.ranker.query_part(jobs[i][1]), jobs[i][1], jobs[i][2]) for i in idx]
+        for i, logits in zip(idx, pipe.score(parts)):
+            out[i] = logits
+    return out  # type: ignore[return-value]
+
+
+def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int | None) -> list[tuple[Any, float]]:
+    if k is not None:
+        return pipe.top_k(rows, logits, k)
+    keys = pipe.bundle.item_keys[rows]
+    scores = pipe.bundle.ranker.predict(logits)
+    return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores)]
+
+
+def model_info(pipe: RecommendPipeline) -> dict[str, Any]:
+    """``GET /v1/model``: versions, provenance and a summary of the features."""
+    from widedeep.features.spec import CrossedFeature
+
+    b = pipe.bundle
+    fs = b.fs
+    feats = []
+    for f in fs.features:
+        d: dict[str, Any] = {"name": f.name, "kind": f.kind, "side": fs.feature_side(f.name)}
+        if f.name in fs.states and "num_rows" in fs.states[f.name]:
+            d["num_rows"] = fs.num_rows(f.name)
+        if fs.oov_id(f.name) is not None:
+            d["oov_id"] = fs.oov_id(f.name)
+        if isinstance(f, CrossedFeature):
+            d["inputs"] = list(f.inputs)
+        feats.append(d)
+    m = b.manifest
+    return {
+        "model_version": b.version,
+        "bundle": str(b.path),
+        "versions": m.get("versions", {}),
+        "feature_space_hash": m["feature_space_hash"],
+        "sources": {k: {kk: vv for kk, vv in v.items() if kk != "meta"} if isinstance(v, dict) else v
+                    for k, v in m.get("sources", {}).items()},
+        "counts": m.get("counts", {}),
+        "index": m.get("index", {}),
+        "request_fields": {"user_key": pipe.user_key_field, "user": pipe.user_fields, "context": pipe.context_fields},
+        "features": feats,
+    }

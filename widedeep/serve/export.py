@@ -1,0 +1,126 @@
+"""Building a serving bundle from trained models and prepared data (``widedeep export``).
+
+The catalog, the user table, the seen items and popularity all come from PREPARED rows (ids,
+not raw values; contracts §5), so the same code builds a bundle from a prepared directory
+(``export_from_checkpoints``) and from in-memory tables (``widedeep.serve.synthetic``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from widedeep.errors import CheckpointError, DataError
+from widedeep.serve.bundle import BundleContents, write_bundle
+
+log = logging.getLogger(__name__)
+
+
+def _side_base_columns(fs: Any, side: str) -> list[str]:
+    """Prepared columns of ``side`` that the models read (tables of both parts and numerics)."""
+    from widedeep.retrieval.data import side_columns
+
+    return side_columns(fs, (side,))
+
+
+def _user_base_columns(fs: Any) -> list[str]:
+    """User-side non-cross prepared columns (what the user table stores; crosses are recomputed)."""
+    from widedeep.features.spec import CrossedFeature
+
+    return [f.name for f in fs.features if not isinstance(f, CrossedFeature) and f.side == "user"]
+
+
+def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positives: pa.Table | None = None,
+                    sources: dict[str, Any] | None = None) -> BundleContents:
+    """Assemble a bundle from the two models and prepared rows.
+
+    Args:
+        fs: the FeatureSpace both models were trained on.
+        ranker: a ``WideAndDeep`` (eval mode).
+        retriever: a ``TwoTower``.
+        rows: prepared rows with ``item_key`` (and ``user_key`` when the spec has one): the
+            catalog is every distinct item, the user table every distinct user, and the seen
+            items every (user, item) pair in them.
+        positives: rows whose ``label == 1`` count towards popularity (default: ``rows``).
+        sources: provenance for the manifest.
+    """
+    from widedeep.retrieval.data import embed, first_by_key
+    from widedeep.retrieval.interactions import key_rows
+    from widedeep.serve.scoring import extract_ranker
+    from widedeep.serve.towers import extract_user_tower
+
+    if not fs.item_key or "item_key" not in rows.column_names:
+        raise DataError("export: the prepared data has no item_key column; serving needs an item catalog")
+    t0 = time.monotonic()
+    item_cols = _side_base_columns(fs, "item")
+    item_keys, item_rows = first_by_key(rows.select(["item_key", *item_cols]), "item_key")
+    items = item_rows.drop_columns(["item_key"])
+    vectors = embed(retriever, "item", items)
+    pos = positives if positives is not None else rows
+    if "label" in pos.column_names:
+        pos = pos.filter(pc.greater(pos.column("label"), 0.5))
+    r = key_rows(pos.column("item_key"), item_keys)
+    popularity = np.bincount(r[r >= 0], minlength=len(item_keys)).astype(np.float32)
+    users = seen = None
+    if fs.user_key and "user_key" in rows.column_names:
+        ucols = _user_base_columns(fs)
+        user_keys, user_rows = first_by_key(rows.select(["user_key", *ucols]), "user_key")
+        users = (user_keys, user_rows.drop_columns(["user_key"]))
+        u = key_rows(rows.column("user_key"), user_keys)
+        i = key_rows(rows.column("item_key"), item_keys)
+        order = np.lexsort((i, u))
+        u, i = u[order], i[order]
+        bounds = np.searchsorted(u, np.arange(len(user_keys) + 1))
+        seen = (user_keys, [np.unique(i[bounds[k]:bounds[k + 1]]) for k in range(len(user_keys))])
+    log.info("export: %d items, %d users from %d prepared rows (%.1fs)", len(item_keys),
+             0 if users is None else len(users[0]), rows.num_rows, time.monotonic() - t0)
+    return BundleContents(fs, extract_ranker(ranker, fs), extract_user_tower(retriever, fs), item_keys, items,
+                          vectors, popularity, users, seen, sources or {})
+
+
+def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, data: str | None = None,
+                            index_kind: str = "auto", version: str | None = None) -> Path:
+    """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory."""
+    from widedeep.retrieval.data import SPLITS, load_rows
+    from widedeep.train.checkpoint import load_checkpoint
+
+    rk = load_checkpoint(ranker_path)
+    rt = load_checkpoint(retriever_path)
+    if rk.task != "ranking":
+        raise CheckpointError(f"--ranker {ranker_path}: a {rk.task!r} checkpoint; expected a ranking (Wide & Deep) one")
+    if rt.task != "retrieval":
+        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; expected a retrieval (two-tower) one")
+    h1, h2 = rk.feature_space.content_hash, rt.feature_space.content_hash
+    if h1 != h2:
+        raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
+                              f"{h2} ({retriever_path}); train both on the same prepared data")
+    fs = rk.feature_space
+    root = Path(data or rk.config.get("data", ""))
+    if not (root / "feature_space.json").exists():
+        raise DataError(f"export: {root}: not a prepared data directory (give --data DIR)")
+    from widedeep.features import FeatureSpace
+
+    data_hash = FeatureSpace.load(root).content_hash
+    if data_hash != h1:
+        raise CheckpointError(f"export: the prepared data {root} has FeatureSpace {data_hash}, the checkpoints {h1}")
+    cols = ["item_key", "label", *_side_base_columns(fs, "item")]
+    if fs.user_key:
+        cols += ["user_key", *_user_base_columns(fs)]
+    cols = list(dict.fromkeys(cols))
+    rows = load_rows(root, SPLITS, cols)
+    train = load_rows(root, ("train",), ["item_key", "label"])
+    sources = {
+        "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
+        "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},
+        "data": str(root),
+    }
+    rk.model.eval()
+    rt.model.eval()
+    contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources)
+    return write_bundle(out, contents, index_kind=index_kind, version=version)

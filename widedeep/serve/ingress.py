@@ -1,0 +1,282 @@
+"""The HTTP Ingress: FastAPI routes, request validation, and the recommend/rank flow.
+
+Where the time goes (measured on the 2-core dev box, see ``widedeep bench serve``): a Serve
+request costs ~5 ms of proxy -> replica overhead (the no-op floor) and every further
+``DeploymentHandle`` hop ~4-6 ms more (actor call, router, serialisation, event-loop handoffs),
+while retrieval + ranking of 500 candidates costs ~1-3 ms. So with ``pipeline: fused`` (the
+default) the Ingress replica retrieves and ranks in process, batching concurrent requests'
+scoring with ``@serve.batch`` exactly as the Ranker deployment does; ``pipeline: chain`` sends
+each request Ingress -> Retriever -> Ranker for deployments where retrieval and ranking must
+scale separately (GPU rankers). Both run the same ``RecommendPipeline`` code.
+
+Errors: pydantic errors -> 422 with ``error: "body.<field>: <msg>"``; malformed JSON -> 400;
+a body over ``max_body_bytes`` -> 413; a request the bundle cannot serve (unknown feature
+field, unknown item, k above the maximum) -> 422 naming the field; overload -> 503.
+"""
+
+
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from widedeep.errors import ServingError
+from widedeep.serve.deployments import ModelSlot, model_info, ranked, score_jobs, set_threads
+from widedeep.serve.pipeline import RequestError
+from widedeep.serve.schemas import (
+    AppArgs,
+    ErrorResponse,
+    RankRequest,
+    RankResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+)
+
+log = logging.getLogger(__name__)
+
+INGRESS_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 128,
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 12,
+                           "upscale_delay_s": 10, "downscale_delay_s": 60},
+    "ray_actor_options": {"num_cpus": 1},
+}
+_ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}}
+
+
+def _common_prefix(locs: list[tuple]) -> tuple:
+    out = []
+    for parts in zip(*locs):
+        if any(p != parts[0] for p in parts):
+            break
+        out.append(parts[0])
+    return tuple(out)
+
+
+def _loc(loc: Any) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+class BodyLimit:
+    """ASGI middleware: a body larger than ``BodyLimit.max_bytes`` gets 413 before parsing.
+
+    A class attribute, set by the Ingress constructor: the FastAPI object reaches the replica as
+    a pickled copy, so state put on ``api`` would not be seen by the app actually serving.
+    """
+
+    max_bytes = 1 << 20
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = BodyLimit.max_bytes
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(send, int(declared), limit)
+        seen = 0
+        too_big = False
+
+        async def limited() -> dict:
+            nonlocal seen, too_big
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    too_big = True
+                    return {"type": "http.disconnect"}
+            return msg
+
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            try:
+                await self.app(scope, limited, send)
+            except Exception:
+                if too_big:
+                    return await _too_large(send, seen, limit)
+                raise
+            return
+        await self.app(scope, receive, send)
+
+
+async def _too_large(send: Any, size: int, limit: int) -> None:
+    body = json.dumps({"error": f"body: {size} bytes exceeds the limit of {limit} bytes", "field": "body"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+api = FastAPI(
+    title="widedeep recommender",
+    description="Retrieval (two-tower) + Wide & Deep ranking. Errors name the offending field.",
+    version="1",
+)
+api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        status, field = 400, "body"
+        msg = f"body: malformed JSON ({first.get('ctx', {}).get('error', first.get('msg'))})"
+    else:
+        status = 422
+        # a value matching no member of a union gives one error per member (loc ends in the
+        # member's type): report the value's own path, with the most telling member message
+        same = [e for e in errors if tuple(e.get("loc", ()))[:2] == tuple(first.get("loc", ()))[:2]]
+        loc = _common_prefix([tuple(e.get("loc", ())) for e in same]) if len(same) > 1 else tuple(first.get("loc", ()))
+        field = _loc(loc) or "body"
+        best = next((e for e in same if e.get("type") == "finite_number"), first)
+        msg = f"{field}: {best.get('msg')}"
+    detail = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+              for e in errors[:20]]
+    return JSONResponse({"error": msg, "field": field, "detail": detail}, status_code=status)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "field": None}, status_code=503)
+
+
+def _as_request_error(e: BaseException) -> RequestError | None:
+    """A RequestError raised in another replica arrives wrapped (RayTaskError); unwrap it."""
+    if isinstance(e, RequestError):
+        return e
+    cause = getattr(e, "cause", None) or e.__cause__
+    return cause if isinstance(cause, RequestError) else None
+
+
+def _body(e: RequestError) -> RequestError:
+    """Pipeline fields (``user.age``) as HTTP body paths (``body.user.age``)."""
+    if e.field.startswith("body"):
+        return e
+    return RequestError(f"body.{e.field}", e.message, e.status)
+
+
+@serve.deployment(name="Ingress", **INGRESS_OPTIONS)
+@serve.ingress(api)
+class Ingress:
+    """HTTP entry point. ``retriever`` / ``ranker`` are handles in the chain, ``None`` when fused."""
+
+    def __init__(self, args: dict[str, Any], retriever: Any = None, ranker: Any = None) -> None:
+        from widedeep.serve.metrics import ServingMetrics
+
+        self.args = AppArgs.model_validate({**args, "bundle": args.get("bundle", "")})
+        set_threads(self.args.torch_threads)
+        BodyLimit.max_bytes = self.args.max_body_bytes
+        self.fused = self.args.pipeline == "fused"
+        self.retriever = retriever
+        self.ranker = ranker
+        self.slot = ModelSlot(self.args.verify_bundle)
+        self.metrics = ServingMetrics("Ingress")
+        self._score.set_max_batch_size(self.args.max_batch_size)
+        self._score.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if self.fused:
+            await self.slot.load(str(user_config["bundle"]))
+
+    def check_health(self) -> None:
+        if self.fused:
+            self.slot.get()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _score(self, jobs: list[Any]) -> list[Any]:
+        return score_jobs(jobs)
+
+    def _k(self, k: int | None) -> int:
+        k = self.args.default_k if k is None else k
+        if k > self.args.max_k:
+            raise RequestError("body.k", f"must be <= {self.args.max_k} (this deployment's max_k), got {k}")
+        return k
+
+    async def _fused(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+                     ) -> tuple[str, list[tuple[Any, float]]]:
+        pipe = self.slot.get()
+        t0 = time.perf_counter()
+        try:
+            q = pipe.prepare(user, context)
+            self.metrics.feature_oov(q.oov)
+            t1 = time.perf_counter()
+            if items is None:
+                rows = pipe.retrieve(q, self.args.candidates, pipe.exclude_rows(exclude) if exclude else None)
+                self.metrics.retrieved(len(rows))
+            else:
+                rows = pipe.item_rows(items, "body.items")
+        except RequestError as e:
+            raise _body(e) from None
+        t2 = time.perf_counter()
+        logits = await self._score((pipe, q.row, rows))
+        t3 = time.perf_counter()
+        self.metrics.stage("prepare", (t1 - t0) * 1e3)
+        if items is None:
+            self.metrics.stage("retrieve", (t2 - t1) * 1e3)
+        self.metrics.stage("rank", (t3 - t2) * 1e3)
+        return pipe.version, ranked(pipe, rows, logits, k)
+
+    async def _chain(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+                     ) -> tuple[str, list[tuple[Any, float]]]:
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            version, path, row, rows = await self.retriever.retrieve.remote(
+                user, context, None if items is not None else self.args.candidates, exclude)
+            return await self.ranker.rank.remote(version, path, row, rows, k, items)
+        except BackPressureError as e:
+            raise ServingError(f"overloaded: {e}") from None
+        except Exception as e:
+            re = _as_request_error(e)
+            if re is None:
+                raise
+            raise _body(re) from None
+
+    async def _run(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+                   ) -> tuple[str, list[tuple[Any, float]]]:
+        if self.fused:
+            return await self._fused(user, context, k, exclude, items)
+        return await self._chain(user, context, k, exclude, items)
+
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS)
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Retrieve ``candidates`` items for the user and return the top ``k`` by the ranker's score."""
+        k = self._k(req.k)
+        version, items = await self._run(req.user, req.context, k, req.exclude, None)
+        return RecommendResponse(items=[ScoredItem(item_id=i, score=s) for i, s in items], model_version=version)
+
+    @api.post("/v1/rank", response_model=RankResponse, responses=_ERRORS)
+    async def rank(self, req: RankRequest) -> RankResponse:
+        """Score the given items for the user; scores come back in the given order."""
+        if len(req.items) > self.args.max_rank_items:
+            raise RequestError("body.items", f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
+        version, items = await self._run(req.user, req.context, None, [], req.items)
+        return RankResponse(items=[ScoredItem(item_id=i, score=s) for i, s in items], model_version=version)
+
+    @api.get("/v1/model")
+    async def model(self) -> dict[str, Any]:
+        """Model version, provenance, request fields and feature summary; this replica's OOV rates."""
+        info = model_info(self.slot.get()) if self.fused else await self.ranker.model_info.remote()
+        info["serving"] = {**self.args.model_dump(exclude={"bundle"}), "oov_rates_this_replica": self.metrics.oov_rates()}
+        return info
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """200 when a model is loaded (fused) / the Ingress is up (chain)."""
+        version = self.slot.get().version if self.fused else None
+        return {"status": "ok", "model_version": version}

@@ -1,0 +1,56 @@
+"""Serving metrics, exported beside Serve's own (``ray.serve.metrics`` -> Ray's Prometheus endpoint).
+
+- ``widedeep_serve_stage_latency_ms{stage}``: prepare, retrieve, rank (histogram)
+- ``widedeep_serve_candidates`` : candidates retrieved per request (histogram)
+- ``widedeep_serve_feature_ids_total{feature}`` / ``widedeep_serve_feature_oov_total{feature}``:
+  ids transformed from requests and how many were out of vocabulary; the OOV rate per feature is
+  their ratio (``rate(oov) / rate(ids)`` in PromQL). The replica also keeps the running totals
+  so ``GET /v1/model`` can show its OOV rates without a Prometheus server.
+
+Created inside replicas (never at import): a metric object registers with the Ray worker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+_LATENCY_BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000]
+_CANDIDATE_BOUNDARIES = [1, 10, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+class ServingMetrics:
+    """The replica's metric objects and its running OOV totals."""
+
+    def __init__(self, deployment: str) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.deployment = deployment
+        self.latency = Histogram("widedeep_serve_stage_latency_ms", description="latency of one serving stage",
+                                 boundaries=_LATENCY_BOUNDARIES, tag_keys=("stage",))
+        self.candidates = Histogram("widedeep_serve_candidates", description="candidates retrieved per request",
+                                    boundaries=_CANDIDATE_BOUNDARIES)
+        self.ids = Counter("widedeep_serve_feature_ids_total", description="ids transformed from requests",
+                           tag_keys=("feature",))
+        self.oov = Counter("widedeep_serve_feature_oov_total", description="out-of-vocabulary ids in requests",
+                           tag_keys=("feature",))
+        self._totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def stage(self, stage: str, ms: float) -> None:
+        self.latency.observe(ms, tags={"stage": stage})
+
+    def retrieved(self, n: int) -> None:
+        self.candidates.observe(n)
+
+    def feature_oov(self, counts: dict[str, tuple[int, int]]) -> None:
+        for feature, (oov, n) in counts.items():
+            if n:
+                self.ids.inc(n, tags={"feature": feature})
+                t = self._totals[feature]
+                t[1] += n
+                if oov:
+                    self.oov.inc(oov, tags={"feature": feature})
+                    t[0] += oov
+
+    def oov_rates(self) -> dict[str, Any]:
+        return {f: {"oov": o, "ids": n, "rate": o / n} for f, (o, n) in sorted(self._totals.items()) if n}

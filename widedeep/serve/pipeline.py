@@ -1,0 +1,230 @@
+"""One request through retrieval and ranking, in process: the code every deployment runs.
+
+Stages (each deployment runs some of them; the fused Ingress runs all)::
+
+    prepare   raw user/context fields -> FeatureSpace transform (the training code path) of the
+              query-side features, merged over the known user's row of the bundle's user table;
+              query crosses; the query's share of every score (``QueryPart``); the user vector
+    retrieve  user vector -> top-N catalog rows (popularity for cold users), minus seen/excluded
+    rank      candidate rows -> item-side ids from the catalog + pair crosses (``add_crosses``)
+              -> ``CandidateScorer`` (batched across requests) -> top-k
+
+Only ids move between stages: a 1-row Arrow table of the query's prepared columns and int32
+catalog rows, never raw item features or JSON dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from widedeep.errors import DataError, ServingError
+from widedeep.serve.bundle import ServingBundle
+from widedeep.serve.scoring import QUERY_SIDES, QueryPart
+
+_COLUMN_RE = re.compile(r"column '([^']+)'")
+
+
+class RequestError(ServingError):
+    """A request the bundle cannot serve as given; ``field`` is its dotted path (``user.age``)."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, int]]:
+        # rebuilt with its fields when it crosses a replica boundary (chain pipeline)
+        return (RequestError, (self.field, self.message, self.status))
+
+
+@dataclass
+class Query:
+    """A prepared request: everything the later stages need, all ids."""
+
+    user_key: str | None
+    known_user: bool
+    row: pa.Table  # 1 row: query-side prepared columns (+ query crosses)
+    part: QueryPart
+    vector: np.ndarray | None  # None: cold start (popularity)
+    oov: dict[str, tuple[int, int]]  # feature -> (oov ids, ids) of what the request transformed
+
+
+def _sub_space(fs: Any, features: Sequence[Any]) -> Any:
+    """A FeatureSpace restricted to ``features`` (same fitted states, same transform code)."""
+    spec = dataclasses.replace(fs.spec, features=tuple(features))
+    return type(fs)(spec, {f.name: fs.states[f.name] for f in features if f.name in fs.states})
+
+
+class RecommendPipeline:
+    """The stages above over one loaded bundle.
+
+    Args:
+        bundle: a verified ``ServingBundle``.
+
+    Example::
+
+        p = RecommendPipeline(load_bundle("BUNDLE"))
+        items = p.recommend({"user_id": "u1"}, {"device": "ios"}, k=10, n=100)
+    """
+
+    def __init__(self, bundle: ServingBundle) -> None:
+        from widedeep.features.spec import CrossedFeature, feature_column
+
+        self.bundle = bundle
+        fs = self.fs = bundle.fs
+        base = [f for f in fs.features if not isinstance(f, CrossedFeature)]
+        crosses = [f for f in fs.features if isinstance(f, CrossedFeature)]
+        self.query_base = [f for f in base if f.side in QUERY_SIDES]
+        self.raw_of = {f.name: feature_column(f) for f in self.query_base}
+        self.user_fields = sorted({self.raw_of[f.name] for f in self.query_base if f.side == "user"})
+        self.context_fields = sorted({self.raw_of[f.name] for f in self.query_base if f.side == "context"})
+        self.user_key_field = fs.spec.user_key
+        q_cross = [f for f in crosses if fs.feature_side(f.name) in QUERY_SIDES]
+        pair = [f for f in crosses if fs.feature_side(f.name) == "pair"]
+        self.query_cross_space = _sub_space(fs, self.query_base + q_cross) if q_cross else None
+        self.pair_space = _sub_space(fs, base + pair) if pair else None
+        self.pair_names = [f.name for f in pair]
+        self.pair_inputs = sorted({i for f in pair for i in f.inputs})
+        self._spaces: dict[frozenset[str], Any] = {}
+        self.item_columns = bundle.ranker.candidate_columns()
+        missing = [c for c in self.item_columns if c not in bundle.items.column_names and c not in self.pair_names]
+        if missing:
+            raise ServingError(f"{bundle.path}: items.parquet lacks the ranker's item column(s) {missing}")
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    # -- prepare -------------------------------------------------------------------------------
+    def _space_for(self, names: frozenset[str]) -> Any:
+        sp = self._spaces.get(names)
+        if sp is None:
+            sp = _sub_space(self.fs, [f for f in self.query_base if f.name in names])
+            if len(self._spaces) < 256:
+                self._spaces[names] = sp
+        return sp
+
+    def _check_fields(self, values: Mapping[str, Any], allowed: list[str], where: str, extra: str | None) -> None:
+        for name in values:
+            if name not in allowed and name != extra:
+                raise RequestError(f"{where}.{name}", f"unknown field; {where} fields are {allowed + ([extra] if extra else [])}")
+
+    def prepare(self, user: Mapping[str, Any], context: Mapping[str, Any]) -> Query:
+        """Raw request fields -> ``Query`` (raises ``RequestError`` naming the field)."""
+        self._check_fields(user, self.user_fields, "user", self.user_key_field)
+        self._check_fields(context, self.context_fields, "context", None)
+        b = self.bundle
+        key = user.get(self.user_key_field) if self.user_key_field else None
+        key_s = None if key is None else str(key)
+        urow = b.user_rows.get(key_s) if key_s is not None else None
+        given_user = [c for c in user if c != self.user_key_field]
+        # known user: request fields override the user table; the rest comes from the table
+        todo = [f for f in self.query_base
+                if f.side == "context" or urow is None or self.raw_of[f.name] in user]
+        raw: dict[str, pa.Array] = {}
+        where = {**{c: f"context.{c}" for c in context}, **{c: f"user.{c}" for c in user}}
+        for f in todo:
+            col = self.raw_of[f.name]
+            if col in raw:
+                continue
+            v = user.get(col, context.get(col))
+            try:
+                raw[col] = pa.array([v]) if v is not None else pa.nulls(1)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise RequestError(where.get(col, col), f"cannot be read as one value or a list of values of one type: {e}") from None
+        space = self._space_for(frozenset(f.name for f in todo))
+        try:
+            out, info = space.transform_checked(pa.table(raw) if raw else pa.table({"_": [0]}), require_label=False)
+        except DataError as e:
+            m = _COLUMN_RE.search(str(e))
+            field = where.get(m.group(1), m.group(1)) if m else "user"
+            raise RequestError(field, str(e)) from None
+        cols: dict[str, Any] = {}
+        for f in self.query_base:
+            if f.name in out.column_names:
+                cols[f.name] = out.column(f.name)
+            else:
+                assert b.users is not None and urow is not None
+                cols[f.name] = b.users.column(f.name).slice(urow, 1)
+        row = pa.table(cols)
+        if self.query_cross_space is not None:
+            row = self.query_cross_space.add_crosses(row)
+        part = b.ranker.query_part(row)
+        placeable = urow is not None or bool(given_user)
+        vector = b.user_tower.embed(row)[0] if placeable else None
+        oov = {name: (info.oov.get(name, 0), n) for name, n in info.values.items()}
+        return Query(key_s, urow is not None, row, part, vector, oov)
+
+    # -- retrieve ------------------------------------------------------------------------------
+    def exclude_rows(self, item_ids: Sequence[Any]) -> np.ndarray:
+        """Catalog rows of excluded item ids (ids not in the catalog can never be returned anyway)."""
+        rows = self.bundle.item_rows
+        return np.asarray([rows[s] for s in map(str, item_ids) if s in rows], dtype=np.int64)
+
+    def retrieve(self, q: Query, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Top-``n`` candidate rows (int32), the user's seen items and ``exclude`` removed."""
+        parts = [] if exclude is None else [exclude]
+        if q.user_key is not None and q.user_key in self.bundle.seen:
+            parts.append(self.bundle.seen[q.user_key])
+        ex = np.unique(np.concatenate(parts)) if parts else None
+        rows, _ = self.bundle.generator.candidates(q.vector, None, n, exclude_rows=ex, filter_seen=False)
+        return rows.astype(np.int32)
+
+    # -- rank ----------------------------------------------------------------------------------
+    def item_rows(self, item_ids: Sequence[Any], field: str = "items") -> np.ndarray:
+        """Catalog rows of the given ids, in order; an unknown id is a ``RequestError``."""
+        rows = self.bundle.item_rows
+        out = np.empty(len(item_ids), dtype=np.int32)
+        for i, s in enumerate(map(str, item_ids)):
+            r = rows.get(s)
+            if r is None:
+                raise RequestError(f"{field}[{i}]", f"unknown item {item_ids[i]!r} (not in the bundle's catalog)")
+            out[i] = r
+        return out
+
+    def candidate_table(self, q_row: pa.Table, rows: np.ndarray) -> pa.Table:
+        """Item-side ids of ``rows`` from the catalog plus the pair crosses with the query's ids."""
+        idx = pa.array(rows.astype(np.int64, copy=False))
+        items = self.bundle.items
+        cols = {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
+        if self.pair_space is not None:
+            zeros = pa.array(np.zeros(len(rows), dtype=np.int64))
+            comps = {c: (cols[c] if c in cols else items.column(c).take(idx)) if c in items.column_names
+                     else q_row.column(c).take(zeros) for c in self.pair_inputs}
+            crossed = self.pair_space.add_crosses(pa.table(comps))
+            for name in self.pair_names:
+                cols[name] = crossed.column(name)
+        return pa.table(cols)
+
+    def score(self, queries: Sequence[tuple[QueryPart, pa.Table, np.ndarray]]) -> list[np.ndarray]:
+        """Logits for a batch of ``(query part, query row, candidate rows)``: one MLP call for all."""
+        tables = [self.candidate_table(row, rows) for _, row, rows in queries]
+        return self.bundle.ranker.score([p for p, _, _ in queries], tables)
+
+    def top_k(self, rows: np.ndarray, logits: np.ndarray, k: int) -> list[tuple[Any, float]]:
+        order = np.argsort(-logits, kind="stable")[:k]
+        scores = self.bundle.ranker.predict(logits[order])
+        keys = self.bundle.item_keys[rows[order]]
+        return [(k_.item() if hasattr(k_, "item") else k_, float(s)) for k_, s in zip(keys, scores)]
+
+    def recommend(self, user: Mapping[str, Any], context: Mapping[str, Any], k: int, n: int,
+                  exclude: Sequence[Any] = ()) -> list[tuple[Any, float]]:
+        """The whole request in one call (the in-process reference the benchmark times)."""
+        q = self.prepare(user, context)
+        rows = self.retrieve(q, n, self.exclude_rows(exclude) if exclude else None)
+        (logits,) = self.score([(q.part, q.row, rows)])
+        return self.top_k(rows, logits, k)
+
+    def rank(self, user: Mapping[str, Any], context: Mapping[str, Any], items: Sequence[Any]) -> list[float]:
+        q = self.prepare(user, context)
+        rows = self.item_rows(items)
+        (logits,) = self.score([(q.part, q.row, rows)])
+        return [float(x) for x in self.bundle.ranker.predict(logits)]
