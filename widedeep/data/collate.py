@@ -129,7 +129,7 @@ class Collator:
         if self.require_label:
             c = _column(data, "label")
             lab = (c.to_numpy() if isinstance(c, pa.ChunkedArray) else np.asarray(c)).astype(np.float32, copy=False)
-            labels = torch.from_numpy(np.ascontiguousarray(lab))
+            labels = torch.from_numpy(np.array(lab, dtype=np.float32))  # copy: Arrow buffers are read-only
         else:
             labels = torch.zeros(b)
         return Batch(dense, _jagged(data, self.wide, b), _jagged(data, self.deep, b), labels)

@@ -99,7 +99,11 @@ def _units_dataset(units: list[ReadUnit]):
 def _run(ds, what: str):
     """Iterate a dataset's output batches on the driver, re-raising our errors cleanly."""
     try:
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            raise_task_error(batch)
+            yield batch
+    except WidedeepError:
+        raise
     except Exception as e:  # noqa: BLE001 - Ray wraps task errors; surface ours without the traceback
         inner = unwrap_error(e)
         if inner is not None:
@@ -110,6 +114,41 @@ def _run(ds, what: str):
 # ------------------------------------------------------------------ tasks (run in Ray workers)
 
 
+def _errors_as_rows(fn):
+    """Return a task's widedeep error as an ``error`` row instead of raising it.
+
+    Why: an exception crossing Ray Data arrives wrapped (RayTaskError(UserCodeException)) with
+    its cause flattened into traceback text; the driver re-raises the original class and
+    message, prefixed with the file being read, so the user sees one clean line.
+    """
+
+    def wrapped(batch: pa.Table, **kw: Any) -> pa.Table:
+        try:
+            return fn(batch, **kw)
+        except WidedeepError as e:
+            where = batch.column("path")[0].as_py() if batch.num_rows else ""
+            msg = str(e) if (not where or where in str(e)) else f"{where}: {e}"
+            blob = json.dumps({"error": type(e).__name__, "message": msg}).encode()
+            return pa.table({"key": pa.array(["error"]), "blob": pa.array([blob], pa.binary())})
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def raise_task_error(batch: pa.Table) -> None:
+    """Re-raise an ``error`` row produced by ``_errors_as_rows``."""
+    if "key" not in batch.column_names:
+        return
+    keys = batch.column("key").to_pylist()
+    if "error" in keys:
+        import widedeep.errors as errors
+
+        d = json.loads(batch.column("blob")[keys.index("error")].as_py())
+        cls = getattr(errors, d["error"], DataError)
+        raise cls(d["message"])
+
+
+@_errors_as_rows
 def _time_task(batch: pa.Table, split: SplitSpec, chunk_rows: int, on_bad_rows: str) -> pa.Table:
     keys, blobs = [], []
     for item in batch.to_pylist():
@@ -129,6 +168,7 @@ def _time_task(batch: pa.Table, split: SplitSpec, chunk_rows: int, on_bad_rows: 
     return pa.table({"key": pa.array(keys, pa.string()), "blob": pa.array(blobs, pa.binary())})
 
 
+@_errors_as_rows
 def _fit_task(batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list[str], chunk_rows: int, on_bad_rows: str) -> pa.Table:
     spec = parse_spec(spec_doc)
     outs = []
@@ -183,6 +223,7 @@ class _ShardWriter:
             self.writer, self.rows, self.k = None, 0, self.k + 1
 
 
+@_errors_as_rows
 def _write_task(
     batch: pa.Table, fs_json: str, splitter: Splitter, columns: list[str], out: str, opts: dict[str, Any]
 ) -> pa.Table:
@@ -224,7 +265,8 @@ def _write_task(
             w.close()
         for s, name in enumerate(SPLITS):
             rows_meta.append({"unit": unit.index, "split": name, "files": writers[s].files, "stats": stats[s], "bad_parse": bad_parse if s == 0 else 0})
-    return pa.table({"meta": pa.array([json.dumps(r, sort_keys=True) for r in rows_meta], pa.string())})
+    blobs = [json.dumps(r, sort_keys=True).encode() for r in rows_meta]
+    return pa.table({"key": pa.array(["meta"] * len(blobs)), "blob": pa.array(blobs, pa.binary())})
 
 
 # ------------------------------------------------------------------ driver
@@ -311,7 +353,7 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
     metas = []
     done = 0
     for batch in _run(ds, "write"):
-        for m in batch.column("meta").to_pylist():
+        for m in batch.column("blob").to_pylist():
             metas.append(json.loads(m))
         done += 1
         rows = sum(m["stats"]["rows"] for m in metas)

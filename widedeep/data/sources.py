@@ -15,6 +15,7 @@ skipped), globs (``data/*.parquet``), or any URI pyarrow's filesystems understan
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import os
 import re
@@ -231,8 +232,10 @@ def _open_stream(path: str):
 def _read_csv(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str) -> Iterator[tuple[pa.Table, int]]:
     # Header first: a projection naming an absent column would fail inside Arrow.
     with _open_stream(unit.path) as s:
-        head = pacsv.open_csv(s, read_options=pacsv.ReadOptions(block_size=1 << 16))
-        names = head.schema.names
+        head = s.read(1 << 20).decode("utf-8", errors="replace")
+    if not head.strip():
+        return
+    names = next(csv.reader([head.splitlines()[0]]))
     cols = names if columns is None else [c for c in columns if c in names]
     counter = BadRowCounter(unit.path, on_bad_rows)
     ro = pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 64))
@@ -250,7 +253,7 @@ def _stream_csv(path: str, ro, po, co, counter: BadRowCounter) -> Iterator[tuple
         except pa.ArrowInvalid as e:
             if "Empty CSV file" in str(e):
                 return
-            raise DataError(f"{path}: {_csv_msg(e)}") from None
+            raise DataError(f"{path}: {_csv_msg(e)} (use --on-bad-rows skip to drop unparseable rows)") from None
         seen = 0
         while True:
             try:
@@ -381,18 +384,22 @@ def _read_movielens(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, 
     else:
         sep, n = ("\t", 4) if name == "u.data" else ("::", 4)
         cols = _split_lines(path, sep, n)
-        t = pa.table({k: pc.cast(c, ty) for k, c, ty in zip(["user_id", "movie_id", "rating", "timestamp"], cols, [pa.int64(), pa.int64(), pa.float64(), pa.int64()])})
-        chunks = ((t.slice(i, chunk_rows), 0) for i in range(0, t.num_rows, chunk_rows))
+        whole = pa.table({k: pc.cast(c, ty) for k, c, ty in zip(["user_id", "movie_id", "rating", "timestamp"], cols, [pa.int64(), pa.int64(), pa.float64(), pa.int64()])})
+        chunks = ((whole.slice(i, chunk_rows), 0) for i in range(0, whole.num_rows, chunk_rows))
     for t, bad in chunks:
-        t = t.append_column("__row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        if users is not None:
-            t = t.join(users, "user_id", join_type="left outer", use_threads=False)
-        t = t.join(movies, "movie_id", join_type="left outer", use_threads=False)
-        # joins reorder rows; restore the file order so the split hash sees stable positions
-        t = t.sort_by("__row")
+        # left joins by key look-up (Arrow's hash join cannot carry list columns such as genres);
+        # rows keep their file order, so the split hash sees stable positions
+        joined = {c: t.column(c) for c in t.column_names}
+        for side, key in ((users, "user_id"), (movies, "movie_id")):
+            if side is None:
+                continue
+            idx = pc.index_in(t.column(key), value_set=side.column(key).combine_chunks())
+            for c in side.column_names:
+                if c != key:
+                    joined[c] = side.column(c).take(idx)
         out = {}
         for field in MOVIELENS_SCHEMA:
-            out[field.name] = t.column(field.name) if field.name in t.column_names else pa.nulls(t.num_rows, field.type)
+            out[field.name] = joined[field.name] if field.name in joined else pa.nulls(t.num_rows, field.type)
         t = pa.table(out, schema=MOVIELENS_SCHEMA)
         if columns is not None:
             t = t.select([c for c in t.column_names if c in columns])
