@@ -162,33 +162,23 @@ def check_inputs(
             )
     if N == 0:
         return B
-    if bool((indices < 0).any()):
-        i = int(torch.nonzero(indices < 0)[0, 0])
-        t = _table_of_position(offsets, B, i)
-        raise KernelInputError(
-            f"indices[{i}]={int(indices[i])} is negative (table {layout.tables[t].name!r}); expected 0 <= id"
-        )
-    counts = table_counts(offsets, B, T)
-    rows = torch.tensor([t.num_rows for t in layout.tables], dtype=torch.int64, device=device)
-    limit = torch.repeat_interleave(rows, counts, output_size=N)
-    bad = indices >= limit
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0, 0])
-        t = _table_of_position(offsets, B, i)
-        tc = layout.tables[t]
-        raise KernelInputError(
-            f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: "
-            f"expected 0 <= id < {tc.num_rows}"
-        )
+    # One pass over each table's ids (min and max), instead of materialising a per-id limit.
+    bounds = offsets[0 :: max(B, 1)].tolist()
+    for t, tc in enumerate(layout.tables):
+        lo, hi = bounds[t], bounds[t + 1]
+        if hi == lo:
+            continue
+        mn, mx = torch.aminmax(indices[lo:hi])
+        if int(mn) < 0:
+            i = lo + int(torch.nonzero(indices[lo:hi] < 0)[0, 0])
+            raise KernelInputError(
+                f"indices[{i}]={int(indices[i])} is negative (table {tc.name!r}); expected 0 <= id"
+            )
+        if int(mx) >= tc.num_rows:
+            i = lo + int(torch.nonzero(indices[lo:hi] >= tc.num_rows)[0, 0])
+            raise KernelInputError(
+                f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: "
+                f"expected 0 <= id < {tc.num_rows}"
+            )
     return B
 
-
-def table_counts(offsets: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """Ids per table, int64 ``[T]``: from the table boundaries ``offsets[0::B]``."""
-    bounds = offsets[0 :: max(B, 1)] if B > 0 else offsets.new_zeros(T + 1)
-    return bounds[1:] - bounds[:-1]
-
-
-def _table_of_position(offsets: torch.Tensor, B: int, i: int) -> int:
-    bag = int(torch.searchsorted(offsets, torch.tensor(i, device=offsets.device), right=True)) - 1
-    return bag // max(B, 1)

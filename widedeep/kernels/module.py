@@ -257,10 +257,11 @@ class _VectorizedImpl:
         w = vectorized.run_weight(m.layout, m.weight.data, m.layout.runs[r])
         vectorized.update(m.optimizer, w, m.run_state(r), rows, grads)
 
-    @classmethod
-    def backward_update(cls, m: TableBatchedEmbeddingBag, saved, grad_out):
-        for r, (rows, grads) in enumerate(cls.coalesce(m, saved, grad_out)):
-            cls.apply(m, r, rows, grads)
+    @staticmethod
+    def backward_update(m: TableBatchedEmbeddingBag, saved, grad_out):
+        runs, B = saved
+        states = [m.run_state(r) for r in range(len(m.layout.runs))]
+        vectorized.fused_backward_update(m.layout, m.optimizer, m.weight.data, states, runs, grad_out, B)
 
 
 def _load_impl(backend: str) -> Any:

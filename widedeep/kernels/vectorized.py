@@ -26,8 +26,8 @@ from widedeep.kernels.config import OptimizerConfig
 from widedeep.kernels.layout import Run, TableLayout
 from widedeep.kernels.reference import ftrl_pow
 
-# Rows per optimizer chunk: a [chunk, D] fp32 block and its temporaries stay in L2.
-_UPDATE_CHUNK_ELEMS = 1 << 16
+# Elements per optimizer chunk: a [chunk, D] fp32 block (4 MiB) and its temporaries stay in cache.
+_UPDATE_CHUNK_ELEMS = 1 << 20
 
 
 @dataclass
@@ -118,26 +118,110 @@ def _pool_run(layout: TableLayout, weight: torch.Tensor, run: Run, ri: RunInput,
     return pooled
 
 
+@dataclass
+class CoalescePlan:
+    """Where each distinct row's gradient comes from, for one run.
+
+    Row ``rows[u]`` receives ``sum_j weights[j] * bag_grads[sources[j]]`` over
+    ``segments[u] <= j < segments[u + 1]``.
+    """
+
+    rows: torch.Tensor  # int64 [U], sorted, run-global
+    segments: torch.Tensor  # int64 [U + 1]
+    sources: torch.Tensor  # int64 [n]: row of bag_grads for each id, ids in sorted order
+    weights: torch.Tensor | None  # fp32 [n], sorted like sources
+    bag_grads: torch.Tensor  # fp32 [B * T_r, D]
+
+    def grads(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Summed fp32 gradients ``[hi - lo, D]`` of distinct rows ``lo <= u < hi``."""
+        hi = self.rows.numel() if hi is None else hi
+        s, e = int(self.segments[lo]), int(self.segments[hi])
+        seg = self.segments[lo : hi + 1]
+        return F.embedding_bag(
+            self.sources[s:e],
+            self.bag_grads,
+            seg - s if s else seg,
+            mode="sum",
+            per_sample_weights=None if self.weights is None else self.weights[s:e],
+            include_last_offset=True,
+        )
+
+
+def plan_coalesce(
+    layout: TableLayout, runs: list[RunInput], grad_out: torch.Tensor, B: int
+) -> list[CoalescePlan | None]:
+    """Per run, the plan to sum duplicate rows' gradients (``None`` for a run without ids).
+
+    The bag gradients are read straight from ``grad_out`` viewed as ``[B * T_r, D]`` (bag
+    ``(t, b)`` is row ``b * T_r + t``) when the run spans all columns, so no transpose copy.
+    """
+    plans: list[CoalescePlan | None] = []
+    for run, ri in zip(layout.runs, runs, strict=True):
+        T_r, D = run.num_tables, run.dim
+        if ri.ids.numel() == 0:
+            plans.append(None)
+            continue
+        g = grad_out[:, run.col_start : run.col_start + T_r * D]
+        if g.dtype != torch.float32:
+            g = g.float()
+        if ri.bag_scale is not None:
+            g = g.reshape(B, T_r, D) * ri.bag_scale.view(T_r, B).t()[:, :, None]
+        bag_grads = g.reshape(B * T_r, D)  # a view when the run spans all columns of grad_out
+        # bag t*B + b of the jagged input is row b*T_r + t of bag_grads
+        bag_row = torch.arange(B * T_r, device=ri.ids.device).view(B, T_r).t().reshape(-1)
+        lengths = ri.offsets[1:] - ri.offsets[:-1]
+        row_of_id = torch.repeat_interleave(bag_row, lengths, output_size=ri.ids.numel())
+        rows, segments, perm = sort_segments(ri.ids, run.num_rows)
+        w = None if ri.weights is None else ri.weights[perm]
+        plans.append(CoalescePlan(rows, segments, row_of_id[perm], w, bag_grads))
+    return plans
+
+
 def coalesce(
     layout: TableLayout, runs: list[RunInput], grad_out: torch.Tensor, B: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per run: (distinct run-global rows, sorted; their summed fp32 gradients ``[U, D]``)."""
-    result = []
-    for run, ri in zip(layout.runs, runs, strict=True):
-        n_bags = run.num_tables * B
-        if ri.ids.numel() == 0:
-            result.append((ri.ids.new_empty(0), grad_out.new_zeros((0, run.dim), dtype=torch.float32)))
+    out = []
+    for run, plan in zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True):
+        if plan is None:
+            empty = torch.empty(0, dtype=torch.int64, device=grad_out.device)
+            out.append((empty, grad_out.new_zeros((0, run.dim), dtype=torch.float32)))
+        else:
+            out.append((plan.rows, plan.grads()))
+    return out
+
+
+def fused_backward_update(
+    layout: TableLayout,
+    opt: OptimizerConfig,
+    weight: torch.Tensor,
+    run_state: list[dict[str, torch.Tensor]],
+    runs: list[RunInput],
+    grad_out: torch.Tensor,
+    B: int,
+) -> None:
+    """Coalesce and update chunk by chunk of distinct rows, so each chunk's summed gradient is
+    produced, used and dropped while it is still in cache (never a ``[U, D]`` buffer)."""
+    for r, (run, plan) in enumerate(zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True)):
+        if plan is None:
             continue
-        g = grad_out[:, run.col_start : run.col_start + run.num_tables * run.dim].float()
-        bag_grads = g.reshape(B, run.num_tables, run.dim).transpose(0, 1).reshape(n_bags, run.dim)
-        if ri.bag_scale is not None:
-            bag_grads = bag_grads * ri.bag_scale[:, None]
-        lengths = ri.offsets[1:] - ri.offsets[:-1]
-        bag_of_id = torch.repeat_interleave(
-            torch.arange(n_bags, device=ri.ids.device), lengths, output_size=ri.ids.numel()
-        )
-        result.append(segment_sum(ri.ids, bag_grads, bag_of_id, ri.weights))
-    return result
+        w = run_weight(layout, weight, run)
+        chunk = max(1, _UPDATE_CHUNK_ELEMS // run.dim)
+        U = plan.rows.numel()
+        for lo in range(0, U, chunk):
+            hi = min(U, lo + chunk)
+            update(opt, w, run_state[r], plan.rows[lo:hi], plan.grads(lo, hi))
+
+
+def sort_segments(keys: torch.Tensor, max_key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distinct keys sorted, int64 ``[U]``; segment offsets ``[U + 1]``; the stable sorting
+    permutation ``[n]``). Keys below 2**31 are sorted as int32 (twice as fast on CPU)."""
+    k = keys.to(torch.int32) if max_key < 2**31 and keys.device.type == "cpu" else keys
+    sorted_keys, perm = torch.sort(k, stable=True)
+    uniq, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
+    seg = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=keys.device)
+    torch.cumsum(counts, 0, out=seg[1:])
+    return uniq.to(torch.int64), seg, perm
 
 
 def segment_sum(
@@ -151,10 +235,8 @@ def segment_sum(
     Deterministic (stable sort, then one pooled gather per distinct key), on CPU and CUDA
     alike, which keeps data-parallel replicas bit-identical.
     """
-    sorted_keys, perm = torch.sort(keys, stable=True)
-    uniq, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-    seg = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(counts, 0, out=seg[1:])
+    max_key = int(keys.max()) + 1 if keys.numel() else 0
+    uniq, seg, perm = sort_segments(keys, max_key)
     sums = F.embedding_bag(
         source_index[perm],
         source,
@@ -182,19 +264,30 @@ def update(
     for s in range(0, rows.numel(), chunk):
         r = rows[s : s + chunk]
         g = grads[s : s + chunk]
-        w = weight.index_select(0, r)
         if opt.kind == "sgd":
-            w.add_(g, alpha=-opt.lr)
+            _add_rows(weight, r, g.mul_(-opt.lr))
         elif opt.kind == "rowwise_adagrad":
+            # w -= (lr / (sqrt(m) + eps)) * g: a per-row scale first, so the [U, D] work is one
+            # pass to scale g and one scatter-add into the distinct rows.
             acc = state["adagrad_sum"]
-            m = acc.index_select(0, r).add_((g * g).mean(dim=1))
+            m = acc.index_select(0, r).add_(torch.linalg.vector_norm(g, dim=1).square_().div_(D))
             acc.index_copy_(0, r, m)
-            w.sub_(g.mul_(opt.lr).div_(m.sqrt_().add_(opt.eps)[:, None]))
+            scale = m.sqrt_().add_(opt.eps).reciprocal_().mul_(-opt.lr)
+            _add_rows(weight, r, g.mul_(scale[:, None]))
         elif opt.kind == "ftrl":
-            w = _ftrl(opt, w, g, state, r)
+            weight.index_copy_(0, r, _ftrl(opt, weight.index_select(0, r), g, state, r))
         else:  # pragma: no cover - OptimizerConfig validates kind
             raise AssertionError(opt.kind)
-        weight.index_copy_(0, r, w)
+
+
+def _add_rows(weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
+    """``weight[rows] += delta`` for distinct ``rows``. ``index_add_`` has a per-row cost that
+    dominates for narrow rows; gather + add + ``index_copy_`` wins there (measured on CPU:
+    D=16 3 ms vs 6 ms, D=64 0.9 ms vs 1.7 ms the other way round)."""
+    if weight.device.type == "cpu" and weight.shape[1] < 32:
+        weight.index_copy_(0, rows, weight.index_select(0, rows).add_(delta))
+    else:
+        weight.index_add_(0, rows, delta)
 
 
 def _ftrl(
