@@ -146,7 +146,9 @@ def test_bad_input_is_a_clear_error(ray_session, tmp_path, make, message):
 def test_bad_rows_skipped_and_counted(ray_session, tmp_path):
     _csv(tmp_path / "in" / "a.csv", GOOD + "v1,3,1,EXTRA\n")
     _csv(tmp_path / "in" / "b.csv", GOOD + "v2,4,7\nv2,zz,1\n")
-    m = prepare(parse_spec(SPEC), PrepareOptions([str(tmp_path / "in" / "*.csv")], str(tmp_path / "out"), on_bad_rows="skip"))
+    # inputs and output as pyarrow filesystem URIs (file:// here; s3:// and gs:// take the same path)
+    m = prepare(parse_spec(SPEC), PrepareOptions([f"file://{tmp_path}/in/*.csv"], f"file://{tmp_path}/out", on_bad_rows="skip"))
+    assert FeatureSpace.load(f"file://{tmp_path}/out").content_hash == m["feature_space_hash"]
     assert m["rows_read"] == 82 and m["rows_written"] == 80
     assert m["skipped_rows"]["total"] == 3
     assert m["skipped_rows"]["by_reason"] == {
@@ -154,3 +156,20 @@ def test_bad_rows_skipped_and_counted(ray_session, tmp_path):
         "label column 'y': value outside the declared set [0, 1]": 1,
         "column 'x': not a number": 1,
     }
+
+
+def test_criteo_tsv_prepare(ray_session, tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(60):
+        ints = [str(int(v)) if rng.random() > 0.1 else "" for v in rng.integers(-2, 1000, 13)]
+        cats = [f"{int(v):08x}" if rng.random() > 0.1 else "" for v in rng.integers(0, 6, 26)]
+        lines.append("\t".join([str(i % 2)] + ints + cats))
+    (tmp_path / "day_0").write_text("\n".join(lines) + "\n")
+    m = prepare(load_spec(SPECS / "criteo.yaml"), PrepareOptions([str(tmp_path / "day_0")], str(tmp_path / "out")))
+    assert m["format"] == "criteo" and m["rows_written"] == 60
+    t = pq.read_table(tmp_path / "out" / "train")
+    assert len(t.column_names) == 13 + 26 + 1 + 1
+    assert all(t.schema.field(f"I{i}").type == pa.float32() for i in range(1, 14))
+    ints = np.stack([np.asarray(t.column(f"I{i}")) for i in range(1, 14)])
+    assert np.isfinite(ints).all() and ints.min() >= 0 and ints.max() <= 1

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -223,6 +224,20 @@ class _ShardWriter:
             self.writer, self.rows, self.k = None, 0, self.k + 1
 
 
+def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None:
+    """Add this split's out-of-vocabulary and value counts per vocabulary feature."""
+    for name, state in fspace.states.items():
+        oov = state.get("oov_id")
+        if oov is None:
+            continue
+        col = part.column(name)
+        if pa.types.is_list(col.type):
+            col = pc.list_flatten(col)
+        ids = np.asarray(col.to_numpy(), dtype=np.int64) if not isinstance(col, pa.ChunkedArray) else np.asarray(col.combine_chunks().to_numpy(), dtype=np.int64)
+        st["oov"][name] = st["oov"].get(name, 0) + int((ids == oov).sum())
+        st["values"][name] = st["values"].get(name, 0) + len(ids)
+
+
 @_errors_as_rows
 def _write_task(
     batch: pa.Table, fs_json: str, splitter: Splitter, columns: list[str], out: str, opts: dict[str, Any]
@@ -238,33 +253,49 @@ def _write_task(
     for item in batch.to_pylist():
         unit = ReadUnit.from_item(item)
         writers = [_ShardWriter(ofs, root, s, unit.index, opts["shard_rows"], opts["row_group_rows"]) for s in SPLITS]
-        stats = [{"rows": 0, "label_sum": 0.0, "skipped": {}, "oov": {}, "values": {}} for _ in SPLITS]
+        stats = [{"rows": 0, "label_sum": 0.0, "skipped_rows": 0, "oov": {}, "values": {}} for _ in SPLITS]
+        reasons: dict[str, int] = {}
         row, bad_parse = unit.row_offset, 0
+        timing = {"task_s": time.perf_counter(), "transform_s": 0.0, "write_s": 0.0}
         for chunk, bad in read_unit(unit, columns, opts["chunk_rows"], opts["on_bad_rows"]):
             bad_parse += bad
+            t0 = time.perf_counter()
             assign = splitter.assign(chunk, unit.file_index, row, unit.path)
             row += chunk.num_rows
-            for s in range(3):
-                part = chunk.filter(pa.array(assign == s))
-                if not part.num_rows:
-                    continue
-                t, info = fspace.transform_checked(
-                    part, require_label=True, on_bad_rows=opts["on_bad_rows"], where=unit.path, passthrough=(keep_time,) if keep_time else ()
-                )
-                writers[s].write(t)
-                st = stats[s]
-                st["rows"] += t.num_rows
-                st["label_sum"] += float(np.asarray(t.column("label").to_numpy(), dtype=np.float64).sum())
+            # one transform per chunk; the (much smaller) prepared rows are then split three ways
+            out, info = fspace.transform_checked(
+                chunk, require_label=True, on_bad_rows=opts["on_bad_rows"], where=unit.path, passthrough=(keep_time,) if keep_time else ()
+            )
+            if info.kept is not None:
+                for s in range(3):
+                    stats[s]["skipped_rows"] += int((assign[~info.kept] == s).sum())
+                assign = assign[info.kept]
                 for k, v in info.skipped.items():
-                    st["skipped"][k] = st["skipped"].get(k, 0) + v
-                for k, v in info.oov.items():
-                    st["oov"][k] = st["oov"].get(k, 0) + v
-                for k, v in info.values.items():
-                    st["values"][k] = st["values"].get(k, 0) + v
+                    reasons[k] = reasons.get(k, 0) + v
+            t1 = time.perf_counter()
+            timing["transform_s"] += t1 - t0
+            label = np.asarray(out.column("label").to_numpy(), dtype=np.float64)
+            for s in range(3):
+                sel = assign == s
+                if not sel.any():
+                    continue
+                part = out.filter(pa.array(sel))
+                writers[s].write(part)
+                st = stats[s]
+                st["rows"] += part.num_rows
+                st["label_sum"] += float(label[sel].sum())
+                _count_oov(st, part, fspace)
+            t0 = time.perf_counter()
+            timing["write_s"] += t0 - t1
         for w in writers:
             w.close()
+        timing["task_s"] = time.perf_counter() - timing["task_s"]
         for s, name in enumerate(SPLITS):
-            rows_meta.append({"unit": unit.index, "split": name, "files": writers[s].files, "stats": stats[s], "bad_parse": bad_parse if s == 0 else 0})
+            first = s == 0
+            rows_meta.append(
+                {"unit": unit.index, "split": name, "files": writers[s].files, "stats": stats[s], "bad_parse": bad_parse if first else 0,
+                 "reasons": reasons if first else {}, "timing": timing if first else {}}
+            )
     blobs = [json.dumps(r, sort_keys=True).encode() for r in rows_meta]
     return pa.table({"key": pa.array(["meta"] * len(blobs)), "blob": pa.array(blobs, pa.binary())})
 
@@ -360,6 +391,10 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
         el = time.perf_counter() - t1
         log.info("write: %d/%d units, %d rows, %.0f rows/s", len({m['unit'] for m in metas}), len(units), rows, rows / max(el, 1e-9))
     t_write = time.perf_counter() - t1
+    tt = {k: sum(m.get("timing", {}).get(k, 0.0) for m in metas) for k in ("task_s", "transform_s", "write_s")}
+    log.info(
+        "write tasks: %.1fs in tasks (%.1fs split+transform, %.1fs Parquet writing, rest reading)", tt["task_s"], tt["transform_s"], tt["write_s"]
+    )
     manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
     total = time.perf_counter() - t0
     manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
@@ -380,18 +415,16 @@ def _manifest(spec: FeatureSpec, fspace: FeatureSpace, opts: PrepareOptions, fmt
         files = [f for m in ms for f in m["files"]]
         rows = sum(m["stats"]["rows"] for m in ms)
         lsum = sum(m["stats"]["label_sum"] for m in ms)
-        skipped: dict[str, int] = {}
         oov: dict[str, int] = {}
         vals: dict[str, int] = {}
+        skipped = sum(m["stats"]["skipped_rows"] for m in ms)
         for m in ms:
-            for k, v in m["stats"]["skipped"].items():
-                skipped[k] = skipped.get(k, 0) + v
+            for k, v in m.get("reasons", {}).items():
+                skipped_total[k] = skipped_total.get(k, 0) + v
             for k, v in m["stats"]["oov"].items():
                 oov[k] = oov.get(k, 0) + v
             for k, v in m["stats"]["values"].items():
                 vals[k] = vals.get(k, 0) + v
-        for k, v in skipped.items():
-            skipped_total[k] = skipped_total.get(k, 0) + v
         splits[s] = {
             "rows": rows,
             "shards": len(files),

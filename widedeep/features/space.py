@@ -70,6 +70,7 @@ class TransformInfo:
     skipped: dict[str, int]
     oov: dict[str, int]
     values: dict[str, int]
+    kept: np.ndarray | None = None  # bool mask of input rows in the output (None: all)
 
 
 class _VocabIndex:
@@ -419,7 +420,7 @@ class FeatureSpace:
             if c not in out_cols:
                 out_cols[c] = combine(table.column(c))
         out = pa.table(out_cols)
-        info = TransformInfo(n, out.num_rows, dict(problems.counts) if problems.any else {}, oov, nvals)
+        info = TransformInfo(n, out.num_rows, dict(problems.counts) if problems.any else {}, oov, nvals, ~problems.mask if problems.any else None)
         return out, info
 
     def _encode_values(self, f: CategoricalFeature | MultivalentFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
