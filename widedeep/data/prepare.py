@@ -76,6 +76,16 @@ def needed_columns(spec: FeatureSpec, split: SplitSpec) -> list[str]:
     return cols
 
 
+def dictionary_columns(spec: FeatureSpec, split: SplitSpec) -> list[str]:
+    """Raw columns read only by categorical / multivalent features (never keys, label, split)."""
+    from widedeep.features.spec import CategoricalFeature, MultivalentFeature, feature_column
+
+    other = {spec.label.source, spec.user_key, spec.item_key, *split.columns}
+    other |= {feature_column(f) for f in spec.features if not isinstance(f, (CategoricalFeature, MultivalentFeature))}
+    cols = [feature_column(f) for f in spec.features if isinstance(f, CategoricalFeature)]
+    return [c for c in cols if c and c not in other]
+
+
 def unwrap_error(e: BaseException) -> WidedeepError | None:
     """The widedeep error inside a Ray task / Ray Data wrapper, if any."""
     seen: set[int] = set()
@@ -170,14 +180,16 @@ def _time_task(batch: pa.Table, split: SplitSpec, chunk_rows: int, on_bad_rows: 
 
 
 @_errors_as_rows
-def _fit_task(batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list[str], chunk_rows: int, on_bad_rows: str) -> pa.Table:
+def _fit_task(
+    batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list[str], chunk_rows: int, on_bad_rows: str, dict_columns: list[str]
+) -> pa.Table:
     spec = parse_spec(spec_doc)
     outs = []
     for item in batch.to_pylist():
         unit = ReadUnit.from_item(item)
         row, n_read, bad_parse = unit.row_offset, 0, 0
         t_task, t_stats = time.perf_counter(), 0.0
-        for chunk, bad in read_unit(unit, columns, chunk_rows, on_bad_rows):
+        for chunk, bad in read_unit(unit, columns, chunk_rows, on_bad_rows, dict_columns):
             t0 = time.perf_counter()
             assign = splitter.assign(chunk, unit.file_index, row, unit.path)
             row += chunk.num_rows
@@ -257,7 +269,7 @@ def _write_task(
         reasons: dict[str, int] = {}
         row, bad_parse = unit.row_offset, 0
         timing = {"task_s": time.perf_counter(), "transform_s": 0.0, "write_s": 0.0}
-        for chunk, bad in read_unit(unit, columns, opts["chunk_rows"], opts["on_bad_rows"]):
+        for chunk, bad in read_unit(unit, columns, opts["chunk_rows"], opts["on_bad_rows"], opts["dict_columns"]):
             bad_parse += bad
             t0 = time.perf_counter()
             assign = splitter.assign(chunk, unit.file_index, row, unit.path)
@@ -350,7 +362,10 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
         _fit_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"spec_doc": spec.to_dict(), "splitter": splitter, "columns": columns, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
+        fn_kwargs={
+            "spec_doc": spec.to_dict(), "splitter": splitter, "columns": columns, "chunk_rows": opts.chunk_rows,
+            "on_bad_rows": opts.on_bad_rows, "dict_columns": dictionary_columns(spec, split),
+        },
     )
     t_merge = 0.0
     for batch in _run(ds, "fit"):
@@ -374,7 +389,10 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
 
     # pass 2: transform + write
     t1 = time.perf_counter()
-    wopts = {"shard_rows": opts.shard_rows, "row_group_rows": opts.row_group_rows, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows}
+    wopts = {
+        "shard_rows": opts.shard_rows, "row_group_rows": opts.row_group_rows, "chunk_rows": opts.chunk_rows,
+        "on_bad_rows": opts.on_bad_rows, "dict_columns": dictionary_columns(spec, split),
+    }
     ds = _units_dataset(units).map_batches(
         _write_task,
         batch_size=1,

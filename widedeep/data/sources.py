@@ -188,15 +188,19 @@ class BadRowCounter:
         return "error"
 
 
-def read_unit(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str = "error") -> Iterator[tuple[pa.Table, int]]:
+def read_unit(
+    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str = "error", dictionary_columns: list[str] | None = None
+) -> Iterator[tuple[pa.Table, int]]:
     """Stream (chunk, bad rows skipped while parsing it) from a unit.
 
     ``columns``: the raw columns wanted (those absent from the file are simply not returned;
-    the transform reports a missing required column by name).
+    the transform reports a missing required column by name). ``dictionary_columns``: Parquet
+    columns to read dictionary-encoded (categoricals: ~4x cheaper to read, and the vocabulary
+    look-up then works on the distinct values only).
     """
     try:
         if unit.format == "parquet":
-            yield from _read_parquet(unit, columns, chunk_rows)
+            yield from _read_parquet(unit, columns, chunk_rows, dictionary_columns)
         elif unit.format == "csv":
             yield from _read_csv(unit, columns, chunk_rows, on_bad_rows)
         elif unit.format == "criteo":
@@ -211,10 +215,15 @@ def read_unit(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad
         raise DataError(f"{unit.path}: {e}") from None
 
 
-def _read_parquet(unit: ReadUnit, columns: list[str] | None, chunk_rows: int) -> Iterator[tuple[pa.Table, int]]:
+def _read_parquet(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, dictionary_columns: list[str] | None) -> Iterator[tuple[pa.Table, int]]:
     fs, rel = filesystem(unit.path)
     f = pq.ParquetFile(rel, filesystem=fs)
     names = f.schema_arrow.names
+    if dictionary_columns:
+        types = {fld.name: fld.type for fld in f.schema_arrow}
+        dcols = [c for c in dictionary_columns if c in types and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))]
+        if dcols:
+            f = pq.ParquetFile(rel, filesystem=fs, read_dictionary=dcols)
     cols = None if columns is None else [c for c in columns if c in names]
     groups = list(unit.row_groups) if unit.row_groups is not None else None
     if groups == []:

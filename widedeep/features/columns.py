@@ -101,7 +101,11 @@ def to_strings(col: pa.Array, name: str) -> pa.Array:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return col
     if pa.types.is_dictionary(t):
-        return to_strings(col.dictionary_decode(), name)
+        # kept dictionary-encoded (Parquet's own encoding): look-ups then touch each distinct value once
+        d = col.dictionary
+        if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
+            d = to_strings(d, name)
+        return pa.DictionaryArray.from_arrays(col.indices, d)
     if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_floating(t) or pa.types.is_binary(t):
         return pc.cast(col, pa.string())
     raise DataError(f"column {name!r}: expected a categorical (string or integer) column, got type {t}")

@@ -50,6 +50,14 @@ def _from_ipc(b: bytes) -> pa.Table:
 
 def _vocab_piece(values: pa.Array) -> pa.Table:
     """Distinct values with counts (Arrow's hash aggregation), keyed by their stable hash."""
+    if pa.types.is_dictionary(values.type):  # count the indices: no string is touched twice
+        idx = values.indices
+        if idx.null_count:
+            idx = idx.drop_null()
+        counts = np.bincount(np.asarray(idx.to_numpy(), dtype=np.int64), minlength=len(values.dictionary))
+        used = np.nonzero(counts)[0]
+        uniq = values.dictionary.take(pa.array(used))
+        return pa.table({"h": pa.array(hashing.hash_strings(uniq)), "count": pa.array(counts[used].astype(np.int64)), "value": uniq})
     if values.null_count:
         values = values.drop_null()
     vc = pc.value_counts(values)
@@ -150,7 +158,7 @@ class Accumulator:
             if kind == "vocab":
                 self.vocab.setdefault(name, []).append(t)
                 self.vocab_rows[name] = self.vocab_rows.get(name, 0) + t.num_rows
-                if self.vocab_rows[name] > _COMPACT_AT and len(self.vocab[name]) > 1:
+                if self.vocab_rows[name] > _COMPACT_AT:
                     self.vocab[name] = [_merge_vocab(self.vocab[name])]
                     self.vocab_rows[name] = self.vocab[name][0].num_rows
             elif kind == "sketch":
@@ -238,9 +246,8 @@ def _round(x: float) -> float:
 
 
 def _merge_vocab(parts: list[pa.Table]) -> pa.Table:
-    if len(parts) == 1:
-        return parts[0]
-    t = pa.concat_tables(parts)
+    """Add counts of equal values (keyed by hash); also dedups a single part."""
+    t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     h = t.column("h").to_numpy()
     uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
     counts = np.bincount(inv, weights=t.column("count").to_numpy(), minlength=len(uniq)).astype(np.int64)

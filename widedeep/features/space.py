@@ -99,7 +99,7 @@ class _VocabIndex:
         n = len(values)
         if self.oov == 0 or n == 0:
             return np.full(n, self.oov, dtype=np.int64)
-        enc = pc.dictionary_encode(values)
+        enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
         dict_ids = np.append(self._lookup_distinct(enc.dictionary), self.oov)
         idx = enc.indices
         if idx.null_count:
@@ -121,7 +121,7 @@ class _VocabIndex:
 
 def hash_values(values: pa.Array) -> np.ndarray:
     """Stable hashes of a string array via its distinct values (nulls hash like "")."""
-    enc = pc.dictionary_encode(values)
+    enc = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
     h = np.append(hashing.hash_strings(enc.dictionary), hashing.hash_strings([""]))
     idx = enc.indices
     if idx.null_count:
