@@ -23,7 +23,7 @@ Shapes: ``B`` positives in a batch, ``M`` random negatives, ``D`` output dim.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ class TwoTowerConfig:
         remove_accidental_hits: mask in-batch negatives that are the row's own positive item.
         init_scale: std of the normal initialisation of the embedding tables.
         candidates: N, the number of retrieved candidates the ranker re-ranks in evaluation.
+        train_on: ``"positives"`` (rows with ``label == 1``, the default) or ``"all"`` rows (every
+            logged interaction: the tower then models which items a user engages with at all,
+            and the ranker the label given engagement).
+        rerank_blend: weight of the retrieval logit (cosine / temperature) added to the ranker's
+            log-probability when re-ranking (0 = the ranker alone orders the candidates).
     """
 
     embedding_dim: int = 64
@@ -60,6 +65,8 @@ class TwoTowerConfig:
     remove_accidental_hits: bool = True
     init_scale: float = 0.05
     candidates: int = 100
+    rerank_blend: float = 1.0
+    train_on: Literal["positives", "all"] = "positives"
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "output_dim", "candidates"):
@@ -71,6 +78,8 @@ class TwoTowerConfig:
             raise ConfigError(f"task_config.temperature: must be > 0, got {self.temperature}")
         if self.random_negatives < 0:
             raise ConfigError(f"task_config.random_negatives: must be >= 0, got {self.random_negatives}")
+        if self.rerank_blend < 0:
+            raise ConfigError(f"task_config.rerank_blend: must be >= 0, got {self.rerank_blend}")
         if self.init_scale < 0:
             raise ConfigError(f"task_config.init_scale: must be >= 0, got {self.init_scale}")
 

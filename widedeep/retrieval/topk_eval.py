@@ -14,7 +14,8 @@ item catalog minus the user's training items is ranked (no sampled negatives):
 Definitions: a user's *training items* are every item of their rows in the train split (any
 label: a seen item is never recommended again); their *history* for item-kNN and the
 popularity counts are the train split's positives; *relevant* items are the evaluated split's
-positives. The catalog is every item of the prepared directory (all splits).
+positives that are not training items of the user (re-occurrences of a training item can never
+be recommended, so they are counted in ``positives_already_in_train`` and left out). The catalog is every item of the prepared directory (all splits).
 """
 
 from __future__ import annotations
@@ -66,11 +67,21 @@ class EvalData:
         train = read_split(self.root / "train", [uk, ik, "label", *user_cols])
         test = read_split(self.split_dir, [uk, ik, "label", *user_cols])
         test_pos = test.filter(pc.equal(test.column("label"), 1.0))
-        self.users = first_by_key(test_pos.select([uk]), uk)[0]           # users with >= 1 positive
-        self.train_users = first_by_key(train.select([uk]), uk)[0]
         items = self.catalog.keys
-        self.relevant = interactions(test_pos, uk, ik, self.users, items, positives_only=False)
-        self.exclude = interactions(train, uk, ik, self.users, items, positives_only=False)
+        # relevant = the split's positives that are not training items of the user (those are
+        # excluded from every ranking, so they could never be hit)
+        cand_users = first_by_key(test_pos.select([uk]), uk)[0]
+        rel = interactions(test_pos, uk, ik, cand_users, items, positives_only=False)
+        seen = interactions(train, uk, ik, cand_users, items, positives_only=False)
+        n = np.int64(len(items))
+        keep = ~np.isin(rel.row_ids() * n + rel.indices, seen.row_ids() * n + seen.indices)
+        rel = CSR.from_pairs(rel.row_ids()[keep], rel.indices[keep], rel.n_rows, rel.n_cols)
+        has = rel.lengths() > 0
+        self.dropped_seen_positives = int((~keep).sum())
+        self.users = cand_users[has]                                          # users with >= 1 positive
+        self.relevant = rel.take_rows(np.flatnonzero(has))
+        self.exclude = seen.take_rows(np.flatnonzero(has))
+        self.train_users = first_by_key(train.select([uk]), uk)[0]
         self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
         self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
         # the user's features: their train rows first (every user of a per-user time split has
@@ -96,8 +107,15 @@ def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray
     return rows, scores, item_vecs
 
 
-def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users_per_chunk: int = 64) -> np.ndarray:
-    """The candidates of every user re-ordered by the ranker's score (padding -1 stays last)."""
+def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_logits: np.ndarray | None = None,
+           blend: float = 0.0, users_per_chunk: int = 64) -> np.ndarray:
+    """The candidates of every user re-ordered by the ranker (padding -1 stays last).
+
+    The order is by ``log sigmoid(ranker logit) + blend * retrieval logit``: with ``blend = 0``
+    the ranker alone orders the list; ``blend > 0`` keeps part of the retrieval score, i.e. the
+    learned estimate of how likely the user is to engage with the item at all, which a ranker
+    trained on impressions (P(label | shown)) does not model.
+    """
     from widedeep.data.collate import Collator
 
     user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
@@ -122,7 +140,9 @@ def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users_per_ch
         with torch.no_grad():
             logits = ranker(collator(t)).float().numpy()
         s = np.full(c.shape, -np.inf, dtype=np.float64)
-        s[valid] = logits
+        s[valid] = -np.logaddexp(0.0, -logits.astype(np.float64))          # log sigmoid
+        if blend and retrieval_logits is not None:
+            s[valid] += blend * retrieval_logits[lo:hi][valid]
         order = np.argsort(-s, axis=1, kind="stable")
         out[lo:hi] = np.take_along_axis(c, order, 1)
         now = time.monotonic()
@@ -147,23 +167,26 @@ def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def evaluate_topk(retriever: Any, rfs: Any, data: EvalData, ranker: Any | None, ranker_fs: Any | None, n_candidates: int) -> dict[str, Any]:
+def evaluate_topk(retriever: Any, data: EvalData, ranker: Any | None, ranker_fs: Any | None, n_candidates: int,
+                  blend: float = 0.0, temperature: float = 1.0) -> dict[str, Any]:
     """All metrics as the JSON document ``run_topk`` writes."""
     k = max(max(RETRIEVAL_KS), n_candidates)
-    rows, _, _ = retrieve(retriever, data, k)
+    rows, scores, _ = retrieve(retriever, data, k)
     result: dict[str, Any] = {
         "users": int(len(data.users)),
         "items": int(data.catalog.n_items),
         "candidates": int(n_candidates),
+        "positives_already_in_train": int(data.dropped_seen_positives),
         "retrieval": ranking_metrics(rows, data.relevant, RETRIEVAL_KS),
     }
     cand = rows[:, :n_candidates]
     if ranker is not None:
         t0 = time.monotonic()
-        final = rerank(ranker, ranker_fs, data, cand)
+        final = rerank(ranker, ranker_fs, data, cand, scores[:, :n_candidates] / temperature, blend)
         log.info("re-ranked %d x %d candidates in %.1fs", *cand.shape, time.monotonic() - t0)
         result["final"] = _final_subset(ranking_metrics(final, data.relevant, FINAL_KS))
         result["final"]["reranked"] = True
+        result["final"]["blend"] = float(blend)
     else:
         result["final"] = _final_subset(ranking_metrics(cand, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False
@@ -202,8 +225,8 @@ def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metric
             raise CheckpointError(f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
                                   f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data")
     data = EvalData(fs, data_dir)
-    n = retrieval_config(ret.config).candidates
-    result = evaluate_topk(ret.model, fs, data, ranker, ranker_fs, n)
+    rc = retrieval_config(ret.config)
+    result = evaluate_topk(ret.model, data, ranker, ranker_fs, rc.candidates, rc.rerank_blend, rc.temperature)
     result["retriever"] = str(retriever_ckpt)
     result["ranker"] = str(ranker_ckpt) if ranker_ckpt else None
     result["data"] = str(data.split_dir)
