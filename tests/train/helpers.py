@@ -39,3 +39,37 @@ def adult_prepared(adult_path: Path, out: Path, rows: int, seed: int = 0) -> Pat
     raw = pq.read_table(adult_path)
     raw = raw.take(np.random.default_rng(123).permutation(raw.num_rows)[:rows])
     return make_prepared(raw, out, ROOT / "platform" / "specs" / "adult.yaml", seed=seed)
+
+
+def fit_in_process(data: Path, overrides: list[str], epochs: int, batch_size: int = 256):
+    """Train the real model + optimizers in this process on a prepared dir; return test metrics.
+
+    For model-level checks (the paper's ablation ordering) where Ray's start-up would dominate.
+    """
+    import pyarrow.dataset as pads
+    import torch
+
+    from widedeep.features import FeatureSpace
+    from widedeep.train.config import load_train_config
+    from widedeep.train.metrics import binary_metrics
+    from widedeep.train.tasks import get_task
+
+    fs = FeatureSpace.load(str(data / "feature_space.json"))
+    cfg = load_train_config(None, [f"data={data}", *overrides])
+    task = get_task("ranking")
+    cols = task.required_columns(fs, cfg)
+    train = pads.dataset(str(data / "train")).to_table(columns=cols)
+    test = pads.dataset(str(data / "test")).to_table(columns=cols)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(fs, cfg)
+    opt = cfg.optim.dense.build([p for p in model.parameters() if p.requires_grad])
+    for _ in range(epochs):
+        for s in range(0, train.num_rows, batch_size):
+            loss = task.loss(model, task.collate(train.slice(s, batch_size), fs, cfg), cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = task.eval_outputs(model, task.collate(test, fs, cfg), cfg)
+    return binary_metrics(out["labels"], out["outputs"])

@@ -75,6 +75,7 @@ class TrainConfig:
     shuffle_window: int = 16384
     prefetch_batches: int = 4
     log_every_steps: int = 50
+    torch_threads: int | None = None
     warm_start_from: str | None = None
     debug: DebugConfig = field(default_factory=DebugConfig)
 
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"num_to_keep: must be >= 1 or null, got {self.num_to_keep}")
         if self.max_failures < -1:
             raise ConfigError(f"max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads: must be >= 1 or null (torch's default), got {self.torch_threads}")
         if self.prefetch_batches < 0:
             raise ConfigError(f"prefetch_batches: must be >= 0, got {self.prefetch_batches}")
         if not self.data:

@@ -79,6 +79,22 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, data=data, storage_path=storage, run_name=name, warm_start_from=warm)
 
 
+class _LocalCheckpoint:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def scan_checkpoints(run_dir: str) -> list[tuple[Any, dict[str, Any]]]:
+    """(checkpoint, metrics) of every complete checkpoint directory under ``run_dir``."""
+    from widedeep.train.checkpoint import is_checkpoint_dir
+
+    out = []
+    for p in sorted(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else []:
+        if p.is_dir() and is_checkpoint_dir(p) and (p / "metrics.json").exists():
+            out.append((_LocalCheckpoint(str(p)), json.loads((p / "metrics.json").read_text())))
+    return out
+
+
 def _pick_best(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]] | None:
     epochs = [(c, m) for c, m in best_checkpoints if m.get("kind") == "epoch"]
     if not epochs:
@@ -121,6 +137,7 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         "columns": columns,
         "train_rows": train_rows,
         "run_dir": run_dir,
+        "valid_dir": _split_path(cfg.data, "valid"),
         "local_mode": local_mode,
     }
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
@@ -128,10 +145,7 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         resources["GPU"] = 1
     datasets = {}
     if not cfg.debug.deterministic_shards:
-        datasets = {
-            "train": build_dataset(cfg, "train", columns, train=True),
-            "valid": build_dataset(cfg, "valid", columns, train=False),
-        }
+        datasets = {"train": build_dataset(cfg, "train", columns, train=True)}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -157,11 +171,15 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         raise WidedeepError(f"training run {cfg.run_name} failed: {e}") from e
     wall = time.perf_counter() - t0
     best_list = list(result.best_checkpoints or [])
+    if not best_list and not _is_uri(run_dir):  # local mode keeps no checkpoint list: read the run dir
+        best_list = scan_checkpoints(run_dir)
     best = _pick_best(best_list)
     if best is None:
         raise WidedeepError(f"training run {cfg.run_name} reported no epoch checkpoint")
     ckpt, m = best
     latest = result.checkpoint
+    if latest is None and best_list:
+        latest = max(best_list, key=lambda cm: (cm[1].get("global_step", 0), cm[1].get("kind") == "epoch"))[0]
     last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
     history = sorted(
         ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"), **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
@@ -177,6 +195,7 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         "early_stopped": bool(last_epoch.get("stopped")),
         "global_step": last_epoch.get("global_step"),
         "train_samples_per_s": last_epoch.get("train_samples_per_s"),
+        "train_samples_per_s_steady": last_epoch.get("train_samples_per_s_steady"),
         "wall_seconds": wall,
         "checkpoint": ckpt.path,
         "latest_checkpoint": latest.path if latest is not None else None,

@@ -7,9 +7,11 @@ Why it is shaped like this (Ray Train V2 rules, see shared/reference/ray-notes.m
   directory, other ranks report ``checkpoint=None``.
 - V2 keeps only the metrics of reports that carry a checkpoint, so every report whose metrics
   matter (the epoch-end validation) carries one.
-- The train and valid datasets are both split across workers with ``equal=True``, so ranks run
-  the same number of train batches (DDP needs that); validation predictions are gathered to every
-  rank before computing AUC, so all ranks take the same early-stopping decision.
+- The train dataset is streamed from Ray Data, split across workers with ``equal=True``, so ranks
+  run the same number of train batches (DDP needs that). Validation reads each rank's contiguous
+  share of the valid split directly (``rank_row_batches``: exact, no per-epoch Ray Data start-up);
+  predictions are gathered to every rank before computing AUC, so all ranks take the same
+  early-stopping decision.
 - Resume: ``ray.train.get_checkpoint()`` is the latest reported checkpoint after a worker failure
   or when the same ``RunConfig(storage_path, name)`` is launched again; it restores weights, the
   sparse and dense optimizer state, the epoch / step position and the early-stopping state.
@@ -56,6 +58,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, int]] = field(default_factory=list)  # where each restart picked up
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
@@ -63,7 +66,10 @@ class TrainState:
 
 
 def log(msg: str) -> None:
-    print(f"[widedeep train] {msg}", file=sys.stderr, flush=True)
+    """A progress line on stderr (written directly: Ray Train's patched ``print`` would tee it
+    to its logger as well, and the driver would show every line twice)."""
+    sys.stderr.write(f"[widedeep train] {msg}\n")
+    sys.stderr.flush()
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -86,26 +92,57 @@ class _Collate:
         return TaskCollate()
 
 
+def _sorted_files(split_dir: str) -> list[str]:
+    import pyarrow.dataset as pads
+
+    return sorted(pads.dataset(split_dir, format="parquet").files)
+
+
+def rank_row_batches(split_dir: str, columns: list[str], batch_size: int, rank: int, world: int) -> Iterator[Any]:
+    """Stream rank ``rank``'s contiguous share of a split (files in name order) as Arrow tables.
+
+    Used for validation: every valid row is scored exactly once across ranks (no ``equal=True``
+    dropping), and there is no per-epoch Ray Data execution to start, which dominates the cost of
+    a small validation split. Ranks may get different batch counts; nothing inside is collective.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset(_sorted_files(split_dir), format="parquet")
+    n = ds.count_rows()
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    pos = 0
+    pending: list[Any] = []
+    pending_rows = 0
+    for rb in ds.to_batches(columns=columns or None, batch_size=batch_size):
+        start, stop = max(lo - pos, 0), min(hi - pos, rb.num_rows)
+        pos += rb.num_rows
+        if stop > start:
+            pending.append(rb.slice(start, stop - start))
+            pending_rows += stop - start
+            if pending_rows >= batch_size:
+                t = pa.Table.from_batches(pending)
+                pending, pending_rows = [], 0
+                for s in range(0, t.num_rows, batch_size):
+                    yield t.slice(s, batch_size)
+        if pos >= hi:
+            break
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
 class _DeterministicReader:
     """Test hook (``debug.deterministic_shards``): identical global batches for any world size."""
 
     def __init__(self, split_dir: str, columns: list[str]) -> None:
         import pyarrow.dataset as pads
 
-        ds = pads.dataset(split_dir, format="parquet")
-        files = sorted(ds.files)
-        self.table = pads.dataset(files, format="parquet").to_table(columns=columns or None)
+        self.table = pads.dataset(_sorted_files(split_dir), format="parquet").to_table(columns=columns or None)
 
     def train_batches(self, batch_size: int, rank: int, world: int) -> Iterator[Any]:
         g = batch_size * world
         for k in range(self.table.num_rows // g):
             yield self.table.slice(k * g + rank * batch_size, batch_size)
-
-    def eval_batches(self, batch_size: int, rank: int, world: int) -> Iterator[Any]:
-        n = self.table.num_rows
-        lo, hi = n * rank // world, n * (rank + 1) // world
-        for s in range(lo, hi, batch_size):
-            yield self.table.slice(s, min(batch_size, hi - s))
 
 
 def _gather(local: dict[str, np.ndarray], world: int) -> dict[str, np.ndarray]:
@@ -139,6 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
+    if cfg.torch_threads:  # small models on shared CPUs: extra OpenMP threads only spin-wait
+        torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -152,6 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with restored.as_directory() as d:
             load_state_into(d, model, optimizer)
             state = TrainState.from_dict(read_meta(d).get("train_state", {}))
+        state.resumes.append({"epoch": state.epoch, "global_step": state.global_step})
         if rank == 0:
             log(f"resumed from checkpoint at epoch {state.epoch} step {state.global_step} "
                 f"(+{state.step_in_epoch} batches into epoch {state.epoch + 1})")
@@ -177,10 +217,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     cols = list(loop_config["columns"])
     collate = _Collate(task, fs, cfg)
-    det_train = det_valid = None
+    det_train = None
     if cfg.debug.deterministic_shards:
         det_train = _DeterministicReader(os.path.join(cfg.data, "train"), cols)
-        det_valid = _DeterministicReader(os.path.join(cfg.data, "valid"), cols)
         steps_per_epoch = det_train.table.num_rows // (cfg.batch_size * world)
     else:
         steps_per_epoch = max(1, math.ceil((loop_config["train_rows"] // max(world, 1)) / cfg.batch_size))
@@ -196,14 +235,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
 
     def valid_batches() -> Iterator[Any]:
-        if det_valid is not None:
-            for t in det_valid.eval_batches(cfg.eval_batch_size, rank, world):
-                yield task.collate(t, fs, cfg)
-            return
-        shard = ray.train.get_dataset_shard("valid")
-        yield from shard.iter_torch_batches(
-            batch_size=cfg.eval_batch_size, collate_fn=collate, prefetch_batches=cfg.prefetch_batches, device="cpu"
-        )
+        for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world):
+            yield task.collate(t, fs, cfg)
 
     local_mode = world <= 1 and not dist.is_initialized() and loop_config.get("local_mode", False)
 
@@ -265,6 +298,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss_sum, loss_n = 0.0, 0
         t0 = time.perf_counter()
         t_last, s_last = t0, state.samples
+        t_first, s_first = None, 0  # steady-state throughput: from the end of the first batch
         it = iter(train_batches())
         for _ in range(skip):  # mid-epoch resume: the first batches of this epoch are done
             next(it, None)
@@ -282,6 +316,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.global_step += 1
             loss_sum += float(loss.detach()) * n
             loss_n += n
+            if t_first is None:
+                t_first, s_first = time.perf_counter(), state.samples
             if rank == 0 and state.global_step % cfg.log_every_steps == 0:
                 now = time.perf_counter()
                 rate = (state.samples - s_last) / max(now - t_last, 1e-9)
@@ -298,7 +334,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if fail_at is not None and not restored_run and state.global_step == fail_at and rank == cfg.debug.fail_rank:
                 log(f"debug.fail_at_step={fail_at}: killing worker pid {os.getpid()} (test hook)")
                 os.kill(os.getpid(), signal.SIGKILL)
-        state.train_seconds += time.perf_counter() - t0
+        t_end = time.perf_counter()
+        state.train_seconds += t_end - t0
+        steady = (state.samples - s_first) / (t_end - t_first) if t_first is not None and t_end > t_first else 0.0
         v0 = time.perf_counter()
         vm = validate()
         score = float(vm.get(metric, float("nan")))
@@ -321,6 +359,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scored = score if mode == "max" else -score
         report({"kind": "epoch", "epoch": epoch + 1, "global_step": state.global_step,
                 "score": scored if math.isfinite(scored) else STEP_SCORE, "primary_metric": metric,
-                "train_loss": rec["train_loss"], "train_samples_per_s": sps, "valid": vm,
+                "train_loss": rec["train_loss"], "train_samples_per_s": sps,
+                "train_samples_per_s_steady": steady, "valid": vm,
                 "best_epoch": state.best_epoch, "stopped": state.stopped},
                f"epoch={epoch + 1:04d}")
