@@ -18,6 +18,7 @@ gold standard), ``"vectorized"`` (``vectorized.py``: the fast PyTorch path, the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,11 @@ class TableBatchedEmbeddingBag(nn.Module):
         if dtype in _HALF and backend == "vectorized":
             raise ConfigError(
                 f"dtype {dtype} needs backend 'triton' (CUDA) or 'reference'; the vectorized path is fp32 only"
+            )
+        if backend == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            # NOTE: TRITON_INTERPRET is Triton's own switch, read here only to fail clearly.
+            raise ConfigError(
+                f"backend 'triton' needs a CUDA device (got {dev}); on CPU it runs only under TRITON_INTERPRET=1"
             )
         self.backend = backend
         self._impl = _load_impl(backend)
@@ -156,7 +162,7 @@ class TableBatchedEmbeddingBag(nn.Module):
             anchor = torch.empty(0, device=self.weight.device, requires_grad=True)
             return _FusedUpdate.apply(anchor, self, indices, offsets, per_sample_weights, B)
         with torch.no_grad():
-            out, _ = self._impl.forward(self, indices, offsets, per_sample_weights, B)
+            out, _ = self._impl.forward(self, indices, offsets, per_sample_weights, B, False)
         return out
 
     # ------------------------------------------------------------------ internals
@@ -193,7 +199,7 @@ class _FusedUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchor, module, indices, offsets, per_sample_weights, B):  # type: ignore[override]
-        out, saved = module._impl.forward(module, indices, offsets, per_sample_weights, B)
+        out, saved = module._impl.forward(module, indices, offsets, per_sample_weights, B, True)
         ctx.module = module
         ctx.saved = saved
         return out
@@ -211,7 +217,7 @@ class _ReferenceImpl:
     """Adapter: the per-table reference behind the module interface."""
 
     @staticmethod
-    def forward(m: TableBatchedEmbeddingBag, indices, offsets, psw, B):
+    def forward(m: TableBatchedEmbeddingBag, indices, offsets, psw, B, save: bool):
         weights = [m.table_weight(t) for t in range(m.layout.num_tables)]
         out = reference.reference_forward(weights, m.layout.tables, indices, offsets, psw)
         return out, (indices, offsets, psw, B)
@@ -243,7 +249,7 @@ class _VectorizedImpl:
     """Adapter: the vectorized PyTorch path behind the module interface."""
 
     @staticmethod
-    def forward(m: TableBatchedEmbeddingBag, indices, offsets, psw, B):
+    def forward(m: TableBatchedEmbeddingBag, indices, offsets, psw, B, save: bool):
         runs = vectorized.split_runs(m.layout, indices, offsets, psw, B)
         return vectorized.forward(m.layout, m.weight.data, runs, B), (runs, B)
 
