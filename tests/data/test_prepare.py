@@ -90,11 +90,12 @@ def test_movielens_user_time_split_and_time_split(ray_session, tmp_path):
 
 
 def test_generate_appstore_and_prepare(ray_session, tmp_path):
-    meta = generate_appstore(tmp_path / "raw", rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=700)
+    assert main(["generate", "--out", str(tmp_path / "raw"), "--rows", "3000", "--users", "300", "--items", "100", "--seed", "7", "--shard-rows", "1000"]) == 0
+    meta = json.loads((tmp_path / "raw" / "_generator.json").read_text())
     assert meta["shards"] == 3 and len(list((tmp_path / "raw").glob("part-*.parquet"))) == 3
     oa = meta["oracle_auc"]
     assert oa["full_logit"] > oa["without_planted_cross"] > oa["without_latent_taste"] > 0.5
-    again = generate_appstore(tmp_path / "raw2", rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=700)
+    again = generate_appstore(tmp_path / "raw2", rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=50_000)
     assert pq.read_table(tmp_path / "raw").equals(pq.read_table(tmp_path / "raw2")) and again["install_rate"] == meta["install_rate"]
     m = prepare(load_spec(SPECS / "appstore.yaml"), PrepareOptions([str(tmp_path / "raw")], str(tmp_path / "p")))
     assert m["rows_written"] == 3000
@@ -173,3 +174,14 @@ def test_criteo_tsv_prepare(ray_session, tmp_path):
     assert all(t.schema.field(f"I{i}").type == pa.float32() for i in range(1, 14))
     ints = np.stack([np.asarray(t.column(f"I{i}")) for i in range(1, 14)])
     assert np.isfinite(ints).all() and ints.min() >= 0 and ints.max() <= 1
+
+
+@pytest.mark.slow
+def test_bench_prepare_smoke(ray_session, tmp_path):
+    """The benchmark command runs end to end and writes the keys the acceptance check reads
+    (figures are printed, never asserted)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "prepare", "--rows", "3000", "--cardinality", "500", "--shard-rows", "1500", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["prepare_rows_per_s"] > 0 and res["pandas_rows_per_s"] > 0 and res["generate_rows_per_s"] > 0
+    assert res["peak_rss_driver_mb"] > 0

@@ -5,18 +5,20 @@ App store (``widedeep generate``), the generator's model
 Fixed "world" (drawn from ``seed``, held in memory: O(users * installed + items)):
 
 - apps ``j = 0..I-1``: a category ``c_j`` (20 categories), a latent vector
-  ``v_j = 0.8 * centroid[c_j] + 0.6 * noise`` (dim 8), a popularity ``b_j ~ N(0, 1)``, a price
+  ``v_j = 0.9 * centroid[c_j] + 0.3 * noise`` (dim 8), a popularity ``b_j ~ N(0, 1)``, a price
   tier and a size in MB (numeric).
 - users ``i = 0..U-1``: demographics (age group, gender, country), a latent taste
-  ``u_i = 0.7 * (g[age,gender] + h[country]) + 0.7 * noise``, and a list of 3..15 installed
+  ``u_i = 0.9 * (g[age,gender] + h[country]) + 0.3 * noise``, and a list of 3..15 installed
   apps drawn without replacement with probability proportional to ``exp(u_i . v_j * 2 + b_j)``.
-- planted pairs: ``P = I // 20`` (trigger app, companion app) pairs, triggers among the 50
-  most popular apps, companions uniformly at random: "users who have X install Y".
+- planted pairs: ``P = I // 4`` (trigger app, companion app) pairs, triggers and companions
+  uniformly at random: "users who have X install Y", specific crosses only memorisation learns.
 
-Each impression row (streamed in chunks, seeded per chunk, so any N fits in constant memory):
-user uniform; app = with probability 0.3 the companion of one of the user's installed
-triggers (if any), else Gumbel-max over 32 popularity-sampled candidates scored by
-``u . v``; hour 0..23; position 0..9; timestamp increasing with the row index.
+Each impression row (streamed in chunks seeded by their first row, so any N fits in constant
+memory; the output depends on seed, sizes and the chunk/shard sizes): user uniform and app by
+Gumbel-max over 32 popularity-sampled candidates scored by ``u . v``; except, with probability
+0.3, the app is the companion of a random planted pair and the user (half the time) one who
+installed its trigger, so that only the cross tells planted rows from the others (the shown app
+alone does not). Hour 0..23; position 0..9; timestamp increasing with the row index.
 
 Label ``installed ~ Bernoulli(sigmoid(z))`` with::
 
@@ -76,20 +78,23 @@ class World:
     inst_values: np.ndarray
     companion: np.ndarray  # companion[j] = companion app of trigger j, or -1
     uv_scale: float
+    triggers: np.ndarray  # planted pairs (triggers[p], companion[triggers[p]])
+    holder_offsets: np.ndarray  # users who installed app j: holder_values[holder_offsets[j]:holder_offsets[j+1]]
+    holder_values: np.ndarray
 
 
 def make_world(users: int, items: int, seed: int) -> World:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     cat = rng.integers(0, N_CATEGORIES, items)
     centroids = rng.normal(0, 1, (N_CATEGORIES, LATENT_DIM)) / np.sqrt(LATENT_DIM)
-    v = 0.8 * centroids[cat] + 0.6 * rng.normal(0, 1, (items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    v = 0.9 * centroids[cat] + 0.3 * rng.normal(0, 1, (items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
     pop = rng.normal(0, 1, items)
     age = rng.integers(0, len(AGES), users)
     gender = rng.integers(0, len(GENDERS), users)
     country = rng.integers(0, len(COUNTRIES), users)
     g = rng.normal(0, 1, (len(AGES), len(GENDERS), LATENT_DIM)) / np.sqrt(LATENT_DIM)
     h = rng.normal(0, 1, (len(COUNTRIES), LATENT_DIM)) / np.sqrt(LATENT_DIM)
-    u = 0.7 * (g[age, gender] + h[country]) + 0.7 * rng.normal(0, 1, (users, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+    u = 0.9 * (g[age, gender] + h[country]) + 0.3 * rng.normal(0, 1, (users, LATENT_DIM)) / np.sqrt(LATENT_DIM)
     # scale so that u.v has a useful spread
     u *= 3.0
     n_inst = rng.integers(3, 16, users)
@@ -102,19 +107,21 @@ def make_world(users: int, items: int, seed: int) -> World:
         for i in range(s, e):
             values[offsets[i] : offsets[i + 1]] = top[i - s, : n_inst[i]]
     companion = np.full(items, -1, dtype=np.int64)
-    n_pairs = max(1, items // 20)
-    triggers = np.argsort(-pop)[: max(n_pairs, min(50, items))]
-    triggers = rng.choice(triggers, size=min(n_pairs, len(triggers)), replace=False)
+    n_pairs = max(1, items // 4)
+    triggers = rng.choice(items, size=n_pairs, replace=False)
     for t in triggers:
         c = int(rng.integers(0, items))
         while c == t:
             c = int(rng.integers(0, items))
         companion[t] = c
+    owner = np.repeat(np.arange(users), n_inst)
+    order = np.argsort(values, kind="stable")
+    holder_offsets = np.concatenate([[0], np.cumsum(np.bincount(values, minlength=items))]).astype(np.int64)
     sample = rng.integers(0, users, 20000), rng.integers(0, items, 20000)
     uv_scale = float(np.std(np.einsum("nd,nd->n", u[sample[0]], v[sample[1]]))) or 1.0
     return World(
         users, items, u, v, pop, cat, rng.integers(0, len(PRICES), items), np.round(np.exp(rng.normal(3, 1, items)), 1),
-        age, gender, country, offsets, values, companion, uv_scale,
+        age, gender, country, offsets, values, companion, uv_scale, np.sort(triggers), holder_offsets, owner[order],
     )
 
 
@@ -122,32 +129,30 @@ def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, start]))
     w = world
     users = rng.integers(0, w.users, n)
-    lens = w.inst_offsets[users + 1] - w.inst_offsets[users]
     # candidate apps from popularity, picked by taste (Gumbel-max)
     p = np.exp(w.pop)
     p /= p.sum()
     cands = rng.choice(w.items, size=(n, 32), p=p)
     sc = np.einsum("nd,nkd->nk", w.u[users], w.v[cands]) + rng.gumbel(size=(n, 32))
     app = cands[np.arange(n), np.argmax(sc, axis=1)]
-    # the user's installed triggers, and whether the impression is a planted companion
+    # companion impressions: a random planted pair's companion, shown half the time to a user who
+    # installed its trigger and half the time to anyone, so that only the (installed app x shown
+    # app) cross separates the two, not the shown app alone
+    comp_rows = np.nonzero(rng.random(n) < 0.3)[0]
+    pair_trig = w.triggers[rng.integers(0, len(w.triggers), len(comp_rows))]
+    app[comp_rows] = w.companion[pair_trig]
+    holder = rng.random(len(comp_rows)) < 0.5
+    cnt = w.holder_offsets[pair_trig + 1] - w.holder_offsets[pair_trig]
+    ok = holder & (cnt > 0)
+    pick_at = w.holder_offsets[pair_trig[ok]] + (rng.random(int(ok.sum())) * cnt[ok]).astype(np.int64)
+    users[comp_rows[ok]] = w.holder_values[pick_at]
+    lens = w.inst_offsets[users + 1] - w.inst_offsets[users]
     flat_users = np.repeat(np.arange(n), lens)
     starts = np.repeat(w.inst_offsets[users], lens)
     pos_in = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
     inst = w.inst_values[starts + pos_in]
     comp = w.companion[inst]
     has = comp >= 0
-    # with prob 0.2 show the companion of a random installed trigger
-    pick = rng.random(n) < 0.3
-    trig_rows, trig_comp = flat_users[has], comp[has]
-    if len(trig_rows):
-        order = rng.permutation(len(trig_rows))
-        first = {}
-        for r, c in zip(trig_rows[order], trig_comp[order]):
-            first.setdefault(int(r), int(c))
-        rows_with = np.fromiter(first.keys(), dtype=np.int64, count=len(first))
-        comps = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-        sel = pick[rows_with]
-        app[rows_with[sel]] = comps[sel]
     planted = np.zeros(n, dtype=bool)
     if has.any():
         hit = comp[has] == app[flat_users[has]]
