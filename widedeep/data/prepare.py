@@ -16,6 +16,7 @@ statistics the manifest needs (rows, label sum, OOV counts, skipped rows).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -254,11 +255,12 @@ def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None
 def _write_task(
     batch: pa.Table, fs_json: str, splitter: Splitter, columns: list[str], out: str, opts: dict[str, Any]
 ) -> pa.Table:
-    fspace = _FS_CACHE.get(fs_json[-200:] + str(len(fs_json)))
-    if fspace is None:
+    key = hashlib.sha256(fs_json.encode("utf-8")).hexdigest()
+    fspace = _FS_CACHE.get(key)
+    if fspace is None:  # parsed once per worker process, reused by its later tasks
         fspace = FeatureSpace.from_json(fs_json)
         _FS_CACHE.clear()
-        _FS_CACHE[fs_json[-200:] + str(len(fs_json))] = fspace
+        _FS_CACHE[key] = fspace
     ofs, root = filesystem(out)
     keep_time = splitter.spec.time_column if splitter.spec.mode != "random" else None
     rows_meta: list[dict[str, Any]] = []
