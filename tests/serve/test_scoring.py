@@ -49,11 +49,17 @@ def _lists(rng, n, rows, max_len):
                     type=pa.list_(pa.int64()))
 
 
-@pytest.mark.parametrize("mode", ["wide_deep", "deep", "wide"])
-def test_candidate_scoring_matches_model_on_repeated_batch(mode):
+@pytest.mark.parametrize("mode,encoding,linear", [("wide_deep", "none", False), ("deep", "none", False),
+                                                  ("wide", "none", True), ("wide_deep", "ple", True),
+                                                  ("wide_deep", "periodic", False)])
+def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linear):
     torch.manual_seed(0)
     fs = _Space()
-    model = WideAndDeep(fs, ModelConfig(mode=mode, hidden=[16, 8], activation="relu"))
+    cfg = ModelConfig(mode=mode, hidden=[16, 8], activation="relu", numeric_encoding=encoding, numeric_bins=4,
+                      numeric_linear_wide=linear)
+    model = WideAndDeep(fs, cfg)
+    if model.numeric_linear is not None:
+        model.numeric_linear.weight.data.normal_(0, 0.5)
     # trained weights are not zeros: randomise every table so each term matters
     for tbe in model.embedding_bags():
         tbe.weight.data.normal_(0, 0.5)

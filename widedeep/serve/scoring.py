@@ -76,6 +76,13 @@ class RankerSpec:
     activation: str
     has_wide: bool
     has_deep: bool
+    numeric_encoding: str = "none"  # WideAndDeep.encode_numerics: none | ple | periodic
+    numeric_bins: int = 1
+    numeric_linear_wide: bool = False
+
+    def numeric_width(self) -> int:
+        enc = self.numeric_encoding
+        return 1 if enc == "none" else self.numeric_bins if enc == "ple" else 2 * self.numeric_bins
 
     def to_json(self) -> str:
         return json.dumps({"format": RANKER_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
@@ -114,9 +121,15 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
         for i in range(len(model.deep_tables)):
             tensors[f"deep.{i}"] = model.deep_tbe.table_weight(i).detach().clone()
         linears = [m for m in model.mlp.layers if isinstance(m, torch.nn.Linear)]
+        if getattr(model, "periodic_freq", None) is not None:
+            tensors["numeric.periodic_freq"] = model.periodic_freq.detach().clone()
         for j, lin in enumerate(linears):
             tensors[f"mlp.{j}.weight"] = lin.weight.detach().clone()
             tensors[f"mlp.{j}.bias"] = lin.bias.detach().clone()
+    numeric_linear = getattr(model, "numeric_linear", None)
+    if numeric_linear is not None:
+        tensors["wide.numeric_linear"] = numeric_linear.weight.detach().reshape(-1).clone()
+    if has_deep:
         layout = [name for name, _, _ in model.deep_input_layout()]
         expect = [t.name for t in model.deep_tables] + list(model.dense_columns)
         if layout != expect:
@@ -126,11 +139,14 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
         feature_space_hash=str(fs.content_hash),
         wide_tables=tables(model.wide_tables) if has_wide else [],
         deep_tables=tables(model.deep_tables) if has_deep else [],
-        dense=[DenseSpec(c, fs.feature_side(c)) for c in model.dense_columns] if has_deep else [],
+        dense=[DenseSpec(c, fs.feature_side(c)) for c in model.dense_columns] if has_deep or numeric_linear is not None else [],
         n_linear=len(linears),
         activation=str(model.cfg.activation),
         has_wide=has_wide,
         has_deep=has_deep,
+        numeric_encoding=str(getattr(model.cfg, "numeric_encoding", "none")),
+        numeric_bins=int(getattr(model.cfg, "numeric_bins", 1)),
+        numeric_linear_wide=numeric_linear is not None,
     )
     return spec, {k: v.contiguous() for k, v in tensors.items()}
 
@@ -199,6 +215,9 @@ class CandidateScorer:
         self.wide_q = [(i, t) for i, t in enumerate(spec.wide_tables) if t.side in QUERY_SIDES]
         self.wide_c = [(i, t) for i, t in enumerate(spec.wide_tables) if t.side not in QUERY_SIDES]
         self.hidden_dim = 0
+        # numerics: (index among all numerics, name) of each side
+        self.dense_q = [(j, d.name) for j, d in enumerate(spec.dense) if d.side in QUERY_SIDES]
+        self.dense_c = [(j, d.name) for j, d in enumerate(spec.dense) if d.side not in QUERY_SIDES]
         if spec.has_deep:
             w1 = tensors["mlp.0.weight"]  # [H, in]
             self.hidden_dim = int(w1.shape[0])
@@ -211,11 +230,10 @@ class CandidateScorer:
                 (cols_q if t.side in QUERY_SIDES else cols_c).extend(range(c, c + t.dim))
                 (self.deep_q if t.side in QUERY_SIDES else self.deep_c).append((i, t))
                 c += t.dim
-            self.dense_q = [d.name for d in spec.dense if d.side in QUERY_SIDES]
-            self.dense_c = [d.name for d in spec.dense if d.side not in QUERY_SIDES]
+            width = spec.numeric_width()
             for d in spec.dense:
-                (cols_q if d.side in QUERY_SIDES else cols_c).append(c)
-                c += 1
+                (cols_q if d.side in QUERY_SIDES else cols_c).extend(range(c, c + width))
+                c += width
             if c != w1.shape[1]:
                 raise CheckpointError(f"ranker: MLP input has {w1.shape[1]} columns, the tables and numerics {c}")
             # transposed slices, so a [B, |Q|] input times W1q gives [B, H]
@@ -227,13 +245,15 @@ class CandidateScorer:
     def query_columns(self) -> list[str]:
         cols = [t.column for _, t in self.wide_q]
         if self.spec.has_deep:
-            cols += [t.column for _, t in self.deep_q] + self.dense_q
+            cols += [t.column for _, t in self.deep_q]
+        cols += [name for _, name in self.dense_q]
         return list(dict.fromkeys(cols))
 
     def candidate_columns(self) -> list[str]:
         cols = [t.column for _, t in self.wide_c]
         if self.spec.has_deep:
-            cols += [t.column for _, t in self.deep_c] + self.dense_c
+            cols += [t.column for _, t in self.deep_c]
+        cols += [name for _, name in self.dense_c]
         return list(dict.fromkeys(cols))
 
     # -- the two halves ------------------------------------------------------------------------
@@ -243,11 +263,33 @@ class CandidateScorer:
             out += _pool(self.t[f"wide.{i}"], table, t).reshape(rows)
         return out
 
-    def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableSpec]], dense: list[str]) -> torch.Tensor:
+    @staticmethod
+    def _dense(table: pa.Table, dense: list[tuple[int, str]]) -> torch.Tensor:
+        cols = [np.array(table.column(name).to_numpy(), dtype=np.float32) for _, name in dense]
+        return torch.from_numpy(np.stack(cols, axis=1)) if cols else torch.zeros(table.num_rows, 0)
+
+    def _encode(self, x: torch.Tensor, dense: list[tuple[int, str]]) -> torch.Tensor:
+        """``WideAndDeep.encode_numerics`` for a subset of the numerics (their global indexes)."""
+        enc = self.spec.numeric_encoding
+        if enc == "none" or not dense:
+            return x
+        if enc == "ple":
+            lo = torch.arange(self.spec.numeric_bins, dtype=torch.float32) / self.spec.numeric_bins
+            return ((x.unsqueeze(-1) - lo) * self.spec.numeric_bins).clamp(0.0, 1.0).flatten(1)
+        freq = self.t["numeric.periodic_freq"][[j for j, _ in dense]]  # [n, K]
+        v = 2 * torch.pi * x.unsqueeze(-1) * freq
+        return torch.cat([torch.sin(v), torch.cos(v)], dim=-1).flatten(1)
+
+    def _numeric_wide(self, x: torch.Tensor, dense: list[tuple[int, str]]) -> torch.Tensor:
+        if not self.spec.numeric_linear_wide or not dense:
+            return torch.zeros(x.shape[0])
+        return x @ self.t["wide.numeric_linear"][[j for j, _ in dense]]
+
+    def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableSpec]], x: torch.Tensor,
+                    dense: list[tuple[int, str]]) -> torch.Tensor:
         parts = [_pool(self.t[f"deep.{i}"], table, t) for i, t in tables]
-        for name in dense:
-            col = table.column(name).to_numpy().astype(np.float32, copy=False)
-            parts.append(torch.from_numpy(col).unsqueeze(1))
+        if dense:
+            parts.append(self._encode(x, dense))
         if not parts:
             return torch.zeros(table.num_rows, 0)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -256,11 +298,12 @@ class CandidateScorer:
     def query_part(self, query: pa.Table) -> QueryPart:
         """The request's share of every score, from a 1-row table of user + context columns."""
         wide = torch.zeros(())
+        x = self._dense(query, self.dense_q)
         if self.spec.has_wide:
-            wide = self._wide_sum(query, self.wide_q, 1)[0] + self.t["wide.bias"][0]
+            wide = (self._wide_sum(query, self.wide_q, 1) + self._numeric_wide(x, self.dense_q))[0] + self.t["wide.bias"][0]
         hidden = torch.zeros(self.hidden_dim)
         if self.spec.has_deep:
-            hidden = (self._deep_input(query, self.deep_q, self.dense_q) @ self.w1_q)[0] + self.b1
+            hidden = (self._deep_input(query, self.deep_q, x, self.dense_q) @ self.w1_q)[0] + self.b1
         return QueryPart(wide, hidden)
 
     @torch.no_grad()
@@ -276,12 +319,14 @@ class CandidateScorer:
         cand = candidates[0] if len(candidates) == 1 else pa.concat_tables(candidates)
         seg = torch.tensor(sizes, dtype=torch.int64)
         logit = torch.zeros(total)
+        x = self._dense(cand, self.dense_c)
         if self.spec.has_wide:
             q_wide = torch.stack([q.wide for q in queries])
-            logit += self._wide_sum(cand, self.wide_c, total) + torch.repeat_interleave(q_wide, seg)
+            logit += self._wide_sum(cand, self.wide_c, total) + self._numeric_wide(x, self.dense_c)
+            logit += torch.repeat_interleave(q_wide, seg)
         if self.spec.has_deep:
             q_hidden = torch.stack([q.hidden for q in queries])  # [R, H]
-            h = self._deep_input(cand, self.deep_c, self.dense_c) @ self.w1_c  # [M, H]
+            h = self._deep_input(cand, self.deep_c, x, self.dense_c) @ self.w1_c  # [M, H]
             h = self.act(h + torch.repeat_interleave(q_hidden, seg, dim=0))
             for j in range(1, self.spec.n_linear):
                 h = F.linear(h, self.t[f"mlp.{j}.weight"], self.t[f"mlp.{j}.bias"])
