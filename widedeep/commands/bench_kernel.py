@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from widedeep.errors import ConfigError
-    from widedeep.kernels.bench import format_report, run_benchmark
+    from widedeep.kernels.bench import bench_config, format_report, run_benchmark
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     dists = ("zipf", "uniform") if args.dist == "both" else (args.dist,)
     report = run_benchmark(
-        args.config, args.device, steps=args.steps, repeats=args.repeats, warmup=args.warmup, dists=dists
+        bench_config(args.config, args.device), args.device, steps=args.steps, repeats=args.repeats, warmup=args.warmup, dists=dists
     )
     print(format_report(report), flush=True)
     if args.json:

@@ -191,7 +191,7 @@ def _baseline_step(cfg: BenchConfig, device: torch.device, kind: str, batches, g
 
 
 def run_benchmark(
-    config: str, device_name: str, *, steps: int, repeats: int, warmup: int, dists: tuple[str, ...]
+    cfg: BenchConfig, device_name: str, *, steps: int, repeats: int, warmup: int, dists: tuple[str, ...]
 ) -> dict:
     """Measure ours and both baselines on ``config``; return the JSON-ready report.
 
@@ -200,7 +200,7 @@ def run_benchmark(
     """
     warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch.optim.Adagrad, sparse
     device = torch.device(device_name)
-    cfg = bench_config(config, device.type)
+    config = cfg.name
     dev_label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in HBM_PEAK_TBPS.items() if k in dev_label), None)
     n_ids = cfg.tables * cfg.batch * cfg.ids_per_bag
