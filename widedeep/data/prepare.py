@@ -277,7 +277,7 @@ def _write_task(
             assign = splitter.assign(chunk, unit.file_index, row, unit.path)
             row += chunk.num_rows
             # one transform per chunk; the (much smaller) prepared rows are then split three ways
-            out, info = fspace.transform_checked(
+            prepared, info = fspace.transform_checked(
                 chunk, require_label=True, on_bad_rows=opts["on_bad_rows"], where=unit.path, passthrough=(keep_time,) if keep_time else ()
             )
             if info.kept is not None:
@@ -288,12 +288,12 @@ def _write_task(
                     reasons[k] = reasons.get(k, 0) + v
             t1 = time.perf_counter()
             timing["transform_s"] += t1 - t0
-            label = np.asarray(out.column("label").to_numpy(), dtype=np.float64)
+            label = np.asarray(prepared.column("label").to_numpy(), dtype=np.float64)
             for s in range(3):
                 sel = assign == s
                 if not sel.any():
                     continue
-                part = out.filter(pa.array(sel))
+                part = prepared.filter(pa.array(sel))
                 writers[s].write(part)
                 st = stats[s]
                 st["rows"] += part.num_rows
