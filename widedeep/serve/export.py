@@ -88,8 +88,14 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
                             index_kind: str = "auto", version: str | None = None) -> Path:
     """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory."""
     from widedeep.retrieval.data import SPLITS, load_rows
-    from widedeep.train.checkpoint import load_checkpoint
+    from widedeep.train.checkpoint import load_checkpoint, read_meta
 
+    # compare the recorded FeatureSpace hashes before building either model
+    h1 = read_meta(ranker_path).get("feature_space_hash")
+    h2 = read_meta(retriever_path).get("feature_space_hash")
+    if h1 != h2:
+        raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
+                              f"{h2} ({retriever_path}); train both on the same prepared data")
     rk = load_checkpoint(ranker_path)
     rt = load_checkpoint(retriever_path)
     if rk.task != "ranking":

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from widedeep.errors import ServingError
-from widedeep.serve.deployments import ModelSlot, model_info, ranked, score_jobs, set_threads
+from widedeep.serve.deployments import ModelSlot, model_info, ranked, set_threads
 from widedeep.serve.pipeline import RequestError
 from widedeep.serve.schemas import (
     AppArgs,
@@ -186,8 +186,8 @@ class Ingress:
         self.ranker = ranker
         self.slot = ModelSlot(self.args.verify_bundle)
         self.metrics = ServingMetrics("Ingress")
-        self._score.set_max_batch_size(self.args.max_batch_size)
-        self._score.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self._batch.set_max_batch_size(self.args.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self.fused:
@@ -198,8 +198,18 @@ class Ingress:
             self.slot.get()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _score(self, jobs: list[Any]) -> list[Any]:
-        return score_jobs(jobs)
+    async def _batch(self, jobs: list[Any]) -> list[Any]:
+        """Concurrent requests' retrieval (one index search) and scoring (one MLP call) together."""
+        out: list[Any] = [None] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(id(job[0]), []).append(i)  # a model swap can put two versions in one batch
+        for idx in groups.values():
+            pipe = jobs[idx[0]][0]
+            results, retrieve_ms, rank_ms = pipe.serve_batch([jobs[i][1:] for i in idx], self.args.candidates)
+            for i, res in zip(idx, results):
+                out[i] = (*res, retrieve_ms if jobs[i][2] is None else None, rank_ms)
+        return out
 
     def _k(self, k: int | None) -> int:
         k = self.args.default_k if k is None else k
@@ -213,22 +223,17 @@ class Ingress:
         t0 = time.perf_counter()
         try:
             q = pipe.prepare(user, context)
-            self.metrics.feature_oov(q.oov)
-            t1 = time.perf_counter()
-            if items is None:
-                rows = pipe.retrieve(q, self.args.candidates, pipe.exclude_rows(exclude) if exclude else None)
-                self.metrics.retrieved(len(rows))
-            else:
-                rows = pipe.item_rows(items, "body.items")
+            rows = None if items is None else pipe.item_rows(items, "body.items")
         except RequestError as e:
             raise _body(e) from None
-        t2 = time.perf_counter()
-        logits = await self._score((pipe, q.row, rows))
-        t3 = time.perf_counter()
-        self.metrics.stage("prepare", (t1 - t0) * 1e3)
-        if items is None:
-            self.metrics.stage("retrieve", (t2 - t1) * 1e3)
-        self.metrics.stage("rank", (t3 - t2) * 1e3)
+        self.metrics.stage("prepare", (time.perf_counter() - t0) * 1e3)
+        self.metrics.feature_oov(q.oov)
+        ex = pipe.exclude_rows(exclude) if exclude else None
+        rows, logits, retrieve_ms, rank_ms = await self._batch((pipe, q, rows, ex))
+        if retrieve_ms is not None:
+            self.metrics.stage("retrieve", retrieve_ms)
+            self.metrics.retrieved(len(rows))
+        self.metrics.stage("rank", rank_ms)
         return pipe.version, ranked(pipe, rows, logits, k)
 
     async def _chain(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None

@@ -146,7 +146,7 @@ class RecommendPipeline:
         except DataError as e:
             m = _COLUMN_RE.search(str(e))
             field = where.get(m.group(1), m.group(1)) if m else "user"
-            raise RequestError(field, str(e)) from None
+            raise RequestError(field, re.sub(r" \(use --on-bad-rows[^)]*\)", "", str(e))) from None
         cols: dict[str, Any] = {}
         for f in self.query_base:
             if f.name in out.column_names:
@@ -171,12 +171,47 @@ class RecommendPipeline:
 
     def retrieve(self, q: Query, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Top-``n`` candidate rows (int32), the user's seen items and ``exclude`` removed."""
-        parts = [] if exclude is None else [exclude]
-        if q.user_key is not None and q.user_key in self.bundle.seen:
-            parts.append(self.bundle.seen[q.user_key])
-        ex = np.unique(np.concatenate(parts)) if parts else None
-        rows, _ = self.bundle.generator.candidates(q.vector, None, n, exclude_rows=ex, filter_seen=False)
-        return rows.astype(np.int32)
+        return self.retrieve_many([q], n, [exclude])[0]
+
+    def retrieve_many(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """``retrieve`` for a batch: one index search for all users (the item matrix is read once)."""
+        from widedeep.retrieval.interactions import CSR
+
+        b = self.bundle
+        lists = []
+        for q, ex in zip(queries, excludes):
+            parts = [] if ex is None else [ex]
+            if q.user_key is not None and q.user_key in b.seen:
+                parts.append(b.seen[q.user_key])
+            lists.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=indptr[1:])
+        indices = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+        cold = np.array([q.vector is None for q in queries])
+        dim = b.user_tower.spec.output_dim
+        vecs = np.stack([np.zeros(dim, np.float32) if q.vector is None else q.vector for q in queries]).astype(np.float32)
+        rows, _ = b.generator.candidates_batch(None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)),
+                                               cold=cold)
+        return [r[r >= 0].astype(np.int32) for r in rows]
+
+    def serve_batch(self, jobs: Sequence[tuple[Query, np.ndarray | None, np.ndarray | None]], n: int
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+        """Retrieve (jobs without rows) and score a batch of requests: ``([(rows, logits)], retrieve_ms, rank_ms)``.
+
+        ``jobs``: ``(query, candidate rows or None to retrieve, excluded rows)``.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        todo = [i for i, (_, rows, _) in enumerate(jobs) if rows is None]
+        all_rows: list[np.ndarray | None] = [rows for _, rows, _ in jobs]
+        if todo:
+            for i, rows in zip(todo, self.retrieve_many([jobs[i][0] for i in todo], n, [jobs[i][2] for i in todo])):
+                all_rows[i] = rows
+        t1 = time.perf_counter()
+        logits = self.score([(q.part, q.row, r) for (q, _, _), r in zip(jobs, all_rows)])
+        t2 = time.perf_counter()
+        return list(zip(all_rows, logits)), (t1 - t0) * 1e3, (t2 - t1) * 1e3  # type: ignore[arg-type]
 
     # -- rank ----------------------------------------------------------------------------------
     def item_rows(self, item_ids: Sequence[Any], field: str = "items") -> np.ndarray:
