@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for (a) and (b)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads in every contender (default 1: on a shared 2-core machine extra OpenMP threads spin-wait)")
     parser.add_argument("--workdir", help="keep / reuse the generated data here")
     parser.add_argument("--no-pipeline", action="store_true", help="skip (c), the Ray Train pipeline run")
 

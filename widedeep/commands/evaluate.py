@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["ranking", "topk"], default="ranking",
                         help="ranking: classification metrics of --checkpoint; topk: retrieval + ranking top-K")
     parser.add_argument("--retriever", help="retriever checkpoint (--task topk)")
-    parser.add_argument("--ranker", help="ranker checkpoint (--task topk)")
+    parser.add_argument("--ranker", help="ranker checkpoint (--task topk; optional: re-ranks the retrieved candidates)")
     parser.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")
 
 
@@ -22,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from widedeep.errors import ConfigError
 
     if args.task == "topk":
-        if not args.retriever or not args.ranker:
-            raise ConfigError("--task topk needs --retriever RET and --ranker RANK")
+        if not args.retriever:
+            raise ConfigError("--task topk needs --retriever RET (and optionally --ranker RANK to re-rank)")
         from widedeep.retrieval.topk_eval import run_topk
 
         return int(run_topk(args.retriever, args.ranker, args.data, args.metrics_out))

@@ -81,8 +81,15 @@ class DenseOptimizerConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -216,7 +223,7 @@ class WideAndDeep(nn.Module):
                 )
             self.mlp = MLP(deep_dim + n_num * self.numeric_width(), cfg.hidden, 1, cfg.activation, cfg.dropout)
         self.numeric_linear = (
-            nn.Linear(len(self.dense_columns), 1, bias=False)
+            nn.Linear(len(self.dense_columns) * (self.numeric_width() if cfg.has_deep else 1), 1, bias=False)
             if cfg.has_wide and cfg.numeric_linear_wide and self.dense_columns
             else None
         )
@@ -251,8 +258,9 @@ class WideAndDeep(nn.Module):
         w = batch.wide
         out = self.wide_tbe(w.values, w.offsets, w.weights)  # [B, T_wide]
         logit = out.sum(dim=1) + self.wide_bias
-        if self.numeric_linear is not None:
-            logit = logit + self.numeric_linear(batch.dense).squeeze(1)
+        if self.numeric_linear is not None:  # a per-numeric piecewise-linear term (GAM-like) on the wide side
+            x = self.encode_numerics(batch.dense) if self.cfg.has_deep else batch.dense
+            logit = logit + self.numeric_linear(x).squeeze(1)
         return logit
 
     def deep_input(self, batch: Batch) -> torch.Tensor:

@@ -121,7 +121,8 @@ def run_bench(
     fs = FeatureSpace.load(str(data / "feature_space.json"))
     overrides = [f"data={data}", f"model.hidden={hidden}", f"batch_size={batch_size}", "epochs=1",
                  "early_stopping.enabled=false", "shuffle=files", "model.validate_ids=false",
-                 f"eval_batch_size={batch_size * 4}", "log_every_steps=20", "prefetch_batches=4"]
+                 f"eval_batch_size={batch_size * 4}", "log_every_steps=20", "prefetch_batches=4",
+                 f"torch_threads={threads}"]
     cfg = load_train_config(None, overrides)
     task = get_task("ranking")
     table = pads.dataset(str(data / "train")).to_table(columns=task.required_columns(fs, cfg))

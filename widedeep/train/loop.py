@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from widedeep.train.config import TrainConfig, config_from_dict
+from widedeep.train.schedule import lr_factor
 from widedeep.train.tasks import batch_size_of, batch_to, get_task, unwrap
 
 STEP_SCORE = -1e30  # "score" of mid-epoch checkpoints: never preferred over an epoch-end one
@@ -238,7 +239,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world):
             yield task.collate(t, fs, cfg)
 
-    local_mode = world <= 1 and not dist.is_initialized() and loop_config.get("local_mode", False)
+    local_mode = bool(loop_config.get("local_mode", False))
 
     def report(metrics: dict[str, Any], name: str) -> None:
         """Every rank calls this at the same points; rank 0 attaches the checkpoint."""
@@ -290,6 +291,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return score > state.best_score + d if mode == "max" else score < state.best_score - d
 
     restored_run = restored is not None
+    dense_cfg = cfg.optim.dense
+    total_steps = cfg.epochs * steps_per_epoch
     model.train()
     fail_at = cfg.debug.fail_at_step
     while state.epoch < cfg.epochs and not state.stopped:
@@ -304,6 +307,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             next(it, None)
         for batch in it:
             batch = batch_to(batch, device)
+            if optimizer is not None and dense_cfg.schedule != "constant":
+                f = lr_factor(dense_cfg.schedule, state.global_step, total_steps, dense_cfg.min_lr_ratio, dense_cfg.warmup_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = dense_cfg.lr * f
+            elif optimizer is not None and dense_cfg.warmup_steps:
+                f = lr_factor("constant", state.global_step, total_steps, 0.0, dense_cfg.warmup_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = dense_cfg.lr * f
             loss = task.loss(train_model, batch, cfg)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
