@@ -16,16 +16,17 @@ def random_batch(
     max_len: int = 4,
     weighted: bool = False,
     device: str = "cpu",
+    min_len: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(indices int64 [N], offsets int64 [T*B+1], per-sample weights fp32 [N] | None).
 
-    Bag lengths are uniform in ``[0, max_len]`` (so empty bags occur); ids come from a small
+    Bag lengths are uniform in ``[min_len, max_len]`` (so empty bags occur by default); ids come from a small
     hot set (duplicates within and across bags) mixed with uniform ids, and every table's
     last row appears whenever the table has at least one id.
     """
     g = torch.Generator().manual_seed(seed)
     T = len(tables)
-    lengths = torch.randint(0, max_len + 1, (T * B,), generator=g)
+    lengths = torch.randint(min_len, max_len + 1, (T * B,), generator=g)
     offsets = torch.zeros(T * B + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(lengths, 0)
     parts = []
@@ -56,6 +57,7 @@ def train_side_by_side(
     seed: int,
     weighted: bool = False,
     max_len: int = 4,
+    min_len: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     atol: float = 1e-5,
@@ -71,7 +73,7 @@ def train_side_by_side(
     g = torch.Generator().manual_seed(seed + 1000)
     for step in range(steps):
         indices, offsets, psw = random_batch(
-            tables, B, seed * 100 + step, max_len=max_len, weighted=weighted, device=device
+            tables, B, seed * 100 + step, max_len=max_len, weighted=weighted, device=device, min_len=min_len
         )
         out_ref = ref(indices, offsets, psw)
         out_fast = fast(indices, offsets, psw)

@@ -45,6 +45,14 @@ def test_matches_reference_over_steps(opt, tables, B, weighted, max_len):
     )
 
 
+@pytest.mark.parametrize("opt", list(OPTIMIZERS), ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+def test_one_id_per_bag_fast_path(opt, weighted):
+    """Single-valued features (every bag exactly one id) take a gather-only path."""
+    train_side_by_side(MIXED, OPTIMIZERS[opt], "vectorized", B=9, steps=3, seed=11, weighted=weighted, max_len=1, min_len=1)
+    train_side_by_side(DEEP, OPTIMIZERS[opt], "vectorized", B=7, steps=2, seed=12, weighted=weighted, max_len=1, min_len=1)
+
+
 def test_all_bags_empty_give_zeros_and_no_update():
     tbe = TableBatchedEmbeddingBag(MIXED, OPTIMIZERS["ftrl"])
     before = tbe.weight.detach().clone()

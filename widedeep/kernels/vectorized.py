@@ -26,8 +26,15 @@ from widedeep.kernels.config import OptimizerConfig
 from widedeep.kernels.layout import Run, TableLayout
 from widedeep.kernels.reference import ftrl_pow
 
-# Elements per optimizer chunk: a [chunk, D] fp32 block (4 MiB) and its temporaries stay in cache.
-_UPDATE_CHUNK_ELEMS = 1 << 20
+# Rows per optimizer chunk: the gather of a chunk's weight and state rows must still be in
+# cache when they are written back (measured on CPU, D=16, 104k rows: 8192-row chunks 20%
+# faster than 65536), while each chunk's ~15 ops keep their fixed cost small.
+_UPDATE_CHUNK_ROWS = 8192
+_UPDATE_CHUNK_ELEMS = 1 << 17
+
+
+def _chunk_rows(dim: int) -> int:
+    return max(_UPDATE_CHUNK_ROWS, _UPDATE_CHUNK_ELEMS // dim)
 
 
 @dataclass
@@ -38,6 +45,7 @@ class RunInput:
     offsets: torch.Tensor  # int64 [T_r*B + 1], rebased to 0
     weights: torch.Tensor | None  # fp32 [n] per-sample weights
     bag_scale: torch.Tensor | None  # fp32 [T_r*B]: 1/len for mean-pooled bags, 1 for sum
+    one_per_bag: bool  # every bag holds exactly one id (single-valued features)
 
 
 def split_runs(
@@ -69,7 +77,9 @@ def split_runs(
             )
             ids = ids + torch.repeat_interleave(shift, counts, output_size=hi - lo)
         psw = None if per_sample_weights is None else per_sample_weights[lo:hi]
-        out.append(RunInput(ids, offs, psw, _bag_scale(layout, run, offs, B)))
+        n_bags = run.num_tables * B
+        one = hi - lo == n_bags and n_bags > 0 and torch.equal(offs, torch.arange(n_bags + 1, device=offs.device))
+        out.append(RunInput(ids, offs, psw, None if one else _bag_scale(layout, run, offs, B), one))
     return out
 
 
@@ -96,14 +106,31 @@ def forward(
     """Pooled bags of every table, ``[B, sum(dims)]`` fp32."""
     if len(layout.runs) == 1:
         run, ri = layout.runs[0], runs[0]
+        if ri.one_per_bag:
+            return _gather_one_per_bag(layout, weight, run, ri, B).view(B, layout.total_dim)
         pooled = _pool_run(layout, weight, run, ri, B)
         return pooled.view(run.num_tables, B, run.dim).transpose(0, 1).reshape(B, layout.total_dim)
     out = torch.empty((B, layout.total_dim), dtype=torch.float32, device=weight.device)
     for run, ri in zip(layout.runs, runs, strict=True):
-        pooled = _pool_run(layout, weight, run, ri, B)
         block = out[:, run.col_start : run.col_start + run.num_tables * run.dim]
+        if ri.one_per_bag:
+            block.view(B, run.num_tables, run.dim).copy_(
+                _gather_one_per_bag(layout, weight, run, ri, B).view(B, run.num_tables, run.dim)
+            )
+            continue
+        pooled = _pool_run(layout, weight, run, ri, B)
         block.view(B, run.num_tables, run.dim).copy_(pooled.view(run.num_tables, B, run.dim).transpose(0, 1))
     return out
+
+
+def _gather_one_per_bag(layout: TableLayout, weight: torch.Tensor, run: Run, ri: RunInput, B: int) -> torch.Tensor:
+    """One id per bag: gather the rows straight into output order ``[B * T_r, D]`` (bag-major),
+    which skips both the pooling and the transpose of the pooled bags. Mean of one = sum."""
+    order = ri.ids.view(run.num_tables, B).t().reshape(-1)
+    rows = run_weight(layout, weight, run).index_select(0, order)
+    if ri.weights is not None:
+        rows.mul_(ri.weights.view(run.num_tables, B).t().reshape(-1, 1))
+    return rows
 
 
 def _pool_run(layout: TableLayout, weight: torch.Tensor, run: Run, ri: RunInput, B: int) -> torch.Tensor:
@@ -169,7 +196,7 @@ def plan_coalesce(
         bag_grads = g.reshape(B * T_r, D)  # a view when the run spans all columns of grad_out
         # bag t*B + b of the jagged input is row b*T_r + t of bag_grads
         bag_row = torch.arange(B * T_r, device=ri.ids.device).view(B, T_r).t().reshape(-1)
-        if ri.ids.numel() == T_r * B and bool(torch.equal(ri.offsets, torch.arange(T_r * B + 1, device=ri.ids.device))):
+        if ri.one_per_bag:
             row_of_id = bag_row  # one id per bag (the common single-valued feature)
         else:
             lengths = ri.offsets[1:] - ri.offsets[:-1]
@@ -209,7 +236,7 @@ def fused_backward_update(
         if plan is None:
             continue
         w = run_weight(layout, weight, run)
-        chunk = max(1, _UPDATE_CHUNK_ELEMS // run.dim)
+        chunk = _chunk_rows(run.dim)
         U = plan.rows.numel()
         for lo in range(0, U, chunk):
             hi = min(U, lo + chunk)
@@ -263,7 +290,7 @@ def update(
     if rows.numel() == 0:
         return
     D = weight.shape[1]
-    chunk = max(1, _UPDATE_CHUNK_ELEMS // D)
+    chunk = _chunk_rows(D)
     for s in range(0, rows.numel(), chunk):
         r = rows[s : s + chunk]
         g = grads[s : s + chunk]
