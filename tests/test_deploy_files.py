@@ -46,3 +46,16 @@ def test_dockerfile_installs_the_package():
     for src in re.findall(r"^COPY --chown=\S+ (.+) \S+$", text, flags=re.M):
         for s in src.split():
             assert (ROOT / s).exists(), f"Dockerfile copies {s}, which does not exist"
+
+
+def test_rayservice_embeds_the_checked_in_serve_config():
+    (svc,) = _load("platform/k8s/rayservice.yaml")
+    assert svc["kind"] == "RayService"
+    embedded = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    assert embedded == yaml.safe_load((ROOT / "platform/serve.yaml").read_text()), (
+        "platform/k8s/rayservice.yaml serveConfigV2 drifted from platform/serve.yaml"
+    )
+    for app in embedded["applications"]:
+        module, attr = app["import_path"].split(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+    assert svc["spec"]["rayClusterConfig"]["rayVersion"] == importlib.import_module("ray").__version__
