@@ -34,6 +34,32 @@ def iter_split(path: str, columns: list[str], batch_size: int) -> Any:
             yield pa.Table.from_batches([rb])
 
 
+def _predict(ck: Any, data: str, batch_size: int) -> dict[str, np.ndarray]:
+    from widedeep.train.config import config_from_dict
+    from widedeep.train.tasks import get_task
+
+    cfg = config_from_dict(ck.config)
+    task = get_task(ck.task)
+    fs = ck.feature_space
+    outs: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for table in iter_split(data, task.required_columns(fs, cfg), batch_size):
+            batch = task.collate(table, fs, cfg)
+            for k, v in task.eval_outputs(ck.model, batch, cfg).items():
+                outs.setdefault(k, []).append(np.asarray(v))
+    if not outs:
+        raise DataError(f"{data}: no rows to evaluate")
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def predict_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """The task's raw outputs of ``checkpoint`` on split ``data`` (ranking: ``outputs`` and
+    ``labels``), for plots and custom analyses in notebooks."""
+    from widedeep.train.checkpoint import load_checkpoint
+
+    return _predict(load_checkpoint(checkpoint), data, batch_size)
+
+
 def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on the prepared split directory ``data``."""
     from widedeep.train.checkpoint import load_checkpoint
@@ -41,22 +67,10 @@ def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dic
     from widedeep.train.tasks import get_task
 
     ck = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ck.config)
-    task = get_task(ck.task)
-    fs = ck.feature_space
-    cols = task.required_columns(fs, cfg)
-    outs: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
-    n = 0
-    with torch.no_grad():
-        for table in iter_split(data, cols, batch_size):
-            batch = task.collate(table, fs, cfg)
-            for k, v in task.eval_outputs(ck.model, batch, cfg).items():
-                outs.setdefault(k, []).append(np.asarray(v))
-            n += table.num_rows
-    if not n:
-        raise DataError(f"{data}: no rows to evaluate")
+    outputs = _predict(ck, data, batch_size)
     dt = time.perf_counter() - t0
-    metrics = task.eval_metrics({k: np.concatenate(v) for k, v in outs.items()}, fs, cfg)
+    n = len(next(iter(outputs.values())))
+    metrics = get_task(ck.task).eval_metrics(outputs, ck.feature_space, config_from_dict(ck.config))
     log(f"evaluated {n:,} rows of {data} in {dt:.1f}s ({n / max(dt, 1e-9):,.0f} rows/s)")
     return {**metrics, "checkpoint": str(checkpoint), "data": str(data), "rows": n}
