@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -45,6 +46,11 @@ class ItemKNN:
     """
 
     def __init__(self, train: CSR, neighbors: int = 100, chunk: int = 1024) -> None:
+        with warnings.catch_warnings():   # torch labels its sparse kernels "beta"; they are exact
+            warnings.simplefilter("ignore", UserWarning)
+            self._fit(train, neighbors, chunk)
+
+    def _fit(self, train: CSR, neighbors: int, chunk: int) -> None:
         n_items = train.n_cols
         t0 = time.monotonic()
         u_of = torch.from_numpy(train.row_ids())
@@ -84,5 +90,7 @@ class ItemKNN:
         h = history.take_rows(np.arange(lo, hi))
         hd = torch.zeros((self.n_items, hi - lo), dtype=torch.float32)
         hd[torch.from_numpy(h.indices), torch.from_numpy(h.row_ids())] = 1.0
-        return torch.sparse.mm(self.sim_t, hd).T.contiguous()      # (S^T H^T)^T = H S
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse.mm(self.sim_t, hd).T.contiguous()  # (S^T H^T)^T = H S
 

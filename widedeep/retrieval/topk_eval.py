@@ -156,14 +156,15 @@ def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_lo
 def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
     """Most-popular and item-kNN through the same engine, exclusions and metrics."""
     out: dict[str, dict[str, float]] = {}
+    ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
     pop = MostPopular(data.train_pos)
     rows, _ = rank_topk(lambda lo, hi: pop.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
                         data.exclude, label="most-popular")
-    out["most_popular"] = ranking_metrics(rows, data.relevant, RETRIEVAL_KS)
+    out["most_popular"] = ranking_metrics(rows, data.relevant, ks)
     knn = ItemKNN(data.train_pos)
     rows, _ = rank_topk(lambda lo, hi: knn.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
                         data.exclude, label="item-kNN")
-    out["item_knn"] = ranking_metrics(rows, data.relevant, RETRIEVAL_KS)
+    out["item_knn"] = ranking_metrics(rows, data.relevant, ks)
     return out
 
 
