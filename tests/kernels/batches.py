@@ -79,14 +79,24 @@ def train_side_by_side(
         out_fast = fast(indices, offsets, psw)
         assert out_fast.shape == (B, sum(t.dim for t in tables))
         assert out_fast.dtype == torch.float32
-        torch.testing.assert_close(out_fast, out_ref, atol=atol, rtol=rtol, msg=lambda m: f"step {step} forward: {m}")
+        torch.testing.assert_close(
+            out_fast, out_ref, atol=atol, rtol=rtol, msg=lambda m, step=step: f"step {step} forward: {m}"
+        )
         target = torch.randn(out_ref.shape, generator=g).to(device)
         (out_ref * target).sum().backward()
         (out_fast * target).sum().backward()
         torch.testing.assert_close(
-            fast.weight.float(), ref.weight.float(), atol=atol, rtol=rtol, msg=lambda m: f"step {step} weights: {m}"
+            fast.weight.float(),
+            ref.weight.float(),
+            atol=atol,
+            rtol=rtol,
+            msg=lambda m, step=step: f"step {step} weights: {m}",
         )
         for name, value in ref.optimizer_state().items():
             torch.testing.assert_close(
-                fast.optimizer_state()[name], value, atol=atol, rtol=rtol, msg=lambda m: f"step {step} {name}: {m}"
+                fast.optimizer_state()[name],
+                value,
+                atol=atol,
+                rtol=rtol,
+                msg=lambda m, step=step, name=name: f"step {step} {name}: {m}",
             )

@@ -9,7 +9,14 @@ import math
 import torch
 
 from widedeep.kernels import TableConfig
-from widedeep.kernels.bench import BenchConfig, PerTableBaseline, bench_config, format_report, make_batch, run_benchmark
+from widedeep.kernels.bench import (
+    BenchConfig,
+    PerTableBaseline,
+    bench_config,
+    format_report,
+    make_batch,
+    run_benchmark,
+)
 from widedeep.kernels.reference import reference_forward
 
 TINY = BenchConfig("tiny", tables=3, rows=50, dim=4, ids_per_bag=3, batch=8)

@@ -11,7 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.kernels.batches import random_batch
-from widedeep.kernels import OptimizerConfig, TableBatchedEmbeddingBag, TableConfig, exchange_coalesced
+from widedeep.kernels import (
+    OptimizerConfig,
+    TableBatchedEmbeddingBag,
+    TableConfig,
+    exchange_coalesced,
+)
 
 TABLES = [
     TableConfig("a", 30, 6),
@@ -91,4 +96,10 @@ def test_two_gloo_replicas_identical_and_equal_union_training(tmp_path):
             ((out * target).sum() / (WORLD * B)).backward()
         assert not torch.equal(single.weight, initial)
         for name, value in single.state_dict().items():
-            torch.testing.assert_close(states[0][name], value, atol=1e-6, rtol=1e-5, msg=lambda m: f"{opt.kind} {name}: {m}")
+            torch.testing.assert_close(
+                states[0][name],
+                value,
+                atol=1e-6,
+                rtol=1e-5,
+                msg=lambda m, kind=opt.kind, name=name: f"{kind} {name}: {m}",
+            )

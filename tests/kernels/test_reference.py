@@ -8,7 +8,11 @@ import math
 import torch
 
 from widedeep.kernels import OptimizerConfig, TableConfig
-from widedeep.kernels.reference import reference_forward, reference_row_grads, reference_update
+from widedeep.kernels.reference import (
+    reference_forward,
+    reference_row_grads,
+    reference_update,
+)
 
 
 def test_forward_matches_python_loop():

@@ -33,7 +33,9 @@ def _compile(fn, signature, constexprs):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32)
+    )
     assert ".entry" in compiled.asm["ptx"]
     assert len(compiled.asm["cubin"]) > 0
 

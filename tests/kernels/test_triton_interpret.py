@@ -23,6 +23,7 @@ def test_triton_kernel_matches_reference_under_interpreter():
         capture_output=True,
         text=True,
         timeout=540,
+        check=False,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "ALL OK" in proc.stdout

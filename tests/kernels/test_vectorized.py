@@ -49,8 +49,12 @@ def test_matches_reference_over_steps(opt, tables, B, weighted, max_len):
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
 def test_one_id_per_bag_fast_path(opt, weighted):
     """Single-valued features (every bag exactly one id) take a gather-only path."""
-    train_side_by_side(MIXED, OPTIMIZERS[opt], "vectorized", B=9, steps=3, seed=11, weighted=weighted, max_len=1, min_len=1)
-    train_side_by_side(DEEP, OPTIMIZERS[opt], "vectorized", B=7, steps=2, seed=12, weighted=weighted, max_len=1, min_len=1)
+    train_side_by_side(
+        MIXED, OPTIMIZERS[opt], "vectorized", B=9, steps=3, seed=11, weighted=weighted, max_len=1, min_len=1
+    )
+    train_side_by_side(
+        DEEP, OPTIMIZERS[opt], "vectorized", B=7, steps=2, seed=12, weighted=weighted, max_len=1, min_len=1
+    )
 
 
 def test_all_bags_empty_give_zeros_and_no_update():
@@ -78,9 +82,7 @@ def test_output_column_layout_and_table_weight_view():
     offsets = torch.tensor([0, 2, 2, 3, 5])
     out = tbe(indices, offsets)
     wx, wy = tbe.table_weight("x"), tbe.table_weight(1)
-    expected = torch.stack(
-        [torch.cat([wx[1] + wx[4], wy[3]]), torch.cat([torch.zeros(2), 2 * wy[0]])]
-    )
+    expected = torch.stack([torch.cat([wx[1] + wx[4], wy[3]]), torch.cat([torch.zeros(2), 2 * wy[0]])])
     torch.testing.assert_close(out, expected)
     assert wx.data_ptr() == tbe.weight.data_ptr()  # a view, not a copy
     wy[2].fill_(7.0)
@@ -113,7 +115,11 @@ def test_state_dict_resume_is_exact(opt):
     for i, o, w in batches[:3]:
         a(i, o, w).square().sum().backward()
     ckpt = {k: v.clone() for k, v in a.state_dict().items()}
-    expected_keys = {"sgd": {"weight"}, "rowwise_adagrad": {"weight", "adagrad_sum"}, "ftrl": {"weight", "ftrl_z", "ftrl_n"}}
+    expected_keys = {
+        "sgd": {"weight"},
+        "rowwise_adagrad": {"weight", "adagrad_sum"},
+        "ftrl": {"weight", "ftrl_z", "ftrl_n"},
+    }
     assert set(ckpt) == expected_keys[opt]
     b = TableBatchedEmbeddingBag(MIXED, cfg, seed=99)
     b.load_state_dict(ckpt)
@@ -135,8 +141,11 @@ def test_training_reduces_a_loss():
         y = torch.zeros(32)
         for t in range(3):
             y += torch.nn.functional.embedding_bag(
-                idx[off[t * 32] : off[(t + 1) * 32]] + 30 * t, truth[:, None], off[t * 32 : (t + 1) * 32 + 1] - off[t * 32],
-                mode="sum", include_last_offset=True,
+                idx[off[t * 32] : off[(t + 1) * 32]] + 30 * t,
+                truth[:, None],
+                off[t * 32 : (t + 1) * 32 + 1] - off[t * 32],
+                mode="sum",
+                include_last_offset=True,
             )[:, 0]
         pred = tbe(idx, off).sum(1)
         loss = (pred - y).square().mean()

@@ -42,9 +42,7 @@ def check_training() -> None:
 
 def check_half_precision() -> None:
     for dtype in (torch.float16, torch.bfloat16):
-        train_side_by_side(
-            MIXED[:3], OPTS[1], "triton", B=4, steps=2, seed=7, dtype=dtype, atol=1e-2, rtol=1e-2
-        )
+        train_side_by_side(MIXED[:3], OPTS[1], "triton", B=4, steps=2, seed=7, dtype=dtype, atol=1e-2, rtol=1e-2)
 
 
 def check_coalesce_and_apply() -> None:

@@ -46,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     dists = ("zipf", "uniform") if args.dist == "both" else (args.dist,)
     report = run_benchmark(
-        bench_config(args.config, args.device), args.device, steps=args.steps, repeats=args.repeats, warmup=args.warmup, dists=dists
+        bench_config(args.config, args.device),
+        args.device,
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dists=dists,
     )
     print(format_report(report), flush=True)
     if args.json:

@@ -224,13 +224,13 @@ def run_benchmark(
         tbe = TableBatchedEmbeddingBag(tables, OptimizerConfig("rowwise_adagrad", lr=0.01), device=device)
         _check_against_reference(tbe, tables, batches[0])
 
-        def ours_step(i: int, tbe=tbe) -> None:
+        def ours_step(i: int, tbe=tbe, batches=batches, grad=grad) -> None:
             tbe(*batches[i % len(batches)]).backward(grad)
 
-        def ours_forward(i: int, tbe=tbe) -> None:
+        def ours_forward(i: int, tbe=tbe, batches=batches) -> None:
             tbe(*batches[i % len(batches)])
 
-        kw = dict(warmup=warmup, steps=steps, repeats=repeats)
+        kw = {"warmup": warmup, "steps": steps, "repeats": repeats}
         if device.type == "cpu":
             contenders = {
                 "ours": ours_step,
@@ -267,7 +267,12 @@ def run_benchmark(
         }
         log.info(
             "%s/%s: ours %.2f ms/step, best baseline (%s) %.2f ms/step, speedup %.2fx",
-            config, dist, ours.ms_per_step, best["name"], best["ms_per_step"], entry["speedup"],
+            config,
+            dist,
+            ours.ms_per_step,
+            best["name"],
+            best["ms_per_step"],
+            entry["speedup"],
         )
         report["results"][dist] = entry
     # The headline is the worst case over id distributions.
@@ -291,8 +296,10 @@ def format_report(report: dict) -> str:
     """Human-readable lines for the terminal."""
     c = report["config"]
     lines = [
-        f"config {c['name']}: T={c['tables']} rows/table={c['rows']} D={c['dim']} ids/bag={c['ids_per_bag']} "
-        f"B={c['batch']} on {report['device_name']} ({report['threads']} threads)",
+        (
+            f"config {c['name']}: T={c['tables']} rows/table={c['rows']} D={c['dim']} "
+            f"ids/bag={c['ids_per_bag']} B={c['batch']} on {report['device_name']} ({report['threads']} threads)"
+        ),
         f"  bytes: {report['byte_convention']}",
     ]
     for dist, e in report["results"].items():

@@ -140,9 +140,7 @@ def check_inputs(
         if w.dtype != torch.float32:
             raise KernelInputError(f"per_sample_weights: expected dtype torch.float32, got {w.dtype}")
         if w.dim() != 1 or w.numel() != N:
-            raise KernelInputError(
-                f"per_sample_weights: expected shape ({N},) like indices, got {tuple(w.shape)}"
-            )
+            raise KernelInputError(f"per_sample_weights: expected shape ({N},) like indices, got {tuple(w.shape)}")
         if w.device != device:
             raise KernelInputError(f"per_sample_weights: expected device {device}, got {w.device}")
     if not check_values:
@@ -171,14 +169,10 @@ def check_inputs(
         mn, mx = torch.aminmax(indices[lo:hi])
         if int(mn) < 0:
             i = lo + int(torch.nonzero(indices[lo:hi] < 0)[0, 0])
-            raise KernelInputError(
-                f"indices[{i}]={int(indices[i])} is negative (table {tc.name!r}); expected 0 <= id"
-            )
+            raise KernelInputError(f"indices[{i}]={int(indices[i])} is negative (table {tc.name!r}); expected 0 <= id")
         if int(mx) >= tc.num_rows:
             i = lo + int(torch.nonzero(indices[lo:hi] >= tc.num_rows)[0, 0])
             raise KernelInputError(
-                f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: "
-                f"expected 0 <= id < {tc.num_rows}"
+                f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: expected 0 <= id < {tc.num_rows}"
             )
     return B
-

@@ -77,9 +77,9 @@ def _tbe_forward_kernel(
         n = j + tl.arange(0, BLOCK_N)
         nmask = n < end
         ids = tl.load(IDS + n, mask=nmask, other=0)
-        rows = tl.load(
-            W + elem0 + ids[:, None] * D + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0
-        ).to(tl.float32)
+        rows = tl.load(W + elem0 + ids[:, None] * D + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0).to(
+            tl.float32
+        )
         if HAS_PSW:
             rows = rows * tl.load(PSW + n, mask=nmask, other=0.0)[:, None]
         acc += tl.sum(rows, axis=0)
@@ -305,7 +305,10 @@ class TritonImpl:
         keys, bag_of_id, offsets, psw, B = saved
         dev = grad_out.device
         if keys.numel() == 0:
-            return [(torch.empty(0, dtype=torch.int64, device=dev), torch.zeros((0, r.dim), device=dev)) for r in m.layout.runs]
+            return [
+                (torch.empty(0, dtype=torch.int64, device=dev), torch.zeros((0, r.dim), device=dev))
+                for r in m.layout.runs
+            ]
         uniq, table_of_u, seg, perm = cls._segments(m, keys)
         g = grad_out.contiguous()
         grads = cls._launch(

@@ -100,9 +100,7 @@ def run_weight(layout: TableLayout, weight: torch.Tensor, run: Run) -> torch.Ten
     return weight[run.elem_start : run.elem_start + run.num_rows * run.dim].view(run.num_rows, run.dim)
 
 
-def forward(
-    layout: TableLayout, weight: torch.Tensor, runs: list[RunInput], B: int
-) -> torch.Tensor:
+def forward(layout: TableLayout, weight: torch.Tensor, runs: list[RunInput], B: int) -> torch.Tensor:
     """Pooled bags of every table, ``[B, sum(dims)]`` fp32."""
     if len(layout.runs) == 1:
         run, ri = layout.runs[0], runs[0]
@@ -137,9 +135,7 @@ def _pool_run(layout: TableLayout, weight: torch.Tensor, run: Run, ri: RunInput,
     if B == 0:
         return weight.new_zeros((0, run.dim), dtype=torch.float32)
     w = run_weight(layout, weight, run)
-    pooled = F.embedding_bag(
-        ri.ids, w, ri.offsets, mode="sum", per_sample_weights=ri.weights, include_last_offset=True
-    )
+    pooled = F.embedding_bag(ri.ids, w, ri.offsets, mode="sum", per_sample_weights=ri.weights, include_last_offset=True)
     if ri.bag_scale is not None:
         pooled.mul_(ri.bag_scale[:, None])
     return pooled
