@@ -80,7 +80,8 @@ def test_cold_and_unknown_values_are_served(serve_app, reference):
     r = serve_app.post("/v1/recommend", json={"user": {"country": "atlantis", "interests": ["i1", "zz"]}, "k": 3})
     assert r.status_code == 200 and len(r.json()["items"]) == 3
     rates = serve_app.get("/v1/model").json()["serving"]["oov_rates_this_replica"]
-    assert rates["country"]["oov"] >= 1 and 0 < rates["country"]["rate"] < 1 or rates["country"]["rate"] == 1
+    assert rates["country"]["oov"] >= 1 and 0 < rates["country"]["rate"] <= 1
+    assert rates["interests"]["oov"] >= 1 and rates["interests"]["rate"] < 1  # "i1" is known, "zz" is not
     assert rates["device"]["oov"] >= 1
 
 

@@ -103,9 +103,9 @@ def test_prepare_uses_the_training_transform(bundles):
     assert q.vector is not None and not q.known_user
     cold = p.prepare({"user_id": "nobody"}, {})
     assert cold.vector is None  # no key match and no features: popularity (cold start)
-    with pytest.raises(RequestError, match="user.age"):
+    with pytest.raises(RequestError, match=r"user\.age"):
         p.prepare({"age": "old"}, {})
-    with pytest.raises(RequestError, match="context.genre: unknown field"):
+    with pytest.raises(RequestError, match=r"context\.genre: unknown field"):
         p.prepare({}, {"genre": "g1"})
 
 

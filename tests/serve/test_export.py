@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -81,7 +80,7 @@ def test_export_refuses_checkpoints_of_different_feature_spaces(trained, tmp_pat
     from widedeep.features.fit import fit_tables
     from widedeep.serve.synthetic import SPEC, raw_tables
 
-    root, fs, _, ckpts = trained
+    _, fs, _, ckpts = trained
     other = tmp_path / "retrieval"
     shutil.copytree(ckpts["retrieval"], other)
     fs2 = fit_tables(parse_spec(SPEC), [raw_tables(n_items=81, n_users=20, n_rows=400, seed=6)])

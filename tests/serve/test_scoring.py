@@ -87,3 +87,13 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
             want = model(collate_prepared(full, fs, require_label=False)).numpy()
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
     assert len(got[1]) == 1
+
+    # the catalog fast path (item shares precomputed, only pair columns looked up) agrees
+    catalog = pa.concat_tables([c.select(["i_id", "i_genres", "i_price"]) for _, c in requests])
+    scorer.attach_catalog(catalog)
+    offsets = np.cumsum([0] + [c.num_rows for _, c in requests])
+    rows = [np.arange(offsets[i], offsets[i + 1])[::-1].copy() for i in range(len(requests))]
+    pairs = [c.select(["u_x_i"]).take(pa.array(r - offsets[i])) for i, ((_, c), r) in enumerate(zip(requests, rows))]
+    fast = scorer.score_rows([scorer.query_part(u) for u, _ in requests], rows, pairs)
+    for g, f in zip(got, fast):
+        np.testing.assert_allclose(f, g[::-1], rtol=1e-5, atol=1e-6)

@@ -165,7 +165,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     rec, rank = request_bodies(pipe, cfg)
     out: dict[str, Any] = {
         "config": {**cfg.__dict__, "bundle": bundle, "clients": list(cfg.clients)},
-        "bundle": {"model_version": pipe.version, "items": len(pipe.bundle.item_keys)},
+        "bundle": {"model_version": pipe.version, "items": len(pipe.bundle.item_keys),
+                   "index": pipe.bundle.manifest.get("index", {})},
         "machine": {"cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
     }
     # the compute alone, in this process (same requests)

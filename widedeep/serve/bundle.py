@@ -93,8 +93,13 @@ class BundleContents:
     sources: dict[str, Any] = field(default_factory=dict)
 
 
-def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None) -> Path:
-    """Write a bundle directory atomically (a temp dir renamed into place)."""
+def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None,
+                 index_options: dict[str, Any] | None = None) -> Path:
+    """Write a bundle directory atomically (a temp dir renamed into place).
+
+    ``index_kind`` / ``index_options`` go to ``widedeep.retrieval.index.build_index`` (an HNSW
+    index's recall against exact search is measured there and recorded in the manifest).
+    """
     from widedeep import __version__
     from widedeep.retrieval.index import build_index, save_index
     from widedeep.serve.scoring import save_ranker
@@ -128,7 +133,7 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
         keys, rows = c.seen if c.seen is not None else (np.asarray([], dtype=object), [])
         lists = pa.array([np.asarray(r, dtype=np.int64) for r in rows], type=pa.list_(pa.int64()))
         pq.write_table(pa.table({"user_key": pa.array(keys), "items": lists}), tmp / "seen.parquet")
-        index, info = build_index(c.item_vectors, index_kind)
+        index, info = build_index(c.item_vectors, index_kind, **(index_options or {}))
         save_index(tmp / "index", c.item_keys, c.item_vectors, index, info)
         files = _file_hashes(tmp)
         version = version or hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
@@ -235,6 +240,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ServingBundle:
     popularity = items.column(POPULARITY).to_numpy().astype(np.float32)
     items = items.drop_columns(["item_key", POPULARITY]).combine_chunks()
     idx_keys, _vectors, index, _info = load_index(root / "index")
+    if hasattr(index, "threads"):
+        # one query per request: hnswlib would otherwise start a thread per core for each search
+        index.threads = 1
     if len(idx_keys) != len(item_keys) or not np.array_equal(idx_keys.astype(str), item_keys.astype(str)):
         raise CheckpointError(f"{root}: index/items.parquet and items.parquet list different items")
     users, user_rows = None, {}

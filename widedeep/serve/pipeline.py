@@ -29,6 +29,13 @@ from widedeep.serve.bundle import ServingBundle
 from widedeep.serve.scoring import QUERY_SIDES, QueryPart
 
 _COLUMN_RE = re.compile(r"column '([^']+)'")
+PRECOMPUTE_MAX_FLOATS = 128 * 2**20  # 512 MiB of float32 item x first-layer activations
+TRANSFORM_CACHE = 4096  # transformed query-side rows kept per replica (the transform is a pure function)
+
+
+def _hashable(v: Any) -> Any:
+    # type-tagged, so 1, 1.0, True and "1" stay distinct keys
+    return tuple((type(x).__name__, x) for x in v) if isinstance(v, list) else (type(v).__name__, v)
 
 
 class RequestError(ServingError):
@@ -94,7 +101,13 @@ class RecommendPipeline:
         self.pair_names = [f.name for f in pair]
         self.pair_inputs = sorted({i for f in pair for i in f.inputs})
         self._spaces: dict[frozenset[str], Any] = {}
+        self._transformed: dict[tuple[Any, ...], tuple[pa.Table, Any]] = {}
         self.item_columns = bundle.ranker.candidate_columns()
+        # item shares of the score precomputed once per catalog (bounded memory: else per request)
+        hidden = max(bundle.ranker.hidden_dim, 1)
+        self.precomputed = len(bundle.item_keys) * hidden <= PRECOMPUTE_MAX_FLOATS
+        if self.precomputed:
+            bundle.ranker.attach_catalog(bundle.items)
         missing = [c for c in self.item_columns if c not in bundle.items.column_names and c not in self.pair_names]
         if missing:
             raise ServingError(f"{bundle.path}: items.parquet lacks the ranker's item column(s) {missing}")
@@ -125,10 +138,27 @@ class RecommendPipeline:
         key = user.get(self.user_key_field) if self.user_key_field else None
         key_s = None if key is None else str(key)
         urow = b.user_rows.get(key_s) if key_s is not None else None
-        given_user = [c for c in user if c != self.user_key_field]
         # known user: request fields override the user table; the rest comes from the table
         todo = [f for f in self.query_base
                 if f.side == "context" or urow is None or self.raw_of[f.name] in user]
+        names = frozenset(f.name for f in todo)
+        values: tuple[Any, ...] | None = tuple(
+            (c, _hashable(user.get(c, context.get(c)))) for c in sorted({self.raw_of[f.name] for f in todo}))
+        try:
+            cached = self._transformed.get((names, values))
+        except TypeError:  # an unhashable value: transform it (and fail on it) uncached
+            cached, values = None, None
+        if cached is None:
+            cached = self._transform(todo, names, user, context)
+            if values is not None:
+                if len(self._transformed) >= TRANSFORM_CACHE:
+                    self._transformed.pop(next(iter(self._transformed)))
+                self._transformed[(names, values)] = cached
+        out, info = cached
+        return self._finish_query(out, info, key_s, urow, bool([c for c in user if c != self.user_key_field]))
+
+    def _transform(self, todo: list[Any], names: frozenset[str], user: Mapping[str, Any],
+                   context: Mapping[str, Any]) -> tuple[pa.Table, Any]:
         raw: dict[str, pa.Array] = {}
         where = {**{c: f"context.{c}" for c in context}, **{c: f"user.{c}" for c in user}}
         for f in todo:
@@ -140,13 +170,16 @@ class RecommendPipeline:
                 raw[col] = pa.array([v]) if v is not None else pa.nulls(1)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise RequestError(where.get(col, col), f"cannot be read as one value or a list of values of one type: {e}") from None
-        space = self._space_for(frozenset(f.name for f in todo))
+        space = self._space_for(names)
         try:
-            out, info = space.transform_checked(pa.table(raw) if raw else pa.table({"_": [0]}), require_label=False)
+            return space.transform_checked(pa.table(raw) if raw else pa.table({"_": [0]}), require_label=False)
         except DataError as e:
             m = _COLUMN_RE.search(str(e))
             field = where.get(m.group(1), m.group(1)) if m else "user"
             raise RequestError(field, re.sub(r" \(use --on-bad-rows[^)]*\)", "", str(e))) from None
+
+    def _finish_query(self, out: pa.Table, info: Any, key_s: str | None, urow: int | None, given_user: bool) -> Query:
+        b = self.bundle
         cols: dict[str, Any] = {}
         for f in self.query_base:
             if f.name in out.column_names:
@@ -158,7 +191,7 @@ class RecommendPipeline:
         if self.query_cross_space is not None:
             row = self.query_cross_space.add_crosses(row)
         part = b.ranker.query_part(row)
-        placeable = urow is not None or bool(given_user)
+        placeable = urow is not None or given_user
         vector = b.user_tower.embed(row)[0] if placeable else None
         oov = {name: (info.oov.get(name, 0), n) for name, n in info.values.items()}
         return Query(key_s, urow is not None, row, part, vector, oov)
@@ -225,11 +258,12 @@ class RecommendPipeline:
             out[i] = r
         return out
 
-    def candidate_table(self, q_row: pa.Table, rows: np.ndarray) -> pa.Table:
-        """Item-side ids of ``rows`` from the catalog plus the pair crosses with the query's ids."""
+    def candidate_table(self, q_row: pa.Table, rows: np.ndarray, only_pairs: bool = False) -> pa.Table:
+        """Item-side ids of ``rows`` from the catalog plus the pair crosses with the query's ids
+        (``only_pairs``: just the pair crosses, for the precomputed-catalog path)."""
         idx = pa.array(rows.astype(np.int64, copy=False))
         items = self.bundle.items
-        cols = {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
+        cols = {} if only_pairs else {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
         if self.pair_space is not None:
             zeros = pa.array(np.zeros(len(rows), dtype=np.int64))
             comps = {c: (cols[c] if c in cols else items.column(c).take(idx)) if c in items.column_names
@@ -241,8 +275,13 @@ class RecommendPipeline:
 
     def score(self, queries: Sequence[tuple[QueryPart, pa.Table, np.ndarray]]) -> list[np.ndarray]:
         """Logits for a batch of ``(query part, query row, candidate rows)``: one MLP call for all."""
+        ranker = self.bundle.ranker
+        if self.precomputed:
+            pairs = [self.candidate_table(row, rows, only_pairs=True) if self.pair_space is not None else None
+                     for _, row, rows in queries]
+            return ranker.score_rows([p for p, _, _ in queries], [rows for _, _, rows in queries], pairs)
         tables = [self.candidate_table(row, rows) for _, row, rows in queries]
-        return self.bundle.ranker.score([p for p, _, _ in queries], tables)
+        return ranker.score([p for p, _, _ in queries], tables)
 
     def top_k(self, rows: np.ndarray, logits: np.ndarray, k: int) -> list[tuple[Any, float]]:
         order = np.argsort(-logits, kind="stable")[:k]

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Scalar = Union[StrictStr, StrictInt, FiniteFloat, StrictBool]

@@ -214,7 +214,11 @@ class CandidateScorer:
         self.act = _ACT[spec.activation]
         self.wide_q = [(i, t) for i, t in enumerate(spec.wide_tables) if t.side in QUERY_SIDES]
         self.wide_c = [(i, t) for i, t in enumerate(spec.wide_tables) if t.side not in QUERY_SIDES]
+        self.wide_i = [(i, t) for i, t in self.wide_c if t.side != "pair"]
+        self.wide_p = [(i, t) for i, t in self.wide_c if t.side == "pair"]
         self.hidden_dim = 0
+        self.item_wide: torch.Tensor | None = None  # [n_items] once a catalog is attached
+        self.item_hidden: torch.Tensor | None = None  # [n_items, H]
         # numerics: (index among all numerics, name) of each side
         self.dense_q = [(j, d.name) for j, d in enumerate(spec.dense) if d.side in QUERY_SIDES]
         self.dense_c = [(j, d.name) for j, d in enumerate(spec.dense) if d.side not in QUERY_SIDES]
@@ -223,22 +227,32 @@ class CandidateScorer:
             self.hidden_dim = int(w1.shape[0])
             cols_q: list[int] = []
             cols_c: list[int] = []
+            cols_i: list[int] = []
+            cols_p: list[int] = []
             c = 0
             self.deep_q: list[tuple[int, TableSpec]] = []
             self.deep_c: list[tuple[int, TableSpec]] = []
             for i, t in enumerate(spec.deep_tables):
                 (cols_q if t.side in QUERY_SIDES else cols_c).extend(range(c, c + t.dim))
+                if t.side not in QUERY_SIDES:
+                    (cols_p if t.side == "pair" else cols_i).extend(range(c, c + t.dim))
                 (self.deep_q if t.side in QUERY_SIDES else self.deep_c).append((i, t))
                 c += t.dim
             width = spec.numeric_width()
             for d in spec.dense:
                 (cols_q if d.side in QUERY_SIDES else cols_c).extend(range(c, c + width))
+                if d.side not in QUERY_SIDES:
+                    cols_i.extend(range(c, c + width))
                 c += width
+            self.deep_i = [(i, t) for i, t in self.deep_c if t.side != "pair"]
+            self.deep_p = [(i, t) for i, t in self.deep_c if t.side == "pair"]
             if c != w1.shape[1]:
                 raise CheckpointError(f"ranker: MLP input has {w1.shape[1]} columns, the tables and numerics {c}")
             # transposed slices, so a [B, |Q|] input times W1q gives [B, H]
             self.w1_q = w1[:, cols_q].T.contiguous()
             self.w1_c = w1[:, cols_c].T.contiguous()
+            self.w1_i = w1[:, cols_i].T.contiguous()
+            self.w1_p = w1[:, cols_p].T.contiguous()
             self.b1 = tensors["mlp.0.bias"]
 
     # -- columns each side reads -------------------------------------------------------------
@@ -281,9 +295,14 @@ class CandidateScorer:
         return torch.cat([torch.sin(v), torch.cos(v)], dim=-1).flatten(1)
 
     def _numeric_wide(self, x: torch.Tensor, dense: list[tuple[int, str]]) -> torch.Tensor:
+        """The wide side's linear term on the numerics (on their encoding when there is a deep part)."""
         if not self.spec.numeric_linear_wide or not dense:
             return torch.zeros(x.shape[0])
-        return x @ self.t["wide.numeric_linear"][[j for j, _ in dense]]
+        w = self.t["wide.numeric_linear"]
+        if not self.spec.has_deep:
+            return x @ w[[j for j, _ in dense]]
+        width = self.spec.numeric_width()
+        return self._encode(x, dense) @ w[[j * width + c for j, _ in dense for c in range(width)]]
 
     def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableSpec]], x: torch.Tensor,
                     dense: list[tuple[int, str]]) -> torch.Tensor:
@@ -317,17 +336,24 @@ class CandidateScorer:
         if total == 0:
             return [np.zeros(0, dtype=np.float32) for _ in sizes]
         cand = candidates[0] if len(candidates) == 1 else pa.concat_tables(candidates)
+        x = self._dense(cand, self.dense_c)
+        wide = self._wide_sum(cand, self.wide_c, total) + self._numeric_wide(x, self.dense_c) if self.spec.has_wide else None
+        hidden = self._deep_input(cand, self.deep_c, x, self.dense_c) @ self.w1_c if self.spec.has_deep else None
+        return self._finish(queries, sizes, wide, hidden)
+
+    def _finish(self, queries: Sequence[QueryPart], sizes: list[int], wide: torch.Tensor | None,
+                hidden: torch.Tensor | None) -> list[np.ndarray]:
+        """Add each request's query part to its candidates' parts and run the MLP above layer 1."""
+        total = sum(sizes)
         seg = torch.tensor(sizes, dtype=torch.int64)
         logit = torch.zeros(total)
-        x = self._dense(cand, self.dense_c)
         if self.spec.has_wide:
-            q_wide = torch.stack([q.wide for q in queries])
-            logit += self._wide_sum(cand, self.wide_c, total) + self._numeric_wide(x, self.dense_c)
-            logit += torch.repeat_interleave(q_wide, seg)
+            assert wide is not None
+            logit += wide + torch.repeat_interleave(torch.stack([q.wide for q in queries]), seg)
         if self.spec.has_deep:
+            assert hidden is not None
             q_hidden = torch.stack([q.hidden for q in queries])  # [R, H]
-            h = self._deep_input(cand, self.deep_c, x, self.dense_c) @ self.w1_c  # [M, H]
-            h = self.act(h + torch.repeat_interleave(q_hidden, seg, dim=0))
+            h = self.act(hidden + torch.repeat_interleave(q_hidden, seg, dim=0))
             for j in range(1, self.spec.n_linear):
                 h = F.linear(h, self.t[f"mlp.{j}.weight"], self.t[f"mlp.{j}.bias"])
                 if j < self.spec.n_linear - 1:
@@ -335,6 +361,56 @@ class CandidateScorer:
             logit += h.reshape(total)
         out = logit.numpy().astype(np.float32)
         return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    # -- catalog fast path ------------------------------------------------------------------------
+    def pair_columns(self) -> list[str]:
+        cols = [t.column for _, t in self.wide_p]
+        if self.spec.has_deep:
+            cols += [t.column for _, t in self.deep_p]
+        return list(dict.fromkeys(cols))
+
+    @torch.no_grad()
+    def attach_catalog(self, items: pa.Table, chunk: int = 65536) -> None:
+        """Precompute every catalog item's share of the score once: its item-side wide weights and
+        its item-side columns of the first MLP layer (``[n_items, H]``). A request then gathers
+        rows instead of looking up and multiplying each candidate's item features."""
+        wide_parts, hidden_parts = [], []
+        for lo in range(0, max(items.num_rows, 1), chunk):
+            part = items.slice(lo, chunk)
+            n = part.num_rows
+            x = self._dense(part, self.dense_c)
+            if self.spec.has_wide:
+                wide_parts.append(self._wide_sum(part, self.wide_i, n) + self._numeric_wide(x, self.dense_c))
+            if self.spec.has_deep:
+                hidden_parts.append(self._deep_input(part, self.deep_i, x, self.dense_c) @ self.w1_i)
+        self.item_wide = torch.cat(wide_parts) if wide_parts else None
+        self.item_hidden = torch.cat(hidden_parts) if hidden_parts else None
+
+    @torch.no_grad()
+    def score_rows(self, queries: Sequence[QueryPart], rows: Sequence[np.ndarray],
+                   pairs: Sequence[pa.Table | None]) -> list[np.ndarray]:
+        """``score`` for catalog rows (after ``attach_catalog``): item parts are gathered, only the
+        pair columns (``pairs``, one table per request, or None without pair features) are looked up."""
+        sizes = [len(r) for r in rows]
+        if sum(sizes) == 0:
+            return [np.zeros(0, dtype=np.float32) for _ in sizes]
+        idx = torch.from_numpy(np.concatenate(rows).astype(np.int64))
+        pair = None
+        if self.wide_p or (self.spec.has_deep and self.deep_p):
+            tables = [p for p in pairs if p is not None]
+            pair = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        wide = hidden = None
+        if self.spec.has_wide:
+            assert self.item_wide is not None, "attach_catalog first"
+            wide = self.item_wide[idx]
+            if self.wide_p:
+                wide = wide + self._wide_sum(pair, self.wide_p, len(idx))
+        if self.spec.has_deep:
+            assert self.item_hidden is not None, "attach_catalog first"
+            hidden = self.item_hidden[idx]
+            if self.deep_p:
+                hidden = hidden + self._deep_input(pair, self.deep_p, torch.zeros(len(idx), 0), []) @ self.w1_p
+        return self._finish(queries, sizes, wide, hidden)
 
     def predict(self, logits: np.ndarray) -> np.ndarray:
         """Logits -> the score a client sees (probability for binary tasks)."""

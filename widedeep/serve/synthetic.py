@@ -94,8 +94,13 @@ def _train_ranker(model: Any, fs: Any, prepared: pa.Table, steps: int, batch: in
 
 def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int = 20_000, n_rows: int | None = None,
                            hidden: tuple[int, ...] = (64, 32), train_steps: int = 60, seed: int = 0,
-                           version: str | None = None) -> Path:
-    """Generate data, fit the FeatureSpace, build + briefly train the models, write a bundle."""
+                           version: str | None = None, index_kind: str | None = None) -> Path:
+    """Generate data, fit the FeatureSpace, build + briefly train the models, write a bundle.
+
+    ``index_kind`` defaults to exact search below 50k items and HNSW (M=16, recall against exact
+    measured and recorded) from there: exact top-500 over 100k items is a few ms per request on
+    a small CPU, HNSW a fraction of that at ~0.999 recall.
+    """
     import torch
 
     from widedeep.features import parse_spec
@@ -119,7 +124,9 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     contents = bundle_contents(fs, ranker, retriever, prepared,
                                sources={"synthetic": {"n_items": n_items, "n_users": n_users, "seed": seed,
                                                       "ranker_train_steps": train_steps}})
-    path = write_bundle(out, contents, index_kind="exact", version=version)
+    kind = index_kind or ("exact" if n_items < 50_000 else "hnsw")
+    options = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1} if kind == "hnsw" else {}
+    path = write_bundle(out, contents, index_kind=kind, version=version, index_options=options)
     log.info("synthetic bundle: %d items, %d users, %d rows in %.1fs", n_items, n_users, raw.num_rows,
              time.monotonic() - t0)
     return path
