@@ -152,3 +152,19 @@ def test_training_reduces_a_loss():
         loss.backward()
         losses.append(loss.item() if not loss.requires_grad else float(loss.detach()))
     assert sum(losses[-10:]) < 0.2 * sum(losses[:10])
+
+
+def test_blocked_sort_equals_one_sort():
+    """Per-table sorting (used on large CPU batches) gives exactly the single sort's result."""
+    from widedeep.kernels.vectorized import sort_segments
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [20_000, 0, 17_000, 25_000]
+    keys = torch.cat([torch.randint(0, 500, (n,), generator=g) + 500 * t for t, n in enumerate(sizes)])
+    assert keys.numel() >= 16384 * len(sizes)  # large enough to take the blocked path
+    blocked = sort_segments(keys, 2000, sizes)
+    single = sort_segments(keys, 2000)
+    for a, b in zip(blocked, single, strict=True):
+        assert torch.equal(a, b)
+    rows, seg, perm = blocked
+    assert torch.equal(keys[perm], torch.repeat_interleave(rows, seg[1:] - seg[:-1]))

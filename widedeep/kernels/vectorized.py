@@ -46,6 +46,7 @@ class RunInput:
     weights: torch.Tensor | None  # fp32 [n] per-sample weights
     bag_scale: torch.Tensor | None  # fp32 [T_r*B]: 1/len for mean-pooled bags, 1 for sum
     one_per_bag: bool  # every bag holds exactly one id (single-valued features)
+    table_counts: list[int]  # ids of each of the run's tables, in order
 
 
 def split_runs(
@@ -79,7 +80,8 @@ def split_runs(
         psw = None if per_sample_weights is None else per_sample_weights[lo:hi]
         n_bags = run.num_tables * B
         one = hi - lo == n_bags and n_bags > 0 and torch.equal(offs, torch.arange(n_bags + 1, device=offs.device))
-        out.append(RunInput(ids, offs, psw, None if one else _bag_scale(layout, run, offs, B), one))
+        counts = [bounds[t + 1] - bounds[t] for t in range(run.first, run.last)]
+        out.append(RunInput(ids, offs, psw, None if one else _bag_scale(layout, run, offs, B), one, counts))
     return out
 
 
@@ -197,7 +199,7 @@ def plan_coalesce(
         else:
             lengths = ri.offsets[1:] - ri.offsets[:-1]
             row_of_id = torch.repeat_interleave(bag_row, lengths, output_size=ri.ids.numel())
-        rows, segments, perm = sort_segments(ri.ids, run.num_rows)
+        rows, segments, perm = sort_segments(ri.ids, run.num_rows, ri.table_counts)
         w = None if ri.weights is None else ri.weights[perm]
         plans.append(CoalescePlan(rows, segments, row_of_id[perm], w, bag_grads))
     return plans
@@ -239,11 +241,29 @@ def fused_backward_update(
             update(opt, w, run_state[r], plan.rows[lo:hi], plan.grads(lo, hi))
 
 
-def sort_segments(keys: torch.Tensor, max_key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sort_segments(
+    keys: torch.Tensor, max_key: int, blocks: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(distinct keys sorted, int64 ``[U]``; segment offsets ``[U + 1]``; the stable sorting
-    permutation ``[n]``). Keys below 2**31 are sorted as int32 (twice as fast on CPU)."""
+    permutation ``[n]``).
+
+    ``blocks`` (sizes of consecutive slices of ``keys`` whose key ranges are disjoint and
+    increasing, like the tables of a run) lets each slice be sorted on its own: the result is
+    the same, and on CPU a table's keys fit in cache (measured: 26 x 82k keys in 49 ms vs 98 ms
+    as one sort; small blocks are not worth the extra calls). Keys below 2**31 are sorted as int32 on CPU (twice as fast as int64).
+    """
     k = keys.to(torch.int32) if max_key < 2**31 and keys.device.type == "cpu" else keys
-    sorted_keys, perm = torch.sort(k, stable=True)
+    if blocks is not None and len(blocks) > 1 and keys.device.type == "cpu" and keys.numel() >= 16384 * len(blocks):
+        parts, perms, start = [], [], 0
+        for n in blocks:
+            if n:
+                sk, p = torch.sort(k[start : start + n], stable=True)
+                parts.append(sk)
+                perms.append(p.add_(start) if start else p)
+            start += n
+        sorted_keys, perm = torch.cat(parts), torch.cat(perms)
+    else:
+        sorted_keys, perm = torch.sort(k, stable=True)
     uniq, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
     seg = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=keys.device)
     torch.cumsum(counts, 0, out=seg[1:])
