@@ -51,7 +51,14 @@ class DebugConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training job. ``data`` is a prepared directory (``widedeep prepare`` output)."""
+    """One training job. ``data`` is a prepared directory (``widedeep prepare`` output).
+
+    ``batch_size`` is per worker (the global batch is ``batch_size * num_workers``);
+    ``num_workers: 0`` runs the loop in the driver (Ray Train local mode: no resume, no fault
+    tolerance; for quick experiments). ``storage_path/run_name`` is the run directory: the same
+    name resumes. ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
+    ``num_to_keep`` prunes by validation score (the latest is always kept).
+    """
 
     data: str
     task: Literal["ranking", "retrieval"] = "ranking"
