@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from pydantic import ValidationError
@@ -42,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
     serve.run(build_app(app_args), name="recommender", route_prefix=args.route_prefix)
     base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"serving {args.bundle} at {base}/v1/recommend (API docs: {base}/docs); Ctrl-C to stop", flush=True)
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill` stops it cleanly too (Serve shut down, Ray stopped)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        print("shutting down", flush=True)
         serve.shutdown()
     return 0
