@@ -13,8 +13,8 @@ traffic, so it is a convention for comparing kernels, not a hardware counter.
 
 The step time reported is the median over ``repeats`` timed windows of ``steps`` steps each
 (after warm-up); the spread (min..max over windows) is reported as the noise. On CPU the
-contenders' windows are interleaved, and each window's process CPU time is reported next to
-its wall time: on a machine shared with other jobs, CPU time is the steadier figure.
+contenders are interleaved step by step, and each window's process CPU time is reported next
+to its wall time: on a machine shared with other jobs, CPU time is the steadier figure.
 """
 
 from __future__ import annotations
@@ -93,16 +93,21 @@ class Timing:
 
     wall: list[float]
     cpu: list[float]
+    steps: int = 0  # steps per window
 
 
-def time_window(step: Callable[[int], None], device: torch.device, start: int, steps: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) per step over ``steps`` steps."""
+def time_step(step: Callable[[int], None], device: torch.device, i: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
     _sync(device)
     w0, c0 = time.perf_counter(), time.process_time()
-    for i in range(steps):
-        step(start + i)
+    step(i)
     _sync(device)
-    return (time.perf_counter() - w0) / steps, (time.process_time() - c0) / steps
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def auto_steps(seconds_per_step: float, target: float = 0.5) -> int:
+    """Steps per timed window so that a window of the fastest contender lasts ~``target`` s."""
+    return max(3, min(30, math.ceil(target / max(seconds_per_step, 1e-6))))
 
 
 def measure(
@@ -113,17 +118,32 @@ def measure(
     steps: int,
     repeats: int,
 ) -> dict[str, Timing]:
-    """Time every contender in ``repeats`` rounds, each round running every contender's window
-    back to back (interleaved), so a burst of load from other processes hits all of them."""
+    """Time every contender in ``repeats`` windows of ``steps`` steps (``steps=0``: chosen from
+    the first contender's warm-up step time, see ``auto_steps``).
+
+    Contenders are interleaved STEP BY STEP (ours, baseline 1, baseline 2, ours, ...), so load
+    from other processes hits every contender alike, even in short bursts; a window's time is
+    the sum of its steps' times.
+    """
     out = {name: Timing([], []) for name in steps_by_name}
+    first = None
     for step in steps_by_name.values():
         for i in range(warmup):
-            step(i)
+            wall, _ = time_step(step, device, i)
+            first = wall if first is None else first
+    if steps <= 0:
+        steps = auto_steps(first if first is not None else 0.0)
     for r in range(repeats):
-        for name, step in steps_by_name.items():
-            wall, cpu = time_window(step, device, warmup + r * steps, steps)
-            out[name].wall.append(wall)
-            out[name].cpu.append(cpu)
+        acc = {name: [0.0, 0.0] for name in steps_by_name}
+        for i in range(steps):
+            for name, step in steps_by_name.items():
+                wall, cpu = time_step(step, device, warmup + r * steps + i)
+                acc[name][0] += wall
+                acc[name][1] += cpu
+        for name, (wall, cpu) in acc.items():
+            out[name].wall.append(wall / steps)
+            out[name].cpu.append(cpu / steps)
+            out[name].steps = steps
     return out
 
 
@@ -210,7 +230,7 @@ def run_benchmark(
         "device": device.type,
         "device_name": dev_label,
         "threads": torch.get_num_threads(),
-        "steps": steps,
+        "steps": steps or "auto",
         "repeats": repeats,
         "byte_convention": "FBGEMM: forward bytes = N ids x D x 4 (fp32 rows looked up); "
         "fwd+bwd+update = 3 x forward bytes; GB/s = bytes / step time",
@@ -260,6 +280,7 @@ def run_benchmark(
         entry = {
             "ours": asdict(ours),
             "baselines": baselines,
+            "steps_per_window": timings["ours"].steps,
             "best_baseline": best["name"],
             "best_baseline_ms": best["ms_per_step"],
             "speedup": best["ms_per_step"] / ours.ms_per_step,

@@ -112,9 +112,11 @@ def check_inputs(
 
     Shapes, dtypes and devices are always checked (free: metadata only). With
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
-    decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs a few passes over
-    ``N`` ids (about 10-20% of a CPU step) and, on CUDA, a device-to-host sync, which is why it
-    can be turned off (``validate=False``) once the loader is trusted.
+    decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs one pass over the
+    offsets and one min/max pass per table over the ids: measured on CPU (one thread) about
+    0.8 ms of a 16 ms criteo step (5%) and 3.3 ms of a 400 ms multihot step (1%). On CUDA it
+    adds ``2 + 2*T`` device-to-host syncs per call, which is why it can be turned off
+    (``validate=False``) once the loader is trusted.
     """
     for name, x in (("indices", indices), ("offsets", offsets)):
         if not isinstance(x, torch.Tensor):
