@@ -84,6 +84,7 @@ def baseline(ray_session, adult_small, tmp_path_factory):
     return storage, summary
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_worker_on_the_same_global_batches(baseline, adult_small, tmp_path):
     _, base = baseline
     two = run_training(_cfg(adult_small, tmp_path, "two", "num_workers=2", "batch_size=64"))
@@ -92,6 +93,7 @@ def test_two_workers_match_one_worker_on_the_same_global_batches(baseline, adult
     assert two["auc"] == pytest.approx(base["auc"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_same_run_name_resumes_from_the_latest_checkpoint(baseline, adult_small, tmp_path):
     _, base = baseline
     first = run_training(_cfg(adult_small, tmp_path, "again", "num_workers=1", "batch_size=128", "epochs=1"))
@@ -105,6 +107,7 @@ def test_same_run_name_resumes_from_the_latest_checkpoint(baseline, adult_small,
     _assert_same_model(second["latest_checkpoint"], base["latest_checkpoint"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(baseline, adult_small, tmp_path):
     base_storage, base = baseline
     run = run_training(_cfg(adult_small, tmp_path, "ft", "num_workers=1", "batch_size=128", "max_failures=1",
