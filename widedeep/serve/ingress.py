@@ -36,7 +36,6 @@ from widedeep.serve.schemas import (
     RankResponse,
     RecommendRequest,
     RecommendResponse,
-    ScoredItem,
 )
 
 log = logging.getLogger(__name__)
@@ -163,6 +162,10 @@ def _as_request_error(e: BaseException) -> RequestError | None:
     return cause if isinstance(cause, RequestError) else None
 
 
+def _scored(items: list[tuple[Any, float]], version: str) -> JSONResponse:
+    return JSONResponse({"items": [{"item_id": i, "score": s} for i, s in items], "model_version": version})
+
+
 def _body(e: RequestError) -> RequestError:
     """Pipeline fields (``user.age``) as HTTP body paths (``body.user.age``)."""
     if e.field.startswith("body"):
@@ -258,20 +261,22 @@ class Ingress:
             return await self._fused(user, context, k, exclude, items)
         return await self._chain(user, context, k, exclude, items)
 
+    # The routes return JSONResponse directly: FastAPI would otherwise build and re-validate a
+    # pydantic object per scored item (500 of them for /v1/rank); response_model still documents it.
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS)
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest) -> JSONResponse:
         """Retrieve ``candidates`` items for the user and return the top ``k`` by the ranker's score."""
         k = self._k(req.k)
         version, items = await self._run(req.user, req.context, k, req.exclude, None)
-        return RecommendResponse(items=[ScoredItem(item_id=i, score=s) for i, s in items], model_version=version)
+        return _scored(items, version)
 
     @api.post("/v1/rank", response_model=RankResponse, responses=_ERRORS)
-    async def rank(self, req: RankRequest) -> RankResponse:
+    async def rank(self, req: RankRequest) -> JSONResponse:
         """Score the given items for the user; scores come back in the given order."""
         if len(req.items) > self.args.max_rank_items:
             raise RequestError("body.items", f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
         version, items = await self._run(req.user, req.context, None, [], req.items)
-        return RankResponse(items=[ScoredItem(item_id=i, score=s) for i, s in items], model_version=version)
+        return _scored(items, version)
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:

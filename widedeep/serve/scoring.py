@@ -181,7 +181,7 @@ def _ids(col: pa.ChunkedArray | pa.Array, multivalent: bool) -> tuple[torch.Tens
         flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         offsets = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
-        return torch.from_numpy(np.ascontiguousarray(flat)), torch.from_numpy(offsets)
+        return torch.from_numpy(np.array(flat, dtype=np.int64)), torch.from_numpy(offsets)
     return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False), dtype=np.int64)), None
 
 
