@@ -39,9 +39,9 @@ def pipeline(tmp_path_factory, ray_session):
     prepare(load_spec(ROOT / "platform/specs/appstore.yaml"),
             PrepareOptions(inputs=[str(tmp / "raw")], out=str(tmp / "data"), split="user-time:user_id:timestamp:0.8,0.1,0.1"))
     common = {"data": str(tmp / "data"), "storage_path": str(tmp / "runs"), "num_workers": 0, "log_every_steps": 1000}
-    ranker = _train({**common, "run_name": "ranker", "epochs": 4, "batch_size": 512, "model": {"hidden": [64, 32]},
+    ranker = _train({**common, "run_name": "ranker", "epochs": 3, "batch_size": 512, "model": {"hidden": [64, 32]},
                      "early_stopping": {"metric": "auc", "mode": "max", "patience": 1}}, tmp, "ranker")
-    retriever = _train({**common, "run_name": "retriever", "epochs": 4, "batch_size": 512},
+    retriever = _train({**common, "run_name": "retriever", "epochs": 3, "batch_size": 512},
                        tmp, "retriever", config=str(ROOT / "platform/jobs/appstore-retriever.yaml"))
     return tmp, ranker["checkpoint"], retriever["checkpoint"]
 
