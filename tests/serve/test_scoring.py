@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 from widedeep.data.collate import collate_prepared
+from widedeep.features import TableInfo
 from widedeep.model.wide_deep import ModelConfig, WideAndDeep
 from widedeep.serve.scoring import CandidateScorer, extract_ranker
-
-
-@dataclass(frozen=True)
-class _Info:  # the fields of widedeep.features.TableInfo the model and scorer read
-    name: str
-    column: str
-    num_rows: int
-    dim: int
-    pooling: str
-    multivalent: bool
-    side: str
 
 
 class _Space:
@@ -35,8 +23,8 @@ class _Space:
         cols = [("u_id", 50, "user", False, "sum"), ("u_tags", 20, "user", True, "mean"),
                 ("ctx", 7, "context", False, "sum"), ("i_id", 40, "item", False, "sum"),
                 ("i_genres", 9, "item", True, "sum"), ("u_x_i", 31, "pair", False, "sum")]
-        self.wide_tables = [_Info(f"wide/{c}", c, n, 1, p, m, s) for c, n, s, m, p in cols]
-        self.deep_tables = [_Info(f"deep/{c}", c, n, 4, p, m, s) for c, n, s, m, p in cols[:5]]
+        self.wide_tables = [TableInfo(f"wide/{c}", c, n, 1, p, m, s) for c, n, s, m, p in cols]
+        self.deep_tables = [TableInfo(f"deep/{c}", c, n, 4, p, m, s) for c, n, s, m, p in cols[:5]]
         self.dense_columns = ["u_age", "i_price"]
         self._sides = {"u_age": "user", "i_price": "item"}
 
