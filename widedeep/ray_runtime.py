@@ -4,7 +4,9 @@ Why: on a small machine ``ray.init()`` registers as many logical CPUs as cores, 
 Train job whose workers take every CPU starves Ray Data's read tasks: the job hangs with
 "Cluster resources are not enough" instead of failing. When we start a local Ray ourselves
 we therefore register at least ``MIN_LOCAL_CPUS`` logical CPUs (oversubscription is fine:
-Data tasks are mostly I/O and Arrow work). With ``RAY_ADDRESS`` set (a cluster, or a job
+Data tasks are mostly I/O and Arrow work). The dashboard stays on: besides showing jobs and
+Serve, it serves the state API that Ray Train's placement-group cleaner polls (without it that
+actor logs a warning every few seconds); a busy port 8265 makes Ray take the next free one. With ``RAY_ADDRESS`` set (a cluster, or a job
 running on one) we connect to it and leave its resources alone.
 """
 
@@ -31,4 +33,4 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     log.info("starting a local Ray with %d logical CPUs", cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
