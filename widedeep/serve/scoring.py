@@ -35,24 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from widedeep.errors import CheckpointError
+from widedeep.features import TableInfo
 
 QUERY_SIDES = ("user", "context")
 CANDIDATE_SIDES = ("item", "pair")
 RANKER_FORMAT = "widedeep.ranker/1"
 _ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """One embedding table as the scorer needs it (from the FeatureSpace's ``TableInfo``)."""
-
-    name: str
-    column: str
-    num_rows: int
-    dim: int
-    pooling: str
-    multivalent: bool
-    side: str
 
 
 @dataclass(frozen=True)
@@ -69,8 +57,8 @@ class RankerSpec:
 
     task: str
     feature_space_hash: str
-    wide_tables: list[TableSpec]
-    deep_tables: list[TableSpec]
+    wide_tables: list[TableInfo]
+    deep_tables: list[TableInfo]
     dense: list[DenseSpec]
     n_linear: int
     activation: str
@@ -92,8 +80,8 @@ class RankerSpec:
         d = json.loads(text)
         if d.pop("format", None) != RANKER_FORMAT:
             raise CheckpointError(f"{where}: not a {RANKER_FORMAT} document")
-        d["wide_tables"] = [TableSpec(**t) for t in d["wide_tables"]]
-        d["deep_tables"] = [TableSpec(**t) for t in d["deep_tables"]]
+        d["wide_tables"] = [TableInfo(**t) for t in d["wide_tables"]]
+        d["deep_tables"] = [TableInfo(**t) for t in d["deep_tables"]]
         d["dense"] = [DenseSpec(**x) for x in d["dense"]]
         return RankerSpec(**d)
 
@@ -105,8 +93,8 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
     ``deep_tbe``, ``wide_bias``, ``mlp`` and ``deep_input_layout()`` (deep tables, then numerics).
     """
 
-    def tables(infos: Sequence[Any]) -> list[TableSpec]:
-        return [TableSpec(t.name, t.column, int(t.num_rows), int(t.dim), t.pooling, bool(t.multivalent), t.side)
+    def tables(infos: Sequence[Any]) -> list[TableInfo]:
+        return [TableInfo(t.name, t.column, int(t.num_rows), int(t.dim), t.pooling, bool(t.multivalent), t.side)
                 for t in infos]
 
     tensors: dict[str, torch.Tensor] = {}
@@ -185,7 +173,7 @@ def _ids(col: pa.ChunkedArray | pa.Array, multivalent: bool) -> tuple[torch.Tens
     return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False), dtype=np.int64)), None
 
 
-def _pool(weight: torch.Tensor, table: pa.Table, t: TableSpec) -> torch.Tensor:
+def _pool(weight: torch.Tensor, table: pa.Table, t: TableInfo) -> torch.Tensor:
     """Pooled rows ``[B, dim]`` of one table for every row of ``table``."""
     ids, offsets = _ids(table.column(t.column), t.multivalent)
     w = weight if weight.dim() == 2 else weight.unsqueeze(1)
@@ -230,8 +218,8 @@ class CandidateScorer:
             cols_i: list[int] = []
             cols_p: list[int] = []
             c = 0
-            self.deep_q: list[tuple[int, TableSpec]] = []
-            self.deep_c: list[tuple[int, TableSpec]] = []
+            self.deep_q: list[tuple[int, TableInfo]] = []
+            self.deep_c: list[tuple[int, TableInfo]] = []
             for i, t in enumerate(spec.deep_tables):
                 (cols_q if t.side in QUERY_SIDES else cols_c).extend(range(c, c + t.dim))
                 if t.side not in QUERY_SIDES:
@@ -271,7 +259,7 @@ class CandidateScorer:
         return list(dict.fromkeys(cols))
 
     # -- the two halves ------------------------------------------------------------------------
-    def _wide_sum(self, table: pa.Table, tables: list[tuple[int, TableSpec]], rows: int) -> torch.Tensor:
+    def _wide_sum(self, table: pa.Table, tables: list[tuple[int, TableInfo]], rows: int) -> torch.Tensor:
         out = torch.zeros(rows)
         for i, t in tables:
             out += _pool(self.t[f"wide.{i}"], table, t).reshape(rows)
@@ -304,7 +292,7 @@ class CandidateScorer:
         width = self.spec.numeric_width()
         return self._encode(x, dense) @ w[[j * width + c for j, _ in dense for c in range(width)]]
 
-    def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableSpec]], x: torch.Tensor,
+    def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableInfo]], x: torch.Tensor,
                     dense: list[tuple[int, str]]) -> torch.Tensor:
         parts = [_pool(self.t[f"deep.{i}"], table, t) for i, t in tables]
         if dense:

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from widedeep.errors import CheckpointError
-from widedeep.serve.scoring import TableSpec, _pool
+from widedeep.features import TableInfo
+from widedeep.serve.scoring import _pool
 
 TOWER_FORMAT = "widedeep.user_tower/1"
 
@@ -29,7 +30,7 @@ class TowerSpec:
     """Structure of the user tower: its tables, numerics and MLP depth."""
 
     feature_space_hash: str
-    tables: list[TableSpec]
+    tables: list[TableInfo]
     dense: list[str]
     n_linear: int
     output_dim: int
@@ -42,7 +43,7 @@ class TowerSpec:
         d = json.loads(text)
         if d.pop("format", None) != TOWER_FORMAT:
             raise CheckpointError(f"{where}: not a {TOWER_FORMAT} document")
-        d["tables"] = [TableSpec(**t) for t in d["tables"]]
+        d["tables"] = [TableInfo(**t) for t in d["tables"]]
         return TowerSpec(**d)
 
 
@@ -56,7 +57,7 @@ def extract_user_tower(model: Any, fs: Any) -> tuple[TowerSpec, dict[str, torch.
     for i, (column, num_rows, pooling, multi) in enumerate(feats.tables):
         w = tower.tbe.table_weight(i).detach().clone()
         tensors[f"table.{i}"] = w
-        tables.append(TableSpec(f"user/{column}", column, int(num_rows), int(w.shape[1]),
+        tables.append(TableInfo(f"user/{column}", column, int(num_rows), int(w.shape[1]),
                                 pooling if pooling in ("sum", "mean") else "sum", bool(multi), fs.feature_side(column)))
     linears = [x for x in tower.mlp if isinstance(x, torch.nn.Linear)]
     for j, lin in enumerate(linears):
