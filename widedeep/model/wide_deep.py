@@ -34,41 +34,17 @@ from torch import nn
 
 from widedeep.data.batch import Batch
 from widedeep.errors import ConfigError
+from widedeep.kernels.config import OptimizerConfig, OptimizerKind
 from widedeep.model.mlp import MLP
 
 
 @dataclass(frozen=True)
-class SparseOptimizerConfig:
-    """The fused optimizer a table-batched embedding bag applies in its backward."""
+class SparseOptimizerConfig(OptimizerConfig):
+    """The fused optimizer of the deep side's embedding tables: the kernel's ``OptimizerConfig``
+    (same fields and checks) with the paper's default, row-wise AdaGrad."""
 
-    kind: Literal["sgd", "rowwise_adagrad", "ftrl"] = "rowwise_adagrad"
+    kind: OptimizerKind = "rowwise_adagrad"
     lr: float = 0.05
-    eps: float = 1e-8
-    initial_accumulator: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    lr_power: float = -0.5
-    beta: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.l1 < 0 or self.l2 < 0:
-            raise ConfigError(f"l1/l2: must be >= 0, got l1={self.l1} l2={self.l2}")
-
-    def to_kernel(self) -> Any:
-        from widedeep.kernels import OptimizerConfig
-
-        return OptimizerConfig(
-            kind=self.kind,
-            lr=self.lr,
-            eps=self.eps,
-            initial_accumulator=self.initial_accumulator,
-            l1=self.l1,
-            l2=self.l2,
-            lr_power=self.lr_power,
-            beta=self.beta,
-        )
 
 
 @dataclass(frozen=True)
@@ -106,10 +82,10 @@ class DenseOptimizerConfig:
 
 
 @dataclass(frozen=True)
-class WideOptimizerConfig(SparseOptimizerConfig):
+class WideOptimizerConfig(OptimizerConfig):
     """The wide side's optimizer: FTRL-Proximal with L1/L2 by default (the paper's choice)."""
 
-    kind: Literal["sgd", "rowwise_adagrad", "ftrl"] = "ftrl"
+    kind: OptimizerKind = "ftrl"
     lr: float = 0.05
     l1: float = 1e-4
     l2: float = 1e-4
@@ -186,7 +162,7 @@ class WideAndDeep(nn.Module):
                 for t in self.wide_tables
             ]
             self.wide_tbe = TableBatchedEmbeddingBag(
-                tables, optim.wide.to_kernel(), backend=cfg.kernel_backend, validate=cfg.validate_ids, seed=seed
+                tables, optim.wide, backend=cfg.kernel_backend, validate=cfg.validate_ids, seed=seed
             )
         if cfg.has_deep:
             if not self.deep_tables and not self.dense_columns:
@@ -206,7 +182,7 @@ class WideAndDeep(nn.Module):
                 ]
                 self.deep_tbe = TableBatchedEmbeddingBag(
                     tables,
-                    optim.embedding.to_kernel(),
+                    optim.embedding,
                     backend=cfg.kernel_backend,
                     validate=cfg.validate_ids,
                     seed=seed + 1,

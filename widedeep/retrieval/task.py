@@ -62,7 +62,7 @@ def build_model(fs: Any, cfg: Any) -> nn.Module:
         from widedeep.model.wide_deep import OptimConfig
 
         optim = _fd(OptimConfig, optim)
-    return TwoTower(fs, retrieval_config(cfg), optim.embedding.to_kernel(), seed=seed)
+    return TwoTower(fs, retrieval_config(cfg), optim.embedding, seed=seed)
 
 
 def required_columns(fs: Any, cfg: Any) -> list[str]:
