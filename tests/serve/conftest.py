@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+
+
+def corrupt_copy(bundle: Path, dest: Path) -> Path:
+    """A copy of ``bundle`` with one byte of ranker.safetensors flipped: its sha256 check fails."""
+    shutil.copytree(bundle, dest)
+    with open(dest / "ranker.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tests.serve.conftest import corrupt_copy
 from widedeep.serve.bundle import load_bundle
 from widedeep.serve.pipeline import RecommendPipeline
 
@@ -174,7 +175,8 @@ def test_model_swap_during_traffic(serve_app, bundles):
         t.start()
     try:
         time.sleep(1.0)
-        # same app, new bundle: only user_config changes -> reconfigure in place
+        # serve.run gives every deploy a new code version: a rolling update (new replicas load v2,
+        # old ones drain); a config deploy changing only user_config reconfigures in place (below)
         serve.run(build_app_with(_args(bundles[1]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
         deadline = time.time() + 60
         while versions["v2"] < 20 and time.time() < deadline:
@@ -188,6 +190,64 @@ def test_model_swap_during_traffic(serve_app, bundles):
     assert serve_app.get("/v1/model").json()["model_version"] == "v2"
     serve.run(build_app_with(_args(bundles[0]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
     assert serve_app.get("/healthz").json()["model_version"] == "v1"
+
+
+def _deploy_config(name: str, route: str, args_bundle, user_bundle) -> None:
+    """Deploy like ``serve deploy``: a config, so changing only a deployment's ``user_config``
+    keeps the app's code version and Serve calls ``reconfigure`` on the running replicas
+    (``serve.run`` gives every deploy a new code version: a rolling update with new replicas)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = {"applications": [{
+        "name": name, "route_prefix": route, "import_path": "widedeep.serve.app:build_app",
+        "args": _args(args_bundle),
+        "deployments": [{"name": "Ingress", "user_config": {"bundle": str(user_bundle)},
+                         "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                         "ray_actor_options": {"num_cpus": 0.25}}],
+    }]}
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg), _blocking=True)
+
+
+def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path):
+    from ray import serve
+
+    bad = corrupt_copy(bundles[0], tmp_path / "bad")
+    _deploy_config("swap", "/swap", bundles[0], bundles[0])
+    try:
+        assert serve_app.get("/swap/v1/model").json()["last_load_error"] is None
+        stop, versions, errors = threading.Event(), Counter(), []
+        threads = [threading.Thread(target=_traffic, args=(stop, "/swap/v1/recommend", versions, errors))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            _deploy_config("swap", "/swap", bundles[0], bad)  # only user_config changes: reconfigure
+            served_before = sum(versions.values())
+            time.sleep(3.0)  # traffic on the replica whose reconfigure has just failed
+            assert sum(versions.values()) > served_before  # the replica kept answering
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert errors == []
+        assert set(versions) == {"v1"} and versions["v1"] > 0, versions
+        m = serve_app.get("/swap/v1/model").json()
+        assert m["model_version"] == "v1" and m["bundle"] == str(bundles[0])
+        err = m["last_load_error"]
+        assert err["bundle"] == str(bad), err
+        assert str(bad / "ranker.safetensors") in err["error"] and "does not match" in err["error"], err
+        assert err["at"]  # an ISO timestamp
+        assert serve.status().applications["swap"].status == "RUNNING"
+
+        _deploy_config("swap", "/swap", bundles[0], bundles[1])  # a good bundle: swapped, error cleared
+        r = serve_app.post("/swap/v1/recommend", json={"user": {"user_id": "u2"}})
+        assert r.status_code == 200 and r.json()["model_version"] == "v2"
+        m = serve_app.get("/swap/v1/model").json()
+        assert m["model_version"] == "v2" and m["last_load_error"] is None
+    finally:
+        serve.delete("swap")
 
 
 def _replicas(app: str, deployment: str) -> int:

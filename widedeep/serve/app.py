@@ -8,9 +8,13 @@
             (prepare, retrieve,
              @serve.batch rank)
 
-The bundle path reaches the replicas as ``user_config: {bundle: ...}``, so deploying a new
-bundle (``serve deploy`` with a new ``args.bundle``, or a new ``user_config``) calls
-``reconfigure`` on the running replicas: the model swaps without a restart or a failed request.
+The bundle path reaches the replicas as ``user_config: {bundle: ...}``. Deploying a config
+whose only change is a deployment's ``user_config: {bundle: NEW}`` keeps the app's code version,
+so Serve calls ``reconfigure`` on the running replicas: the model swaps in place without a
+restart or a failed request, and a bundle that fails to load is reported (``GET /v1/model``'s
+``last_load_error``) while the current model keeps serving. Changing ``args`` (``args.bundle``
+included) or deploying with ``serve.run`` changes the code version instead: Serve replaces the
+replicas (a rolling update), and new replicas whose bundle fails to load fail to start.
 Nothing runs at import time.
 """
 

@@ -206,6 +206,10 @@ class ServingBundle:
     user_rows: dict[str, int]  # str(user key) -> row in ``users``
     seen: dict[str, np.ndarray]  # str(user key) -> catalog rows
     generator: Any  # retrieval.candidates.CandidateGenerator
+    source: str = ""  # what it was loaded as (a directory or a URI); ``path`` is the local directory read
+
+    def __post_init__(self) -> None:
+        self.source = self.source or str(self.path)
 
     @property
     def version(self) -> str:

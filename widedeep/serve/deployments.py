@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -43,21 +44,45 @@ class ModelSlot:
 
     The previous version stays loaded so requests that started on it (or, in the chain, whose
     candidates came from it) finish on the same catalog.
+
+    A bundle that fails to load (hash mismatch, missing file, mixed FeatureSpaces, unreachable
+    URI) must not take a serving replica down: ``load`` then logs the error, keeps the current
+    version, and records the failure (``last_load_error``, shown by ``GET /v1/model``, and the
+    ``widedeep_serve_model_load_failures_total`` counter). Only at replica start, with nothing
+    to serve yet, does it raise, so Serve reports the deployment as failed.
     """
 
-    def __init__(self, verify: bool = True) -> None:
+    def __init__(self, verify: bool = True, metrics: Any = None) -> None:
         self.verify = verify
+        self.metrics = metrics  # a ServingMetrics (None: failures are only logged and recorded here)
         self.current: RecommendPipeline | None = None
         self.by_version: dict[str, RecommendPipeline] = {}
+        self.last_load_error: dict[str, str] | None = None
         self._lock = asyncio.Lock()
 
     async def load(self, path: str) -> RecommendPipeline:
+        """Serve the bundle at ``path`` (a directory or URI, see ``load_bundle``); ``reconfigure`` calls it."""
+        try:
+            return await self._load(path)
+        except Exception as e:
+            if self.current is None:
+                raise  # replica start: nothing to fall back to, Serve must see the failure
+            self.last_load_error = {"bundle": str(path), "error": f"{type(e).__name__}: {e}",
+                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if self.metrics is not None:
+                self.metrics.load_failed()
+            log.error("could not load bundle %s, still serving model %s from %s: %s: %s", path,
+                      self.current.version, self.current.bundle.source, type(e).__name__, e)
+            return self.current
+
+    async def _load(self, path: str) -> RecommendPipeline:
         from widedeep.serve.bundle import load_bundle
 
         async with self._lock:
             for p in self.by_version.values():
-                if str(p.bundle.path) == str(path):
+                if p.bundle.source == str(path):
                     self.current = p
+                    self.last_load_error = None
                     return p
             t0 = time.monotonic()
             # off the event loop: requests keep being served by the current version meanwhile
@@ -65,6 +90,7 @@ class ModelSlot:
             self.by_version = {v: p for v, p in self.by_version.items() if p is self.current}
             self.by_version[pipe.version] = pipe
             self.current = pipe
+            self.last_load_error = None
             log.info("serving model %s from %s (loaded in %.2fs)", pipe.version, path, time.monotonic() - t0)
             return pipe
 
@@ -74,9 +100,21 @@ class ModelSlot:
         return self.current
 
     async def version(self, version: str, path: str) -> RecommendPipeline:
-        """The pipeline of ``version``: a chain request is scored on the catalog it was retrieved from."""
+        """The pipeline of ``version``: a chain request is scored on the catalog it was retrieved from.
+
+        Unlike ``load`` a failure raises: scoring on another version's catalog would be wrong.
+        """
         p = self.by_version.get(version)
-        return p if p is not None else await self.load(path)
+        if p is not None:
+            return p
+        try:
+            return await self._load(path)
+        except Exception as e:
+            raise ServingError(f"model {version} ({path}) could not be loaded: {type(e).__name__}: {e}") from None
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/model``'s body for the current version plus ``last_load_error`` (None when the last load worked)."""
+        return {**model_info(self.get()), "last_load_error": self.last_load_error}
 
 
 def set_threads(n: int) -> None:
@@ -93,8 +131,8 @@ class Retriever:
         from widedeep.serve.metrics import ServingMetrics
 
         set_threads(torch_threads)
-        self.slot = ModelSlot(verify_bundle)
         self.metrics = ServingMetrics("Retriever")
+        self.slot = ModelSlot(verify_bundle, self.metrics)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await self.slot.load(str(user_config["bundle"]))
@@ -104,7 +142,11 @@ class Retriever:
 
     async def retrieve(self, user: dict[str, Any], context: dict[str, Any], n: int | None,
                        exclude: list[Any]) -> tuple[str, str, pa.Table, np.ndarray]:
-        """``(version, bundle path, query row, int32 candidate rows)``; ``n=None``: no retrieval."""
+        """``(version, bundle source, query row, int32 candidate rows)``; ``n=None``: no retrieval.
+
+        The source is the path or URI the bundle was deployed as (not a node-local cached copy),
+        so a Ranker on another node can load that version if it has not yet.
+        """
         pipe = self.slot.get()
         t0 = time.perf_counter()
         q = pipe.prepare(user, context)
@@ -116,7 +158,7 @@ class Retriever:
             rows = pipe.retrieve(q, n, pipe.exclude_rows(exclude) if exclude else None)
             self.metrics.stage("retrieve", (time.perf_counter() - t1) * 1e3)
             self.metrics.retrieved(len(rows))
-        return pipe.version, str(pipe.bundle.path), q.row, rows
+        return pipe.version, pipe.bundle.source, q.row, rows
 
 
 @serve.deployment(name="Ranker", **RANKER_OPTIONS)
@@ -128,8 +170,8 @@ class Ranker:
         from widedeep.serve.metrics import ServingMetrics
 
         set_threads(torch_threads)
-        self.slot = ModelSlot(verify_bundle)
         self.metrics = ServingMetrics("Ranker")
+        self.slot = ModelSlot(verify_bundle, self.metrics)
         self._score.set_max_batch_size(max_batch_size)
         self._score.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -155,7 +197,7 @@ class Ranker:
         return pipe.version, ranked(pipe, rows, logits, k)
 
     async def model_info(self) -> dict[str, Any]:
-        return model_info(self.slot.get())
+        return self.slot.info()
 
 
 def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> list[np.ndarray]:
@@ -199,7 +241,8 @@ def model_info(pipe: RecommendPipeline) -> dict[str, Any]:
     m = b.manifest
     return {
         "model_version": b.version,
-        "bundle": str(b.path),
+        "bundle": b.source,
+        "bundle_local_path": str(b.path),
         "versions": m.get("versions", {}),
         "feature_space_hash": m["feature_space_hash"],
         "sources": {k: {kk: vv for kk, vv in v.items() if kk != "meta"} if isinstance(v, dict) else v

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from widedeep.errors import ServingError
-from widedeep.serve.deployments import ModelSlot, model_info, ranked, set_threads
+from widedeep.serve.deployments import ModelSlot, ranked, set_threads
 from widedeep.serve.pipeline import RequestError
 from widedeep.serve.schemas import (
     AppArgs,
@@ -187,8 +187,8 @@ class Ingress:
         self.fused = self.args.pipeline == "fused"
         self.retriever = retriever
         self.ranker = ranker
-        self.slot = ModelSlot(self.args.verify_bundle)
         self.metrics = ServingMetrics("Ingress")
+        self.slot = ModelSlot(self.args.verify_bundle, self.metrics)
         self._batch.set_max_batch_size(self.args.max_batch_size)
         self._batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
@@ -280,8 +280,10 @@ class Ingress:
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:
-        """Model version, provenance, request fields and feature summary; this replica's OOV rates."""
-        info = model_info(self.slot.get()) if self.fused else await self.ranker.model_info.remote()
+        """Model version, provenance, request fields and feature summary; this replica's OOV rates;
+        ``last_load_error`` (``{bundle, error, at}``) when the last model swap failed and the
+        previous version is still being served (``null`` otherwise)."""
+        info = self.slot.info() if self.fused else await self.ranker.model_info.remote()
         info["serving"] = {**self.args.model_dump(exclude={"bundle"}), "oov_rates_this_replica": self.metrics.oov_rates()}
         return info
 

@@ -34,10 +34,16 @@ class ServingMetrics:
                            tag_keys=("feature",))
         self.oov = Counter("widedeep_serve_feature_oov_total", description="out-of-vocabulary ids in requests",
                            tag_keys=("feature",))
+        self.load_failures = Counter("widedeep_serve_model_load_failures_total",
+                                     description="bundles that failed to load while a model was being served "
+                                     "(the replica kept serving its current version)")
         self._totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def stage(self, stage: str, ms: float) -> None:
         self.latency.observe(ms, tags={"stage": stage})
+
+    def load_failed(self) -> None:
+        self.load_failures.inc()
 
     def retrieved(self, n: int) -> None:
         self.candidates.observe(n)
