@@ -192,7 +192,7 @@ def test_model_swap_during_traffic(serve_app, bundles):
     assert serve_app.get("/healthz").json()["model_version"] == "v1"
 
 
-def _deploy_config(name: str, route: str, args_bundle, user_bundle) -> None:
+def _deploy_config(name: str, route: str, args_bundle, user_bundle, cache) -> None:
     """Deploy like ``serve deploy``: a config, so changing only a deployment's ``user_config``
     keeps the app's code version and Serve calls ``reconfigure`` on the running replicas
     (``serve.run`` gives every deploy a new code version: a rolling update with new replicas)."""
@@ -201,7 +201,7 @@ def _deploy_config(name: str, route: str, args_bundle, user_bundle) -> None:
 
     cfg = {"applications": [{
         "name": name, "route_prefix": route, "import_path": "widedeep.serve.app:build_app",
-        "args": _args(args_bundle),
+        "args": _args(args_bundle), "runtime_env": {"env_vars": {"WIDEDEEP_BUNDLE_CACHE": str(cache)}},
         "deployments": [{"name": "Ingress", "user_config": {"bundle": str(user_bundle)},
                          "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
                          "ray_actor_options": {"num_cpus": 0.25}}],
@@ -213,7 +213,8 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
     from ray import serve
 
     bad = corrupt_copy(bundles[0], tmp_path / "bad")
-    _deploy_config("swap", "/swap", bundles[0], bundles[0])
+    cache = tmp_path / "cache"
+    _deploy_config("swap", "/swap", bundles[0], bundles[0], cache)
     try:
         assert serve_app.get("/swap/v1/model").json()["last_load_error"] is None
         stop, versions, errors = threading.Event(), Counter(), []
@@ -223,7 +224,7 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
             t.start()
         try:
             time.sleep(0.5)
-            _deploy_config("swap", "/swap", bundles[0], bad)  # only user_config changes: reconfigure
+            _deploy_config("swap", "/swap", bundles[0], bad, cache)  # only user_config changes: reconfigure
             served_before = sum(versions.values())
             time.sleep(3.0)  # traffic on the replica whose reconfigure has just failed
             assert sum(versions.values()) > served_before  # the replica kept answering
@@ -241,11 +242,13 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
         assert err["at"]  # an ISO timestamp
         assert serve.status().applications["swap"].status == "RUNNING"
 
-        _deploy_config("swap", "/swap", bundles[0], bundles[1])  # a good bundle: swapped, error cleared
+        uri = bundles[1].resolve().as_uri()  # a good bundle, at a URI: swapped, error cleared
+        _deploy_config("swap", "/swap", bundles[0], uri, cache)
         r = serve_app.post("/swap/v1/recommend", json={"user": {"user_id": "u2"}})
         assert r.status_code == 200 and r.json()["model_version"] == "v2"
         m = serve_app.get("/swap/v1/model").json()
         assert m["model_version"] == "v2" and m["last_load_error"] is None
+        assert m["bundle"] == uri and m["bundle_local_path"].startswith(str(cache))
     finally:
         serve.delete("swap")
 

@@ -93,3 +93,17 @@ def test_export_refuses_checkpoints_of_different_feature_spaces(trained, tmp_pat
     err = capsys.readouterr().err
     assert fs.content_hash in err and fs2.content_hash in err, err
     assert not (tmp_path / "b").exists()
+
+
+def test_export_to_a_uri_uploads_a_loadable_bundle(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_BUNDLE_CACHE", str(tmp_path / "cache"))
+    _, fs, _, ckpts = trained
+    uri = (tmp_path / "store" / "bundles" / "e2e").as_uri()
+    args = ["export", "--ranker", str(ckpts["ranking"]), "--retriever", str(ckpts["retrieval"]), "--out", uri,
+            "--version", "e2e-uri"]
+    assert main(args) == 0
+    assert f"bundle {uri}: version e2e-uri, 80 items" in capsys.readouterr().out
+    b = load_bundle(uri)  # copied back to the cache and verified
+    assert b.version == "e2e-uri" and b.fs.content_hash == fs.content_hash and len(b.item_keys) == 80
+    assert main(args) == 2  # refused before any work: the destination is not empty
+    assert f"{uri}: exists and is not empty" in capsys.readouterr().err

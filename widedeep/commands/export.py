@@ -10,7 +10,8 @@ HELP = "build a serving bundle from a ranker and a retriever checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranker", required=True, help="Wide & Deep checkpoint directory (task: ranking)")
     parser.add_argument("--retriever", required=True, help="two-tower checkpoint directory (task: retrieval)")
-    parser.add_argument("--out", required=True, help="bundle directory to create (must not exist or be empty)")
+    parser.add_argument("--out", required=True, help="bundle directory to create (must not exist or be empty), or a URI "
+                        "(s3://, gs://, file://, ...: written locally, then uploaded)")
     parser.add_argument("--data", help="prepared data directory for the catalog (default: the ranker's config 'data')")
     parser.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto",
                         help="item index: exact top-N, HNSW, or auto (exact up to 1M items)")

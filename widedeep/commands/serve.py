@@ -8,7 +8,8 @@ HELP = "serve a bundle over HTTP (/v1/recommend, /v1/rank, /v1/model, /healthz, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", required=True, help="serving bundle directory (widedeep export)")
+    parser.add_argument("--bundle", required=True, help="serving bundle (widedeep export): a directory or a URI "
+                        "(s3://, gs://, file://, ...: copied to a local cache and verified)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--route-prefix", default="/")

@@ -19,7 +19,9 @@ pair crosses are made from ids with ``FeatureSpace.add_crosses``.
 
 Loading checks every file's sha256 against the manifest and that the ranker, the user tower and
 ``feature_space.json`` agree on the FeatureSpace hash; a mismatch raises ``CheckpointError``
-naming both sides.
+naming both sides. A bundle can also live at a URI (``s3://``, ``gs://``, ``file://``, ...):
+``load_bundle`` copies it to a local cache and verifies the copy (``bundle_uri.py``), and
+``widedeep export --out URI`` uploads one.
 """
 
 from __future__ import annotations
@@ -160,17 +162,28 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
     return out
 
 
+def parse_manifest(raw: bytes | str, where: str) -> dict[str, Any]:
+    """A manifest's JSON, checked to be a bundle manifest of this format (``where`` names it in errors)."""
+    try:
+        m = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise CheckpointError(f"{where}: format {got!r}, this widedeep reads {BUNDLE_FORMAT!r}")
+    return m
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the bundle at ``path``: a directory or a URI (``s3://``, ``gs://``, ``file://``, ...)."""
+    from widedeep.serve.bundle_uri import is_uri, read_manifest_bytes
+
+    if is_uri(path):
+        return parse_manifest(read_manifest_bytes(str(path)), f"{path}/manifest.json")
     p = Path(path) / "manifest.json"
     if not p.exists():
         raise CheckpointError(f"{path}: not a serving bundle (no manifest.json); build one with `widedeep export`")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}: not valid JSON: {e}") from None
-    if m.get("format") != BUNDLE_FORMAT:
-        raise CheckpointError(f"{p}: format {m.get('format')!r}, this widedeep reads {BUNDLE_FORMAT!r}")
-    return m
+    return parse_manifest(p.read_bytes(), str(p))
 
 
 def verify_bundle(path: str | Path) -> dict[str, Any]:
@@ -221,14 +234,34 @@ def _str_index(keys: np.ndarray) -> dict[str, int]:
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> ServingBundle:
-    """Load a bundle; with ``verify`` (the default) file hashes and FeatureSpace hashes are checked."""
+    """Load a bundle; with ``verify`` (the default) file hashes and FeatureSpace hashes are checked.
+
+    ``path`` is a local directory or a URI that ``pyarrow.fs`` understands (``s3://``, ``gs://``,
+    ``hdfs://``, ``file://``): a URI's bundle is copied to a local cache first (once per bundle
+    version, see ``widedeep.serve.bundle_uri``) and the copy is verified and loaded like a local
+    bundle; errors then name the URI. ``ServingBundle.source`` keeps what was asked for,
+    ``ServingBundle.path`` the directory read.
+    """
+    from widedeep.serve.bundle_uri import fetch_bundle, is_uri
+
+    if not is_uri(path):
+        return _load_local(Path(path), verify, str(path))
+    uri = str(path)
+    local = fetch_bundle(uri)
+    try:
+        return _load_local(local, verify, uri)
+    except CheckpointError as e:
+        shutil.rmtree(local, ignore_errors=True)  # a bad copy must not stay cached: the next load fetches again
+        raise CheckpointError(f"{uri}: {e}") from None
+
+
+def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
     from widedeep.features import FeatureSpace
     from widedeep.retrieval.candidates import CandidateGenerator
     from widedeep.retrieval.index import load_index
     from widedeep.serve.scoring import CandidateScorer, load_ranker
     from widedeep.serve.towers import load_user_tower
 
-    root = Path(path)
     t0 = time.monotonic()
     m = verify_bundle(root) if verify else read_manifest(root)
     fs = FeatureSpace.load(root / "feature_space.json")
@@ -259,7 +292,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ServingBundle:
             for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist())}
     generator = CandidateGenerator(index, popularity, item_keys)
     b = ServingBundle(root, m, fs, CandidateScorer(ranker_spec, tensors), tower, item_keys, items,
-                      _str_index(item_keys), users, user_rows, seen, generator)
-    log.info("loaded bundle %s (version %s, %d items, %d users) in %.2fs", root, b.version, len(item_keys),
+                      _str_index(item_keys), users, user_rows, seen, generator, source)
+    log.info("loaded bundle %s (version %s, %d items, %d users) in %.2fs", source, b.version, len(item_keys),
              len(user_rows), time.monotonic() - t0)
     return b

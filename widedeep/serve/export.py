@@ -8,6 +8,7 @@ not raw values; contracts §5), so the same code builds a bundle from a prepared
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from widedeep.errors import CheckpointError, DataError
 from widedeep.serve.bundle import BundleContents, write_bundle
@@ -34,6 +36,22 @@ def _user_base_columns(fs: Any) -> list[str]:
     from widedeep.features.spec import CrossedFeature
 
     return [f.name for f in fs.features if not isinstance(f, CrossedFeature) and f.side == "user"]
+
+
+def _with_histories(fs: Any, retriever: Any, users: pa.Table, user_keys: np.ndarray, rows: pa.Table) -> pa.Table:
+    """The user table plus each user's latest positives when the retriever pools a history
+    (``task_config.history``): serving then places a known user by what they did, in every split
+    of the exported data (the newest interactions are the most telling)."""
+    from widedeep.retrieval.history import HISTORY_COLUMN, Histories, history_source
+
+    m = getattr(retriever, "module", retriever)
+    if HISTORY_COLUMN not in m.user_features.columns:
+        return users
+    id_col = history_source(fs)[0]
+    if id_col not in rows.column_names:
+        raise DataError(f"export: the retriever pools user histories but the rows lack the item id column {id_col!r}")
+    hist = Histories.from_rows(rows, "user_key", id_col)
+    return users.append_column(HISTORY_COLUMN, hist.lists(user_keys, m.cfg.history))
 
 
 def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positives: pa.Table | None = None,
@@ -71,7 +89,7 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
     if fs.user_key and "user_key" in rows.column_names:
         ucols = _user_base_columns(fs)
         user_keys, user_rows = first_by_key(rows.select(["user_key", *ucols]), "user_key")
-        users = (user_keys, user_rows.drop_columns(["user_key"]))
+        users = (user_keys, _with_histories(fs, retriever, user_rows.drop_columns(["user_key"]), user_keys, rows))
         u = key_rows(rows.column("user_key"), user_keys)
         i = key_rows(rows.column("item_key"), item_keys)
         order = np.lexsort((i, u))
@@ -85,10 +103,19 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
 
 
 def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, data: str | None = None,
-                            index_kind: str = "auto", version: str | None = None) -> Path:
-    """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory."""
+                            index_kind: str = "auto", version: str | None = None) -> Path | str:
+    """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory.
+
+    ``out`` is a new (or empty) directory, or a URI (``s3://``, ``gs://``, ``file://``, ...): the
+    bundle is then written to a local temp directory and uploaded (``bundle_uri.upload_bundle``);
+    the URI is returned as given.
+    """
     from widedeep.retrieval.data import SPLITS, load_rows
+    from widedeep.serve.bundle_uri import check_upload_target, is_uri
     from widedeep.train.checkpoint import load_checkpoint, read_meta
+
+    if is_uri(out):
+        check_upload_target(out)  # before the expensive part
 
     # compare the recorded FeatureSpace hashes before building either model
     h1 = read_meta(ranker_path).get("feature_space_hash")
@@ -119,6 +146,11 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     if fs.user_key:
         cols += ["user_key", *_user_base_columns(fs)]
     cols = list(dict.fromkeys(cols))
+    from widedeep.retrieval.history import TIME_COLUMN
+
+    first = sorted((root / "train").glob("*.parquet"))[:1]
+    if first and TIME_COLUMN in pq.read_schema(first[0]).names:
+        cols.append(TIME_COLUMN)            # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
     train = load_rows(root, ("train",), ["item_key", "label"])
     sources = {
@@ -129,4 +161,10 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     rk.model.eval()
     rt.model.eval()
     contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources)
-    return write_bundle(out, contents, index_kind=index_kind, version=version)
+    if not is_uri(out):
+        return write_bundle(out, contents, index_kind=index_kind, version=version)
+    from widedeep.serve.bundle_uri import upload_bundle
+
+    with tempfile.TemporaryDirectory(prefix="widedeep-export-") as tmp:
+        upload_bundle(write_bundle(Path(tmp) / "bundle", contents, index_kind=index_kind, version=version), out)
+    return out

@@ -78,7 +78,8 @@ class AppArgs(_Strict):
     the edited config) swaps the model in place through ``reconfigure``, without a restart.
     """
 
-    bundle: str = Field(description="serving bundle directory (widedeep export)")
+    bundle: str = Field(description="serving bundle (widedeep export): a directory readable on every node, or a "
+                        "URI (s3://, gs://, file://, ...) that each node copies to a local cache and verifies")
     candidates: int = Field(500, ge=1, le=100_000, description="N: candidates retrieved and ranked per request")
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
