@@ -54,6 +54,9 @@ class TwoTowerConfig:
             and the ranker the label given engagement).
         rerank_blend: weight of the retrieval logit (cosine / temperature) added to the ranker's
             log-probability when re-ranking (0 = the ranker alone orders the candidates).
+        history: pool (mean) the ids of up to this many of the user's latest positive items into
+            the user tower (``widedeep.retrieval.history``; 0 = off). Needs the spec's item key
+            to be a categorical feature.
     """
 
     embedding_dim: int = 64
@@ -67,6 +70,7 @@ class TwoTowerConfig:
     candidates: int = 100
     rerank_blend: float = 1.0
     train_on: Literal["positives", "all"] = "positives"
+    history: int = 0
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "output_dim", "candidates"):
@@ -80,6 +84,8 @@ class TwoTowerConfig:
             raise ConfigError(f"task_config.random_negatives: must be >= 0, got {self.random_negatives}")
         if self.rerank_blend < 0:
             raise ConfigError(f"task_config.rerank_blend: must be >= 0, got {self.rerank_blend}")
+        if self.history < 0:
+            raise ConfigError(f"task_config.history: must be >= 0 (0 = off), got {self.history}")
         if self.init_scale < 0:
             raise ConfigError(f"task_config.init_scale: must be >= 0, got {self.init_scale}")
 
@@ -97,16 +103,21 @@ class TowerFeatures:
         return [t[0] for t in self.tables] + list(self.dense)
 
 
-def tower_features(fs: Any, sides: tuple[str, ...], name: str) -> TowerFeatures:
+def tower_features(fs: Any, sides: tuple[str, ...], name: str, history: int = 0) -> TowerFeatures:
     """The id columns (one table per feature column, deep tables first) and numerics of ``sides``.
 
     A feature that only feeds the ranker's wide side still gets an embedding table here: the
     retriever has no wide part, and dropping e.g. a wide-only item id would blind the tower.
+    ``history > 0`` adds the mean-pooled ``__history__`` table (ids of the item-key feature).
     """
     seen: dict[str, tuple[str, int, str, bool]] = {}
     for t in list(fs.deep_tables) + list(fs.wide_tables):
         if t.side in sides and t.column not in seen:
             seen[t.column] = (t.column, int(t.num_rows), t.pooling, bool(t.multivalent))
+    if history > 0:
+        from widedeep.retrieval.history import HISTORY_COLUMN, history_source
+
+        seen[HISTORY_COLUMN] = (HISTORY_COLUMN, history_source(fs)[1], "mean", True)
     dense = tuple(c for c in fs.dense_columns if fs.feature_side(c) in sides)
     if not seen and not dense:
         raise ConfigError(f"two-tower: the FeatureSpace has no {'/'.join(sides)} features for the {name} tower "
@@ -186,7 +197,7 @@ class TwoTower(nn.Module):
     def __init__(self, fs: Any, cfg: TwoTowerConfig, optimizer: Any, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.user_features = tower_features(fs, USER_SIDES, "user")
+        self.user_features = tower_features(fs, USER_SIDES, "user", cfg.history)
         self.item_features = tower_features(fs, ITEM_SIDES, "item")
         self.user_tower = Tower(self.user_features, cfg, optimizer, seed=seed)
         self.item_tower = Tower(self.item_features, cfg, optimizer, seed=seed + 1000)

@@ -71,7 +71,17 @@ def required_columns(fs: Any, cfg: Any) -> list[str]:
         from widedeep.errors import ConfigError
 
         raise ConfigError("task: retrieval needs a FeatureSpace with an item_key (declare item_key in the spec)")
-    cols = tower_features(fs, USER_SIDES, "user").columns + [fs.item_key, "label"]
+    tcfg = retrieval_config(cfg)
+    if tcfg.history and not fs.user_key:
+        from widedeep.errors import ConfigError
+
+        raise ConfigError("task_config.history: needs a FeatureSpace with a user_key (histories are per user)")
+    from widedeep.retrieval.history import HISTORY_COLUMN, history_source
+
+    cols = [c for c in tower_features(fs, USER_SIDES, "user", tcfg.history).columns if c != HISTORY_COLUMN]
+    cols += [fs.item_key, "label"]
+    if tcfg.history:
+        cols += ["user_key", history_source(fs)[0], *_time_column(cfg)]
     return list(dict.fromkeys(cols))
 
 
@@ -82,6 +92,7 @@ class _TrainState:
     catalog: Any
     counts: torch.Tensor        # float64 [n_items] training positives + 1
     rng: np.random.Generator
+    histories: Any = None       # widedeep.retrieval.history.Histories of the train split (task_config.history)
 
 
 def _state(fs: Any, cfg: Any) -> _TrainState:
@@ -99,8 +110,36 @@ def _state(fs: Any, cfg: Any) -> _TrainState:
             pos = t.column(fs.item_key)
             rows = catalog.rows(pos)
             counts = np.bincount(rows[rows >= 0], minlength=catalog.n_items).astype(np.float64) + 1.0
-            st = _STATES[key] = _TrainState(catalog, torch.from_numpy(counts), np.random.default_rng(cfg.seed))
+            histories = None
+            if retrieval_config(cfg).history > 0:
+                histories = _train_histories(fs, root)
+            st = _STATES[key] = _TrainState(catalog, torch.from_numpy(counts), np.random.default_rng(cfg.seed), histories)
         return st
+
+
+def _time_column(cfg: Any) -> list[str]:
+    """``["timestamp"]`` when the prepared train split keeps it (time splits), else ``[]``."""
+    import pyarrow.parquet as pq
+
+    from widedeep.retrieval.history import TIME_COLUMN
+
+    data = cfg.get("data") if isinstance(cfg, dict) else cfg.data
+    first = next(iter(sorted((Path(str(data)) / "train").glob("*.parquet"))), None)
+    return [TIME_COLUMN] if first is not None and TIME_COLUMN in pq.read_schema(first).names else []
+
+
+def _train_histories(fs: Any, root: Path) -> Any:
+    """Every user's positive items of the train split (the user tower's history input)."""
+    import pyarrow.parquet as pq
+
+    from widedeep.retrieval.data import load_rows
+    from widedeep.retrieval.history import Histories, history_columns, history_source
+
+    id_col = history_source(fs)[0]
+    first = next(iter(sorted((root / "train").glob("*.parquet"))), None)
+    names = pq.read_schema(first).names if first is not None else []
+    t = load_rows(root, ("train",), history_columns(names, id_col))
+    return Histories.from_rows(t, "user_key", id_col)
 
 
 @dataclass
@@ -142,7 +181,13 @@ def collate(table: pa.Table, fs: Any, cfg: Any) -> RetrievalBatch:
         neg = st.rng.integers(0, st.catalog.n_items, size=tcfg.random_negatives) if tcfg.random_negatives else np.zeros(0, np.int64)
     ids = np.concatenate([rows, neg]).astype(np.int64)
     item_tab = st.catalog.table.take(pa.array(ids))
-    user_feats = tower_features(fs, USER_SIDES, "user")
+    user_feats = tower_features(fs, USER_SIDES, "user", tcfg.history)
+    if tcfg.history:
+        from widedeep.retrieval.history import TIME_COLUMN, history_source, with_history
+
+        own = np.asarray(pos.column(history_source(fs)[0]).to_numpy(), dtype=np.int64)
+        before = np.asarray(pos.column(TIME_COLUMN).to_numpy(), dtype=np.int64) if TIME_COLUMN in pos.column_names else None
+        pos = with_history(pos, st.histories, pos.column("user_key"), tcfg.history, leave_out=own, before=before)
     item_feats = tower_features(fs, ITEM_SIDES, "item")
     ids_t = torch.from_numpy(ids)
     log_q = log_expected_counts(st.counts, max(len(rows), 1), tcfg.random_negatives, st.catalog.n_items)[ids_t]

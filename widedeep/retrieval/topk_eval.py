@@ -95,11 +95,30 @@ class EvalData:
             raise DataError(f"{self.split_dir}: no user has a positive (label == 1) row to evaluate")
 
 
+def user_rows(model: Any, data: EvalData) -> pa.Table:
+    """The evaluated users' tower inputs: their features, plus their train-split history when the
+    retriever pools one (``task_config.history``)."""
+    from widedeep.retrieval.history import HISTORY_COLUMN, Histories, history_columns, history_source
+
+    m = getattr(model, "module", model)
+    if HISTORY_COLUMN not in m.user_features.columns:
+        return data.user_table
+    import pyarrow.parquet as pq
+
+    id_col = history_source(data.fs)[0]
+    first = sorted((data.root / "train").glob("*.parquet"))[0]
+    train = read_split(data.root / "train", history_columns(pq.read_schema(first).names, id_col))
+    hist = Histories.from_rows(train, "user_key", id_col)
+    from widedeep.retrieval.history import with_history
+
+    return with_history(data.user_table, hist, data.users, m.cfg.history)
+
+
 def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows [U, n], scores [U, n], item_vectors)`` of the two-tower retriever for every user."""
     t0 = time.monotonic()
     item_vecs = embed(model, "item", data.catalog.table)
-    user_vecs = embed(model, "user", data.user_table)
+    user_vecs = embed(model, "user", user_rows(model, data))
     popularity = np.bincount(data.train_pos.indices, minlength=data.catalog.n_items).astype(np.float32)
     gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
     rows, scores = gen.candidates_batch(user_vecs, n, data.exclude)

@@ -95,20 +95,35 @@ class RankingTask:
 
     def required_columns(self, fs: Any, cfg: Any) -> list[str]:
         from widedeep.data.collate import Collator
+        from widedeep.train.negatives import extra_columns, ranking_config
 
-        return Collator(fs).columns()
+        cols = Collator(fs).columns()
+        if ranking_config(cfg).sampled_negatives:
+            cols = list(dict.fromkeys([*cols, *extra_columns(fs), "label"]))
+        return cols
 
     def build_model(self, fs: Any, cfg: Any) -> nn.Module:
         from widedeep.model.wide_deep import WideAndDeep
+        from widedeep.train.negatives import ranking_config
 
+        ranking_config(cfg)  # a typo in task_config fails before training starts
         return WideAndDeep(fs, cfg.model, cfg.optim, seed=cfg.seed)
 
     def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
         from widedeep.data.collate import Collator
 
+        from widedeep.train.negatives import ranking_config, sampler_for
+
         c = self._collators.get(id(fs))
         if c is None:
             c = self._collators[id(fs)] = Collator(fs)
+        k = ranking_config(cfg).sampled_negatives
+        if k:
+            import pyarrow as pa
+
+            if not isinstance(table, pa.Table):
+                table = pa.table(dict(table))
+            table = sampler_for(fs, cfg).add(table, k, cfg.seed)
         return c(table)
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
