@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from widedeep.errors import DataError, ServingError
+from widedeep.retrieval.history import HISTORY_COLUMN
 from widedeep.serve.bundle import ServingBundle
 from widedeep.serve.scoring import QUERY_SIDES, QueryPart
 
@@ -100,6 +101,7 @@ class RecommendPipeline:
         self.pair_space = _sub_space(fs, base + pair) if pair else None
         self.pair_names = [f.name for f in pair]
         self.pair_inputs = sorted({i for f in pair for i in f.inputs})
+        self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()
         self._spaces: dict[frozenset[str], Any] = {}
         self._transformed: dict[tuple[Any, ...], tuple[pa.Table, Any]] = {}
         self.item_columns = bundle.ranker.candidate_columns()
@@ -192,9 +194,19 @@ class RecommendPipeline:
             row = self.query_cross_space.add_crosses(row)
         part = b.ranker.query_part(row)
         placeable = urow is not None or given_user
-        vector = b.user_tower.embed(row)[0] if placeable else None
+        vector = b.user_tower.embed(self._tower_row(row, urow))[0] if placeable else None
         oov = {name: (info.oov.get(name, 0), n) for name, n in info.values.items()}
         return Query(key_s, urow is not None, row, part, vector, oov)
+
+    def _tower_row(self, row: pa.Table, urow: int | None) -> pa.Table:
+        """The user tower's input: the query row, plus the user's history from the bundle when the
+        tower pools one (an unknown user has none: an empty bag pools to zeros)."""
+        if not self.tower_history:
+            return row
+        users = self.bundle.users
+        if urow is not None and users is not None and HISTORY_COLUMN in users.column_names:
+            return row.append_column(HISTORY_COLUMN, users.column(HISTORY_COLUMN).slice(urow, 1))
+        return row.append_column(HISTORY_COLUMN, pa.array([[]], pa.list_(pa.int64())))
 
     # -- retrieve ------------------------------------------------------------------------------
     def exclude_rows(self, item_ids: Sequence[Any]) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from widedeep.errors import CheckpointError
 from widedeep.features import TableInfo
+from widedeep.retrieval.history import HISTORY_COLUMN
 from widedeep.serve.scoring import _pool
 
 TOWER_FORMAT = "widedeep.user_tower/1"
@@ -58,7 +59,8 @@ def extract_user_tower(model: Any, fs: Any) -> tuple[TowerSpec, dict[str, torch.
         w = tower.tbe.table_weight(i).detach().clone()
         tensors[f"table.{i}"] = w
         tables.append(TableInfo(f"user/{column}", column, int(num_rows), int(w.shape[1]),
-                                pooling if pooling in ("sum", "mean") else "sum", bool(multi), fs.feature_side(column)))
+                                pooling if pooling in ("sum", "mean") else "sum", bool(multi),
+                                "user" if column == HISTORY_COLUMN else fs.feature_side(column)))
     linears = [x for x in tower.mlp if isinstance(x, torch.nn.Linear)]
     for j, lin in enumerate(linears):
         tensors[f"mlp.{j}.weight"] = lin.weight.detach().clone()
