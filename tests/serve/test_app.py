@@ -241,6 +241,9 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
         assert str(bad / "ranker.safetensors") in err["error"] and "does not match" in err["error"], err
         assert err["at"]  # an ISO timestamp
         assert serve.status().applications["swap"].status == "RUNNING"
+        failures = "ray_widedeep_serve_model_load_failures_total"
+        got = _scrape_until({failures: lambda s: _total(s, deployment="Ingress") >= 1}, "swap")
+        assert _total(got[failures]) == 1
 
         uri = bundles[1].resolve().as_uri()  # a good bundle, at a URI: swapped, error cleared
         _deploy_config("swap", "/swap", bundles[0], uri, cache)
@@ -251,6 +254,75 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
         assert m["bundle"] == uri and m["bundle_local_path"].startswith(str(cache))
     finally:
         serve.delete("swap")
+
+
+def _metrics_port() -> int:
+    """The node's Prometheus export port (what Prometheus scrapes; see ``ray.nodes()``)."""
+    import ray
+
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    return int(node["MetricsExportPort"])
+
+
+def _scrape_until(wanted: dict[str, object], app: str, timeout_s: float = 60.0) -> dict[str, list]:
+    """Poll the endpoint until every ``wanted[name](samples of name in app)`` holds.
+
+    Ray exports metrics every few seconds (``metrics_report_interval_ms``), so the first scrapes
+    may not have them yet. Returns ``{sample name: [(labels, value), ...]}`` of the last scrape.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{_metrics_port()}/metrics"
+    deadline = time.time() + timeout_s
+    while True:
+        samples: dict[str, list] = {}
+        text = httpx.get(url, timeout=10).text
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.labels.get("application") == app:
+                    samples.setdefault(smp.name, []).append((smp.labels, smp.value))
+        missing = [n for n, ok in wanted.items() if not ok(samples.get(n, []))]
+        if not missing:
+            return samples
+        if time.time() > deadline:
+            present = sorted(n for n in samples if "widedeep" in n or n.startswith("ray_serve_num_http"))
+            raise AssertionError(f"{url}: after {timeout_s:.0f}s still missing or short: {missing}; "
+                                 f"present for app {app!r}: {present}")
+        time.sleep(2.0)
+
+
+def _total(samples: list, **labels: str) -> float:
+    return sum(v for lab, v in samples if all(lab.get(k) == x for k, x in labels.items()))
+
+
+def test_custom_metrics_reach_rays_prometheus_endpoint(serve_app):
+    """Our metrics appear beside Serve's own on the endpoint Prometheus scrapes, with their tags."""
+    n = 6
+    for i in range(n):
+        r = serve_app.post("/v1/recommend", json={"user": {"user_id": f"u{i}", "country": "atlantis"},
+                                                  "context": {"device": "ios"}})
+        assert r.status_code == 200
+    assert serve_app.post("/v1/rank", json={"user": {"user_id": "u1"}, "items": ["i1", "i2"]}).status_code == 200
+    rank = "ray_widedeep_serve_stage_latency_ms_count"
+    wanted = {
+        rank: lambda s: _total(s, stage="rank", deployment="Ingress") >= n + 1,
+        "ray_widedeep_serve_stage_latency_ms_bucket": lambda s: _total(s, stage="retrieve", le="+Inf") >= n,
+        "ray_widedeep_serve_candidates_count": lambda s: _total(s) >= n,
+        "ray_widedeep_serve_feature_ids_total": lambda s: _total(s, feature="country") >= n,
+        "ray_widedeep_serve_feature_oov_total": lambda s: _total(s, feature="country") >= n,
+        "ray_serve_num_http_requests_total": lambda s: (_total(s, route="/v1/recommend", status_code="200") >= n
+                                                        and _total(s, route="/v1/rank", status_code="200") >= 1),
+    }
+    got = _scrape_until(wanted, "rec")
+    buckets = [(lab, v) for lab, v in got["ray_widedeep_serve_stage_latency_ms_bucket"] if lab["stage"] == "rank"]
+    assert {lab["le"] for lab, _ in buckets} >= {"0.25", "1.0", "1000.0", "+Inf"}
+    assert _total(buckets, le="+Inf") == _total(got[rank], stage="rank")
+    assert _total(got["ray_widedeep_serve_stage_latency_ms_sum"], stage="rank") > 0
+    assert {lab["stage"] for lab, _ in got[rank]} == {"prepare", "retrieve", "rank"}
+    # the OOV counter carries the feature tag: "atlantis" is OOV, a known device is not
+    oov = got["ray_widedeep_serve_feature_oov_total"]
+    assert _total(oov, feature="device") <= _total(got["ray_widedeep_serve_feature_ids_total"], feature="device")
+    assert all(lab.get("feature") and lab.get("deployment") == "Ingress" and lab.get("replica") for lab, _ in oov)
 
 
 def _replicas(app: str, deployment: str) -> int:

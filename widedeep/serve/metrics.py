@@ -6,6 +6,24 @@
   ids transformed from requests and how many were out of vocabulary; the OOV rate per feature is
   their ratio (``rate(oov) / rate(ids)`` in PromQL). The replica also keeps the running totals
   so ``GET /v1/model`` can show its OOV rates without a Prometheus server.
+- ``widedeep_serve_model_load_failures_total``: bundles that failed to load while the replica
+  kept serving its current version (``GET /v1/model`` shows the last one as ``last_load_error``).
+
+Exported names (Ray prefixes ``ray_``; every node serves them at
+``http://<node>:<MetricsExportPort>/metrics``, the port is in ``ray.nodes()`` and in
+``/tmp/ray/prom_metrics_service_discovery.json``; checked by
+``tests/serve/test_app.py::test_custom_metrics_reach_rays_prometheus_endpoint``)::
+
+    ray_widedeep_serve_stage_latency_ms_bucket{stage="rank",le="5.0",...}   also _count, _sum
+    ray_widedeep_serve_candidates_bucket{le="500.0",...}                    also _count, _sum
+    ray_widedeep_serve_feature_ids_total{feature="country",...}
+    ray_widedeep_serve_feature_oov_total{feature="country",...}
+    ray_widedeep_serve_model_load_failures_total{...}
+
+Serve adds ``application``, ``deployment`` and ``replica`` tags to each, and its own metrics sit
+beside them, e.g. ``ray_serve_num_http_requests_total{application, route="/v1/recommend",
+method, status_code}`` and ``ray_serve_deployment_request_counter_total``. Ray exports about
+every 10 s (``metrics_report_interval_ms``), so a fresh observation takes that long to appear.
 
 Created inside replicas (never at import): a metric object registers with the Ray worker.
 """
