@@ -26,12 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from widedeep.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CACHE_ENV = "WIDEDEEP_BUNDLE_CACHE"
+_FS_ERRORS = (OSError, pa.ArrowException)  # what pyarrow.fs raises: missing files, bad URIs, no credentials
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:
@@ -55,7 +58,7 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-    except Exception as e:
+    except _FS_ERRORS as e:
         raise CheckpointError(f"{uri}: cannot open this URI ({_short(e)}); a bundle is a local directory or a URI "
                               "that pyarrow.fs understands (file://, s3://, gs://, hdfs://, ...)") from None
     return fs, path.rstrip("/")
@@ -70,7 +73,7 @@ def read_manifest_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise CheckpointError(f"{uri}: not a serving bundle (no manifest.json there); "
                               "build one with `widedeep export`") from None
-    except Exception as e:
+    except _FS_ERRORS as e:
         raise CheckpointError(f"{uri}: cannot read manifest.json ({_short(e)})") from None
 
 
@@ -98,7 +101,7 @@ def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
     try:
         try:
             pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        except Exception as e:
+        except _FS_ERRORS as e:
             raise CheckpointError(f"{uri}: copying the bundle to {tmp} failed ({_short(e)})") from None
         # the manifest that was read and hashed, even if the URI was rewritten meanwhile
         (tmp / "manifest.json").write_bytes(raw)
@@ -131,7 +134,7 @@ def check_upload_target(uri: str) -> None:
             raise CheckpointError(f"{uri}: exists and is not empty; choose a new --out")
     except CheckpointError:
         raise
-    except Exception as e:
+    except _FS_ERRORS as e:
         raise CheckpointError(f"{uri}: cannot check the destination ({_short(e)})") from None
 
 
@@ -150,7 +153,7 @@ def upload_bundle(local: Path, uri: str) -> None:
             pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
             pafs.copy_files(str(manifest), f"{root}/manifest.json", source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=fs)
-        except Exception as e:
+        except _FS_ERRORS as e:
             raise CheckpointError(f"{uri}: uploading the bundle from {local} failed ({_short(e)})") from None
         finally:
             shutil.move(str(manifest), local / "manifest.json")

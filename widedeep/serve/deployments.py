@@ -64,7 +64,7 @@ class ModelSlot:
         """Serve the bundle at ``path`` (a directory or URI, see ``load_bundle``); ``reconfigure`` calls it."""
         try:
             return await self._load(path)
-        except Exception as e:
+        except Exception as e:  # whatever breaks a load must not take a serving replica down
             if self.current is None:
                 raise  # replica start: nothing to fall back to, Serve must see the failure
             self.last_load_error = {"bundle": str(path), "error": f"{type(e).__name__}: {e}",
@@ -109,7 +109,7 @@ class ModelSlot:
             return p
         try:
             return await self._load(path)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported to the request as a 503 naming the version
             raise ServingError(f"model {version} ({path}) could not be loaded: {type(e).__name__}: {e}") from None
 
     def info(self) -> dict[str, Any]:
