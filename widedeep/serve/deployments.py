@@ -109,7 +109,7 @@ class ModelSlot:
             return p
         try:
             return await self._load(path)
-        except Exception as e:  # noqa: BLE001 - reported to the request as a 503 naming the version
+        except Exception as e:  # noqa: BLE001 - the request fails with an error naming the version
             raise ServingError(f"model {version} ({path}) could not be loaded: {type(e).__name__}: {e}") from None
 
     def info(self) -> dict[str, Any]:
