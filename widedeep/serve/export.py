@@ -79,12 +79,16 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
     item_cols = _side_base_columns(fs, "item")
     item_keys, item_rows = first_by_key(rows.select(["item_key", *item_cols]), "item_key")
     items = item_rows.drop_columns(["item_key"])
-    vectors = embed(retriever, "item", items)
     pos = positives if positives is not None else rows
     if "label" in pos.column_names:
         pos = pos.filter(pc.greater(pos.column("label"), 0.5))
     r = key_rows(pos.column("item_key"), item_keys)
     popularity = np.bincount(r[r >= 0], minlength=len(item_keys)).astype(np.float32)
+    from widedeep.model.two_tower import search_vectors
+
+    # with a popularity prior the item vectors carry it (the same training counts as evaluation)
+    vectors = search_vectors(getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items),
+                             popularity)
     users = seen = None
     if fs.user_key and "user_key" in rows.column_names:
         ucols = _user_base_columns(fs)

@@ -34,7 +34,8 @@ class TowerSpec:
     tables: list[TableInfo]
     dense: list[str]
     n_linear: int
-    output_dim: int
+    output_dim: int             # of the search vector (the MLP's output, + 1 with append_one)
+    append_one: bool = False    # a popularity prior is folded into the item vectors: user vectors end with a 1
 
     def to_json(self) -> str:
         return json.dumps({"format": TOWER_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
@@ -65,7 +66,8 @@ def extract_user_tower(model: Any, fs: Any) -> tuple[TowerSpec, dict[str, torch.
     for j, lin in enumerate(linears):
         tensors[f"mlp.{j}.weight"] = lin.weight.detach().clone()
         tensors[f"mlp.{j}.bias"] = lin.bias.detach().clone()
-    spec = TowerSpec(str(fs.content_hash), tables, list(feats.dense), len(linears), int(linears[-1].out_features))
+    one = bool(m.cfg.popularity_prior)     # see TwoTowerConfig.popularity_prior / search_vectors
+    spec = TowerSpec(str(fs.content_hash), tables, list(feats.dense), len(linears), int(linears[-1].out_features) + one, one)
     return spec, {k: v.contiguous() for k, v in tensors.items()}
 
 
@@ -109,4 +111,7 @@ class UserTower:
             h = F.linear(h, self.t[f"mlp.{j}.weight"], self.t[f"mlp.{j}.bias"])
             if j < self.spec.n_linear - 1:
                 h = torch.relu(h)
-        return F.normalize(h, dim=1).numpy()
+        h = F.normalize(h, dim=1)
+        if self.spec.append_one:
+            h = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype)], dim=1)
+        return h.numpy()

@@ -45,11 +45,23 @@ def count_rows(path: str) -> int:
         raise DataError(f"{path}: cannot read prepared Parquet shards: {e}") from e
 
 
-def _permute_rows(table: Any) -> Any:
-    """Ray Data UDF: shuffle the rows of a window (cheap, streaming; file order is shuffled too)."""
-    import numpy as np
+def _permute_rows(table: Any, seed: int = 0) -> Any:
+    """Ray Data UDF: shuffle the rows of a window (cheap, streaming; file order is shuffled too).
 
-    return table.take(np.random.default_rng().permutation(table.num_rows))
+    The permutation is seeded by the job's seed and the window's content, so a run is
+    reproducible (the file order, reshuffled every epoch by ``FileShuffleConfig``, makes the
+    windows differ between epochs)."""
+    import zlib
+
+    import numpy as np
+    import pyarrow as pa
+
+    h = 0
+    for name in table.column_names[:2]:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            h = zlib.crc32(np.asarray(col.to_numpy(zero_copy_only=False)).tobytes(), h)
+    return table.take(np.random.default_rng([seed, h, table.num_rows]).permutation(table.num_rows))
 
 
 def build_dataset(cfg: TrainConfig, split: str, columns: list[str], *, train: bool) -> Any:
@@ -61,7 +73,8 @@ def build_dataset(cfg: TrainConfig, split: str, columns: list[str], *, train: bo
     if columns:
         ds = ds.select_columns(columns)
     if train and cfg.shuffle == "batches":
-        ds = ds.map_batches(_permute_rows, batch_format="pyarrow", batch_size=cfg.shuffle_window)
+        ds = ds.map_batches(_permute_rows, batch_format="pyarrow", batch_size=cfg.shuffle_window,
+                            fn_kwargs={"seed": cfg.seed})
     return ds
 
 
