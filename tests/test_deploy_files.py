@@ -59,3 +59,19 @@ def test_rayservice_embeds_the_checked_in_serve_config():
         module, attr = app["import_path"].split(":")
         assert callable(getattr(importlib.import_module(module), attr))
     assert svc["spec"]["rayClusterConfig"]["rayVersion"] == importlib.import_module("ray").__version__
+
+
+def test_clusters_get_the_serve_throughput_settings_local_ray_gets():
+    """cluster.yaml's `ray start` commands and the Docker image (KubeRay) carry exactly
+    ``widedeep.ray_runtime.SERVE_ENV``: the serving benchmark's settings are what clusters run."""
+    from widedeep.ray_runtime import SERVE_ENV
+
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cluster[key] if "ray start" in c]
+        assert len(start) == 1, cluster[key]
+        env = dict(re.findall(r"\b(RAY_SERVE_\w+)=(\S+)", start[0]))
+        assert env == SERVE_ENV, f"cluster.yaml {key}: {env}"
+    text = (ROOT / "platform/docker/Dockerfile").read_text()
+    env = dict(re.findall(r"\b(RAY_SERVE_\w+)=(\S+?)(?:\s|\\|$)", text))
+    assert env == SERVE_ENV, f"Dockerfile: {env}"

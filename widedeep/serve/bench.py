@@ -182,6 +182,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
              out["inprocess_rank"]["p50_ms"])
 
     ensure_ray()
+    from widedeep.ray_runtime import SERVE_ENV
+
+    # what the Serve processes run with (a local Ray gets SERVE_ENV unless the caller set them)
+    out["machine"]["serve_env"] = {k: os.environ.get(k) for k in SERVE_ENV}
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     try:
         args = {"bundle": bundle, "candidates": cfg.candidates, "default_k": cfg.k,
