@@ -20,11 +20,14 @@ from widedeep.model.wide_deep import ModelConfig, OptimConfig
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     """Stop when the validation ``metric`` has not improved for ``patience`` epochs; the
-    run's result is the best epoch's checkpoint either way (restore-best)."""
+    run's result is the best epoch's checkpoint either way (restore-best). ``metric`` (and
+    ``mode``) default to the task's own (ranking: auc / rmse, retrieval: hit@50); any metric the
+    task reports on the valid split may be named (a name it does not report fails the run at the
+    first validation, listing the ones it does)."""
 
     enabled: bool = True
-    metric: str = "auc"
-    mode: Literal["max", "min"] = "max"
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
     patience: int = 2
     min_delta: float = 0.0
 

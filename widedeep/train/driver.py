@@ -217,8 +217,8 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         "num_workers": cfg.num_workers,
         "history": history,
     }
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in ("auc", "logloss", "accuracy", "calibration", "rmse")
-                      if isinstance(summary.get(k), float))
+    keys = dict.fromkeys([summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"])
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
     log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
     if metrics_out:
         Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from widedeep.errors import ConfigError
 from widedeep.train.config import TrainConfig, config_from_dict
 from widedeep.train.schedule import lr_factor
 from widedeep.train.tasks import batch_size_of, batch_to, get_task, unwrap
@@ -71,6 +72,19 @@ def log(msg: str) -> None:
     to its logger as well, and the driver would show every line twice)."""
     sys.stderr.write(f"[widedeep train] {msg}\n")
     sys.stderr.flush()
+
+
+_LOWER_IS_BETTER = ("loss", "logloss", "rmse", "mae")
+
+
+def selection_metric(task: Any, fs: Any, cfg: Any) -> tuple[str, str]:
+    """``(metric, mode)`` that picks the best epoch: the config's ``early_stopping`` when it names
+    one, else the task's own."""
+    metric, mode = task.metric_for(fs)
+    es = cfg.early_stopping
+    if es.metric is None or es.metric == metric:
+        return metric, es.mode or mode
+    return es.metric, es.mode or ("min" if es.metric in _LOWER_IS_BETTER else "max")
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -168,7 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"])
     fs = FeatureSpace.from_json(loop_config["feature_space"])
     task = get_task(cfg.task)
-    metric, mode = task.metric_for(fs)
+    metric, mode = selection_metric(task, fs, cfg)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     distributed = world > 1 and dist.is_initialized()
@@ -350,6 +364,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steady = (state.samples - s_first) / (t_end - t_first) if t_first is not None and t_end > t_first else 0.0
         v0 = time.perf_counter()
         vm = validate()
+        if metric not in vm:
+            raise ConfigError(f"early_stopping.metric: {metric!r} is not a validation metric of task {cfg.task!r} "
+                              f"(it reports {sorted(vm)})")
         score = float(vm.get(metric, float("nan")))
         if better(score):
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
