@@ -61,8 +61,9 @@ def test_recommend_matches_in_process_pipeline(serve_app, reference):
     want = reference.recommend(body["user"], body["context"], k=7, n=50, exclude=body["exclude"])
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[1] for g in got] == pytest.approx([w[1] for w in want], rel=1e-5)
-    scores = [s for _, s in got]
-    assert scores == sorted(scores, reverse=True)
+    # the order is the offline evaluation's (ranker + retrieval blend, tested in test_history_serving);
+    # the scores are the ranker's probabilities
+    assert all(0.0 < s < 1.0 for _, s in got)
     seen = set(reference.bundle.item_keys[reference.bundle.seen["u3"]].tolist())
     assert not ({i for i, _ in got} & (seen | {"i5", "i9"}))
 

@@ -64,3 +64,44 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
     assert q2.vector is not None and np.isfinite(q2.vector).all()
     out = pipe.recommend({pipe.user_key_field: ukey}, {}, k=5, n=20)
     assert len(out) == 5
+
+
+def test_recommend_orders_like_offline_evaluation(tmp_path):
+    """/v1/recommend's order is ``final_scores`` (log sigmoid(ranker) + rerank_blend * retrieval logit),
+    the function ``evaluate --task topk`` re-ranks with; the scores shown stay the ranker's."""
+    from widedeep.features import FeatureSpace
+    from widedeep.kernels import OptimizerConfig
+    from widedeep.model.two_tower import TwoTower, TwoTowerConfig
+    from widedeep.model.wide_deep import WideAndDeep
+    from widedeep.retrieval.candidates import final_scores
+    from widedeep.retrieval.data import load_rows
+    from widedeep.serve.bundle import load_bundle, write_bundle
+    from widedeep.serve.export import bundle_contents
+    from widedeep.serve.pipeline import RecommendPipeline
+
+    torch.manual_seed(1)
+    root = synth.prepare(tmp_path / "d", n_users=30, n_items=80, rows_per_user=12)
+    fs = FeatureSpace.load(root)
+    rows = load_rows(root, ("train", "valid", "test"), ["user_key", "item_key", "label", "user_id", "country",
+                                                        "app_id", "category"])
+    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, init_scale=0.5, temperature=0.2,
+                                            rerank_blend=3.0), OptimizerConfig("rowwise_adagrad", lr=0.1)).eval()
+    ranker = WideAndDeep(fs).eval()
+    with torch.no_grad():                         # a ranker whose order disagrees with retrieval's
+        for p in ranker.parameters():
+            p.normal_(0, 0.5)
+    pipe = RecommendPipeline(load_bundle(write_bundle(tmp_path / "b", bundle_contents(fs, ranker, retriever, rows),
+                                                      index_kind="exact")))
+    assert pipe.bundle.manifest["ordering"] == {"rerank_blend": 3.0, "temperature": 0.2}
+    ukey = rows.column("user_key")[0].as_py()
+    q = pipe.prepare({pipe.user_key_field: ukey}, {})
+    ((cand, retrieval),) = pipe.retrieve_scored([q], 40, [None])
+    (logits,) = pipe.score([(q.part, q.row, cand)])
+    want = cand[np.argsort(-final_scores(logits, retrieval, 3.0), kind="stable")[:10]]
+    got = pipe.recommend({pipe.user_key_field: ukey}, {}, k=10, n=40)
+    assert [k for k, _ in got] == list(pipe.bundle.item_keys[want])
+    ranker_only = cand[np.argsort(-logits, kind="stable")[:10]]
+    assert list(want) != list(ranker_only)        # the blend changed the list: the check above had teeth
+    # the scores shown are the ranker's probabilities of those items
+    by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist()))
+    np.testing.assert_allclose([s for _, s in got], [by_row[int(r)] for r in want], rtol=1e-6)

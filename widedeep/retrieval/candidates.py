@@ -160,3 +160,19 @@ class CandidateGenerator:
         rows, scores = self.candidates_batch(vec, n, ex, cold=np.array([vec is None]))
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
+
+
+def final_scores(ranker_logits: np.ndarray, retrieval_logits: np.ndarray | None, blend: float) -> np.ndarray:
+    """The order of a re-ranked list, offline (``evaluate --task topk``) and online alike:
+    ``log sigmoid(ranker logit) + blend * retrieval logit`` (retrieval logit = search score /
+    temperature). ``blend = 0`` or no retrieval logits (a cold user's popularity candidates, or
+    caller-given items) orders by the ranker alone.
+
+    Why the blend: a ranker trained on logged rows models P(label | logged); whether the user
+    engages with an item at all is what the retriever learned, so a re-ranked list keeps part of
+    its score (``task_config.rerank_blend`` of the retriever).
+    """
+    s = -np.logaddexp(0.0, -np.asarray(ranker_logits, dtype=np.float64))           # log sigmoid
+    if blend and retrieval_logits is not None:
+        s = s + blend * np.asarray(retrieval_logits, dtype=np.float64)
+    return s

@@ -33,7 +33,7 @@ import torch
 
 from widedeep.errors import CheckpointError, DataError
 from widedeep.retrieval.baselines import ItemKNN, MostPopular
-from widedeep.retrieval.candidates import CandidateGenerator
+from widedeep.retrieval.candidates import CandidateGenerator, final_scores
 from widedeep.retrieval.data import SPLITS, Catalog, build_catalog, data_root, embed, first_by_key, interactions, load_rows, read_split, side_columns
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows
@@ -162,9 +162,7 @@ def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_lo
         with torch.no_grad():
             logits = ranker(collator(t)).float().numpy()
         s = np.full(c.shape, -np.inf, dtype=np.float64)
-        s[valid] = -np.logaddexp(0.0, -logits.astype(np.float64))          # log sigmoid
-        if blend and retrieval_logits is not None:
-            s[valid] += blend * retrieval_logits[lo:hi][valid]
+        s[valid] = final_scores(logits, None if retrieval_logits is None else retrieval_logits[lo:hi][valid], blend)
         order = np.argsort(-s, axis=1, kind="stable")
         out[lo:hi] = np.take_along_axis(c, order, 1)
         now = time.monotonic()

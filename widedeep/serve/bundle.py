@@ -81,6 +81,8 @@ class BundleContents:
         users: optional ``(user keys, user-side prepared columns)``.
         seen: optional ``(user keys, list of catalog rows per user)``.
         sources: provenance recorded in the manifest (checkpoint paths, epochs, metrics).
+        ordering: how ``/v1/recommend`` orders re-ranked candidates, the retriever's
+            ``rerank_blend`` and ``temperature`` (``widedeep.retrieval.candidates.final_scores``).
     """
 
     fs: Any
@@ -93,6 +95,7 @@ class BundleContents:
     users: tuple[np.ndarray, pa.Table] | None = None
     seen: tuple[np.ndarray, list[np.ndarray]] | None = None
     sources: dict[str, Any] = field(default_factory=dict)
+    ordering: dict[str, float] = field(default_factory=dict)   # {"rerank_blend", "temperature"} of the retriever
 
 
 def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None,
@@ -149,6 +152,7 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
                        "users_with_seen_items": len(keys)},
             "index": info,
             "sources": c.sources,
+            "ordering": c.ordering,
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

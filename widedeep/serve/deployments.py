@@ -141,8 +141,10 @@ class Retriever:
         self.slot.get()
 
     async def retrieve(self, user: dict[str, Any], context: dict[str, Any], n: int | None,
-                       exclude: list[Any]) -> tuple[str, str, pa.Table, np.ndarray]:
-        """``(version, bundle source, query row, int32 candidate rows)``; ``n=None``: no retrieval.
+                       exclude: list[Any]) -> tuple[str, str, pa.Table, np.ndarray, np.ndarray | None]:
+        """``(version, bundle source, query row, int32 candidate rows, their retrieval logits or
+        None)``; ``n=None``: no retrieval. The logits give the Ranker the offline order
+        (``RecommendPipeline.final_order``).
 
         The source is the path or URI the bundle was deployed as (not a node-local cached copy),
         so a Ranker on another node can load that version if it has not yet.
@@ -153,12 +155,12 @@ class Retriever:
         t1 = time.perf_counter()
         self.metrics.stage("prepare", (t1 - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
-        rows = np.zeros(0, dtype=np.int32)
+        rows, retrieval = np.zeros(0, dtype=np.int32), None
         if n is not None:
-            rows = pipe.retrieve(q, n, pipe.exclude_rows(exclude) if exclude else None)
+            ((rows, retrieval),) = pipe.retrieve_scored([q], n, [pipe.exclude_rows(exclude) if exclude else None])
             self.metrics.stage("retrieve", (time.perf_counter() - t1) * 1e3)
             self.metrics.retrieved(len(rows))
-        return pipe.version, pipe.bundle.source, q.row, rows
+        return pipe.version, pipe.bundle.source, q.row, rows, retrieval
 
 
 @serve.deployment(name="Ranker", **RANKER_OPTIONS)
@@ -186,15 +188,17 @@ class Ranker:
         return score_jobs(jobs)
 
     async def rank(self, version: str, path: str, row: pa.Table, rows: np.ndarray, k: int | None,
-                   item_ids: list[Any] | None = None) -> tuple[str, list[tuple[Any, float]]]:
-        """Top-``k`` of ``rows`` (``k=None``: every item, in order; ``item_ids`` given: their rows)."""
+                   item_ids: list[Any] | None = None, retrieval: np.ndarray | None = None
+                   ) -> tuple[str, list[tuple[Any, float]]]:
+        """Top-``k`` of ``rows`` (``k=None``: every item, in order; ``item_ids`` given: their rows),
+        ordered like offline evaluation when ``retrieval`` logits come with retrieved rows."""
         pipe = await self.slot.version(version, path)
         if item_ids is not None:
-            rows = pipe.item_rows(item_ids, "body.items")
+            rows, retrieval = pipe.item_rows(item_ids, "body.items"), None
         t0 = time.perf_counter()
         logits = await self._score((pipe, row, rows))
         self.metrics.stage("rank", (time.perf_counter() - t0) * 1e3)
-        return pipe.version, ranked(pipe, rows, logits, k)
+        return pipe.version, ranked(pipe, rows, logits, k, pipe.final_order(logits, retrieval))
 
     async def model_info(self) -> dict[str, Any]:
         return self.slot.info()
@@ -214,9 +218,12 @@ def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> li
     return out  # type: ignore[return-value]
 
 
-def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int | None) -> list[tuple[Any, float]]:
+def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int | None,
+           key: np.ndarray | None = None) -> list[tuple[Any, float]]:
+    """``k`` given: the top ``k`` by ``key`` (the final order; default the ranker's logits);
+    ``k=None`` (``/v1/rank``): every item in the given order with its ranker score."""
     if k is not None:
-        return pipe.top_k(rows, logits, k)
+        return pipe.top_k(rows, logits, k, key)
     keys = pipe.bundle.item_keys[rows]
     scores = pipe.bundle.ranker.predict(logits)
     return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores)]

@@ -102,8 +102,10 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
         seen = (user_keys, [np.unique(i[bounds[k]:bounds[k + 1]]) for k in range(len(user_keys))])
     log.info("export: %d items, %d users from %d prepared rows (%.1fs)", len(item_keys),
              0 if users is None else len(users[0]), rows.num_rows, time.monotonic() - t0)
+    rcfg = getattr(retriever, "module", retriever).cfg
+    ordering = {"rerank_blend": float(rcfg.rerank_blend), "temperature": float(rcfg.temperature)}
     return BundleContents(fs, extract_ranker(ranker, fs), extract_user_tower(retriever, fs), item_keys, items,
-                          vectors, popularity, users, seen, sources or {})
+                          vectors, popularity, users, seen, sources or {}, ordering)
 
 
 def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, data: str | None = None,

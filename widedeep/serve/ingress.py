@@ -232,21 +232,21 @@ class Ingress:
         self.metrics.stage("prepare", (time.perf_counter() - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
         ex = pipe.exclude_rows(exclude) if exclude else None
-        rows, logits, retrieve_ms, rank_ms = await self._batch((pipe, q, rows, ex))
+        rows, logits, key, retrieve_ms, rank_ms = await self._batch((pipe, q, rows, ex))
         if retrieve_ms is not None:
             self.metrics.stage("retrieve", retrieve_ms)
             self.metrics.retrieved(len(rows))
         self.metrics.stage("rank", rank_ms)
-        return pipe.version, ranked(pipe, rows, logits, k)
+        return pipe.version, ranked(pipe, rows, logits, k, key)
 
     async def _chain(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
                      ) -> tuple[str, list[tuple[Any, float]]]:
         from ray.serve.exceptions import BackPressureError
 
         try:
-            version, path, row, rows = await self.retriever.retrieve.remote(
+            version, path, row, rows, retrieval = await self.retriever.retrieve.remote(
                 user, context, None if items is not None else self.args.candidates, exclude)
-            return await self.ranker.rank.remote(version, path, row, rows, k, items)
+            return await self.ranker.rank.remote(version, path, row, rows, k, items, retrieval)
         except BackPressureError as e:
             raise ServingError(f"overloaded: {e}") from None
         except Exception as e:

@@ -102,6 +102,9 @@ class RecommendPipeline:
         self.pair_names = [f.name for f in pair]
         self.pair_inputs = sorted({i for f in pair for i in f.inputs})
         self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()
+        ordering = bundle.manifest.get("ordering") or {}
+        self.rerank_blend = float(ordering.get("rerank_blend", 0.0))      # older bundles: the ranker alone
+        self.temperature = float(ordering.get("temperature", 1.0))
         self._spaces: dict[frozenset[str], Any] = {}
         self._transformed: dict[tuple[Any, ...], tuple[pa.Table, Any]] = {}
         self.item_columns = bundle.ranker.candidate_columns()
@@ -220,6 +223,11 @@ class RecommendPipeline:
 
     def retrieve_many(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         """``retrieve`` for a batch: one index search for all users (the item matrix is read once)."""
+        return [rows for rows, _ in self.retrieve_scored(queries, n, excludes)]
+
+    def retrieve_scored(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]
+                        ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``(rows int32, retrieval logits or None for a cold user)`` per query (one index search)."""
         from widedeep.retrieval.interactions import CSR
 
         b = self.bundle
@@ -235,28 +243,45 @@ class RecommendPipeline:
         cold = np.array([q.vector is None for q in queries])
         dim = b.user_tower.spec.output_dim
         vecs = np.stack([np.zeros(dim, np.float32) if q.vector is None else q.vector for q in queries]).astype(np.float32)
-        rows, _ = b.generator.candidates_batch(None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)),
-                                               cold=cold)
-        return [r[r >= 0].astype(np.int32) for r in rows]
+        rows, scores = b.generator.candidates_batch(None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)),
+                                                    cold=cold)
+        out = []
+        for r, sc, c in zip(rows, scores, cold):
+            keep = r >= 0
+            out.append((r[keep].astype(np.int32), None if c else (sc[keep] / self.temperature).astype(np.float32)))
+        return out
+
+    def final_order(self, logits: np.ndarray, retrieval_logits: np.ndarray | None) -> np.ndarray | None:
+        """The re-ranked order's key (``final_scores``, as offline evaluation), None: the ranker alone."""
+        from widedeep.retrieval.candidates import final_scores
+
+        if not self.rerank_blend or retrieval_logits is None:
+            return None
+        return final_scores(logits, retrieval_logits, self.rerank_blend)
 
     def serve_batch(self, jobs: Sequence[tuple[Query, np.ndarray | None, np.ndarray | None]], n: int
-                    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
-        """Retrieve (jobs without rows) and score a batch of requests: ``([(rows, logits)], retrieve_ms, rank_ms)``.
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], float, float]:
+        """Retrieve (jobs without rows) and score a batch of requests:
+        ``([(rows, logits, order key or None)], retrieve_ms, rank_ms)``.
 
-        ``jobs``: ``(query, candidate rows or None to retrieve, excluded rows)``.
+        ``jobs``: ``(query, candidate rows or None to retrieve, excluded rows)``; retrieved jobs get
+        the offline evaluation's order key (``final_order``), caller-given rows the ranker's.
         """
         import time
 
         t0 = time.perf_counter()
         todo = [i for i, (_, rows, _) in enumerate(jobs) if rows is None]
         all_rows: list[np.ndarray | None] = [rows for _, rows, _ in jobs]
+        retrieval: list[np.ndarray | None] = [None] * len(jobs)
         if todo:
-            for i, rows in zip(todo, self.retrieve_many([jobs[i][0] for i in todo], n, [jobs[i][2] for i in todo])):
-                all_rows[i] = rows
+            scored = self.retrieve_scored([jobs[i][0] for i in todo], n, [jobs[i][2] for i in todo])
+            for i, (rows, rl) in zip(todo, scored):
+                all_rows[i], retrieval[i] = rows, rl
         t1 = time.perf_counter()
         logits = self.score([(q.part, q.row, r) for (q, _, _), r in zip(jobs, all_rows)])
+        keys = [self.final_order(lg, rl) for lg, rl in zip(logits, retrieval)]
         t2 = time.perf_counter()
-        return list(zip(all_rows, logits)), (t1 - t0) * 1e3, (t2 - t1) * 1e3  # type: ignore[arg-type]
+        return list(zip(all_rows, logits, keys)), (t1 - t0) * 1e3, (t2 - t1) * 1e3  # type: ignore[arg-type]
 
     # -- rank ----------------------------------------------------------------------------------
     def item_rows(self, item_ids: Sequence[Any], field: str = "items") -> np.ndarray:
@@ -295,8 +320,10 @@ class RecommendPipeline:
         tables = [self.candidate_table(row, rows) for _, row, rows in queries]
         return ranker.score([p for p, _, _ in queries], tables)
 
-    def top_k(self, rows: np.ndarray, logits: np.ndarray, k: int) -> list[tuple[Any, float]]:
-        order = np.argsort(-logits, kind="stable")[:k]
+    def top_k(self, rows: np.ndarray, logits: np.ndarray, k: int, key: np.ndarray | None = None) -> list[tuple[Any, float]]:
+        """The ``k`` best of ``rows`` by ``key`` (``final_order``; default the ranker's logits), each
+        with the ranker's score (probability for binary tasks)."""
+        order = np.argsort(-(logits if key is None else key), kind="stable")[:k]
         scores = self.bundle.ranker.predict(logits[order])
         keys = self.bundle.item_keys[rows[order]]
         return [(k_.item() if hasattr(k_, "item") else k_, float(s)) for k_, s in zip(keys, scores)]
@@ -305,9 +332,8 @@ class RecommendPipeline:
                   exclude: Sequence[Any] = ()) -> list[tuple[Any, float]]:
         """The whole request in one call (the in-process reference the benchmark times)."""
         q = self.prepare(user, context)
-        rows = self.retrieve(q, n, self.exclude_rows(exclude) if exclude else None)
-        (logits,) = self.score([(q.part, q.row, rows)])
-        return self.top_k(rows, logits, k)
+        ((rows, logits, key),), _, _ = self.serve_batch([(q, None, self.exclude_rows(exclude) if exclude else None)], n)
+        return self.top_k(rows, logits, k, key)
 
     def rank(self, user: Mapping[str, Any], context: Mapping[str, Any], items: Sequence[Any]) -> list[float]:
         q = self.prepare(user, context)

@@ -50,10 +50,15 @@ class RankRequest(_Strict):
 
 class ScoredItem(BaseModel):
     item_id: StrictStr | StrictInt
-    score: float
+    score: float = Field(description="the ranker's score of the item (a probability for binary tasks)")
 
 
 class RecommendResponse(BaseModel):
+    """``items`` in recommendation order: the retrieved candidates re-ranked by ``log sigmoid(ranker)
+    + rerank_blend * retrieval logit``, the order ``widedeep evaluate --task topk`` measures (the
+    retriever's ``rerank_blend``, in the bundle manifest's ``ordering``). With a blend the shown
+    ranker scores need not decrease down the list."""
+
     items: list[ScoredItem]
     model_version: str
 
