@@ -55,3 +55,33 @@ def test_movielens_layout_prepares_and_evaluates(tmp_path, ray_session):
     assert {"movie_id", "genres", "year_bucket"} <= set(data.catalog.table.column_names)
     b = baselines(data, 50)
     assert 0 < b["item_knn"]["recall@50"] <= 1 and np.isfinite(b["most_popular"]["ndcg@10"])
+
+
+def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
+    """Retrieval reads prepared data at URIs (shared storage on clusters): a ``file://`` URI gives
+    the same catalog, rows, histories and evaluation users as the local path; a bad URI is named."""
+    import pytest
+
+    from tests.retrieval import synth
+    from widedeep.errors import DataError
+    from widedeep.features import FeatureSpace
+    from widedeep.retrieval.data import build_catalog, data_root, read_split, split_columns
+    from widedeep.retrieval.task import _train_histories
+    from widedeep.retrieval.topk_eval import EvalData
+
+    root = synth.prepare(tmp_path / "d", n_users=30, n_items=40, rows_per_user=10)
+    uri = "file://" + str(root)
+    fs = FeatureSpace.load(uri)
+    assert str(data_root(uri + "/test")) == uri
+    assert split_columns(uri + "/train") == split_columns(root / "train")
+    assert read_split(uri + "/train", ["user_key", "label"]).equals(read_split(root / "train", ["user_key", "label"]))
+    a, b = build_catalog(fs, uri), build_catalog(fs, root)
+    assert list(a.keys) == list(b.keys) and a.table.equals(b.table)
+    ha, hb = _train_histories(fs, uri), _train_histories(fs, root)
+    assert list(ha.keys) == list(hb.keys) and (ha.ids == hb.ids).all()
+    ea, eb = EvalData(fs, uri + "/test"), EvalData(fs, str(root / "test"))
+    assert list(ea.users) == list(eb.users) and (ea.relevant.indices == eb.relevant.indices).all()
+    with pytest.raises(DataError, match="nosuchscheme://x"):
+        read_split("nosuchscheme://x/train", ["label"])
+    with pytest.raises(DataError, match="no Parquet shards"):
+        read_split(uri + "/missing", ["label"])

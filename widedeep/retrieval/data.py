@@ -29,6 +29,89 @@ from widedeep.retrieval.interactions import CSR, key_rows
 SPLITS = ("train", "valid", "test")
 
 
+@dataclass(frozen=True)
+class DataPath:
+    """A prepared directory, split or file on local disk or at a URI (``s3://``, ``gs://``,
+    ``file://``, ... anything ``pyarrow.fs`` resolves).
+
+    Why: on a cluster the prepared data lives on shared storage; retrieval's catalog, histories,
+    seen items and evaluation read it here (Ray Data reads it for training batches), so they take
+    the same paths and URIs as ``widedeep train --set data=...``.
+    """
+
+    fs: Any
+    path: str
+    scheme: str = ""            # "" for a local path
+
+    @staticmethod
+    def of(p: str | Path | DataPath) -> DataPath:
+        if isinstance(p, DataPath):
+            return p
+        s = str(p)
+        if "://" in s:
+            import pyarrow.fs as pafs
+
+            try:
+                fs, path = pafs.FileSystem.from_uri(s)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+                raise DataError(f"{s}: cannot open this URI ({e})") from None
+            return DataPath(fs, path.rstrip("/") or "/", s.split("://", 1)[0])
+        import pyarrow.fs as pafs
+
+        return DataPath(pafs.LocalFileSystem(), str(Path(s).expanduser()))
+
+    def __str__(self) -> str:
+        if not self.scheme:
+            return self.path
+        return f"{self.scheme}://{self.path}" if self.scheme != "file" else f"file://{self.path}"
+
+    def __truediv__(self, name: str) -> DataPath:
+        return DataPath(self.fs, self.path.rstrip("/") + "/" + name, self.scheme)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> DataPath:
+        return DataPath(self.fs, self.path.rstrip("/").rsplit("/", 1)[0] or "/", self.scheme)
+
+    def _type(self) -> Any:
+        return self.fs.get_file_info(self.path).type
+
+    def exists(self) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._type() != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._type() == pafs.FileType.Directory
+
+    def parquet_files(self) -> list[DataPath]:
+        """The ``*.parquet`` files of a directory (sorted), or this file."""
+        import pyarrow.fs as pafs
+
+        if not self.is_dir():
+            return [self] if self.exists() else []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        return [DataPath(self.fs, i.path, self.scheme) for i in sorted(infos, key=lambda i: i.path)
+                if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.path, filesystem=self.fs)
+
+    def read(self, columns: list[str]) -> pa.Table:
+        return pq.read_table(self.path, columns=columns, filesystem=self.fs)
+
+
+def split_columns(split: str | Path | DataPath) -> list[str]:
+    """Column names of a split's first Parquet shard (``[]`` when it has none)."""
+    files = DataPath.of(split).parquet_files()
+    return files[0].schema().names if files else []
+
+
 def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
     """Prepared columns of the given sides: every feature of those sides (cross components too),
     or, for a FeatureSpace-like object without ``features``, the columns of its tables."""
@@ -48,9 +131,9 @@ def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
     return list(cols)
 
 
-def data_root(path: str | Path) -> Path:
+def data_root(path: str | Path | DataPath) -> DataPath:
     """The prepared directory for ``DIR`` or ``DIR/<split>`` (the one holding feature_space.json)."""
-    p = Path(path)
+    p = DataPath.of(path)
     if (p / "feature_space.json").exists():
         return p
     if p.name in SPLITS and (p.parent / "feature_space.json").exists():
@@ -58,19 +141,19 @@ def data_root(path: str | Path) -> Path:
     raise DataError(f"{p}: not a prepared data directory or split (no feature_space.json here or above)")
 
 
-def read_split(path: str | Path, columns: list[str]) -> pa.Table:
-    """Columns of every Parquet shard under ``path`` (a split directory or one file)."""
-    p = Path(path)
-    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+def read_split(path: str | Path | DataPath, columns: list[str]) -> pa.Table:
+    """Columns of every Parquet shard under ``path`` (a split directory or one file; path or URI)."""
+    p = DataPath.of(path)
+    files = p.parquet_files()
     if not files:
         raise DataError(f"{p}: no Parquet shards")
     tables = []
     for f in files:
-        schema = pq.read_schema(f)
-        missing = [c for c in columns if c not in schema.names]
+        names = f.schema().names
+        missing = [c for c in columns if c not in names]
         if missing:
-            raise DataError(f"{f}: missing prepared column(s) {missing} (has {schema.names})")
-        tables.append(pq.read_table(f, columns=columns))
+            raise DataError(f"{f}: missing prepared column(s) {missing} (has {names})")
+        tables.append(f.read(columns))
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
@@ -100,18 +183,19 @@ class Catalog:
         return key_rows(keys, self.keys)
 
 
-def load_rows(root: Path, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
+def load_rows(root: str | Path | DataPath, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
+    root = DataPath.of(root)
     parts = [read_split(root / s, columns) for s in splits if (root / s).exists()]
     if not parts:
         raise DataError(f"{root}: none of the splits {list(splits)} exist")
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def build_catalog(fs: Any, root: str | Path, splits: tuple[str, ...] = SPLITS) -> Catalog:
+def build_catalog(fs: Any, root: str | Path | DataPath, splits: tuple[str, ...] = SPLITS) -> Catalog:
     """The item catalog of every item in ``splits`` of a prepared directory."""
     if not fs.item_key:
         raise DataError(f"{root}: the FeatureSpace declares no item_key; retrieval needs one")
-    t = load_rows(Path(root), splits, [fs.item_key, *side_columns(fs, ("item",))])
+    t = load_rows(root, splits, [fs.item_key, *side_columns(fs, ("item",))])
     keys, rows = first_by_key(t, fs.item_key)
     return Catalog(keys, rows.drop_columns([fs.item_key]))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from widedeep.errors import CheckpointError, DataError
-from widedeep.retrieval.data import Catalog, build_catalog, embed, first_by_key, read_split, side_columns
+from widedeep.retrieval.data import Catalog, DataPath, build_catalog, embed, first_by_key, read_split, side_columns
 from widedeep.retrieval.index import build_index, save_index
 
 log = logging.getLogger(__name__)
@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 def load_items(fs: Any, items: str | Path) -> Catalog:
     """The catalog from a prepared directory (all splits), one split directory, or a Parquet file."""
-    p = Path(items)
+    p = DataPath.of(items)
     if (p / "feature_space.json").exists():
         return build_catalog(fs, p)
     if not p.exists():
-        raise DataError(f"--items {p}: no such file or directory")
+        raise DataError(f"--items {p}: no such file, directory or object")
     t = read_split(p, [fs.item_key, *side_columns(fs, ("item",))])
     keys, rows = first_by_key(t, fs.item_key)
     return Catalog(keys, rows.drop_columns([fs.item_key]))
@@ -32,7 +32,7 @@ def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> Any:
     import numpy as np
     import pyarrow.compute as pc
 
-    p = Path(items)
+    p = DataPath.of(items)
     src = p / "train" if (p / "feature_space.json").exists() else p
     t = read_split(src, [fs.item_key, "label"])
     rows = catalog.rows(t.filter(pc.equal(t.column("label"), 1.0)).column(fs.item_key))

@@ -103,13 +103,13 @@ class _TrainState:
 
 
 def _state(fs: Any, cfg: Any) -> _TrainState:
-    from widedeep.retrieval.data import build_catalog, load_rows
+    from widedeep.retrieval.data import DataPath, build_catalog, load_rows
 
     key = (str(cfg.data), fs.content_hash)
     with _LOCK:
         st = _STATES.get(key)
         if st is None:
-            root = Path(cfg.data)
+            root = DataPath.of(cfg.data)
             catalog = build_catalog(fs, root, splits=("train", "valid"))
             t = load_rows(root, ("train",), [fs.item_key, "label"])
             if retrieval_config(cfg).train_on == "positives":
@@ -134,26 +134,21 @@ def _state(fs: Any, cfg: Any) -> _TrainState:
 
 def _time_column(cfg: Any) -> list[str]:
     """``["timestamp"]`` when the prepared train split keeps it (time splits), else ``[]``."""
-    import pyarrow.parquet as pq
-
+    from widedeep.retrieval.data import DataPath, split_columns
     from widedeep.retrieval.history import TIME_COLUMN
 
     data = cfg.get("data") if isinstance(cfg, dict) else cfg.data
-    first = next(iter(sorted((Path(str(data)) / "train").glob("*.parquet"))), None)
-    return [TIME_COLUMN] if first is not None and TIME_COLUMN in pq.read_schema(first).names else []
+    return [TIME_COLUMN] if TIME_COLUMN in split_columns(DataPath.of(str(data)) / "train") else []
 
 
-def _train_histories(fs: Any, root: Path) -> Any:
+def _train_histories(fs: Any, root: Any) -> Any:
     """Every user's positive items of the train split (the user tower's history input)."""
-    import pyarrow.parquet as pq
-
-    from widedeep.retrieval.data import load_rows
+    from widedeep.retrieval.data import DataPath, load_rows, split_columns
     from widedeep.retrieval.history import Histories, history_columns, history_source
 
+    root = DataPath.of(root)
     id_col = history_source(fs)[0]
-    first = next(iter(sorted((root / "train").glob("*.parquet"))), None)
-    names = pq.read_schema(first).names if first is not None else []
-    t = load_rows(root, ("train",), history_columns(names, id_col))
+    t = load_rows(root, ("train",), history_columns(split_columns(root / "train"), id_col))
     return Histories.from_rows(t, "user_key", id_col)
 
 

@@ -34,7 +34,20 @@ import torch
 from widedeep.errors import CheckpointError, DataError
 from widedeep.retrieval.baselines import ItemKNN, MostPopular
 from widedeep.retrieval.candidates import CandidateGenerator, final_scores
-from widedeep.retrieval.data import SPLITS, Catalog, build_catalog, data_root, embed, first_by_key, interactions, load_rows, read_split, side_columns
+from widedeep.retrieval.data import (
+    SPLITS,
+    Catalog,
+    DataPath,
+    build_catalog,
+    data_root,
+    embed,
+    first_by_key,
+    interactions,
+    load_rows,
+    read_split,
+    side_columns,
+    split_columns,
+)
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows
 from widedeep.retrieval.metrics import rank_topk, ranking_metrics
@@ -56,9 +69,9 @@ class EvalData:
     def __init__(self, fs: Any, data_dir: str | Path) -> None:
         t0 = time.monotonic()
         self.fs = fs
-        p = Path(data_dir)
+        p = DataPath.of(data_dir)
         self.root = data_root(p)
-        self.split_dir = p if p.name in SPLITS and p != self.root else self.root / "test"
+        self.split_dir = p if p.name in SPLITS and str(p) != str(self.root) else self.root / "test"
         if not fs.user_key or not fs.item_key:
             raise DataError(f"{self.root}: top-K evaluation needs user_key and item_key in the FeatureSpace")
         uk, ik = fs.user_key, fs.item_key
@@ -103,11 +116,8 @@ def user_rows(model: Any, data: EvalData) -> pa.Table:
     m = getattr(model, "module", model)
     if HISTORY_COLUMN not in m.user_features.columns:
         return data.user_table
-    import pyarrow.parquet as pq
-
     id_col = history_source(data.fs)[0]
-    first = sorted((data.root / "train").glob("*.parquet"))[0]
-    train = read_split(data.root / "train", history_columns(pq.read_schema(first).names, id_col))
+    train = read_split(data.root / "train", history_columns(split_columns(data.root / "train"), id_col))
     hist = Histories.from_rows(train, "user_key", id_col)
     from widedeep.retrieval.history import with_history
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from widedeep.errors import CheckpointError, DataError
 from widedeep.serve.bundle import BundleContents, write_bundle
@@ -140,12 +139,14 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
         raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
                               f"{h2} ({retriever_path}); train both on the same prepared data")
     fs = rk.feature_space
-    root = Path(data or rk.config.get("data", ""))
+    from widedeep.retrieval.data import DataPath, split_columns
+
+    root = DataPath.of(data or rk.config.get("data", ""))
     if not (root / "feature_space.json").exists():
-        raise DataError(f"export: {root}: not a prepared data directory (give --data DIR)")
+        raise DataError(f"export: {root}: not a prepared data directory (give --data DIR or a URI)")
     from widedeep.features import FeatureSpace
 
-    data_hash = FeatureSpace.load(root).content_hash
+    data_hash = FeatureSpace.load(str(root)).content_hash
     if data_hash != h1:
         raise CheckpointError(f"export: the prepared data {root} has FeatureSpace {data_hash}, the checkpoints {h1}")
     cols = ["item_key", "label", *_side_base_columns(fs, "item")]
@@ -154,8 +155,7 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     cols = list(dict.fromkeys(cols))
     from widedeep.retrieval.history import TIME_COLUMN
 
-    first = sorted((root / "train").glob("*.parquet"))[:1]
-    if first and TIME_COLUMN in pq.read_schema(first[0]).names:
+    if TIME_COLUMN in split_columns(root / "train"):
         cols.append(TIME_COLUMN)            # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
     train = load_rows(root, ("train",), ["item_key", "label"])

@@ -96,8 +96,8 @@ class NegativeSampler:
             raise ConfigError("task_config.sampled_negatives: needs a FeatureSpace with an item_key (the catalog "
                               "negatives are drawn from); declare item_key in the spec")
         self.fs = fs
-        self.catalog = build_catalog(fs, Path(root), splits=("train",))
-        t = load_rows(Path(root), ("train",), [fs.item_key, "label"])
+        self.catalog = build_catalog(fs, root, splits=("train",))
+        t = load_rows(root, ("train",), [fs.item_key, "label"])
         t = t.filter(pc.greater(t.column("label"), 0.5))
         rows = self.catalog.rows(t.column(fs.item_key))
         counts = np.bincount(rows[rows >= 0], minlength=self.catalog.n_items).astype(np.float64) + 1.0
