@@ -43,7 +43,7 @@ def test_dockerfile_installs_the_package():
     m = re.search(r"ARG RAY_IMAGE=rayproject/ray:([0-9.]+)-", text)
     assert m and m.group(1) == importlib.import_module("ray").__version__
     assert 'pip install --no-cache-dir ".[' in text
-    for src in re.findall(r"^COPY --chown=\S+ (.+) \S+$", text, flags=re.M):
+    for src in re.findall(r"^COPY --chown=\S+ (.+) \S+$", text, flags=re.MULTILINE):
         for s in src.split():
             assert (ROOT / s).exists(), f"Dockerfile copies {s}, which does not exist"
 

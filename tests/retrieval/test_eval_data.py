@@ -65,7 +65,12 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
     from tests.retrieval import synth
     from widedeep.errors import DataError
     from widedeep.features import FeatureSpace
-    from widedeep.retrieval.data import build_catalog, data_root, read_split, split_columns
+    from widedeep.retrieval.data import (
+        build_catalog,
+        data_root,
+        read_split,
+        split_columns,
+    )
     from widedeep.retrieval.task import _train_histories
     from widedeep.retrieval.topk_eval import EvalData
 

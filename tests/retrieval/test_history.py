@@ -12,7 +12,12 @@ import torch
 
 from tests.retrieval import synth
 from widedeep.errors import ConfigError
-from widedeep.retrieval.history import HISTORY_COLUMN, Histories, history_source, with_history
+from widedeep.retrieval.history import (
+    HISTORY_COLUMN,
+    Histories,
+    history_source,
+    with_history,
+)
 
 
 def _log() -> pa.Table:

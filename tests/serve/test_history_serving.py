@@ -11,30 +11,42 @@ import torch
 
 from tests.retrieval import synth
 
+COLUMNS = ["user_key", "item_key", "label", "user_id", "country", "app_id", "category"]
 
-def test_bundle_histories_feed_the_online_user_tower(tmp_path):
+
+def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False):
+    """A bundle of untrained models over synthetic prepared data: ``(pipeline, fs, rows, retriever)``."""
     from widedeep.features import FeatureSpace
     from widedeep.kernels import OptimizerConfig
     from widedeep.model.two_tower import TwoTower, TwoTowerConfig
     from widedeep.model.wide_deep import WideAndDeep
-    from widedeep.retrieval.data import load_rows, tower_input
-    from widedeep.retrieval.history import HISTORY_COLUMN
-    from widedeep.retrieval.index import load_index
+    from widedeep.retrieval.data import load_rows
     from widedeep.serve.bundle import load_bundle, write_bundle
     from widedeep.serve.export import bundle_contents
     from widedeep.serve.pipeline import RecommendPipeline
 
-    torch.manual_seed(0)
-    root = synth.prepare(tmp_path / "d", n_users=30, n_items=25, rows_per_user=12)
+    root = synth.prepare(tmp_path / "d", n_users=30, n_items=n_items, rows_per_user=12)
     fs = FeatureSpace.load(root)
-    rows = load_rows(root, ("train", "valid", "test"), ["user_key", "item_key", "label", "user_id", "country",
-                                                        "app_id", "category"])
-    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, history=3, init_scale=0.5,
-                                                popularity_prior=1.0),
+    rows = load_rows(root, ("train", "valid", "test"), COLUMNS)
+    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, init_scale=0.5, **tower),
                          OptimizerConfig("rowwise_adagrad", lr=0.1)).eval()
     ranker = WideAndDeep(fs).eval()
+    if randomize_ranker:                           # a ranker whose order disagrees with retrieval's
+        with torch.no_grad():
+            for p in ranker.parameters():
+                p.normal_(0, 0.5)
     bundle = write_bundle(tmp_path / "b", bundle_contents(fs, ranker, retriever, rows), index_kind="exact")
-    pipe = RecommendPipeline(load_bundle(bundle))
+    return RecommendPipeline(load_bundle(bundle)), fs, rows, retriever
+
+
+def test_bundle_histories_feed_the_online_user_tower(tmp_path):
+    from widedeep.retrieval.data import tower_input
+    from widedeep.retrieval.history import HISTORY_COLUMN
+    from widedeep.retrieval.index import load_index
+
+    torch.manual_seed(0)
+    pipe, _, rows, retriever = _pipeline(tmp_path, 25, {"history": 3, "popularity_prior": 1.0})
+    bundle = pipe.bundle.path
     users = pipe.bundle.users
     assert HISTORY_COLUMN in users.column_names
 
@@ -69,29 +81,10 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
 def test_recommend_orders_like_offline_evaluation(tmp_path):
     """/v1/recommend's order is ``final_scores`` (log sigmoid(ranker) + rerank_blend * retrieval logit),
     the function ``evaluate --task topk`` re-ranks with; the scores shown stay the ranker's."""
-    from widedeep.features import FeatureSpace
-    from widedeep.kernels import OptimizerConfig
-    from widedeep.model.two_tower import TwoTower, TwoTowerConfig
-    from widedeep.model.wide_deep import WideAndDeep
     from widedeep.retrieval.candidates import final_scores
-    from widedeep.retrieval.data import load_rows
-    from widedeep.serve.bundle import load_bundle, write_bundle
-    from widedeep.serve.export import bundle_contents
-    from widedeep.serve.pipeline import RecommendPipeline
 
     torch.manual_seed(1)
-    root = synth.prepare(tmp_path / "d", n_users=30, n_items=80, rows_per_user=12)
-    fs = FeatureSpace.load(root)
-    rows = load_rows(root, ("train", "valid", "test"), ["user_key", "item_key", "label", "user_id", "country",
-                                                        "app_id", "category"])
-    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, init_scale=0.5, temperature=0.2,
-                                            rerank_blend=3.0), OptimizerConfig("rowwise_adagrad", lr=0.1)).eval()
-    ranker = WideAndDeep(fs).eval()
-    with torch.no_grad():                         # a ranker whose order disagrees with retrieval's
-        for p in ranker.parameters():
-            p.normal_(0, 0.5)
-    pipe = RecommendPipeline(load_bundle(write_bundle(tmp_path / "b", bundle_contents(fs, ranker, retriever, rows),
-                                                      index_kind="exact")))
+    pipe, _, rows, _ = _pipeline(tmp_path, 80, {"temperature": 0.2, "rerank_blend": 3.0}, randomize_ranker=True)
     assert pipe.bundle.manifest["ordering"] == {"rerank_blend": 3.0, "temperature": 0.2}
     ukey = rows.column("user_key")[0].as_py()
     q = pipe.prepare({pipe.user_key_field: ukey}, {})

@@ -258,10 +258,11 @@ def embed(model: Any, tower: str, table: pa.Table, batch_rows: int = 65536) -> n
     out = []
     was = m.training
     m.eval()
+    device = next(m.parameters()).device       # a model being trained may live on a GPU
     with torch.no_grad():
         for lo in range(0, max(table.num_rows, 1), batch_rows):
             part = table.slice(lo, batch_rows)
             if part.num_rows:
-                out.append(fn(tower_input(feats, part)).numpy())
+                out.append(fn(tower_input(feats, part).to(device)).float().cpu().numpy())
     m.train(was)
     return np.concatenate(out) if out else np.zeros((0, m.cfg.output_dim), np.float32)

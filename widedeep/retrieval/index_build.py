@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from widedeep.errors import CheckpointError, DataError
-from widedeep.retrieval.data import Catalog, DataPath, build_catalog, embed, first_by_key, read_split, side_columns
+from widedeep.retrieval.data import (
+    Catalog,
+    DataPath,
+    build_catalog,
+    embed,
+    first_by_key,
+    read_split,
+    side_columns,
+)
 from widedeep.retrieval.index import build_index, save_index
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -249,9 +248,9 @@ def _topk_hits(model: nn.Module, batch: RetrievalBatch, cfg: Any) -> tuple[np.nd
     if take == 0:
         return np.zeros(0), np.zeros(0)
     m = getattr(model, "module", model)
-    u = search_vectors(tcfg, "user", m.user_embedding(batch.user)[:take].numpy())
-    scores = torch.from_numpy(np.ascontiguousarray(u)) @ vectors.T                # [take, n_items]
-    pos = batch.item_ids[:take]
+    u = search_vectors(tcfg, "user", m.user_embedding(batch.user)[:take].detach().float().cpu().numpy())
+    scores = torch.from_numpy(np.ascontiguousarray(u)) @ vectors.T                # [take, n_items], on the CPU
+    pos = batch.item_ids[:take].cpu()
     pos_score = scores[torch.arange(take), pos].clone()
     if st.seen is not None and batch.user_keys is not None:                       # a user's training items
         users, seen = st.seen

@@ -43,7 +43,6 @@ from widedeep.retrieval.data import (
     embed,
     first_by_key,
     interactions,
-    load_rows,
     read_split,
     side_columns,
     split_columns,
@@ -111,7 +110,12 @@ class EvalData:
 def user_rows(model: Any, data: EvalData) -> pa.Table:
     """The evaluated users' tower inputs: their features, plus their train-split history when the
     retriever pools one (``task_config.history``)."""
-    from widedeep.retrieval.history import HISTORY_COLUMN, Histories, history_columns, history_source
+    from widedeep.retrieval.history import (
+        HISTORY_COLUMN,
+        Histories,
+        history_columns,
+        history_source,
+    )
 
     m = getattr(model, "module", model)
     if HISTORY_COLUMN not in m.user_features.columns:
@@ -204,7 +208,7 @@ def evaluate_topk(retriever: Any, data: EvalData, ranker: Any | None, ranker_fs:
     k = max(max(RETRIEVAL_KS), n_candidates)
     rows, scores, _ = retrieve(retriever, data, k)
     result: dict[str, Any] = {
-        "users": int(len(data.users)),
+        "users": len(data.users),
         "items": int(data.catalog.n_items),
         "candidates": int(n_candidates),
         "positives_already_in_train": int(data.dropped_seen_positives),

@@ -118,7 +118,6 @@ def _pick_best(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any,
 
 def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[str, Any]:
     """Run one training job end to end; returns (and optionally writes) the summary metrics."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

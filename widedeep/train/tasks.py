@@ -111,7 +111,6 @@ class RankingTask:
 
     def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
         from widedeep.data.collate import Collator
-
         from widedeep.train.negatives import ranking_config, sampler_for
 
         c = self._collators.get(id(fs))
