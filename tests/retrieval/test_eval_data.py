@@ -71,8 +71,9 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
         read_split,
         split_columns,
     )
-    from widedeep.retrieval.task import _train_histories
+    from widedeep.retrieval.task import _state
     from widedeep.retrieval.topk_eval import EvalData
+    from widedeep.train.config import config_from_dict
 
     root = synth.prepare(tmp_path / "d", n_users=30, n_items=40, rows_per_user=10)
     uri = "file://" + str(root)
@@ -82,7 +83,8 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
     assert read_split(uri + "/train", ["user_key", "label"]).equals(read_split(root / "train", ["user_key", "label"]))
     a, b = build_catalog(fs, uri), build_catalog(fs, root)
     assert list(a.keys) == list(b.keys) and a.table.equals(b.table)
-    ha, hb = _train_histories(fs, uri), _train_histories(fs, root)
+    cfg = lambda data: config_from_dict({"data": data, "task": "retrieval", "task_config": {"history": 5}})
+    ha, hb = _state(fs, cfg(uri)).histories, _state(fs, cfg(str(root))).histories
     assert list(ha.keys) == list(hb.keys) and (ha.ids == hb.ids).all()
     ea, eb = EvalData(fs, uri + "/test"), EvalData(fs, str(root / "test"))
     assert list(ea.users) == list(eb.users) and (ea.relevant.indices == eb.relevant.indices).all()

@@ -109,23 +109,23 @@ def _state(fs: Any, cfg: Any) -> _TrainState:
         st = _STATES.get(key)
         if st is None:
             root = DataPath.of(cfg.data)
+            tcfg = retrieval_config(cfg)
             catalog = build_catalog(fs, root, splits=("train", "valid"))
-            t = load_rows(root, ("train",), [fs.item_key, "label"])
-            if retrieval_config(cfg).train_on == "positives":
-                t = t.filter(pc.equal(t.column("label"), 1.0))
-            pos = t.column(fs.item_key)
-            rows = catalog.rows(pos)
+            train = load_rows(root, ("train",), _train_columns(fs, root, tcfg.history > 0))   # read once
+            t = train.filter(pc.equal(train.column("label"), 1.0)) if tcfg.train_on == "positives" else train
+            rows = catalog.rows(t.column(fs.item_key))
             counts = np.bincount(rows[rows >= 0], minlength=catalog.n_items).astype(np.float64) + 1.0
             histories = None
-            if retrieval_config(cfg).history > 0:
-                histories = _train_histories(fs, root)
+            if tcfg.history > 0:
+                from widedeep.retrieval.history import Histories, history_source
+
+                histories = Histories.from_rows(train, "user_key", history_source(fs)[0])
             seen = None
             if fs.user_key:
                 from widedeep.retrieval.data import first_by_key, interactions
 
-                tr = load_rows(root, ("train",), [fs.user_key, fs.item_key, "label"])
-                users = first_by_key(tr.select([fs.user_key]), fs.user_key)[0]
-                seen = (users, interactions(tr, fs.user_key, fs.item_key, users, catalog.keys, positives_only=False))
+                users = first_by_key(train.select([fs.user_key]), fs.user_key)[0]
+                seen = (users, interactions(train, fs.user_key, fs.item_key, users, catalog.keys, positives_only=False))
             st = _STATES[key] = _TrainState(catalog, torch.from_numpy(counts), np.random.default_rng(cfg.seed),
                                             histories, seen)
         return st
@@ -140,15 +140,16 @@ def _time_column(cfg: Any) -> list[str]:
     return [TIME_COLUMN] if TIME_COLUMN in split_columns(DataPath.of(str(data)) / "train") else []
 
 
-def _train_histories(fs: Any, root: Any) -> Any:
-    """Every user's positive items of the train split (the user tower's history input)."""
-    from widedeep.retrieval.data import DataPath, load_rows, split_columns
-    from widedeep.retrieval.history import Histories, history_columns, history_source
+def _train_columns(fs: Any, root: Any, history: bool) -> list[str]:
+    """What the train state reads from the train split, in one pass: item key and label (logQ
+    counts), user key (seen items), and the history's item ids and timestamps."""
+    from widedeep.retrieval.data import split_columns
+    from widedeep.retrieval.history import history_columns, history_source
 
-    root = DataPath.of(root)
-    id_col = history_source(fs)[0]
-    t = load_rows(root, ("train",), history_columns(split_columns(root / "train"), id_col))
-    return Histories.from_rows(t, "user_key", id_col)
+    cols = [fs.item_key, "label", *([fs.user_key] if fs.user_key else [])]
+    if history:
+        cols += history_columns(split_columns(root / "train"), history_source(fs)[0])
+    return list(dict.fromkeys(cols))
 
 
 @dataclass
