@@ -8,6 +8,11 @@ Each job lives in its own module under ``widedeep/commands/`` and exposes::
 
 Modules named ``bench_<name>`` become ``widedeep bench <name>``. Discovering the modules
 instead of listing them keeps this file free of every job's details.
+
+The command modules are plug-ins found by name at run time: this module depends on none of them,
+which is why it sits below them in the import layers (``pyproject.toml``) and why
+``widedeep.quickstart`` and ``widedeep.jobs`` can run ``main([...])`` the way a user types a
+command.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from widedeep.errors import WidedeepError
 _BENCH_PREFIX = "bench_"
 
 
-def _command_modules() -> dict[str, ModuleType]:
-    import widedeep.commands as pkg
+COMMANDS_PACKAGE = "widedeep.commands"
 
+
+def _command_modules() -> dict[str, ModuleType]:
+    pkg = importlib.import_module(COMMANDS_PACKAGE)
     mods = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

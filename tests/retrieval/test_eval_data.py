@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.retrieval.synth import prepare as prepare_synth
 from widedeep.features import FeatureSpace
-from widedeep.retrieval.topk_eval import EvalData, baselines
+from widedeep.evaluation.topk import EvalData, baselines
 
 
 def _pairs(t, pos_only: bool) -> set:
@@ -71,9 +71,9 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
         read_split,
         split_columns,
     )
-    from widedeep.retrieval.task import _state
-    from widedeep.retrieval.topk_eval import EvalData
+    from widedeep.evaluation.topk import EvalData
     from widedeep.train.config import config_from_dict
+    from widedeep.train.retrieval_task import RetrievalTask
 
     root = synth.prepare(tmp_path / "d", n_users=30, n_items=40, rows_per_user=10)
     uri = "file://" + str(root)
@@ -84,7 +84,8 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
     a, b = build_catalog(fs, uri), build_catalog(fs, root)
     assert list(a.keys) == list(b.keys) and a.table.equals(b.table)
     cfg = lambda data: config_from_dict({"data": data, "task": "retrieval", "task_config": {"history": 5}})
-    ha, hb = _state(fs, cfg(uri)).histories, _state(fs, cfg(str(root))).histories
+    task = RetrievalTask()
+    ha, hb = task.training_data(fs, cfg(uri)).histories, task.training_data(fs, cfg(str(root))).histories
     assert list(ha.keys) == list(hb.keys) and (ha.ids == hb.ids).all()
     ea, eb = EvalData(fs, uri + "/test"), EvalData(fs, str(root / "test"))
     assert list(ea.users) == list(eb.users) and (ea.relevant.indices == eb.relevant.indices).all()

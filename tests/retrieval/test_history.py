@@ -12,12 +12,8 @@ import torch
 
 from tests.retrieval import synth
 from widedeep.errors import ConfigError
-from widedeep.retrieval.history import (
-    HISTORY_COLUMN,
-    Histories,
-    history_source,
-    with_history,
-)
+from widedeep.model.two_tower import HISTORY_COLUMN, history_source
+from widedeep.retrieval.history import Histories, with_history
 
 
 def _log() -> pa.Table:
@@ -73,8 +69,10 @@ def test_retrieval_batches_carry_each_rows_history(tmp_path):
     """collate with ``history``: the user tower gets the user's other training positives, and the
     model's user tower has the pooled history table."""
     from widedeep.features import FeatureSpace
-    from widedeep.retrieval import task
     from widedeep.train.config import config_from_dict
+    from widedeep.train.retrieval_task import RetrievalTask
+
+    task = RetrievalTask()
 
     root = synth.prepare(tmp_path / "d", n_users=40, n_items=30, rows_per_user=12)
     fs = FeatureSpace.load(root)

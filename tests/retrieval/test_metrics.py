@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from widedeep.retrieval.baselines import ItemKNN, MostPopular
+from widedeep.evaluation.baselines import ItemKNN, MostPopular
 from widedeep.retrieval.interactions import CSR, key_rows
-from widedeep.retrieval.metrics import rank_topk, ranking_metrics
+from widedeep.retrieval.topk import rank_topk, ranking_metrics
 
 
 def _csr(rows: list[list[int]], n_cols: int) -> CSR:
@@ -54,8 +54,14 @@ def test_rank_topk_excludes_items_and_pads_short_lists():
 
 
 def test_most_popular_counts_training_positives():
+    import pyarrow as pa
+
+    from widedeep.retrieval.popularity import item_popularity
+
+    # positive rows: user 0 -> items 0, 2; user 1 -> 2; user 2 -> 1, 2; a negative row of item 3 does not count
+    rows = pa.table({"item_key": ["a", "c", "c", "b", "c", "d"], "label": [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]})
     train = _csr([[0, 2], [2], [1, 2]], 4)
-    scores = MostPopular(train).score(train, 0, 2)
+    scores = MostPopular(item_popularity(rows, "item_key", np.array(["a", "b", "c", "d"]))).score(train, 0, 2)
     assert scores.tolist() == [[1, 1, 3, 0]] * 2
 
 

@@ -47,7 +47,7 @@ def pipeline(tmp_path_factory, ray_session):
 
 
 def test_topk_synthetic_check(pipeline):
-    from widedeep.retrieval.topk_eval import run_topk
+    from widedeep.evaluation.topk import run_topk
 
     tmp, ranker, retriever = pipeline
     out = tmp / "topk.json"

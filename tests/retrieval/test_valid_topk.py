@@ -14,9 +14,11 @@ from tests.retrieval import synth
 def test_valid_hits_match_a_brute_force_full_catalog_ranking(tmp_path):
     from widedeep.features import FeatureSpace
     from widedeep.model.two_tower import search_vectors
-    from widedeep.retrieval import task
     from widedeep.retrieval.data import embed
     from widedeep.train.config import config_from_dict
+    from widedeep.train.retrieval_task import RetrievalTask
+
+    task = RetrievalTask()
 
     torch.manual_seed(0)
     root = synth.prepare(tmp_path / "d", n_users=80, n_items=200, rows_per_user=20)
@@ -33,7 +35,7 @@ def test_valid_hits_match_a_brute_force_full_catalog_ranking(tmp_path):
     assert metrics["topk_rows"] == batch.batch_size > 20
 
     # brute force: every catalog item scored, the user's train-split items removed, rank of the positive
-    st = task._state_for(cfg)
+    st = task.training_data(fs, cfg)
     vecs = search_vectors(model.cfg, "item", embed(model, "item", st.catalog.table), st.counts.numpy() - 1)
     with torch.no_grad():
         users = search_vectors(model.cfg, "user", model.user_embedding(batch.user).numpy())

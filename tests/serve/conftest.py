@@ -24,7 +24,7 @@ def bundles(tmp_path_factory) -> tuple[Path, Path]:
     """Two bundles of the same catalog with different model weights (versions v1 and v2)."""
     import torch
 
-    from widedeep.serve.synthetic import build_synthetic_bundle
+    from widedeep.export.synthetic import build_synthetic_bundle
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bundles")

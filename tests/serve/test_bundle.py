@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from widedeep.errors import CheckpointError
-from widedeep.serve.bundle import load_bundle, sha256_file, write_bundle
+from widedeep.export.bundle_writer import write_bundle
+from widedeep.serve.bundle import load_bundle
+from widedeep.serve.manifest import sha256_file
 from widedeep.serve.pipeline import RecommendPipeline, RequestError
 
 
@@ -52,7 +54,7 @@ def test_mismatched_feature_space_is_refused_naming_both_hashes(bundles, tmp_pat
 
 
 def test_write_refuses_models_of_another_feature_space(bundles, tmp_path):
-    from widedeep.serve.bundle import BundleContents
+    from widedeep.export.bundle_writer import BundleContents
     from widedeep.serve.scoring import load_ranker
 
     b1, b2 = load_bundle(bundles[0]), load_bundle(bundles[1])
@@ -67,7 +69,7 @@ def test_write_refuses_models_of_another_feature_space(bundles, tmp_path):
 def _small_fs():
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.serve.synthetic import SPEC, raw_tables
+    from widedeep.export.synthetic import SPEC, raw_tables
 
     raw = raw_tables(n_items=40, n_users=12, n_rows=200, seed=3)
     return fit_tables(parse_spec(SPEC), [raw]), raw

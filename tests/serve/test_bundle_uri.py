@@ -11,7 +11,8 @@ import pytest
 from tests.serve.conftest import corrupt_copy
 from widedeep.errors import CheckpointError
 from widedeep.serve.bundle import load_bundle, read_manifest
-from widedeep.serve.bundle_uri import fetch_bundle, upload_bundle
+from widedeep.export.bundle_writer import upload_bundle
+from widedeep.serve.bundle_uri import fetch_bundle
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from widedeep.serve.pipeline import RecommendPipeline
 def trained(tmp_path_factory):
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.serve.synthetic import SPEC, raw_tables
-    from widedeep.train.checkpoint import save_checkpoint
+    from widedeep.export.synthetic import SPEC, raw_tables
+    from widedeep.model.checkpoint import save_checkpoint
     from widedeep.train.config import config_from_dict
     from widedeep.train.tasks import get_task
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 
 def test_export_cli_builds_a_bundle_that_scores_like_the_checkpoint(trained, capsys):
-    from widedeep.train.checkpoint import load_checkpoint
+    from widedeep.model.checkpoint import load_checkpoint
 
     root, fs, prepared, ckpts = trained
     out = root / "bundle"
@@ -78,7 +78,7 @@ def test_export_refuses_checkpoints_of_different_feature_spaces(trained, tmp_pat
 
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.serve.synthetic import SPEC, raw_tables
+    from widedeep.export.synthetic import SPEC, raw_tables
 
     _, fs, _, ckpts = trained
     other = tmp_path / "retrieval"
@@ -107,3 +107,17 @@ def test_export_to_a_uri_uploads_a_loadable_bundle(trained, tmp_path, capsys, mo
     assert b.version == "e2e-uri" and b.fs.content_hash == fs.content_hash and len(b.item_keys) == 80
     assert main(args) == 2  # refused before any work: the destination is not empty
     assert f"{uri}: exists and is not empty" in capsys.readouterr().err
+
+
+def test_export_reads_checkpoints_and_data_at_uris(trained, tmp_path, capsys):
+    """Checkpoints and prepared data on shared storage: ``file://`` URIs export the same bundle as
+    local paths (the FeatureSpace hashes are read from the URIs before any model is built)."""
+    root, fs, _, ckpts = trained
+    out = tmp_path / "bundle"
+    assert main(["export", "--ranker", ckpts["ranking"].as_uri(), "--retriever", ckpts["retrieval"].as_uri(),
+                 "--data", (root / "prepared").as_uri(), "--out", str(out), "--version", "from-uris"]) == 0, \
+        capsys.readouterr().err
+    b = load_bundle(out)
+    assert b.version == "from-uris" and b.fs.content_hash == fs.content_hash and len(b.item_keys) == 80
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["sources"]["ranker"]["path"] == ckpts["ranking"].as_uri()

@@ -21,8 +21,9 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
     from widedeep.model.two_tower import TwoTower, TwoTowerConfig
     from widedeep.model.wide_deep import WideAndDeep
     from widedeep.retrieval.data import load_rows
-    from widedeep.serve.bundle import load_bundle, write_bundle
-    from widedeep.serve.export import bundle_contents
+    from widedeep.export.bundle_writer import write_bundle
+    from widedeep.export.from_checkpoints import bundle_contents
+    from widedeep.serve.bundle import load_bundle
     from widedeep.serve.pipeline import RecommendPipeline
 
     root = synth.prepare(tmp_path / "d", n_users=30, n_items=n_items, rows_per_user=12)
@@ -41,7 +42,7 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
 
 def test_bundle_histories_feed_the_online_user_tower(tmp_path):
     from widedeep.retrieval.data import tower_input
-    from widedeep.retrieval.history import HISTORY_COLUMN
+    from widedeep.model.two_tower import HISTORY_COLUMN
     from widedeep.retrieval.index import load_index
 
     torch.manual_seed(0)

@@ -51,7 +51,7 @@ def fit_in_process(data: Path, overrides: list[str], epochs: int, batch_size: in
 
     from widedeep.features import FeatureSpace
     from widedeep.train.config import load_train_config
-    from widedeep.train.metrics import binary_metrics
+    from widedeep.train.pointwise_metrics import binary_metrics
     from widedeep.train.tasks import get_task
 
     fs = FeatureSpace.load(str(data / "feature_space.json"))

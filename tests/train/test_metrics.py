@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from widedeep.train.metrics import binary_metrics, roc_auc
+from widedeep.train.pointwise_metrics import binary_metrics, roc_auc
 
 
 def _pairwise_auc(y, s):

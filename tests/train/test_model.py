@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from widedeep.errors import CheckpointError, ConfigError
 from widedeep.features import FeatureSpace
-from widedeep.train.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from widedeep.model.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from widedeep.train.config import load_train_config
 from widedeep.train.tasks import get_task
 from widedeep.train.warm_start import warm_start

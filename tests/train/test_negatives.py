@@ -27,7 +27,7 @@ def _cfg(root, **task_config):
 
 def test_negative_rows_pair_the_rows_user_with_catalog_items(prepared):
     from widedeep.train.negatives import NegativeSampler
-    from widedeep.train.tasks import RankingTask
+    from widedeep.train.ranking_task import RankingTask
 
     root, fs = prepared
     cfg = _cfg(root, sampled_negatives=3)
@@ -72,7 +72,7 @@ def test_ranking_batches_with_negatives_train(prepared):
     """The task wires it: required columns, collate adds k rows per row with label 0, the loss is finite."""
     import torch
 
-    from widedeep.train.tasks import RankingTask
+    from widedeep.train.ranking_task import RankingTask
 
     root, fs = prepared
     cfg = _cfg(root, sampled_negatives=2)

@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from widedeep.serve.bench import BenchConfig, run_bench, summary
+    from widedeep.benchmarks.serve import ServeBenchConfig, run_bench, summary
 
-    cfg = BenchConfig(bundle=args.bundle, seconds=args.seconds, clients=tuple(int(c) for c in args.clients.split(",")),
+    cfg = ServeBenchConfig(bundle=args.bundle, seconds=args.seconds, clients=tuple(int(c) for c in args.clients.split(",")),
                       items=args.items, candidates=args.candidates, k=args.k, rank_items=args.rank_items,
                       port=args.port, with_chain=args.with_chain)
     out = run_bench(cfg)

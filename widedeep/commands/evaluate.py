@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "topk":
         if not args.retriever:
             raise ConfigError("--task topk needs --retriever RET (and optionally --ranker RANK to re-rank)")
-        from widedeep.retrieval.topk_eval import run_topk
+        from widedeep.evaluation.topk import run_topk
 
         return int(run_topk(args.retriever, args.ranker, args.data, args.metrics_out))
     if not args.checkpoint:

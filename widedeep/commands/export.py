@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from widedeep.serve.bundle import read_manifest
-    from widedeep.serve.export import export_from_checkpoints
+    from widedeep.export.from_checkpoints import export_from_checkpoints
 
     out = export_from_checkpoints(args.ranker, args.retriever, args.out, data=args.data, index_kind=args.index,
                                   version=args.version)

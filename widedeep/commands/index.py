@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from widedeep.retrieval.index_build import build_item_index
+    from widedeep.export.item_index import build_item_index
 
     info = build_item_index(args.checkpoint, args.items, args.out, kind=args.kind, exact_max_items=args.exact_max_items,
                             recall_k=args.recall_k, m=args.hnsw_m, ef_construction=args.hnsw_ef_construction,

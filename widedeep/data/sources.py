@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from widedeep.errors import DataError
+from widedeep.paths import Location
 
 FORMATS = ("parquet", "csv", "criteo", "movielens")
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
@@ -70,20 +70,9 @@ class ReadUnit:
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) for a local path or a URI."""
-    if "://" in path:
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise DataError(f"{path}: cannot open filesystem: {e}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def _uri(original: str, fs_path: str) -> str:
-    if "://" in original:
-        scheme = original.split("://", 1)[0]
-        return f"{scheme}://{fs_path}"
-    return fs_path
+    """(filesystem, path on it) for a local path or a URI (``widedeep.paths.Location``)."""
+    loc = Location.of(path, DataError)
+    return loc.fs, loc.path
 
 
 def _visible(p: str) -> bool:
@@ -95,7 +84,8 @@ def expand_paths(inputs: list[str]) -> list[str]:
     """Files named by inputs (files, directories, globs, URIs), sorted within each input."""
     out: list[str] = []
     for inp in inputs:
-        fs, path = filesystem(inp)
+        loc = Location.of(inp, DataError)
+        fs, path = loc.fs, loc.path
         if _GLOB.search(path):
             base = _GLOB.split(path, 1)[0].rsplit("/", 1)[0] or "/"
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -113,7 +103,8 @@ def expand_paths(inputs: list[str]) -> list[str]:
                     raise DataError(f"{inp}: directory has no files")
             else:
                 files = [path]
-        out.extend(_uri(inp, f) for f in files)
+        # as strings that keep the input's scheme and query options (Ray tasks resolve them again)
+        out.extend(str(Location(fs, f, loc.prefix, loc.query)) for f in files)
     return out
 
 
@@ -345,13 +336,12 @@ def _year(title: pa.Array) -> pa.Array:
     return pc.cast(pc.struct_field(m, [0]), pa.int64())
 
 
-_SIDES: dict[str, tuple[pa.Table | None, pa.Table]] = {}
-
-
 def movielens_sides(ratings_path: str) -> tuple[pa.Table | None, pa.Table]:
-    """(users or None, movies) side tables of a MovieLens directory, in uniform columns."""
-    if ratings_path in _SIDES:
-        return _SIDES[ratings_path]
+    """(users or None, movies) side tables of a MovieLens directory, in uniform columns.
+
+    Read again for every read unit of the ratings file: the side files are small next to a unit
+    of ratings (ML-25M's movies.csv is 62k lines), so no cache is kept.
+    """
     name = ratings_path.rsplit("/", 1)[-1]
     users = None
     if name == "u.data":
@@ -373,7 +363,6 @@ def movielens_sides(ratings_path: str) -> tuple[pa.Table | None, pa.Table]:
         g = pc.if_else(pc.equal(mv.column("genres").combine_chunks(), "(no genres listed)"), pa.scalar([], pa.list_(pa.string())), g)
         movies = pa.table({"movie_id": mv.column("movieId"), "title": pc.utf8_trim_whitespace(mv.column("title")), "genres": g})
     movies = movies.append_column("year", _year(movies.column("title").combine_chunks()))
-    _SIDES[ratings_path] = (users, movies)
     return users, movies
 
 

@@ -26,11 +26,11 @@ from widedeep.features.columns import Problems, column_or_nulls, to_float, to_st
 from widedeep.features.space import FeatureSpace, _filter_raw, label_values, numeric_pre
 from widedeep.features.spec import (
     BucketizedFeature,
-    CategoricalFeature,
     CrossedFeature,
     FeatureSpec,
     MultivalentFeature,
     NumericFeature,
+    VocabularyFeature,
     feature_column,
 )
 
@@ -126,7 +126,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
             continue
         v = raw[f.name]
         nn = int(nonnull[f.name].sum())
-        if isinstance(f, (CategoricalFeature, MultivalentFeature)):
+        if isinstance(f, VocabularyFeature):
             values = v[0] if isinstance(f, MultivalentFeature) else v
             put(f"nonnull/{f.name}", pa.table({"n": [nn]}))
             if f.hash_buckets is None:
@@ -189,7 +189,7 @@ class Accumulator:
                     f"column {feature_column(f)!r} (feature {f.name!r}) is entirely null in the training split "
                     "(mark the feature optional: true if that is expected)"
                 )
-            if isinstance(f, (CategoricalFeature, MultivalentFeature)):
+            if isinstance(f, VocabularyFeature):
                 if f.hash_buckets is not None:
                     states[f.name] = {"hash_buckets": f.hash_buckets, "missing_id": f.hash_buckets, "num_rows": f.hash_buckets + 1}
                 else:
@@ -254,7 +254,7 @@ def _merge_vocab(parts: list[pa.Table]) -> pa.Table:
     return pa.table({"h": pa.array(uniq), "count": pa.array(counts), "value": t.column("value").take(pa.array(first))})
 
 
-def _vocab_state(f: CategoricalFeature | MultivalentFeature, parts: list[pa.Table]) -> dict[str, Any]:
+def _vocab_state(f: VocabularyFeature, parts: list[pa.Table]) -> dict[str, Any]:
     if parts:
         merged = _merge_vocab(parts)
         total = int(pc.sum(merged.column("count")).as_py() or 0)

@@ -29,16 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from widedeep.errors import DataError, FeatureSpecError
+from widedeep.paths import FS_ERRORS, Location
 from widedeep.features import hashing
 from widedeep.features.columns import Problems, column_or_nulls, combine, to_float, to_string_lists, to_strings
 from widedeep.features.spec import (
     BucketizedFeature,
-    CategoricalFeature,
     CrossedFeature,
     Feature,
     FeatureSpec,
     MultivalentFeature,
     NumericFeature,
+    VocabularyFeature,
     feature_column,
     parse_condition,
     spec_from_dict,
@@ -133,17 +134,6 @@ def _canonical(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _open_text(path: str | Path) -> str:
-    p = str(path)
-    if "://" in p:
-        import pyarrow.fs as pafs
-
-        fs, rel = pafs.FileSystem.from_uri(p)
-        with fs.open_input_stream(rel) as f:
-            return f.read().decode("utf-8")
-    return Path(p).read_text(encoding="utf-8")
-
-
 class FeatureSpace:
     """A fitted FeatureSpec. Build with ``widedeep.features.fit`` or load with ``FeatureSpace.load``."""
 
@@ -198,15 +188,16 @@ class FeatureSpace:
         return fs
 
     @classmethod
-    def load(cls, path_or_uri: str | Path) -> FeatureSpace:
-        p = str(path_or_uri)
-        if not p.endswith(".json"):
-            p = p.rstrip("/") + "/feature_space.json"
+    def load(cls, path_or_uri: str | Path | Location) -> FeatureSpace:
+        """The feature space in a ``feature_space.json`` file, or in a directory holding one (path or URI)."""
+        loc = Location.of(path_or_uri, FeatureSpecError)
+        if not loc.path.endswith(".json"):
+            loc = loc / "feature_space.json"
         try:
-            text = _open_text(p)
-        except (OSError, FileNotFoundError) as e:
-            raise FeatureSpecError(f"{p}: cannot read feature space: {e}") from None
-        return cls.from_json(text, source=p)
+            text = loc.read_text()
+        except FS_ERRORS as e:
+            raise FeatureSpecError(f"{loc}: cannot read feature space: {e}") from None
+        return cls.from_json(text, source=str(loc))
 
     # ----- schema -----
     @property
@@ -423,7 +414,7 @@ class FeatureSpace:
         info = TransformInfo(n, out.num_rows, dict(problems.counts) if problems.any else {}, oov, nvals, ~problems.mask if problems.any else None)
         return out, info
 
-    def _encode_values(self, f: CategoricalFeature | MultivalentFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
+    def _encode_values(self, f: VocabularyFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
         if "hash_buckets" in st:
             ids = hashing.bucket(hash_values(values), st["hash_buckets"])
             if values.null_count:

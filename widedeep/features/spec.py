@@ -48,16 +48,17 @@ def _check_common(name: str, dim: int) -> None:
 
 
 @dataclass(frozen=True)
-class CategoricalFeature:
-    """One value per row; a fitted vocabulary (``min_count``, ``max_size``) or ``hash_buckets``.
+class VocabularyFeature:
+    """What the categorical kinds share: values looked up in a fitted vocabulary (``min_count``,
+    ``max_size``) or hashed into ``hash_buckets``, on the wide and/or deep side.
 
     Values are compared as strings (ints are formatted in decimal), so ``7`` and ``"7"`` are
     the same category in training and in a JSON request. Missing, rare and unseen values map
-    to the one out-of-vocabulary id (the last id).
+    to the one out-of-vocabulary id (the last id). Not a kind of its own: a spec names
+    ``categorical`` or ``multivalent``.
     """
 
     name: str
-    kind: Literal["categorical"] = "categorical"
     column: str | None = None
     side: Side = "context"
     wide: bool = True
@@ -81,28 +82,25 @@ class CategoricalFeature:
 
 
 @dataclass(frozen=True)
-class MultivalentFeature:
+class CategoricalFeature(VocabularyFeature):
+    """One value per row (``VocabularyFeature``'s vocabulary or hashing)."""
+
+    kind: Literal["categorical"] = "categorical"
+
+
+@dataclass(frozen=True)
+class MultivalentFeature(VocabularyFeature):
     """A list of values per row (installed apps, genres), pooled by ``combiner``.
 
     The column is a list column, or a string column split on ``separator`` (``"Action|Comedy"``).
     """
 
-    name: str
     kind: Literal["multivalent"] = "multivalent"
-    column: str | None = None
-    side: Side = "context"
-    wide: bool = True
-    deep: bool = True
-    dim: int = 32
-    min_count: int = 1
-    max_size: int | None = None
-    hash_buckets: int | None = None
     combiner: Literal["sum", "mean"] = "mean"
     separator: str | None = None
-    optional: bool = False
 
     def __post_init__(self) -> None:
-        CategoricalFeature.__post_init__(self)  # same constraints
+        super().__post_init__()
         if self.separator == "":
             raise FeatureSpecError("separator: must not be empty")
 
@@ -342,7 +340,7 @@ def _parse(data: Any) -> FeatureSpec:
                 if inp not in names:
                     raise FeatureSpecError(f"features[{i}].inputs[{j}]: unknown feature {inp!r}")
                 comp = feats[names[inp]]
-                if not isinstance(comp, (CategoricalFeature, MultivalentFeature, BucketizedFeature)):
+                if not isinstance(comp, (VocabularyFeature, BucketizedFeature)):
                     raise FeatureSpecError(
                         f"features[{i}].inputs[{j}]: {inp!r} is {comp.kind}; crosses take categorical, multivalent or bucketized features"
                     )

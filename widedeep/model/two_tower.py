@@ -22,17 +22,23 @@ Shapes: ``B`` positives in a batch, ``M`` random negatives, ``D`` output dim.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from widedeep.config import from_dict
 from widedeep.data.batch import JaggedIds
 from widedeep.errors import ConfigError
+from widedeep.kernels import TableBatchedEmbeddingBag, TableConfig
 
 USER_SIDES = ("user", "context")
 ITEM_SIDES = ("item",)
+#: the user tower's pooled-history input (``TwoTowerConfig.history``; built by ``widedeep.retrieval.history``)
+HISTORY_COLUMN = "__history__"
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,29 @@ class TwoTowerConfig:
             raise ConfigError(f"task_config.init_scale: must be >= 0, got {self.init_scale}")
 
 
+def two_tower_config(task_config: Mapping[str, Any] | None) -> TwoTowerConfig:
+    """The validated ``task_config`` mapping of a retrieval job (unknown keys raise, naming them)."""
+    return from_dict(TwoTowerConfig, dict(task_config or {}), "task_config")
+
+
+def history_source(fs: Any) -> tuple[str, int]:
+    """``(prepared column, table rows)`` of the item-key feature whose ids a user history holds.
+
+    Why here: the size of the user tower's history table is this feature's, so the model
+    defines which feature it is; ``widedeep.retrieval.history`` builds the histories.
+    """
+    key = getattr(fs.spec, "item_key", None)
+    if not key:
+        raise ConfigError("task_config.history: the FeatureSpace declares no item_key")
+    for f in fs.features:
+        if getattr(f, "kind", None) == "categorical" and (getattr(f, "column", None) or f.name) == key:
+            for t in list(fs.deep_tables) + list(fs.wide_tables):
+                if t.column == f.name and not t.multivalent:
+                    return f.name, int(t.num_rows)
+    raise ConfigError(f"task_config.history: needs the item key {key!r} to be a categorical feature of the spec "
+                      f"(histories are pooled ids of that feature)")
+
+
 @dataclass(frozen=True)
 class TowerFeatures:
     """Which prepared columns one tower reads."""
@@ -127,8 +156,6 @@ def tower_features(fs: Any, sides: tuple[str, ...], name: str, history: int = 0)
         if t.side in sides and t.column not in seen:
             seen[t.column] = (t.column, int(t.num_rows), t.pooling, bool(t.multivalent))
     if history > 0:
-        from widedeep.retrieval.history import HISTORY_COLUMN, history_source
-
         seen[HISTORY_COLUMN] = (HISTORY_COLUMN, history_source(fs)[1], "mean", True)
     dense = tuple(c for c in fs.dense_columns if fs.feature_side(c) in sides)
     if not seen and not dense:
@@ -164,8 +191,6 @@ class Tower(nn.Module):
 
     def __init__(self, feats: TowerFeatures, cfg: TwoTowerConfig, optimizer: Any, seed: int = 0) -> None:
         super().__init__()
-        from widedeep.kernels import TableBatchedEmbeddingBag, TableConfig
-
         self.feats = feats
         self.tbe = None
         if feats.tables:
@@ -237,8 +262,6 @@ def search_vectors(cfg: TwoTowerConfig, side: str, vectors: Any, positives: Any 
 
     numpy in, numpy out (float32); unchanged when the prior is 0.
     """
-    import numpy as np
-
     if not cfg.popularity_prior:
         return vectors
     v = np.asarray(vectors, dtype=np.float32)

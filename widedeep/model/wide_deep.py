@@ -34,6 +34,7 @@ from torch import nn
 
 from widedeep.data.batch import Batch
 from widedeep.errors import ConfigError
+from widedeep.kernels import TableBatchedEmbeddingBag, TableConfig
 from widedeep.kernels.config import OptimizerConfig, OptimizerKind
 from widedeep.model.mlp import MLP
 
@@ -142,8 +143,6 @@ class WideAndDeep(nn.Module):
 
     def __init__(self, fs: Any, cfg: ModelConfig | None = None, optim: OptimConfig | None = None, seed: int = 0):
         super().__init__()
-        from widedeep.kernels import TableBatchedEmbeddingBag, TableConfig
-
         self.cfg = cfg = cfg or ModelConfig()
         self.optim_cfg = optim = optim or OptimConfig()
         self.task = fs.task

@@ -29,7 +29,7 @@ import torch
 from widedeep.errors import ConfigError
 from widedeep.retrieval.index import ItemIndex
 from widedeep.retrieval.interactions import CSR, key_rows
-from widedeep.retrieval.metrics import rank_topk
+from widedeep.retrieval.topk import rank_topk
 
 
 def union(a: CSR, b: CSR) -> CSR:

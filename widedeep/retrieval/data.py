@@ -24,92 +24,25 @@ import torch
 
 from widedeep.data.batch import JaggedIds
 from widedeep.errors import DataError
-from widedeep.retrieval.interactions import CSR, key_rows
+from widedeep.model.two_tower import TowerInput
+from widedeep.paths import Location
+from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
 
 SPLITS = ("train", "valid", "test")
 
 
-@dataclass(frozen=True)
-class DataPath:
-    """A prepared directory, split or file on local disk or at a URI (``s3://``, ``gs://``,
-    ``file://``, ... anything ``pyarrow.fs`` resolves).
-
-    Why: on a cluster the prepared data lives on shared storage; retrieval's catalog, histories,
-    seen items and evaluation read it here (Ray Data reads it for training batches), so they take
-    the same paths and URIs as ``widedeep train --set data=...``.
-    """
-
-    fs: Any
-    path: str
-    scheme: str = ""            # "" for a local path
-
-    @staticmethod
-    def of(p: str | Path | DataPath) -> DataPath:
-        if isinstance(p, DataPath):
-            return p
-        s = str(p)
-        if "://" in s:
-            import pyarrow.fs as pafs
-
-            try:
-                fs, path = pafs.FileSystem.from_uri(s)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
-                raise DataError(f"{s}: cannot open this URI ({e})") from None
-            return DataPath(fs, path.rstrip("/") or "/", s.split("://", 1)[0])
-        import pyarrow.fs as pafs
-
-        return DataPath(pafs.LocalFileSystem(), str(Path(s).expanduser()))
-
-    def __str__(self) -> str:
-        if not self.scheme:
-            return self.path
-        return f"{self.scheme}://{self.path}" if self.scheme != "file" else f"file://{self.path}"
-
-    def __truediv__(self, name: str) -> DataPath:
-        return DataPath(self.fs, self.path.rstrip("/") + "/" + name, self.scheme)
-
-    @property
-    def name(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
-
-    @property
-    def parent(self) -> DataPath:
-        return DataPath(self.fs, self.path.rstrip("/").rsplit("/", 1)[0] or "/", self.scheme)
-
-    def _type(self) -> Any:
-        return self.fs.get_file_info(self.path).type
-
-    def exists(self) -> bool:
-        import pyarrow.fs as pafs
-
-        return self._type() != pafs.FileType.NotFound
-
-    def is_dir(self) -> bool:
-        import pyarrow.fs as pafs
-
-        return self._type() == pafs.FileType.Directory
-
-    def parquet_files(self) -> list[DataPath]:
-        """The ``*.parquet`` files of a directory (sorted), or this file."""
-        import pyarrow.fs as pafs
-
-        if not self.is_dir():
-            return [self] if self.exists() else []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
-        return [DataPath(self.fs, i.path, self.scheme) for i in sorted(infos, key=lambda i: i.path)
-                if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
-
-    def schema(self) -> pa.Schema:
-        return pq.read_schema(self.path, filesystem=self.fs)
-
-    def read(self, columns: list[str]) -> pa.Table:
-        return pq.read_table(self.path, columns=columns, filesystem=self.fs)
+def parquet_files(location: str | Path | Location) -> list[Location]:
+    """The ``*.parquet`` files of a directory (sorted), or the file itself; ``[]`` when there are none."""
+    loc = Location.of(location)
+    if not loc.is_dir():
+        return [loc] if loc.exists() else []
+    return loc.files(".parquet")
 
 
-def split_columns(split: str | Path | DataPath) -> list[str]:
+def split_columns(split: str | Path | Location) -> list[str]:
     """Column names of a split's first Parquet shard (``[]`` when it has none)."""
-    files = DataPath.of(split).parquet_files()
-    return files[0].schema().names if files else []
+    files = parquet_files(split)
+    return pq.read_schema(files[0].path, filesystem=files[0].fs).names if files else []
 
 
 def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
@@ -131,9 +64,9 @@ def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
     return list(cols)
 
 
-def data_root(path: str | Path | DataPath) -> DataPath:
+def data_root(path: str | Path | Location) -> Location:
     """The prepared directory for ``DIR`` or ``DIR/<split>`` (the one holding feature_space.json)."""
-    p = DataPath.of(path)
+    p = Location.of(path)
     if (p / "feature_space.json").exists():
         return p
     if p.name in SPLITS and (p.parent / "feature_space.json").exists():
@@ -141,19 +74,19 @@ def data_root(path: str | Path | DataPath) -> DataPath:
     raise DataError(f"{p}: not a prepared data directory or split (no feature_space.json here or above)")
 
 
-def read_split(path: str | Path | DataPath, columns: list[str]) -> pa.Table:
+def read_split(path: str | Path | Location, columns: list[str]) -> pa.Table:
     """Columns of every Parquet shard under ``path`` (a split directory or one file; path or URI)."""
-    p = DataPath.of(path)
-    files = p.parquet_files()
+    p = Location.of(path)
+    files = parquet_files(p)
     if not files:
         raise DataError(f"{p}: no Parquet shards")
     tables = []
     for f in files:
-        names = f.schema().names
+        names = pq.read_schema(f.path, filesystem=f.fs).names
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{f}: missing prepared column(s) {missing} (has {names})")
-        tables.append(f.read(columns))
+        tables.append(pq.read_table(f.path, columns=columns, filesystem=f.fs))
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
@@ -183,15 +116,16 @@ class Catalog:
         return key_rows(keys, self.keys)
 
 
-def load_rows(root: str | Path | DataPath, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
-    root = DataPath.of(root)
+def load_rows(root: str | Path | Location, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
+    """``columns`` of every row of the given splits of a prepared directory (splits that do not exist are skipped)."""
+    root = Location.of(root)
     parts = [read_split(root / s, columns) for s in splits if (root / s).exists()]
     if not parts:
         raise DataError(f"{root}: none of the splits {list(splits)} exist")
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def build_catalog(fs: Any, root: str | Path | DataPath, splits: tuple[str, ...] = SPLITS) -> Catalog:
+def build_catalog(fs: Any, root: str | Path | Location, splits: tuple[str, ...] = SPLITS) -> Catalog:
     """The item catalog of every item in ``splits`` of a prepared directory."""
     if not fs.item_key:
         raise DataError(f"{root}: the FeatureSpace declares no item_key; retrieval needs one")
@@ -202,12 +136,12 @@ def build_catalog(fs: Any, root: str | Path | DataPath, splits: tuple[str, ...] 
 
 def interactions(table: pa.Table, user_col: str, item_col: str, users: np.ndarray, items: np.ndarray,
                  positives_only: bool = True) -> CSR:
-    """Users x items CSR (rows aligned with ``users``) of ``table``'s rows (``label == 1`` if asked).
+    """Users x items CSR (rows aligned with ``users``) of ``table``'s rows (positives only if asked).
 
     Rows whose user or item is not in ``users`` / ``items`` are left out (the caller chooses them).
     """
     if positives_only:
-        table = table.filter(pc.equal(table.column("label"), 1.0))
+        table = positive_rows(table)
     u = key_rows(table.column(user_col), users)
     i = key_rows(table.column(item_col), items)
     ok = (u >= 0) & (i >= 0)
@@ -226,8 +160,6 @@ def _ids_lengths(col: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarray
 
 def tower_input(feats: Any, table: pa.Table) -> Any:
     """Arrow rows -> ``TowerInput`` (jagged table-major ids + float32 numerics) of one tower."""
-    from widedeep.model.two_tower import TowerInput
-
     b = table.num_rows
     values, lengths = [], []
     for column, _n, _p, _multi in feats.tables:

@@ -7,7 +7,7 @@ tower place a user by *what they watched*: the item-to-item signal that makes it
 learned jointly with the rest of the tower, and it covers users and interactions newer than
 the model.
 
-A history is the user's positive rows (``label == 1``), as ids of the item-key feature (the
+A history is the user's positive rows (``label > 0.5``), as ids of the item-key feature (the
 prepared column of the categorical feature whose source is the spec's ``item_key``), in time
 order when the prepared data keeps a ``timestamp`` column (time splits do) and in file order
 otherwise. At most the ``cap`` latest items are used, the same rule in training, offline
@@ -29,25 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from widedeep.errors import ConfigError
-from widedeep.retrieval.interactions import key_rows
+from widedeep.model.two_tower import HISTORY_COLUMN
+from widedeep.retrieval.interactions import key_rows, positive_rows
 
-HISTORY_COLUMN = "__history__"
 TIME_COLUMN = "timestamp"
-
-
-def history_source(fs: Any) -> tuple[str, int]:
-    """``(prepared column, table rows)`` of the item-key feature whose ids histories hold."""
-    key = getattr(fs.spec, "item_key", None)
-    if not key:
-        raise ConfigError("task_config.history: the FeatureSpace declares no item_key")
-    for f in fs.features:
-        if getattr(f, "kind", None) == "categorical" and (getattr(f, "column", None) or f.name) == key:
-            for t in list(fs.deep_tables) + list(fs.wide_tables):
-                if t.column == f.name and not t.multivalent:
-                    return f.name, int(t.num_rows)
-    raise ConfigError(f"task_config.history: needs the item key {key!r} to be a categorical feature of the spec "
-                      f"(histories are pooled ids of that feature)")
 
 
 @dataclass(frozen=True)
@@ -69,7 +54,7 @@ class Histories:
     def from_rows(table: pa.Table, user_col: str, id_col: str) -> Histories:
         """Histories of the positive rows of ``table`` (``label`` column, optional ``timestamp``)."""
         if "label" in table.column_names:
-            table = table.filter(pc.greater(table.column("label"), 0.5))
+            table = positive_rows(table)
         users = table.column(user_col).combine_chunks()
         codes = pc.dictionary_encode(users)
         u = np.asarray(codes.indices.to_numpy(zero_copy_only=False), dtype=np.int64)

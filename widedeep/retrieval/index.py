@@ -36,7 +36,7 @@ import torch
 
 from widedeep.errors import CheckpointError, ConfigError
 from widedeep.retrieval.interactions import CSR
-from widedeep.retrieval.metrics import rank_topk
+from widedeep.retrieval.topk import rank_topk
 
 log = logging.getLogger(__name__)
 

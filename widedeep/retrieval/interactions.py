@@ -18,6 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+#: a row is a positive interaction when its prepared label is above this (binary labels are 0 / 1)
+POSITIVE_LABEL_ABOVE = 0.5
+
+
+def positive_rows(table: pa.Table) -> pa.Table:
+    """The rows of ``table`` whose ``label`` is a positive (``label > 0.5``): the one definition
+    of a positive interaction that histories, popularity, training and evaluation share."""
+    return table.filter(pc.greater(table.column("label"), POSITIVE_LABEL_ABOVE))
+
+
 def key_rows(keys: np.ndarray | pa.Array, vocabulary: np.ndarray | pa.Array) -> np.ndarray:
     """Row of every key in ``vocabulary`` (int64; -1 where the key is not in it)."""
     keys_a = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(keys)

@@ -20,168 +20,40 @@ pair crosses are made from ids with ``FeatureSpace.add_crosses``.
 Loading checks every file's sha256 against the manifest and that the ranker, the user tower and
 ``feature_space.json`` agree on the FeatureSpace hash; a mismatch raises ``CheckpointError``
 naming both sides. A bundle can also live at a URI (``s3://``, ``gs://``, ``file://``, ...):
-``load_bundle`` copies it to a local cache and verifies the copy (``bundle_uri.py``), and
-``widedeep export --out URI`` uploads one.
+``load_bundle`` copies it to a local cache and verifies the copy (``bundle_uri.py``). Bundles are
+written offline by ``widedeep.export.bundle_writer`` (``widedeep export``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from widedeep.errors import CheckpointError
+from widedeep.features import FeatureSpace
+from widedeep.paths import is_uri
+from widedeep.retrieval.candidates import CandidateGenerator
+from widedeep.retrieval.index import load_index
+from widedeep.serve.bundle_uri import fetch_bundle, read_manifest_bytes
+from widedeep.serve.manifest import parse_manifest, sha256_file
+from widedeep.serve.scoring import CandidateScorer, load_ranker
+from widedeep.serve.towers import load_user_tower
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "widedeep.bundle/1"
-POPULARITY = "_popularity"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
-    }
-
-
-@dataclass
-class BundleContents:
-    """What ``write_bundle`` writes (built by ``widedeep export`` or the synthetic builder).
-
-    Args:
-        fs: the FeatureSpace.
-        ranker: ``(RankerSpec, tensors)`` from ``scoring.extract_ranker``.
-        user_tower: ``(TowerSpec, tensors)`` from ``towers.extract_user_tower``.
-        item_keys: raw item keys, row order of the catalog and the index.
-        items: item-side prepared columns, same row order.
-        item_vectors: float32 ``[n_items, D]`` item-tower vectors.
-        popularity: float32 ``[n_items]`` (cold-start candidates).
-        users: optional ``(user keys, user-side prepared columns)``.
-        seen: optional ``(user keys, list of catalog rows per user)``.
-        sources: provenance recorded in the manifest (checkpoint paths, epochs, metrics).
-        ordering: how ``/v1/recommend`` orders re-ranked candidates, the retriever's
-            ``rerank_blend`` and ``temperature`` (``widedeep.retrieval.candidates.final_scores``).
-    """
-
-    fs: Any
-    ranker: tuple[Any, dict[str, torch.Tensor]]
-    user_tower: tuple[Any, dict[str, torch.Tensor]]
-    item_keys: np.ndarray
-    items: pa.Table
-    item_vectors: np.ndarray
-    popularity: np.ndarray
-    users: tuple[np.ndarray, pa.Table] | None = None
-    seen: tuple[np.ndarray, list[np.ndarray]] | None = None
-    sources: dict[str, Any] = field(default_factory=dict)
-    ordering: dict[str, float] = field(default_factory=dict)   # {"rerank_blend", "temperature"} of the retriever
-
-
-def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None,
-                 index_options: dict[str, Any] | None = None) -> Path:
-    """Write a bundle directory atomically (a temp dir renamed into place).
-
-    ``index_kind`` / ``index_options`` go to ``widedeep.retrieval.index.build_index`` (an HNSW
-    index's recall against exact search is measured there and recorded in the manifest).
-    """
-    from widedeep import __version__
-    from widedeep.retrieval.index import build_index, save_index
-    from widedeep.serve.scoring import save_ranker
-    from widedeep.serve.towers import save_user_tower
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out}: exists and is not empty; choose a new --out")
-    n = len(c.item_keys)
-    if c.items.num_rows != n or c.item_vectors.shape[0] != n or c.popularity.shape[0] != n:
-        raise CheckpointError(f"bundle: {n} item keys but {c.items.num_rows} item rows, "
-                              f"{c.item_vectors.shape[0]} vectors, {c.popularity.shape[0]} popularity values")
-    fs_hash = c.fs.content_hash
-    for what, spec in (("ranker", c.ranker[0]), ("user tower", c.user_tower[0])):
-        if spec.feature_space_hash != fs_hash:
-            raise CheckpointError(f"bundle: the {what} was trained on FeatureSpace {spec.feature_space_hash}, "
-                                  f"the bundle's FeatureSpace is {fs_hash}")
-    t0 = time.monotonic()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
-    try:
-        c.fs.save(tmp / "feature_space.json")
-        save_ranker(tmp, *c.ranker)
-        save_user_tower(tmp, *c.user_tower)
-        item_key = pa.array(c.item_keys)
-        items = c.items.append_column(POPULARITY, pa.array(c.popularity.astype(np.float32)))
-        pq.write_table(items.add_column(0, "item_key", item_key), tmp / "items.parquet")
-        if c.users is not None:
-            keys, table = c.users
-            pq.write_table(table.add_column(0, "user_key", pa.array(keys)), tmp / "users.parquet")
-        keys, rows = c.seen if c.seen is not None else (np.asarray([], dtype=object), [])
-        lists = pa.array([np.asarray(r, dtype=np.int64) for r in rows], type=pa.list_(pa.int64()))
-        pq.write_table(pa.table({"user_key": pa.array(keys), "items": lists}), tmp / "seen.parquet")
-        index, info = build_index(c.item_vectors, index_kind, **(index_options or {}))
-        save_index(tmp / "index", c.item_keys, c.item_vectors, index, info)
-        files = _file_hashes(tmp)
-        version = version or hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "model_version": version,
-            "created_unix": int(time.time()),
-            "versions": {"widedeep": __version__, "torch": torch.__version__, "pyarrow": pa.__version__},
-            "feature_space_hash": fs_hash,
-            "counts": {"items": n, "users": 0 if c.users is None else len(c.users[0]),
-                       "users_with_seen_items": len(keys)},
-            "index": info,
-            "sources": c.sources,
-            "ordering": c.ordering,
-            "files": files,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote bundle %s (version %s, %d items) in %.1fs", out, version, n, time.monotonic() - t0)
-    return out
-
-
-def parse_manifest(raw: bytes | str, where: str) -> dict[str, Any]:
-    """A manifest's JSON, checked to be a bundle manifest of this format (``where`` names it in errors)."""
-    try:
-        m = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: not valid JSON: {e}") from None
-    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
-        got = m.get("format") if isinstance(m, dict) else type(m).__name__
-        raise CheckpointError(f"{where}: format {got!r}, this widedeep reads {BUNDLE_FORMAT!r}")
-    return m
+POPULARITY = "_popularity"   # the items.parquet column of each item's popularity (cold-start candidates)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of the bundle at ``path``: a directory or a URI (``s3://``, ``gs://``, ``file://``, ...)."""
-    from widedeep.serve.bundle_uri import is_uri, read_manifest_bytes
-
     if is_uri(path):
         return parse_manifest(read_manifest_bytes(str(path)), f"{path}/manifest.json")
     p = Path(path) / "manifest.json"
@@ -246,8 +118,6 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ServingBundle:
     bundle; errors then name the URI. ``ServingBundle.source`` keeps what was asked for,
     ``ServingBundle.path`` the directory read.
     """
-    from widedeep.serve.bundle_uri import fetch_bundle, is_uri
-
     if not is_uri(path):
         return _load_local(Path(path), verify, str(path))
     uri = str(path)
@@ -260,12 +130,6 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ServingBundle:
 
 
 def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
-    from widedeep.features import FeatureSpace
-    from widedeep.retrieval.candidates import CandidateGenerator
-    from widedeep.retrieval.index import load_index
-    from widedeep.serve.scoring import CandidateScorer, load_ranker
-    from widedeep.serve.towers import load_user_tower
-
     t0 = time.monotonic()
     m = verify_bundle(root) if verify else read_manifest(root)
     fs = FeatureSpace.load(root / "feature_space.json")

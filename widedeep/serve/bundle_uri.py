@@ -10,8 +10,7 @@ copy while a new bundle written at the same URI (a new manifest) gets a new one.
 in a temp directory and renamed into place, so replicas sharing a node never load a partial copy.
 Cache directory: ``$WIDEDEEP_BUNDLE_CACHE``, default ``<tempdir>/widedeep-bundles``.
 
-Writing (``widedeep export --out URI``): the bundle is written locally, then uploaded with
-``manifest.json`` last, so a reader never sees a manifest whose files are not all there.
+Writing a bundle to a URI is offline work: ``widedeep.export.bundle_writer.upload_bundle``.
 """
 
 from __future__ import annotations
@@ -19,49 +18,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.fs as pafs
 
 from widedeep.errors import CheckpointError
+from widedeep.paths import FS_ERRORS, Location, short_error
+from widedeep.serve.manifest import parse_manifest
 
 log = logging.getLogger(__name__)
 
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CACHE_ENV = "WIDEDEEP_BUNDLE_CACHE"
-_FS_ERRORS = (OSError, pa.ArrowException)  # what pyarrow.fs raises: missing files, bad URIs, no credentials
-
-
-def is_uri(location: str | os.PathLike[str]) -> bool:
-    """``scheme://...`` (a local path, relative or absolute, is not a URI)."""
-    return isinstance(location, str) and _URI.match(location) is not None
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "widedeep-bundles")
 
 
-def _short(e: BaseException) -> str:
-    """The first line of a file-system error (some, like HDFS's, list dozens of lines)."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
-
-
 def filesystem(uri: str) -> tuple[Any, str]:
     """``(pyarrow FileSystem, path inside it)`` for ``uri``; an unknown scheme is a ``CheckpointError`` naming it."""
-    from pyarrow import fs as pafs
-
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except _FS_ERRORS as e:
-        raise CheckpointError(f"{uri}: cannot open this URI ({_short(e)}); a bundle is a local directory or a URI "
-                              "that pyarrow.fs understands (file://, s3://, gs://, hdfs://, ...)") from None
-    return fs, path.rstrip("/")
+    loc = Location.of(uri, CheckpointError)
+    return loc.fs, loc.path.rstrip("/")
 
 
 def read_manifest_bytes(uri: str) -> bytes:
@@ -73,8 +54,8 @@ def read_manifest_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise CheckpointError(f"{uri}: not a serving bundle (no manifest.json there); "
                               "build one with `widedeep export`") from None
-    except _FS_ERRORS as e:
-        raise CheckpointError(f"{uri}: cannot read manifest.json ({_short(e)})") from None
+    except FS_ERRORS as e:
+        raise CheckpointError(f"{uri}: cannot read manifest.json ({short_error(e)})") from None
 
 
 def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
@@ -83,10 +64,6 @@ def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
     The manifest is checked (JSON, bundle format) before anything else is copied; the files are
     checked against it by ``load_bundle``'s verification of the copy.
     """
-    from pyarrow import fs as pafs
-
-    from widedeep.serve.bundle import parse_manifest
-
     raw = read_manifest_bytes(uri)
     m = parse_manifest(raw, f"{uri}/manifest.json")
     cache = cache or cache_dir()
@@ -101,8 +78,8 @@ def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
     try:
         try:
             pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        except _FS_ERRORS as e:
-            raise CheckpointError(f"{uri}: copying the bundle to {tmp} failed ({_short(e)})") from None
+        except FS_ERRORS as e:
+            raise CheckpointError(f"{uri}: copying the bundle to {tmp} failed ({short_error(e)})") from None
         # the manifest that was read and hashed, even if the URI was rewritten meanwhile
         (tmp / "manifest.json").write_bytes(raw)
         try:
@@ -119,42 +96,3 @@ def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
     log.info("bundle %s (version %s): copied %.1f MB to %s in %.1fs (%.1f MB/s)", uri, m.get("model_version"),
              size / 1e6, dest, dt, size / 1e6 / max(dt, 1e-9))
     return dest
-
-
-def check_upload_target(uri: str) -> None:
-    """Refuse a destination that holds a file or a non-empty directory (checked before building a bundle)."""
-    from pyarrow import fs as pafs
-
-    fs, root = filesystem(uri)
-    try:
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File:
-            raise CheckpointError(f"{uri}: exists and is a file; choose a new --out")
-        if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
-            raise CheckpointError(f"{uri}: exists and is not empty; choose a new --out")
-    except CheckpointError:
-        raise
-    except _FS_ERRORS as e:
-        raise CheckpointError(f"{uri}: cannot check the destination ({_short(e)})") from None
-
-
-def upload_bundle(local: Path, uri: str) -> None:
-    """Copy the bundle directory ``local`` to ``uri``, ``manifest.json`` last."""
-    from pyarrow import fs as pafs
-
-    check_upload_target(uri)
-    fs, root = filesystem(uri)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="widedeep-upload-") as side:
-        manifest = Path(side) / "manifest.json"
-        shutil.move(str(local / "manifest.json"), manifest)
-        try:
-            fs.create_dir(root, recursive=True)
-            pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-            pafs.copy_files(str(manifest), f"{root}/manifest.json", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=fs)
-        except _FS_ERRORS as e:
-            raise CheckpointError(f"{uri}: uploading the bundle from {local} failed ({_short(e)})") from None
-        finally:
-            shutil.move(str(manifest), local / "manifest.json")
-    log.info("uploaded bundle %s to %s in %.1fs", local, uri, time.monotonic() - t0)

@@ -128,7 +128,7 @@ class Retriever:
     """Prepares the request (FeatureSpace transform) and retrieves N candidate rows."""
 
     def __init__(self, verify_bundle: bool = True, torch_threads: int = 1) -> None:
-        from widedeep.serve.metrics import ServingMetrics
+        from widedeep.serve.telemetry import ServingMetrics
 
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Retriever")
@@ -169,7 +169,7 @@ class Ranker:
 
     def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0, verify_bundle: bool = True,
                  torch_threads: int = 1) -> None:
-        from widedeep.serve.metrics import ServingMetrics
+        from widedeep.serve.telemetry import ServingMetrics
 
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Ranker")

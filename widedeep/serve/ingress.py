@@ -179,7 +179,7 @@ class Ingress:
     """HTTP entry point. ``retriever`` / ``ranker`` are handles in the chain, ``None`` when fused."""
 
     def __init__(self, args: dict[str, Any], retriever: Any = None, ranker: Any = None) -> None:
-        from widedeep.serve.metrics import ServingMetrics
+        from widedeep.serve.telemetry import ServingMetrics
 
         self.args = AppArgs.model_validate({**args, "bundle": args.get("bundle", "")})
         set_threads(self.args.torch_threads)

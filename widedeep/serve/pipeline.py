@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from widedeep.errors import DataError, ServingError
-from widedeep.retrieval.history import HISTORY_COLUMN
+from widedeep.model.two_tower import HISTORY_COLUMN
 from widedeep.serve.bundle import ServingBundle
 from widedeep.serve.scoring import QUERY_SIDES, QueryPart
 

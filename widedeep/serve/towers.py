@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from widedeep.errors import CheckpointError
 from widedeep.features import TableInfo
-from widedeep.retrieval.history import HISTORY_COLUMN
+from widedeep.model.two_tower import HISTORY_COLUMN
 from widedeep.serve.scoring import _pool
 
 TOWER_FORMAT = "widedeep.user_tower/1"

@@ -99,7 +99,7 @@ class _LocalCheckpoint:
 
 def scan_checkpoints(run_dir: str) -> list[tuple[Any, dict[str, Any]]]:
     """(checkpoint, metrics) of every complete checkpoint directory under ``run_dir``."""
-    from widedeep.train.checkpoint import is_checkpoint_dir
+    from widedeep.model.checkpoint import is_checkpoint_dir
 
     out = []
     for p in sorted(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else []:

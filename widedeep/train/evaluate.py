@@ -2,7 +2,7 @@
 
 Reads the split's Parquet shards batch by batch (only the columns the model needs), runs the
 model in eval mode and computes the same metrics as training-time validation
-(``widedeep.train.metrics``), so a checkpoint's valid figures and test figures compare directly.
+(``widedeep.train.pointwise_metrics``), so a checkpoint's valid figures and test figures compare directly.
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def _predict(ck: Any, data: str, batch_size: int) -> dict[str, np.ndarray]:
 def predict_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
     """The task's raw outputs of ``checkpoint`` on split ``data`` (ranking: ``outputs`` and
     ``labels``), for plots and custom analyses in notebooks."""
-    from widedeep.train.checkpoint import load_checkpoint
+    from widedeep.model.checkpoint import load_checkpoint
 
     return _predict(load_checkpoint(checkpoint), data, batch_size)
 
 
 def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on the prepared split directory ``data``."""
-    from widedeep.train.checkpoint import load_checkpoint
+    from widedeep.model.checkpoint import load_checkpoint
     from widedeep.train.config import config_from_dict
     from widedeep.train.tasks import get_task
 

@@ -177,7 +177,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     from widedeep.features import FeatureSpace
-    from widedeep.train.checkpoint import load_state_into, read_meta, save_checkpoint
+    from widedeep.model.checkpoint import load_state_into, read_meta, save_checkpoint
 
     cfg = config_from_dict(loop_config["config"])
     fs = FeatureSpace.from_json(loop_config["feature_space"])

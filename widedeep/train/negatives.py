@@ -10,7 +10,7 @@ item drawn from the training catalog, label 0 — teaches the ranker P(a positiv
 item) instead: the usual implicit-feedback recipe (e.g. NCF, He et al. 2017).
 
 Items are drawn with probability proportional to ``count ** sampling_power`` (``count`` = the
-item's positive training rows + 1; power 0 = uniform, 1 = popularity, 0.75 the word2vec
+item's popularity + 1, ``widedeep.retrieval.popularity``; power 0 = uniform, 1 = popularity, 0.75 the word2vec
 compromise): popular items are the ones retrieval proposes, so they must appear as negatives
 often enough for the ranker to learn more than popularity. The negative rows take the item-side
 columns from the catalog and recompute the user x item crosses from the component ids
@@ -21,7 +21,6 @@ time.
 
 from __future__ import annotations
 
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from widedeep.config import from_dict
 from widedeep.errors import ConfigError, DataError
+from widedeep.features.spec import CrossedFeature
+from widedeep.retrieval.data import build_catalog, load_rows
+from widedeep.retrieval.popularity import item_popularity
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,11 @@ def ranking_config(cfg: Any) -> RankingTaskConfig:
 
 def pair_crosses(fs: Any) -> list[str]:
     """Crossed features with a user/context and an item component (recomputed for negatives)."""
-    from widedeep.features.spec import CrossedFeature
-
     return [f.name for f in fs.features if isinstance(f, CrossedFeature) and fs.feature_side(f.name) == "pair"]
 
 
 def extra_columns(fs: Any) -> list[str]:
     """Columns negatives need besides the model's: the components of the pair crosses."""
-    from widedeep.features.spec import CrossedFeature
-
     out: list[str] = []
     for f in fs.features:
         if isinstance(f, CrossedFeature) and f.name in pair_crosses(fs):
@@ -90,17 +87,13 @@ class NegativeSampler:
     """
 
     def __init__(self, fs: Any, root: str | Path, power: float) -> None:
-        from widedeep.retrieval.data import build_catalog, load_rows
-
         if not fs.item_key:
             raise ConfigError("task_config.sampled_negatives: needs a FeatureSpace with an item_key (the catalog "
                               "negatives are drawn from); declare item_key in the spec")
         self.fs = fs
         self.catalog = build_catalog(fs, root, splits=("train",))
-        t = load_rows(root, ("train",), [fs.item_key, "label"])
-        t = t.filter(pc.greater(t.column("label"), 0.5))
-        rows = self.catalog.rows(t.column(fs.item_key))
-        counts = np.bincount(rows[rows >= 0], minlength=self.catalog.n_items).astype(np.float64) + 1.0
+        train = load_rows(root, ("train",), [fs.item_key, "label"])
+        counts = item_popularity(train, fs.item_key, self.catalog.keys) + 1.0   # add-one: every item can be drawn
         p = counts ** power
         self.cdf = np.cumsum(p / p.sum())
         self.item_columns = list(self.catalog.table.column_names)
@@ -137,19 +130,3 @@ def _content_seed(table: pa.Table, seed: int) -> int:
     if pa.types.is_integer(first.type):
         h = zlib.crc32(np.asarray(first.to_numpy(zero_copy_only=False)).tobytes(), h)
     return (int(seed) << 32) ^ h
-
-
-_LOCK = threading.Lock()
-_SAMPLERS: dict[tuple[str, str, float], NegativeSampler] = {}
-
-
-def sampler_for(fs: Any, cfg: Any) -> NegativeSampler:
-    """The process's sampler for this data directory (built once; loader threads share it)."""
-    data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
-    power = ranking_config(cfg).sampling_power
-    key = (data, str(fs.content_hash), power)
-    with _LOCK:
-        s = _SAMPLERS.get(key)
-        if s is None:
-            s = _SAMPLERS[key] = NegativeSampler(fs, data, power)
-        return s

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from widedeep.train.checkpoint import load_checkpoint
+from widedeep.model.checkpoint import load_checkpoint
 
 
 def _tbe_modules(model: nn.Module) -> dict[str, Any]:

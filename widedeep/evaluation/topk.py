@@ -1,6 +1,6 @@
 """Full-catalog top-K evaluation of retrieval, of retrieval + ranking, and of two baselines.
 
-For every user of the evaluated split with at least one positive (``label == 1``), the WHOLE
+For every user of the evaluated split with at least one positive (``label > 0.5``), the WHOLE
 item catalog minus the user's training items is ranked (no sampled negatives):
 
 - **retrieval**: the two-tower user vector against every item vector (exact search, through
@@ -12,8 +12,8 @@ item catalog minus the user's training items is ranked (no sampled negatives):
   (cosine over the training interaction matrix).
 
 Definitions: a user's *training items* are every item of their rows in the train split (any
-label: a seen item is never recommended again); their *history* for item-kNN and the
-popularity counts are the train split's positives; *relevant* items are the evaluated split's
+label: a seen item is never recommended again); their *history* for item-kNN is the train
+split's positives, and popularity is ``widedeep.retrieval.popularity``'s (positive train rows); *relevant* items are the evaluated split's
 positives that are not training items of the user (re-occurrences of a training item can never
 be recommended, so they are counted in ``positives_already_in_train`` and left out). The catalog is every item of the prepared directory (all splits).
 """
@@ -28,16 +28,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
+from widedeep.data.collate import Collator
 from widedeep.errors import CheckpointError, DataError
-from widedeep.retrieval.baselines import ItemKNN, MostPopular
+from widedeep.evaluation.baselines import ItemKNN, MostPopular
+from widedeep.model.checkpoint import load_checkpoint
+from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
+from widedeep.paths import Location
+from widedeep.retrieval.history import Histories, history_columns, with_history
+from widedeep.retrieval.popularity import item_popularity
 from widedeep.retrieval.candidates import CandidateGenerator, final_scores
 from widedeep.retrieval.data import (
     SPLITS,
     Catalog,
-    DataPath,
+
     build_catalog,
     data_root,
     embed,
@@ -48,8 +53,8 @@ from widedeep.retrieval.data import (
     split_columns,
 )
 from widedeep.retrieval.index import ExactIndex
-from widedeep.retrieval.interactions import CSR, key_rows
-from widedeep.retrieval.metrics import rank_topk, ranking_metrics
+from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
+from widedeep.retrieval.topk import rank_topk, ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,7 @@ class EvalData:
     def __init__(self, fs: Any, data_dir: str | Path) -> None:
         t0 = time.monotonic()
         self.fs = fs
-        p = DataPath.of(data_dir)
+        p = Location.of(data_dir)
         self.root = data_root(p)
         self.split_dir = p if p.name in SPLITS and str(p) != str(self.root) else self.root / "test"
         if not fs.user_key or not fs.item_key:
@@ -78,7 +83,7 @@ class EvalData:
         user_cols = side_columns(fs, ("user", "context"))
         train = read_split(self.root / "train", [uk, ik, "label", *user_cols])
         test = read_split(self.split_dir, [uk, ik, "label", *user_cols])
-        test_pos = test.filter(pc.equal(test.column("label"), 1.0))
+        test_pos = positive_rows(test)
         items = self.catalog.keys
         # relevant = the split's positives that are not training items of the user (those are
         # excluded from every ranking, so they could never be hit)
@@ -96,6 +101,7 @@ class EvalData:
         self.train_users = first_by_key(train.select([uk]), uk)[0]
         self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
         self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
+        self.popularity = item_popularity(train, ik, items)                  # float64 [n_items]
         # the user's features: their train rows first (every user of a per-user time split has
         # some), else their rows in the evaluated split
         both = pa.concat_tables([train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive")
@@ -104,37 +110,26 @@ class EvalData:
         log.info("top-K eval: %d users with positives in %s, %d items in the catalog, %d relevant pairs (%.1fs)",
                  len(self.users), self.split_dir, self.catalog.n_items, self.relevant.nnz, time.monotonic() - t0)
         if len(self.users) == 0:
-            raise DataError(f"{self.split_dir}: no user has a positive (label == 1) row to evaluate")
+            raise DataError(f"{self.split_dir}: no user has a positive (label > 0.5) row to evaluate")
 
 
 def user_rows(model: Any, data: EvalData) -> pa.Table:
     """The evaluated users' tower inputs: their features, plus their train-split history when the
     retriever pools one (``task_config.history``)."""
-    from widedeep.retrieval.history import (
-        HISTORY_COLUMN,
-        Histories,
-        history_columns,
-        history_source,
-    )
-
     m = getattr(model, "module", model)
     if HISTORY_COLUMN not in m.user_features.columns:
         return data.user_table
     id_col = history_source(data.fs)[0]
     train = read_split(data.root / "train", history_columns(split_columns(data.root / "train"), id_col))
     hist = Histories.from_rows(train, "user_key", id_col)
-    from widedeep.retrieval.history import with_history
-
     return with_history(data.user_table, hist, data.users, m.cfg.history)
 
 
 def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows [U, n], scores [U, n], item_vectors)`` of the two-tower retriever for every user."""
     t0 = time.monotonic()
-    from widedeep.model.two_tower import search_vectors
-
     cfg = getattr(model, "module", model).cfg
-    popularity = np.bincount(data.train_pos.indices, minlength=data.catalog.n_items).astype(np.float32)
+    popularity = data.popularity.astype(np.float32)
     item_vecs = search_vectors(cfg, "item", embed(model, "item", data.catalog.table), popularity)
     user_vecs = search_vectors(cfg, "user", embed(model, "user", user_rows(model, data)))
     gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
@@ -152,8 +147,6 @@ def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_lo
     learned estimate of how likely the user is to engage with the item at all, which a ranker
     trained on impressions (P(label | shown)) does not model.
     """
-    from widedeep.data.collate import Collator
-
     user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
     item_tab = data.catalog.table
     collator = Collator(rfs, require_label=False)
@@ -191,7 +184,7 @@ def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
     """Most-popular and item-kNN through the same engine, exclusions and metrics."""
     out: dict[str, dict[str, float]] = {}
     ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
-    pop = MostPopular(data.train_pos)
+    pop = MostPopular(data.popularity)
     rows, _ = rank_topk(lambda lo, hi: pop.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
                         data.exclude, label="most-popular")
     out["most_popular"] = ranking_metrics(rows, data.relevant, ks)
@@ -245,9 +238,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metrics_out: str | None) -> int:
     """``widedeep evaluate --task topk``: evaluate, print a table, write the metrics JSON."""
-    from widedeep.retrieval.task import retrieval_config
-    from widedeep.train.checkpoint import load_checkpoint
-
     ret = load_checkpoint(retriever_ckpt)
     if ret.task != "retrieval":
         raise CheckpointError(f"{retriever_ckpt}: checkpoint task is {ret.task!r}, expected 'retrieval' (--retriever)")
@@ -260,7 +250,7 @@ def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metric
             raise CheckpointError(f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
                                   f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data")
     data = EvalData(fs, data_dir)
-    rc = retrieval_config(ret.config)
+    rc = two_tower_config(ret.config.get("task_config"))
     result = evaluate_topk(ret.model, data, ranker, ranker_fs, rc.candidates, rc.rerank_blend, rc.temperature)
     result["retriever"] = str(retriever_ckpt)
     result["ranker"] = str(ranker_ckpt) if ranker_ckpt else None

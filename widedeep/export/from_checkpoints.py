@@ -1,8 +1,9 @@
 """Building a serving bundle from trained models and prepared data (``widedeep export``).
 
 The catalog, the user table, the seen items and popularity all come from PREPARED rows (ids,
-not raw values; contracts §5), so the same code builds a bundle from a prepared directory
-(``export_from_checkpoints``) and from in-memory tables (``widedeep.serve.synthetic``).
+not raw values: an item's prepared columns are a deterministic function of its raw features), so
+the same code builds a bundle from a prepared directory (``export_from_checkpoints``) and from
+in-memory tables (``widedeep.export.synthetic``).
 """
 
 from __future__ import annotations
@@ -15,25 +16,31 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from widedeep.errors import CheckpointError, DataError
-from widedeep.serve.bundle import BundleContents, write_bundle
+from widedeep.export.bundle_writer import BundleContents, check_upload_target, upload_bundle, write_bundle
+from widedeep.features import FeatureSpace
+from widedeep.features.spec import CrossedFeature
+from widedeep.model.checkpoint import load_checkpoint, read_meta
+from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors
+from widedeep.paths import Location, is_uri
+from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
+from widedeep.retrieval.history import TIME_COLUMN, Histories
+from widedeep.retrieval.interactions import key_rows
+from widedeep.retrieval.popularity import item_popularity
+from widedeep.serve.scoring import extract_ranker
+from widedeep.serve.towers import extract_user_tower
 
 log = logging.getLogger(__name__)
 
 
 def _side_base_columns(fs: Any, side: str) -> list[str]:
     """Prepared columns of ``side`` that the models read (tables of both parts and numerics)."""
-    from widedeep.retrieval.data import side_columns
-
     return side_columns(fs, (side,))
 
 
 def _user_base_columns(fs: Any) -> list[str]:
     """User-side non-cross prepared columns (what the user table stores; crosses are recomputed)."""
-    from widedeep.features.spec import CrossedFeature
-
     return [f.name for f in fs.features if not isinstance(f, CrossedFeature) and f.side == "user"]
 
 
@@ -41,8 +48,6 @@ def _with_histories(fs: Any, retriever: Any, users: pa.Table, user_keys: np.ndar
     """The user table plus each user's latest positives when the retriever pools a history
     (``task_config.history``): serving then places a known user by what they did, in every split
     of the exported data (the newest interactions are the most telling)."""
-    from widedeep.retrieval.history import HISTORY_COLUMN, Histories, history_source
-
     m = getattr(retriever, "module", retriever)
     if HISTORY_COLUMN not in m.user_features.columns:
         return users
@@ -64,27 +69,17 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
         rows: prepared rows with ``item_key`` (and ``user_key`` when the spec has one): the
             catalog is every distinct item, the user table every distinct user, and the seen
             items every (user, item) pair in them.
-        positives: rows whose ``label == 1`` count towards popularity (default: ``rows``).
+        positives: the train split's rows (with ``label``) that popularity is counted on
+            (``widedeep.retrieval.popularity``; default: ``rows``).
         sources: provenance for the manifest.
     """
-    from widedeep.retrieval.data import embed, first_by_key
-    from widedeep.retrieval.interactions import key_rows
-    from widedeep.serve.scoring import extract_ranker
-    from widedeep.serve.towers import extract_user_tower
-
     if not fs.item_key or "item_key" not in rows.column_names:
         raise DataError("export: the prepared data has no item_key column; serving needs an item catalog")
     t0 = time.monotonic()
     item_cols = _side_base_columns(fs, "item")
     item_keys, item_rows = first_by_key(rows.select(["item_key", *item_cols]), "item_key")
     items = item_rows.drop_columns(["item_key"])
-    pos = positives if positives is not None else rows
-    if "label" in pos.column_names:
-        pos = pos.filter(pc.greater(pos.column("label"), 0.5))
-    r = key_rows(pos.column("item_key"), item_keys)
-    popularity = np.bincount(r[r >= 0], minlength=len(item_keys)).astype(np.float32)
-    from widedeep.model.two_tower import search_vectors
-
+    popularity = item_popularity(positives if positives is not None else rows, "item_key", item_keys).astype(np.float32)
     # with a popularity prior the item vectors carry it (the same training counts as evaluation)
     vectors = search_vectors(getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items),
                              popularity)
@@ -115,10 +110,6 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     bundle is then written to a local temp directory and uploaded (``bundle_uri.upload_bundle``);
     the URI is returned as given.
     """
-    from widedeep.retrieval.data import SPLITS, load_rows
-    from widedeep.serve.bundle_uri import check_upload_target, is_uri
-    from widedeep.train.checkpoint import load_checkpoint, read_meta
-
     if is_uri(out):
         check_upload_target(out)  # before the expensive part
 
@@ -139,22 +130,16 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
         raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
                               f"{h2} ({retriever_path}); train both on the same prepared data")
     fs = rk.feature_space
-    from widedeep.retrieval.data import DataPath, split_columns
-
-    root = DataPath.of(data or rk.config.get("data", ""))
+    root = Location.of(data or rk.config.get("data", ""))
     if not (root / "feature_space.json").exists():
         raise DataError(f"export: {root}: not a prepared data directory (give --data DIR or a URI)")
-    from widedeep.features import FeatureSpace
-
-    data_hash = FeatureSpace.load(str(root)).content_hash
+    data_hash = FeatureSpace.load(root).content_hash
     if data_hash != h1:
         raise CheckpointError(f"export: the prepared data {root} has FeatureSpace {data_hash}, the checkpoints {h1}")
     cols = ["item_key", "label", *_side_base_columns(fs, "item")]
     if fs.user_key:
         cols += ["user_key", *_user_base_columns(fs)]
     cols = list(dict.fromkeys(cols))
-    from widedeep.retrieval.history import TIME_COLUMN
-
     if TIME_COLUMN in split_columns(root / "train"):
         cols.append(TIME_COLUMN)            # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
@@ -169,8 +154,6 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources)
     if not is_uri(out):
         return write_bundle(out, contents, index_kind=index_kind, version=version)
-    from widedeep.serve.bundle_uri import upload_bundle
-
     with tempfile.TemporaryDirectory(prefix="widedeep-export-") as tmp:
         upload_bundle(write_bundle(Path(tmp) / "bundle", contents, index_kind=index_kind, version=version), out)
     return out

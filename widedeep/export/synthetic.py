@@ -16,6 +16,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
+
+from widedeep.data.collate import Collator
+from widedeep.export.bundle_writer import write_bundle
+from widedeep.export.from_checkpoints import bundle_contents
+from widedeep.features import parse_spec
+from widedeep.features.fit import fit_tables
+from widedeep.kernels import OptimizerConfig
+from widedeep.model.two_tower import TwoTower, TwoTowerConfig
+from widedeep.model.wide_deep import ModelConfig, WideAndDeep
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,7 @@ SPEC: dict[str, Any] = {
         {"name": "device_x_country", "kind": "crossed", "inputs": ["device", "country"], "hash_buckets": 200},
     ],
 }
-DEVICES = ["ios", "android", "web", "tv"]
+DEVICES = ("ios", "android", "web", "tv")
 
 
 def raw_tables(n_items: int, n_users: int, n_rows: int, seed: int = 0) -> pa.Table:
@@ -71,10 +81,6 @@ def raw_tables(n_items: int, n_users: int, n_rows: int, seed: int = 0) -> pa.Tab
 
 def _train_ranker(model: Any, fs: Any, prepared: pa.Table, steps: int, batch: int, seed: int) -> None:
     """A few joint steps (the kernel applies the sparse updates in backward; Adam the MLP)."""
-    import torch
-
-    from widedeep.data.collate import Collator
-
     collate = Collator(fs)
     opt = model.optim_cfg.dense.build(model.dense_parameters())
     rng = np.random.default_rng(seed)
@@ -101,16 +107,6 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     measured and recorded) from there: exact top-500 over 100k items is a few ms per request on
     a small CPU, HNSW a fraction of that at ~0.999 recall.
     """
-    import torch
-
-    from widedeep.features import parse_spec
-    from widedeep.features.fit import fit_tables
-    from widedeep.kernels import OptimizerConfig
-    from widedeep.model.two_tower import TwoTower, TwoTowerConfig
-    from widedeep.model.wide_deep import ModelConfig, WideAndDeep
-    from widedeep.serve.bundle import write_bundle
-    from widedeep.serve.export import bundle_contents
-
     t0 = time.monotonic()
     torch.manual_seed(seed)
     raw = raw_tables(n_items, n_users, n_rows or max(2 * n_items, 4 * n_users), seed)

@@ -1,7 +1,7 @@
 """The two baselines every retrieval result is compared with: most-popular and item-kNN.
 
 Both only produce scores; ranking, exclusion of seen items and the metrics are done by the
-same harness as the learned retriever (``widedeep.retrieval.metrics.rank_topk``), so the
+same harness as the learned retriever (``widedeep.retrieval.topk.rank_topk``), so the
 comparison is like for like.
 
 Item-kNN is the classic item-based collaborative filter (Sarwar et al. 2001; Deshpande &
@@ -26,10 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class MostPopular:
-    """Scores every item by its number of positive training interactions (same list for all users)."""
+    """Scores every item by its popularity (same list for all users).
 
-    def __init__(self, train: CSR) -> None:
-        self.counts = np.bincount(train.indices, minlength=train.n_cols).astype(np.float32)
+    Args:
+        popularity: ``[n_items]`` per catalog row, ``widedeep.retrieval.popularity.item_popularity``
+            (the train split's positive rows of each item).
+    """
+
+    def __init__(self, popularity: np.ndarray) -> None:
+        self.counts = np.asarray(popularity, dtype=np.float32)
 
     def score(self, history: CSR, lo: int, hi: int) -> torch.Tensor:
         """Scores ``[hi - lo, n_items]`` (a fresh tensor: the ranking engine masks it in place)."""

@@ -7,10 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from widedeep.errors import CheckpointError, DataError
+from widedeep.model.checkpoint import load_checkpoint
+from widedeep.model.two_tower import search_vectors
+from widedeep.paths import Location
 from widedeep.retrieval.data import (
     Catalog,
-    DataPath,
+
     build_catalog,
     embed,
     first_by_key,
@@ -18,13 +23,14 @@ from widedeep.retrieval.data import (
     side_columns,
 )
 from widedeep.retrieval.index import build_index, save_index
+from widedeep.retrieval.popularity import item_popularity
 
 log = logging.getLogger(__name__)
 
 
 def load_items(fs: Any, items: str | Path) -> Catalog:
     """The catalog from a prepared directory (all splits), one split directory, or a Parquet file."""
-    p = DataPath.of(items)
+    p = Location.of(items)
     if (p / "feature_space.json").exists():
         return build_catalog(fs, p)
     if not p.exists():
@@ -34,24 +40,17 @@ def load_items(fs: Any, items: str | Path) -> Catalog:
     return Catalog(keys, rows.drop_columns([fs.item_key]))
 
 
-def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> Any:
-    """Training positives per catalog row (the popularity prior): the train split of a prepared
-    directory, else the ``label == 1`` rows of the given split or file."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    p = DataPath.of(items)
+def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> np.ndarray:
+    """The popularity of every catalog row (``widedeep.retrieval.popularity``) for the popularity
+    prior: from the train split of a prepared directory, else from the given split or file."""
+    p = Location.of(items)
     src = p / "train" if (p / "feature_space.json").exists() else p
-    t = read_split(src, [fs.item_key, "label"])
-    rows = catalog.rows(t.filter(pc.equal(t.column("label"), 1.0)).column(fs.item_key))
-    return np.bincount(rows[rows >= 0], minlength=catalog.n_items)
+    return item_popularity(read_split(src, [fs.item_key, "label"]), fs.item_key, catalog.keys)
 
 
 def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto", exact_max_items: int = 1_000_000,
                      recall_k: int = 100, **hnsw: Any) -> dict[str, Any]:
     """Embed every catalog item with the checkpoint's item tower, build and save the index."""
-    from widedeep.train.checkpoint import load_checkpoint
-
     ck = load_checkpoint(checkpoint)
     if ck.task != "retrieval":
         raise CheckpointError(f"--checkpoint {checkpoint}: task is {ck.task!r}, expected a retriever ('retrieval')")
@@ -63,8 +62,6 @@ def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto
     vectors = embed(ck.model, "item", catalog.table)
     cfg = getattr(ck.model, "module", ck.model).cfg
     if cfg.popularity_prior:
-        from widedeep.model.two_tower import search_vectors
-
         vectors = search_vectors(cfg, "item", vectors, positive_counts(fs, items, catalog))
     log.info("embedded %d items in %.1fs", catalog.n_items, time.monotonic() - t0)
     index, info = build_index(vectors, kind, recall_k=recall_k, exact_max_items=exact_max_items, **hnsw)

@@ -28,12 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from ray import serve
+
+from widedeep.benchmarks.noop_app import Noop
+from widedeep.export.synthetic import build_synthetic_bundle
+from widedeep.ray_runtime import SERVE_ENV, ensure_ray
+from widedeep.serve.app import build_app_with
+from widedeep.serve.bundle import load_bundle
+from widedeep.serve.pipeline import RecommendPipeline
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class ServeBenchConfig:
     """What to measure (``widedeep bench serve`` flags)."""
 
     bundle: str | None
@@ -49,8 +58,6 @@ class BenchConfig:
 
 
 def _noop_app() -> Any:
-    from widedeep.serve.noop import Noop
-
     return Noop.options(ray_actor_options={"num_cpus": 0.5}).bind()
 
 
@@ -128,7 +135,7 @@ def _inprocess(fn: Any, n: int) -> dict[str, Any]:
     return {**_stats(lat, [], max(sum(lat) / 1e3, 1e-9)), "cpu_p50_ms": float(np.median(cpu))}
 
 
-def request_bodies(pipe: Any, cfg: BenchConfig, n: int = 64, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
+def request_bodies(pipe: Any, cfg: ServeBenchConfig, n: int = 64, seed: int = 0) -> tuple[list[bytes], list[bytes]]:
     """Recommend bodies (known users, varied context) and rank bodies (``rank_items`` catalog ids)."""
     rng = np.random.default_rng(seed)
     b = pipe.bundle
@@ -142,22 +149,12 @@ def request_bodies(pipe: Any, cfg: BenchConfig, n: int = 64, seed: int = 0) -> t
     return rec, rank
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(cfg: ServeBenchConfig) -> dict[str, Any]:
     """Deploy, measure every phase, tear down; returns the JSON document."""
-    import torch
-    from ray import serve
-
-    from widedeep.ray_runtime import ensure_ray
-    from widedeep.serve.app import build_app_with
-    from widedeep.serve.bundle import load_bundle
-    from widedeep.serve.pipeline import RecommendPipeline
-
     torch.set_num_threads(1)
     tmp = None
     bundle = cfg.bundle
     if bundle is None:
-        from widedeep.serve.synthetic import build_synthetic_bundle
-
         tmp = tempfile.TemporaryDirectory(prefix="widedeep-bench-serve-")
         t0 = time.monotonic()
         log.info("building a synthetic bundle: %d items (use --bundle to skip)", cfg.items)
@@ -182,8 +179,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
              out["inprocess_rank"]["p50_ms"])
 
     ensure_ray()
-    from widedeep.ray_runtime import SERVE_ENV
-
     # what the Serve processes run with (a local Ray gets SERVE_ENV unless the caller set them)
     out["machine"]["serve_env"] = {k: os.environ.get(k) for k in SERVE_ENV}
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})

@@ -36,18 +36,20 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+import widedeep
 from widedeep.errors import CheckpointError
+from widedeep.features import FeatureSpace
+from widedeep.model.build import build_model_from_dict
+from widedeep.paths import FS_ERRORS, Location, short_error
 
 FORMAT = "widedeep.checkpoint/1"
 _FILES = ("model.safetensors", "feature_space.json", "config.yaml", "checkpoint.json")
 
 
 def _versions() -> dict[str, str]:
-    import widedeep
-
     out = {"widedeep": widedeep.__version__, "torch": torch.__version__}
     try:
-        import ray
+        import ray  # optional here (reading and writing checkpoints needs no Ray); recorded when present
 
         out["ray"] = ray.__version__
     except ImportError:  # pragma: no cover
@@ -140,37 +142,39 @@ class LoadedCheckpoint:
         return str(self.meta.get("task", "ranking"))
 
 
-def _localize(path: str | Path) -> tuple[Path, str | None]:
-    """A local directory for ``path``; URIs (s3://, gs://, ...) are downloaded to a temp dir."""
-    s = str(path)
-    if "://" not in s or s.startswith("file://"):
-        return Path(s.removeprefix("file://")).expanduser(), None
-    import pyarrow.fs as pafs
-
+def _localize(path: str | Path | Location) -> tuple[Path, str | None]:
+    """A local directory for ``path``; a checkpoint on remote storage is downloaded to a temp dir
+    (returned second, for the caller to remove)."""
+    loc = Location.of(path, CheckpointError)
+    if loc.is_local:
+        return loc.local_path(), None
     tmp = tempfile.mkdtemp(prefix="widedeep-ckpt-")
     try:
-        fs, root = pafs.FileSystem.from_uri(s)
-        pafs.copy_files(root, tmp, source_filesystem=fs)
-    except Exception as e:
+        loc.download(tmp)
+    except FS_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{s}: cannot download checkpoint: {e}") from e
+        raise CheckpointError(f"{path}: cannot download checkpoint: {short_error(e)}") from None
     return Path(tmp), tmp
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    missing = [f for f in _FILES if not (p / f).exists()]
-    if missing:
-        raise CheckpointError(f"{p}: not a widedeep checkpoint (missing {', '.join(missing)})")
-    meta = json.loads((p / "checkpoint.json").read_text())
+def read_meta(path: str | Path | Location) -> dict[str, Any]:
+    """``checkpoint.json`` of a checkpoint directory (a local path or a URI), after checking that
+    its required files are there; reads no tensors."""
+    loc = Location.of(path, CheckpointError)
+    try:
+        missing = [f for f in _FILES if not (loc / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: not a widedeep checkpoint (missing {', '.join(missing)})")
+        meta = json.loads((loc / "checkpoint.json").read_text())
+    except FS_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint.json: {short_error(e)}") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p}/checkpoint.json: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}/checkpoint.json: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 
-def load_feature_space(path: str | Path, meta: Mapping[str, Any]) -> Any:
-    from widedeep.features import FeatureSpace
-
+def load_feature_space(path: str | Path, meta: Mapping[str, Any]) -> FeatureSpace:
+    """The checkpoint's FeatureSpace, checked against the hash ``checkpoint.json`` recorded."""
     p = Path(path)
     fs = FeatureSpace.load(str(p / "feature_space.json"))
     want = meta.get("feature_space_hash")
@@ -202,9 +206,6 @@ def load_state_into(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint directory (local path or URI), on CPU, in eval mode."""
-    from widedeep.train.config import config_from_dict
-    from widedeep.train.tasks import get_task
-
     local, tmp = _localize(path)
     try:
         if not local.is_dir():
@@ -212,9 +213,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         meta = read_meta(local)
         fs = load_feature_space(local, meta)
         raw_cfg = yaml.safe_load((local / "config.yaml").read_text()) or {}
-        cfg = config_from_dict(raw_cfg)
-        task = get_task(meta.get("task", cfg.task))
-        model = task.build_model(fs, cfg)
+        task = str(meta.get("task", raw_cfg.get("task", "ranking")))
+        model = build_model_from_dict(task, fs, raw_cfg)
         load_state_into(local, model)
         model.eval()
         metrics_path = local / "metrics.json"
