@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from widedeep.cli import main
 from widedeep.errors import WidedeepError
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ def run_job(argv: Sequence[str], *, timeout_s: float = 3600.0) -> str:
     """Run ``widedeep <argv>`` to completion; returns where it ran (``"local"`` or the job id)."""
     addr = cluster_address()
     if addr is None:
-        from widedeep.cli import main
-
         rc = main(list(argv))
         if rc != 0:
             raise JobFailedError(f"`widedeep {shlex.join(argv)}` exited with {rc}")

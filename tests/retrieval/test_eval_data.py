@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.retrieval.synth import prepare as prepare_synth
-from widedeep.features import FeatureSpace
 from widedeep.evaluation.topk import EvalData, baselines
+from widedeep.features import FeatureSpace
 
 
 def _pairs(t, pos_only: bool) -> set:
@@ -64,6 +64,7 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
 
     from tests.retrieval import synth
     from widedeep.errors import DataError
+    from widedeep.evaluation.topk import EvalData
     from widedeep.features import FeatureSpace
     from widedeep.retrieval.data import (
         build_catalog,
@@ -71,7 +72,6 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
         read_split,
         split_columns,
     )
-    from widedeep.evaluation.topk import EvalData
     from widedeep.train.config import config_from_dict
     from widedeep.train.retrieval_task import RetrievalTask
 

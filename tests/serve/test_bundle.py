@@ -67,9 +67,9 @@ def test_write_refuses_models_of_another_feature_space(bundles, tmp_path):
 
 
 def _small_fs():
+    from widedeep.export.synthetic import SPEC, raw_tables
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.export.synthetic import SPEC, raw_tables
 
     raw = raw_tables(n_items=40, n_users=12, n_rows=200, seed=3)
     return fit_tables(parse_spec(SPEC), [raw]), raw

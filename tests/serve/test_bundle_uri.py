@@ -10,8 +10,8 @@ import pytest
 
 from tests.serve.conftest import corrupt_copy
 from widedeep.errors import CheckpointError
-from widedeep.serve.bundle import load_bundle, read_manifest
 from widedeep.export.bundle_writer import upload_bundle
+from widedeep.serve.bundle import load_bundle, read_manifest
 from widedeep.serve.bundle_uri import fetch_bundle
 
 

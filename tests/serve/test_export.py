@@ -18,9 +18,9 @@ from widedeep.serve.pipeline import RecommendPipeline
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    from widedeep.export.synthetic import SPEC, raw_tables
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.export.synthetic import SPEC, raw_tables
     from widedeep.model.checkpoint import save_checkpoint
     from widedeep.train.config import config_from_dict
     from widedeep.train.tasks import get_task
@@ -76,9 +76,9 @@ def test_export_cli_builds_a_bundle_that_scores_like_the_checkpoint(trained, cap
 def test_export_refuses_checkpoints_of_different_feature_spaces(trained, tmp_path, capsys):
     import shutil
 
+    from widedeep.export.synthetic import SPEC, raw_tables
     from widedeep.features import parse_spec
     from widedeep.features.fit import fit_tables
-    from widedeep.export.synthetic import SPEC, raw_tables
 
     _, fs, _, ckpts = trained
     other = tmp_path / "retrieval"

@@ -16,13 +16,13 @@ COLUMNS = ["user_key", "item_key", "label", "user_id", "country", "app_id", "cat
 
 def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False):
     """A bundle of untrained models over synthetic prepared data: ``(pipeline, fs, rows, retriever)``."""
+    from widedeep.export.bundle_writer import write_bundle
+    from widedeep.export.from_checkpoints import bundle_contents
     from widedeep.features import FeatureSpace
     from widedeep.kernels import OptimizerConfig
     from widedeep.model.two_tower import TwoTower, TwoTowerConfig
     from widedeep.model.wide_deep import WideAndDeep
     from widedeep.retrieval.data import load_rows
-    from widedeep.export.bundle_writer import write_bundle
-    from widedeep.export.from_checkpoints import bundle_contents
     from widedeep.serve.bundle import load_bundle
     from widedeep.serve.pipeline import RecommendPipeline
 
@@ -41,8 +41,8 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
 
 
 def test_bundle_histories_feed_the_online_user_tower(tmp_path):
-    from widedeep.retrieval.data import tower_input
     from widedeep.model.two_tower import HISTORY_COLUMN
+    from widedeep.retrieval.data import tower_input
     from widedeep.retrieval.index import load_index
 
     torch.manual_seed(0)

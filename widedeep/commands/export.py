@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from widedeep.serve.bundle import read_manifest
     from widedeep.export.from_checkpoints import export_from_checkpoints
+    from widedeep.serve.bundle import read_manifest
 
     out = export_from_checkpoints(args.ranker, args.retriever, args.out, data=args.data, index_kind=args.index,
                                   version=args.version)

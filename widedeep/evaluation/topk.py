@@ -36,13 +36,10 @@ from widedeep.evaluation.baselines import ItemKNN, MostPopular
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location
-from widedeep.retrieval.history import Histories, history_columns, with_history
-from widedeep.retrieval.popularity import item_popularity
 from widedeep.retrieval.candidates import CandidateGenerator, final_scores
 from widedeep.retrieval.data import (
     SPLITS,
     Catalog,
-
     build_catalog,
     data_root,
     embed,
@@ -52,8 +49,10 @@ from widedeep.retrieval.data import (
     side_columns,
     split_columns,
 )
+from widedeep.retrieval.history import Histories, history_columns, with_history
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
+from widedeep.retrieval.popularity import item_popularity
 from widedeep.retrieval.topk import rank_topk, ranking_metrics
 
 log = logging.getLogger(__name__)

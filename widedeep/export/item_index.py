@@ -15,7 +15,6 @@ from widedeep.model.two_tower import search_vectors
 from widedeep.paths import Location
 from widedeep.retrieval.data import (
     Catalog,
-
     build_catalog,
     embed,
     first_by_key,

@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from widedeep.errors import DataError, FeatureSpecError
-from widedeep.paths import FS_ERRORS, Location
 from widedeep.features import hashing
 from widedeep.features.columns import Problems, column_or_nulls, combine, to_float, to_string_lists, to_strings
 from widedeep.features.spec import (
@@ -44,6 +43,7 @@ from widedeep.features.spec import (
     parse_condition,
     spec_from_dict,
 )
+from widedeep.paths import FS_ERRORS, Location
 
 SCHEMA_VERSION = 1
 DOC_KIND = "widedeep.feature_space"

@@ -1,6 +1,6 @@
 """The sparse embedding kernel: a table-batched embedding bag with the optimizer fused into backward.
 
-Public API (see ``/work/contracts.md`` section 3 and ``module.py``)::
+Public API (documented in ``config.py`` and ``module.py``)::
 
     from widedeep.kernels import TableConfig, OptimizerConfig, TableBatchedEmbeddingBag, exchange_coalesced
 

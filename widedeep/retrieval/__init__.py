@@ -1,17 +1,16 @@
-"""widedeep.retrieval: the first stage (candidate retrieval) and full-catalog top-K evaluation.
+"""widedeep.retrieval: the library the offline evaluation and the online Retriever share.
 
 Modules, one job each:
 
-- ``interactions``  user x item sets as CSR arrays; raw key -> row mapping (Arrow hash kernels)
-- ``metrics``       the full-catalog ranking engine (``rank_topk``) and Recall/HR/NDCG@K
-- ``baselines``     most-popular and item-kNN (cosine), scored through the same engine
+- ``interactions``  user x item sets as CSR arrays; raw key -> row mapping; what a positive row is
+- ``popularity``    the one definition of item popularity (positive train rows)
+- ``topk``          the full-catalog ranking engine (``rank_topk``) and Recall/HR/NDCG@K
 - ``index``         exact top-N (chunked matmul) and HNSW (hnswlib) item indexes, save / load
-- ``candidates``    the candidate policy shared by offline evaluation and the online Retriever
+- ``candidates``    the candidate policy and the final re-ranked order (``final_scores``)
 - ``data``          item catalog / user table / interactions from a prepared directory; tower inputs
-- ``task``          ``task: retrieval`` for ``widedeep train`` (the two-tower model is
-                    ``widedeep.model.two_tower``)
-- ``index_build``   ``widedeep index``
-- ``topk_eval``     ``widedeep evaluate --task topk`` (``run_topk``)
+- ``history``       users' histories as a user-tower input
 
-Importing this package imports nothing heavy.
+Training the retriever is ``widedeep.train.retrieval_task``; its model ``widedeep.model.two_tower``;
+``widedeep evaluate --task topk`` is ``widedeep.evaluation.topk``; ``widedeep index``
+``widedeep.export.item_index``. Importing this package imports nothing heavy.
 """

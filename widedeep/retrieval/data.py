@@ -1,7 +1,7 @@
 """Reading what retrieval needs from a prepared data directory, vectorized with Arrow.
 
 - the **item catalog**: one row per ``item_key`` with the item-side prepared columns (a
-  deterministic function of the item's raw features, contracts §5), in a fixed row order that
+  deterministic function of the item's raw features, ``FeatureSpace.transform``), in a fixed row order that
   the index, the candidate policy and evaluation share;
 - the **user table**: one row per ``user_key`` with its user- and context-side columns;
 - **interactions**: user x item sets as CSR (training history, test positives).

@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 #: a row is a positive interaction when its prepared label is above this (binary labels are 0 / 1)
 POSITIVE_LABEL_ABOVE = 0.5
 

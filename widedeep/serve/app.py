@@ -25,6 +25,8 @@ from typing import Any
 
 from ray.serve import Application
 
+from widedeep.serve.deployments import Ranker, Retriever
+from widedeep.serve.ingress import Ingress
 from widedeep.serve.schemas import AppArgs
 
 
@@ -36,9 +38,6 @@ def build_app(args: AppArgs) -> Application:
 def build_app_with(args: AppArgs | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
     """``build_app`` plus per-deployment option overrides (``{"Ranker": {"autoscaling_config": ...}}``),
     for code that deploys without a config file (tests, ``widedeep serve``)."""
-    from widedeep.serve.deployments import Ranker, Retriever
-    from widedeep.serve.ingress import Ingress
-
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(dict(args))
     opts = {k: dict(v) for k, v in (options or {}).items()}
     unknown = set(opts) - {"Ingress", "Retriever", "Ranker"}

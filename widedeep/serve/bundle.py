@@ -14,7 +14,7 @@
       index/                   the item index (``widedeep.retrieval.index`` layout: item vectors, HNSW file)
 
 Why prepared columns and not raw item features: item-side ids are a deterministic function of
-the raw values (contracts §5), so the catalog needs no raw data and no transform at request time;
+the raw values (``FeatureSpace.transform`` of the item's own columns), so the catalog needs no raw data and no transform at request time;
 pair crosses are made from ids with ``FeatureSpace.add_crosses``.
 
 Loading checks every file's sha256 against the manifest and that the ranker, the user tower and

@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from ray import serve
 
 from widedeep.errors import ServingError
+from widedeep.features.spec import CrossedFeature
+from widedeep.serve.bundle import load_bundle
 from widedeep.serve.pipeline import RecommendPipeline
+from widedeep.serve.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,6 @@ class ModelSlot:
             return self.current
 
     async def _load(self, path: str) -> RecommendPipeline:
-        from widedeep.serve.bundle import load_bundle
-
         async with self._lock:
             for p in self.by_version.values():
                 if p.bundle.source == str(path):
@@ -118,8 +120,6 @@ class ModelSlot:
 
 
 def set_threads(n: int) -> None:
-    import torch
-
     torch.set_num_threads(n)
 
 
@@ -128,8 +128,6 @@ class Retriever:
     """Prepares the request (FeatureSpace transform) and retrieves N candidate rows."""
 
     def __init__(self, verify_bundle: bool = True, torch_threads: int = 1) -> None:
-        from widedeep.serve.telemetry import ServingMetrics
-
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Retriever")
         self.slot = ModelSlot(verify_bundle, self.metrics)
@@ -169,8 +167,6 @@ class Ranker:
 
     def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0, verify_bundle: bool = True,
                  torch_threads: int = 1) -> None:
-        from widedeep.serve.telemetry import ServingMetrics
-
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Ranker")
         self.slot = ModelSlot(verify_bundle, self.metrics)
@@ -231,8 +227,6 @@ def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int
 
 def model_info(pipe: RecommendPipeline) -> dict[str, Any]:
     """``GET /v1/model``: versions, provenance and a summary of the features."""
-    from widedeep.features.spec import CrossedFeature
-
     b = pipe.bundle
     fs = b.fs
     feats = []

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from widedeep.errors import ServingError
 from widedeep.serve.deployments import ModelSlot, ranked, set_threads
@@ -37,6 +38,7 @@ from widedeep.serve.schemas import (
     RecommendRequest,
     RecommendResponse,
 )
+from widedeep.serve.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +181,6 @@ class Ingress:
     """HTTP entry point. ``retriever`` / ``ranker`` are handles in the chain, ``None`` when fused."""
 
     def __init__(self, args: dict[str, Any], retriever: Any = None, ranker: Any = None) -> None:
-        from widedeep.serve.telemetry import ServingMetrics
-
         self.args = AppArgs.model_validate({**args, "bundle": args.get("bundle", "")})
         set_threads(self.args.torch_threads)
         BodyLimit.max_bytes = self.args.max_body_bytes
@@ -241,8 +241,6 @@ class Ingress:
 
     async def _chain(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
                      ) -> tuple[str, list[tuple[Any, float]]]:
-        from ray.serve.exceptions import BackPressureError
-
         try:
             version, path, row, rows, retrieval = await self.retriever.retrieve.remote(
                 user, context, None if items is not None else self.args.candidates, exclude)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from widedeep.errors import DataError, ServingError
+from widedeep.features.spec import CrossedFeature, feature_column
 from widedeep.model.two_tower import HISTORY_COLUMN
+from widedeep.retrieval.candidates import final_scores
+from widedeep.retrieval.interactions import CSR
 from widedeep.serve.bundle import ServingBundle
 from widedeep.serve.scoring import QUERY_SIDES, QueryPart
 
@@ -84,8 +88,6 @@ class RecommendPipeline:
     """
 
     def __init__(self, bundle: ServingBundle) -> None:
-        from widedeep.features.spec import CrossedFeature, feature_column
-
         self.bundle = bundle
         fs = self.fs = bundle.fs
         base = [f for f in fs.features if not isinstance(f, CrossedFeature)]
@@ -228,8 +230,6 @@ class RecommendPipeline:
     def retrieve_scored(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]
                         ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """``(rows int32, retrieval logits or None for a cold user)`` per query (one index search)."""
-        from widedeep.retrieval.interactions import CSR
-
         b = self.bundle
         lists = []
         for q, ex in zip(queries, excludes):
@@ -253,8 +253,6 @@ class RecommendPipeline:
 
     def final_order(self, logits: np.ndarray, retrieval_logits: np.ndarray | None) -> np.ndarray | None:
         """The re-ranked order's key (``final_scores``, as offline evaluation), None: the ranker alone."""
-        from widedeep.retrieval.candidates import final_scores
-
         if not self.rerank_blend or retrieval_logits is None:
             return None
         return final_scores(logits, retrieval_logits, self.rerank_blend)
@@ -267,8 +265,6 @@ class RecommendPipeline:
         ``jobs``: ``(query, candidate rows or None to retrieve, excluded rows)``; retrieved jobs get
         the offline evaluation's order key (``final_order``), caller-given rows the ranker's.
         """
-        import time
-
         t0 = time.perf_counter()
         todo = [i for i, (_, rows, _) in enumerate(jobs) if rows is None]
         all_rows: list[np.ndarray | None] = [rows for _, rows, _ in jobs]

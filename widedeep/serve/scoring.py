@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from widedeep.errors import CheckpointError
 from widedeep.features import TableInfo
@@ -140,15 +141,11 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
 
 
 def save_ranker(directory: Path, spec: RankerSpec, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file(tensors, str(directory / "ranker.safetensors"))
     (directory / "ranker.json").write_text(spec.to_json())
 
 
 def load_ranker(directory: Path) -> tuple[RankerSpec, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     spec = RankerSpec.from_json((directory / "ranker.json").read_text(), str(directory / "ranker.json"))
     return spec, load_file(str(directory / "ranker.safetensors"))
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ray.serve.metrics import Counter, Histogram
+
 _LATENCY_BOUNDARIES = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000]
 _CANDIDATE_BOUNDARIES = [1, 10, 50, 100, 200, 500, 1000, 2000, 5000]
 
@@ -41,8 +43,6 @@ class ServingMetrics:
     """The replica's metric objects and its running OOV totals."""
 
     def __init__(self, deployment: str) -> None:
-        from ray.serve.metrics import Counter, Histogram
-
         self.deployment = deployment
         self.latency = Histogram("widedeep_serve_stage_latency_ms", description="latency of one serving stage",
                                  boundaries=_LATENCY_BOUNDARIES, tag_keys=("stage",))

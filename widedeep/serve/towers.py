@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from widedeep.errors import CheckpointError
 from widedeep.features import TableInfo
@@ -72,15 +73,11 @@ def extract_user_tower(model: Any, fs: Any) -> tuple[TowerSpec, dict[str, torch.
 
 
 def save_user_tower(directory: Path, spec: TowerSpec, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file(tensors, str(directory / "user_tower.safetensors"))
     (directory / "user_tower.json").write_text(spec.to_json())
 
 
 def load_user_tower(directory: Path) -> UserTower:
-    from safetensors.torch import load_file
-
     spec = TowerSpec.from_json((directory / "user_tower.json").read_text(), str(directory / "user_tower.json"))
     return UserTower(spec, load_file(str(directory / "user_tower.safetensors")))
 

@@ -11,15 +11,18 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import torch
 
 from widedeep.errors import DataError
+from widedeep.model.checkpoint import load_checkpoint
+from widedeep.train.config import config_from_dict
 from widedeep.train.loop import log
+from widedeep.train.tasks import get_task
 
 
 def iter_split(path: str, columns: list[str], batch_size: int) -> Any:
-    import pyarrow.dataset as pads
-
     try:
         ds = pads.dataset(path, format="parquet")
     except (FileNotFoundError, OSError) as e:
@@ -29,15 +32,10 @@ def iter_split(path: str, columns: list[str], batch_size: int) -> Any:
         raise DataError(f"{path}: columns {missing} missing (have {ds.schema.names}); was it prepared with this FeatureSpace?")
     for rb in ds.to_batches(columns=columns, batch_size=batch_size):
         if rb.num_rows:
-            import pyarrow as pa
-
             yield pa.Table.from_batches([rb])
 
 
 def _predict(ck: Any, data: str, batch_size: int) -> dict[str, np.ndarray]:
-    from widedeep.train.config import config_from_dict
-    from widedeep.train.tasks import get_task
-
     cfg = config_from_dict(ck.config)
     task = get_task(ck.task)
     fs = ck.feature_space
@@ -55,17 +53,11 @@ def _predict(ck: Any, data: str, batch_size: int) -> dict[str, np.ndarray]:
 def predict_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
     """The task's raw outputs of ``checkpoint`` on split ``data`` (ranking: ``outputs`` and
     ``labels``), for plots and custom analyses in notebooks."""
-    from widedeep.model.checkpoint import load_checkpoint
-
     return _predict(load_checkpoint(checkpoint), data, batch_size)
 
 
 def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on the prepared split directory ``data``."""
-    from widedeep.model.checkpoint import load_checkpoint
-    from widedeep.train.config import config_from_dict
-    from widedeep.train.tasks import get_task
-
     ck = load_checkpoint(checkpoint)
     t0 = time.perf_counter()
     outputs = _predict(ck, data, batch_size)

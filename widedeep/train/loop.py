@@ -1,6 +1,6 @@
 """The per-worker training loop that Ray Train runs (``TorchTrainer(train_loop_per_worker=...)``).
 
-Why it is shaped like this (Ray Train V2 rules, see shared/reference/ray-notes.md §1-2):
+Why it is shaped like this (the rules of Ray Train V2, as its user guide states them):
 
 - ``ray.train.report`` is a barrier: every rank calls it the same number of times (after every
   ``checkpoint_every_steps`` steps and at every epoch end), rank 0 alone attaches the checkpoint

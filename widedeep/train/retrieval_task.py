@@ -42,7 +42,16 @@ from widedeep.model.two_tower import (
     two_tower_config,
 )
 from widedeep.paths import Location
-from widedeep.retrieval.data import Catalog, build_catalog, embed, first_by_key, interactions, load_rows, split_columns, tower_input
+from widedeep.retrieval.data import (
+    Catalog,
+    build_catalog,
+    embed,
+    first_by_key,
+    interactions,
+    load_rows,
+    split_columns,
+    tower_input,
+)
 from widedeep.retrieval.history import TIME_COLUMN, Histories, history_columns, with_history
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
 from widedeep.retrieval.popularity import item_counts, item_popularity
