@@ -13,9 +13,11 @@ item catalog minus the user's training items is ranked (no sampled negatives):
 
 Definitions: a user's *training items* are every item of their rows in the train split (any
 label: a seen item is never recommended again); their *history* for item-kNN is the train
-split's positives, and popularity is ``widedeep.retrieval.popularity``'s (positive train rows); *relevant* items are the evaluated split's
-positives that are not training items of the user (re-occurrences of a training item can never
-be recommended, so they are counted in ``positives_already_in_train`` and left out). The catalog is every item of the prepared directory (all splits).
+split's positives, and item popularity is ``widedeep.retrieval.popularity``'s (distinct users
+with a positive train row); *relevant* items are the evaluated split's positives that are not
+training items of the user (re-occurrences of a training item can never be recommended, so they
+are counted in ``positives_already_in_train`` and left out). The catalog is every item of the
+prepared directory (all splits).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class EvalData:
         self.train_users = first_by_key(train.select([uk]), uk)[0]
         self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
         self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
-        self.popularity = item_popularity(train, ik, items)                  # float64 [n_items]
+        self.popularity = item_popularity(train, ik, items, uk)                # float64 [n_items]
         # the user's features: their train rows first (every user of a per-user time split has
         # some), else their rows in the evaluated split
         both = pa.concat_tables([train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive")

@@ -69,7 +69,7 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
         rows: prepared rows with ``item_key`` (and ``user_key`` when the spec has one): the
             catalog is every distinct item, the user table every distinct user, and the seen
             items every (user, item) pair in them.
-        positives: the train split's rows (with ``label``) that popularity is counted on
+        positives: the train split's rows (``item_key``, ``label``, ``user_key``) popularity is counted on
             (``widedeep.retrieval.popularity``; default: ``rows``).
         sources: provenance for the manifest.
     """
@@ -79,7 +79,8 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
     item_cols = _side_base_columns(fs, "item")
     item_keys, item_rows = first_by_key(rows.select(["item_key", *item_cols]), "item_key")
     items = item_rows.drop_columns(["item_key"])
-    popularity = item_popularity(positives if positives is not None else rows, "item_key", item_keys).astype(np.float32)
+    popularity = item_popularity(positives if positives is not None else rows, "item_key", item_keys,
+                                 "user_key").astype(np.float32)
     # with a popularity prior the item vectors carry it (the same training counts as evaluation)
     vectors = search_vectors(getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items),
                              popularity)
@@ -143,7 +144,7 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     if TIME_COLUMN in split_columns(root / "train"):
         cols.append(TIME_COLUMN)            # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
-    train = load_rows(root, ("train",), ["item_key", "label"])
+    train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else [])])
     sources = {
         "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
         "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},

@@ -20,6 +20,7 @@ from widedeep.retrieval.data import (
     first_by_key,
     read_split,
     side_columns,
+    split_columns,
 )
 from widedeep.retrieval.index import build_index, save_index
 from widedeep.retrieval.popularity import item_popularity
@@ -44,7 +45,9 @@ def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> np.ndarray:
     prior: from the train split of a prepared directory, else from the given split or file."""
     p = Location.of(items)
     src = p / "train" if (p / "feature_space.json").exists() else p
-    return item_popularity(read_split(src, [fs.item_key, "label"]), fs.item_key, catalog.keys)
+    user = [fs.user_key] if fs.user_key and fs.user_key in split_columns(src) else []
+    return item_popularity(read_split(src, [fs.item_key, "label", *user]), fs.item_key, catalog.keys,
+                           fs.user_key if user else None)
 
 
 def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto", exact_max_items: int = 1_000_000,

@@ -92,8 +92,8 @@ class NegativeSampler:
                               "negatives are drawn from); declare item_key in the spec")
         self.fs = fs
         self.catalog = build_catalog(fs, root, splits=("train",))
-        train = load_rows(root, ("train",), [fs.item_key, "label"])
-        counts = item_popularity(train, fs.item_key, self.catalog.keys) + 1.0   # add-one: every item can be drawn
+        train = load_rows(root, ("train",), [fs.item_key, "label", *([fs.user_key] if fs.user_key else [])])
+        counts = item_popularity(train, fs.item_key, self.catalog.keys, fs.user_key) + 1.0   # add-one: any item can be drawn
         p = counts ** power
         self.cdf = np.cumsum(p / p.sum())
         self.item_columns = list(self.catalog.table.column_names)

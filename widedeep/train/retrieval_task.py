@@ -4,7 +4,7 @@ The training loop (``widedeep.train.loop``) owns Ray Train, sharding, DDP, check
 multi-worker exchange of the sparse tables; ``RetrievalTask`` supplies the model-specific parts
 of its task protocol (``widedeep.train.tasks``).
 
-Training uses positive interactions only (``label > 0.5``, ``widedeep.retrieval.popularity``):
+Training uses positive interactions only (``label > 0.5``, ``widedeep.retrieval.interactions``):
 the rows of a batch are filtered in ``collate``. The item tower always reads an item's features
 from the **item catalog** (one row per ``item_key``, built once per worker from the train and
 valid splits of the prepared directory), the same rows ``widedeep index`` embeds, so training and
@@ -282,8 +282,9 @@ def _read_train_data(fs: Any, cfg: Any) -> RetrievalTrainData:
     tcfg = retrieval_config(cfg)
     catalog = build_catalog(fs, root, splits=("train", "valid"))
     train = load_rows(root, ("train",), _train_columns(fs, root, tcfg.history > 0))
-    popularity = item_popularity(train, fs.item_key, catalog.keys)
-    batch_rows = popularity if tcfg.train_on == "positives" else item_counts(train, fs.item_key, catalog.keys)
+    popularity = item_popularity(train, fs.item_key, catalog.keys, fs.user_key)
+    # logQ: how often each item occurs among the rows batches are drawn from (rows, not distinct users)
+    batch_rows = item_counts(positive_rows(train) if tcfg.train_on == "positives" else train, fs.item_key, catalog.keys)
     histories = Histories.from_rows(train, "user_key", history_source(fs)[0]) if tcfg.history > 0 else None
     seen = None
     if fs.user_key:
