@@ -14,7 +14,8 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+ASSETS = ROOT / "tests" / "assets"  # data files committed with the tests (see its README.md)
+ADULT = ASSETS / "adult.parquet"
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +33,10 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def adult_path() -> Path:
-    """UCI Adult from ../shared/data; skipped with a reason where that folder is absent."""
-    p = SHARED_DATA / "adult.parquet"
-    if not p.exists():
-        pytest.skip(f"{p} not present (a user's checkout has no ../shared/data)")
-    return p
+    """UCI Adult (CC BY 4.0), committed under tests/assets: every clone has it, nothing skips."""
+    if not ADULT.is_file():
+        raise FileNotFoundError(f"{ADULT} is missing: it is part of the repository (tests/assets/README.md)")
+    return ADULT
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,19 +4,12 @@ default size: a subprocess with its own local Ray, like a user's shell."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port
 
 
 @pytest.mark.slow
@@ -24,7 +17,7 @@ def test_quickstart_small(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
         [sys.executable, "-m", "widedeep", "quickstart", "--workdir", str(tmp_path / "qs"), "--rows", "6000",
-         "--users", "400", "--items", "80", "--epochs", "1", "--port", str(_free_port())],
+         "--users", "400", "--items", "80", "--epochs", "1", "--port", str(free_port())],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from widedeep.cli import build_parser
 from tests.conftest import ROOT
+from widedeep.cli import build_parser
 
 
 def test_platform_holds_no_python():
@@ -23,7 +23,8 @@ def test_platform_holds_no_python():
 
 
 def test_import_is_light():
-    code = "import sys, widedeep, widedeep.cli; print(','.join(m for m in ('ray','torch','triton','fastapi') if m in sys.modules))"
+    code = ("import sys, widedeep, widedeep.cli; "
+            "print(','.join(m for m in ('ray','torch','triton','fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

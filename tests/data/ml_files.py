@@ -11,7 +11,11 @@ RATINGS = [
     (3, 20, 5, 120), (3, 10, 4, 220), (3, 30, 2, 320), (3, 20, 1, 420), (3, 30, 4, 520),
 ]
 USERS = {1: (24, "M", "technician", "85711"), 2: (53, "F", "writer", "94043"), 3: (31, "M", "educator", "32067")}
-MOVIES = {10: ("Toy Story (1995)", ["Animation", "Comedy"]), 20: ("Heat (1995)", ["Action", "Thriller"]), 30: ("Amélie (2001)", ["Comedy", "Romance"])}
+MOVIES = {
+    10: ("Toy Story (1995)", ["Animation", "Comedy"]),
+    20: ("Heat (1995)", ["Action", "Thriller"]),
+    30: ("Amélie (2001)", ["Comedy", "Romance"]),
+}
 GENRES_100K = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
@@ -35,14 +39,19 @@ def write_ml1m(d: Path) -> Path:
     (d / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in RATINGS))
     occ = {"technician": 17, "writer": 20, "educator": 2}
     age_code = {24: 18, 53: 50, 31: 25}
-    (d / "users.dat").write_text("".join(f"{u}::{g}::{age_code[a]}::{occ[o]}::{z}\n" for u, (a, g, o, z) in USERS.items()))
-    (d / "movies.dat").write_bytes("".join(f"{m}::{t}::{'|'.join(g)}\n" for m, (t, g) in MOVIES.items()).encode("latin-1"))
+    users = "".join(f"{u}::{g}::{age_code[a]}::{occ[o]}::{z}\n" for u, (a, g, o, z) in USERS.items())
+    (d / "users.dat").write_text(users)
+    movies = "".join(f"{m}::{t}::{'|'.join(g)}\n" for m, (t, g) in MOVIES.items())
+    (d / "movies.dat").write_bytes(movies.encode("latin-1"))
     return d
 
 
 def write_mllatest(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r}.0,{t}\n" for u, m, r, t in RATINGS))
+    ratings = "".join(f"{u},{m},{r}.0,{t}\n" for u, m, r, t in RATINGS)
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
     rows = [f'{m},"{t}",{"|".join(g)}\n' for m, (t, g) in MOVIES.items()]
-    (d / "movies.csv").write_text("movieId,title,genres\n" + "".join(rows) + '40,"Untitled",(no genres listed)\n', encoding="utf-8")
+    (d / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(rows) + '40,"Untitled",(no genres listed)\n', encoding="utf-8"
+    )
     return d

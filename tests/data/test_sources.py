@@ -33,7 +33,8 @@ def test_parquet_units_by_row_group_dirs_and_globs(tmp_path):
     fmt, units, got, _ = read_all([d])
     assert fmt == "parquet" and got.num_rows == 12
     assert [(u.path.rsplit("/", 1)[-1], u.row_offset, u.row_groups) for u in units] == [
-        ("p1.parquet", 0, (0,)), ("p1.parquet", 3, (1,)), ("p1.parquet", 6, (2,)), ("p1.parquet", 9, (3,)), ("p2.parquet", 0, (0,)),
+        ("p1.parquet", 0, (0,)), ("p1.parquet", 3, (1,)), ("p1.parquet", 6, (2,)), ("p1.parquet", 9, (3,)),
+        ("p2.parquet", 0, (0,)),
     ]
     assert expand_paths([str(d / "p*.parquet")]) == [str(d / "p1.parquet"), str(d / "p2.parquet")]
     assert expand_paths([f"file://{d}/p1.parquet"]) == [f"file://{d}/p1.parquet"]
@@ -62,11 +63,11 @@ def test_criteo_tsv(tmp_path):
     row1 = ["1", "5", "", "-1"] + ["2"] * 10 + ["68fd1e64", "", "80e26c9b"] + ["0a519c5c"] * 23
     row2 = ["0"] + [""] * 13 + ["05db9164"] * 26
     p.write_text("\t".join(row1) + "\n" + "\t".join(row2) + "\n")
-    fmt, _, got, _ = read_all([p], fmt="criteo")
+    _fmt, _, got, _ = read_all([p], fmt="criteo")
     assert got.num_rows == 2 and got.column_names[:3] == ["label", "I1", "I2"] and len(got.column_names) == 40
     assert got.column("I2").to_pylist() == [None, None] and got.column("I3").to_pylist() == [-1, None]
     assert got.column("C2").to_pylist() == [None, "05db9164"] and got.schema.field("C1").type == pa.string()
-    p.write_text("\t".join(row1[:-1] + ["x", "y"]) + "\n")
+    p.write_text("\t".join([*row1[:-1], "x", "y"]) + "\n")
     with pytest.raises(DataError, match="day_0"):
         read_all([p], fmt="criteo")
 
@@ -78,7 +79,8 @@ def test_movielens_layouts_read_into_one_schema(tmp_path, writer):
     assert fmt == "movielens" and len(units) == 1
     assert got.schema == MOVIELENS_SCHEMA
     assert got.num_rows == len(RATINGS)
-    assert list(zip(got.column("user_id").to_pylist(), got.column("movie_id").to_pylist(), got.column("timestamp").to_pylist())) == [
+    cols = [got.column(c).to_pylist() for c in ("user_id", "movie_id", "timestamp")]
+    assert list(zip(*cols, strict=True)) == [
         (u, m, t) for u, m, _, t in RATINGS
     ]
     rows = {r["movie_id"]: r for r in got.to_pylist()}
@@ -105,13 +107,14 @@ def test_random_split_is_seeded_and_positional():
     a = s.assign(t, 0, 0, "f")
     assert abs((a == 0).mean() - 0.8) < 0.02 and abs((a == 2).mean() - 0.1) < 0.02
     # the same rows read in two pieces get the same assignment
-    assert np.array_equal(np.concatenate([s.assign(t.slice(0, 777), 0, 0, "f"), s.assign(t.slice(777), 0, 777, "f")]), a)
+    assert np.array_equal(np.concatenate([s.assign(t.slice(0, 777), 0, 0, "f"), s.assign(t.slice(777), 0, 777, "f")]),
+                          a)
     assert not np.array_equal(Splitter(s.spec, seed=4).assign(t, 0, 0, "f"), a)
 
 
 def test_user_time_cutoffs_leave_latest_out():
     users = pa.array(["a"] * 10 + ["b"] * 3 + ["c"])
-    times = np.array(list(range(10)) + [5, 1, 3] + [7], dtype=np.float64)
+    times = np.array([*list(range(10)), 5, 1, 3, 7], dtype=np.float64)
     cut = user_cutoffs(users, times, (0.8, 0.1, 0.1))
     s = Splitter(parse_split("user-time:u:t:0.8,0.1,0.1"), users=cut)
     a = s.assign(pa.table({"u": users, "t": times}), 0, 0, "f")

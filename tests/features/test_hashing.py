@@ -47,7 +47,7 @@ def test_combine_ids_pinned_and_int64_safe():
     b = np.array([5, 5, -1], dtype=np.int64)
     assert [int(x) for x in combine_ids([a, b])] == PINNED_CROSS
     ref = []
-    for x, y in zip(a.tolist(), b.tolist()):
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
         h = 0x243F6A8885A308D3
         for v in (x, y):
             h = _splitmix(h ^ _splitmix(v % M))

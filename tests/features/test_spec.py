@@ -37,7 +37,9 @@ def test_expected_shipped_specs():
     assert {p.stem for p in SPECS} >= {"adult", "appstore", "criteo", "movielens"}
     adult = load_spec(ROOT / "platform/specs/adult.yaml")
     crosses = {tuple(f.inputs) for f in adult.features if isinstance(f, CrossedFeature)}
-    assert crosses == {("education", "occupation"), ("native_country", "occupation"), ("age_bucket", "education", "occupation")}
+    assert crosses == {
+        ("education", "occupation"), ("native_country", "occupation"), ("age_bucket", "education", "occupation")
+    }
 
 
 @pytest.mark.parametrize(

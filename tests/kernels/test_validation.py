@@ -44,13 +44,14 @@ def test_bad_values(tbe, indices, offsets, match):
 
 def test_dtype_and_shape_errors(tbe):
     idx, off = _ok()
-    with pytest.raises(KernelInputError, match="indices: expected dtype torch.int64, got torch.int32"):
+    with pytest.raises(KernelInputError, match=r"indices: expected dtype torch\.int64, got torch\.int32"):
         tbe(idx.int(), off)
-    with pytest.raises(KernelInputError, match="offsets: expected dtype torch.int64, got torch.float32"):
+    with pytest.raises(KernelInputError, match=r"offsets: expected dtype torch\.int64, got torch\.float32"):
         tbe(idx, off.float())
     with pytest.raises(KernelInputError, match=r"indices: expected a 1-D tensor, got shape \(5, 1\)"):
         tbe(idx[:, None], off)
-    with pytest.raises(KernelInputError, match="per_sample_weights: expected dtype torch.float32, got torch.float64"):
+    with pytest.raises(KernelInputError,
+                       match=r"per_sample_weights: expected dtype torch\.float32, got torch\.float64"):
         tbe(idx, off, torch.ones(5, dtype=torch.float64))
     with pytest.raises(KernelInputError, match=r"per_sample_weights: expected shape \(5,\)"):
         tbe(idx, off, torch.ones(4))

@@ -15,7 +15,9 @@ import numpy as np
 OCCUPATIONS = ["student", "engineer", "educator", "writer", "other", "programmer", "artist", "none"]
 
 
-def write_ml100k(out: Path, n_users: int = 300, n_items: int = 400, per_user: tuple[int, int] = (30, 90), seed: int = 0) -> Path:
+def write_ml100k(
+    out: Path, n_users: int = 300, n_items: int = 400, per_user: tuple[int, int] = (30, 90), seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     g = 19
@@ -29,7 +31,8 @@ def write_ml100k(out: Path, n_users: int = 300, n_items: int = 400, per_user: tu
     gender = rng.choice(["M", "F"], n_users)
     occ = rng.choice(OCCUPATIONS, n_users)
     base = rng.normal(0, 1, (2, 5, g))                       # taste by gender x age band
-    taste = 0.8 * base[(gender == "F").astype(int), np.minimum((age - 15) // 11, 4)] + 0.8 * rng.normal(0, 1, (n_users, g))
+    taste = (0.8 * base[(gender == "F").astype(int), np.minimum((age - 15) // 11, 4)]
+             + 0.8 * rng.normal(0, 1, (n_users, g)))
     lines = []
     t = 880_000_000
     for u in range(n_users):
@@ -40,7 +43,7 @@ def write_ml100k(out: Path, n_users: int = 300, n_items: int = 400, per_user: tu
         r = 3.2 + 0.9 * aff[its] + quality[its] + rng.normal(0, 0.8, m)
         r = np.clip(np.rint(r), 1, 5).astype(int)
         ts = t + np.sort(rng.integers(0, 10**7, m))
-        lines += [f"{u + 1}\t{i + 1}\t{rr}\t{tt}" for i, rr, tt in zip(its, r, ts)]
+        lines += [f"{u + 1}\t{i + 1}\t{rr}\t{tt}" for i, rr, tt in zip(its, r, ts, strict=True)]
     (out / "u.data").write_text("\n".join(lines) + "\n")
     (out / "u.user").write_text("".join(f"{u + 1}|{age[u]}|{gender[u]}|{occ[u]}|{10000 + u}\n" for u in range(n_users)))
     rows = []

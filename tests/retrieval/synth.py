@@ -34,7 +34,9 @@ SPEC = {
 }
 
 
-def make_log(n_users: int = 400, n_items: int = 300, rows_per_user: int = 40, n_segments: int = 8, seed: int = 0) -> pa.Table:
+def make_log(
+    n_users: int = 400, n_items: int = 300, rows_per_user: int = 40, n_segments: int = 8, seed: int = 0
+) -> pa.Table:
     rng = np.random.default_rng(seed)
     user_seg = rng.integers(0, n_segments, n_users)
     item_cat = rng.integers(0, n_segments, n_items)

@@ -16,7 +16,7 @@ from widedeep.features import FeatureSpace
 def _pairs(t, pos_only: bool) -> set:
     if pos_only:
         t = t.filter(pc.equal(t.column("label"), 1.0))
-    return set(zip(t.column("user_key").to_pylist(), t.column("item_key").to_pylist()))
+    return set(zip(t.column("user_key").to_pylist(), t.column("item_key").to_pylist(), strict=True))
 
 
 def test_eval_data_definitions(tmp_path):
@@ -26,10 +26,12 @@ def test_eval_data_definitions(tmp_path):
     train, test = pq.read_table(d / "train"), pq.read_table(d / "test")
     seen = _pairs(train, False)
     want = {(u, i) for u, i in _pairs(test, True) if (u, i) not in seen}
-    got = {(data.users[r], data.catalog.keys[i]) for r, i in zip(data.relevant.row_ids(), data.relevant.indices)}
+    got = {(data.users[r], data.catalog.keys[i])
+           for r, i in zip(data.relevant.row_ids(), data.relevant.indices, strict=True)}
     assert got == want                                           # relevant = test positives not seen in train
     assert set(data.users) == {u for u, _ in want}
-    excl = {(data.users[r], data.catalog.keys[i]) for r, i in zip(data.exclude.row_ids(), data.exclude.indices)}
+    excl = {(data.users[r], data.catalog.keys[i])
+            for r, i in zip(data.exclude.row_ids(), data.exclude.indices, strict=True)}
     assert excl == {(u, i) for u, i in seen if u in set(data.users)}
     assert data.user_table.num_rows == len(data.users)
     assert data.user_table.column("user_id").to_pylist() == [
@@ -83,7 +85,8 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
     assert read_split(uri + "/train", ["user_key", "label"]).equals(read_split(root / "train", ["user_key", "label"]))
     a, b = build_catalog(fs, uri), build_catalog(fs, root)
     assert list(a.keys) == list(b.keys) and a.table.equals(b.table)
-    cfg = lambda data: config_from_dict({"data": data, "task": "retrieval", "task_config": {"history": 5}})
+    def cfg(data):
+        return config_from_dict({"data": data, "task": "retrieval", "task_config": {"history": 5}})
     task = RetrievalTask()
     ha, hb = task.training_data(fs, cfg(uri)).histories, task.training_data(fs, cfg(str(root))).histories
     assert list(ha.keys) == list(hb.keys) and (ha.ids == hb.ids).all()

@@ -83,7 +83,7 @@ def test_retrieval_batches_carry_each_rows_history(tmp_path):
     batch = task.collate(rows.slice(0, 64), fs, cfg)
     model = task.build_model(fs, cfg)
     assert HISTORY_COLUMN in model.user_features.columns
-    u, v = model(batch.user, batch.item)
+    u, _v = model(batch.user, batch.item)
     assert u.shape[0] == batch.batch_size and torch.isfinite(u).all()
     # the history bag of row 0 = the user's other positives (latest 4): rebuild it by hand
     pos = rows.filter(pa.compute.equal(rows.column("label"), 1.0))

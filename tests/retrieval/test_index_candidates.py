@@ -37,7 +37,7 @@ def test_hnsw_agrees_with_exact(tmp_path):
     assert not (rows == ex.indices[:, None]).any()
     keys = np.array([f"i{i}" for i in range(3000)])
     save_index(tmp_path / "idx", keys, items, index, info)
-    k2, v2, idx2, info2 = load_index(tmp_path / "idx")
+    k2, _v2, idx2, info2 = load_index(tmp_path / "idx")
     assert isinstance(idx2, HnswIndex) and info2["kind"] == "hnsw"
     np.testing.assert_array_equal(k2, keys)
     np.testing.assert_array_equal(idx2.search(q, 10)[0], index.search(q, 10)[0])

@@ -37,7 +37,8 @@ def pipeline(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("retrieval-e2e")
     generate_appstore(tmp / "raw", rows=24_000, users=600, items=800, seed=0)
     prepare(load_spec(ROOT / "platform/specs/appstore.yaml"),
-            PrepareOptions(inputs=[str(tmp / "raw")], out=str(tmp / "data"), split="user-time:user_id:timestamp:0.8,0.1,0.1"))
+            PrepareOptions(inputs=[str(tmp / "raw")], out=str(tmp / "data"),
+                           split="user-time:user_id:timestamp:0.8,0.1,0.1"))
     common = {"data": str(tmp / "data"), "storage_path": str(tmp / "runs"), "num_workers": 0, "log_every_steps": 1000}
     ranker = _train({**common, "run_name": "ranker", "epochs": 3, "batch_size": 512, "model": {"hidden": [64, 32]},
                      "early_stopping": {"metric": "auc", "mode": "max", "patience": 1}}, tmp, "ranker")
@@ -70,8 +71,9 @@ def test_index_command_embeds_the_catalog(pipeline, tmp_path):
     from widedeep.retrieval.index import ExactIndex, load_index
 
     tmp, _, retriever = pipeline
-    assert main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"), "--out", str(tmp_path / "exact")]) == 0
-    keys, vecs, idx, info = load_index(tmp_path / "exact")
+    assert main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"),
+                 "--out", str(tmp_path / "exact")]) == 0
+    keys, vecs, _idx, info = load_index(tmp_path / "exact")
     assert info["kind"] == "exact" and len(keys) == len(set(keys.tolist())) == vecs.shape[0] > 100
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-4)
     assert main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"), "--out", str(tmp_path / "hnsw"),
@@ -81,4 +83,4 @@ def test_index_command_embeds_the_catalog(pipeline, tmp_path):
     q = vecs[:50]
     exact_rows, _ = ExactIndex(vecs).search(q, 10)
     approx_rows, _ = hidx.search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_rows, approx_rows)]) >= 0.9
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_rows, approx_rows, strict=True)]) >= 0.9

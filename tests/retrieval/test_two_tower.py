@@ -47,7 +47,8 @@ def test_tower_features_split_by_side_and_skip_pairs():
 
 def test_tower_output_shapes_and_normalisation():
     fs = fake_fs()
-    model = TwoTower(fs, TwoTowerConfig(embedding_dim=4, hidden=[16], output_dim=6), OptimizerConfig("rowwise_adagrad", lr=0.1))
+    model = TwoTower(fs, TwoTowerConfig(embedding_dim=4, hidden=[16], output_dim=6),
+                     OptimizerConfig("rowwise_adagrad", lr=0.1))
     users = pa.table({"user_id": [0, 1, 5], "device": [2, 0, 1], "age": pa.array([0.1, 0.5, 0.9], pa.float32())})
     items = pa.table({"item_id": [0, 4], "tags": pa.array([[1, 2], []], pa.list_(pa.int64())),
                       "price": pa.array([0.3, 0.7], pa.float32())})
@@ -60,9 +61,9 @@ def test_tower_output_shapes_and_normalisation():
 def _hand_loss(u, v, log_q, t, masks=()):
     total = 0.0
     for i in range(len(u)):
-        logits = [sum(a * b for a, b in zip(u[i], v[j])) / t - log_q[j] for j in range(len(v))]
+        logits = [sum(a * b for a, b in zip(u[i], v[j], strict=True)) / t - log_q[j] for j in range(len(v))]
         logits = [x for j, x in enumerate(logits) if (i, j) not in masks]
-        pos = sum(a * b for a, b in zip(u[i], v[i])) / t - log_q[i]
+        pos = sum(a * b for a, b in zip(u[i], v[i], strict=True)) / t - log_q[i]
         total += -(pos - math.log(sum(math.exp(x) for x in logits)))
     return total / len(u)
 
@@ -72,7 +73,8 @@ def test_sampled_softmax_with_logq_matches_hand_computation():
     v = [[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]             # 2 positives + 1 random negative
     log_q = [math.log(0.5), math.log(0.25), math.log(0.1)]
     got = sampled_softmax_loss(torch.tensor(u), torch.tensor(v), torch.tensor([0, 1, 2]), torch.tensor(log_q), 0.5)
-    # row 0: logits [2 - ln .5, 1.2 - ln .25, -2 - ln .1], target 0; row 1: [0 - ln .5, 1.6 - ln .25, 0 - ln .1], target 1
+    # row 0: logits [2 - ln .5, 1.2 - ln .25, -2 - ln .1], target 0;
+    # row 1: [0 - ln .5, 1.6 - ln .25, 0 - ln .1], target 1
     r0 = [2 - math.log(0.5), 1.2 - math.log(0.25), -2 - math.log(0.1)]
     r1 = [0 - math.log(0.5), 1.6 - math.log(0.25), 0 - math.log(0.1)]
     want = (-(r0[0] - math.log(sum(map(math.exp, r0)))) - (r1[1] - math.log(sum(map(math.exp, r1))))) / 2
@@ -123,7 +125,8 @@ def test_training_steps_reduce_the_loss_and_update_tables_in_place():
     assert float(loss.detach()) < 0.5 * first
     assert not torch.equal(before, model.user_tower.tbe.weight.detach())
     # empty batch (no positives): a zero loss that still runs backward
-    empty = sampled_softmax_loss(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long), None, 1.0)
+    empty = sampled_softmax_loss(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, 8),
+                                 torch.zeros(0, dtype=torch.long), None, 1.0)
     empty.backward()
     assert float(empty) == 0.0
 

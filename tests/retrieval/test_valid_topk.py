@@ -65,8 +65,9 @@ def test_selection_metric_comes_from_the_config_or_the_task():
     from widedeep.train.tasks import get_task
 
     fs = SimpleNamespace(task="binary")
-    pick = lambda task, es: selection_metric(get_task(task), fs, config_from_dict(
-        {"data": "/d", "task": task, "early_stopping": es}))
+    def pick(task, es):
+        return selection_metric(get_task(task), fs, config_from_dict(
+            {"data": "/d", "task": task, "early_stopping": es}))
     assert pick("retrieval", {}) == ("hit@50", "max")
     assert pick("retrieval", {"metric": "loss"}) == ("loss", "min")
     assert pick("retrieval", {"metric": "ndcg@10"}) == ("ndcg@10", "max")

@@ -2,26 +2,28 @@
 
 One fused app is shared by the module (Serve start-up costs seconds); the chain app, the model
 swap and the autoscaling test deploy their own and clean up. This is the only test module that
-uses Serve / port 8000.
+uses Serve; its HTTP proxy listens on a free port (never the default 8000, which another Serve on
+the machine may hold). Waits poll what they wait for, with a deadline (``tests.support.wait_until``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 import threading
-import time
 from collections import Counter
 
 import httpx
 import pytest
 
 from tests.serve.conftest import corrupt_copy
+from tests.support import free_port, wait_until
 from widedeep.serve.bundle import load_bundle
 from widedeep.serve.pipeline import RecommendPipeline
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-URL = "http://127.0.0.1:8000"
 SMALL = {"Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
          "Retriever": {"ray_actor_options": {"num_cpus": 0.25}},
          "Ranker": {"ray_actor_options": {"num_cpus": 0.25}}}
@@ -38,9 +40,10 @@ def serve_app(ray_session, bundles):
 
     from widedeep.serve.app import build_app_with
 
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app_with(_args(bundles[0]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
-    with httpx.Client(base_url=URL, timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield client
     serve.shutdown()
 
@@ -151,8 +154,8 @@ def test_bad_request_barrage_then_good_requests(serve_app):
         assert ok.status_code == 200 and len(ok.json()["items"]) == 5
 
 
-def _traffic(stop: threading.Event, path: str, out: Counter, errors: list) -> None:
-    with httpx.Client(base_url=URL, timeout=30) as c:
+def _traffic(base_url: str, stop: threading.Event, path: str, out: Counter, errors: list) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as c:
         while not stop.is_set():
             try:
                 r = c.post(path, json={"user": {"user_id": "u2"}, "context": {"device": "ios"}})
@@ -171,17 +174,16 @@ def test_model_swap_during_traffic(serve_app, bundles):
     from widedeep.serve.app import build_app_with
 
     stop, versions, errors = threading.Event(), Counter(), []
-    threads = [threading.Thread(target=_traffic, args=(stop, "/v1/recommend", versions, errors)) for _ in range(3)]
+    args = (str(serve_app.base_url), stop, "/v1/recommend", versions, errors)
+    threads = [threading.Thread(target=_traffic, args=args) for _ in range(3)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: versions["v1"] >= 10 or errors, 60, lambda: f"10 answers from v1 ({versions}, {errors[:3]})")
         # serve.run gives every deploy a new code version: a rolling update (new replicas load v2,
         # old ones drain); a config deploy changing only user_config reconfigures in place (below)
         serve.run(build_app_with(_args(bundles[1]), {"Ingress": SMALL["Ingress"]}), name="rec", route_prefix="/")
-        deadline = time.time() + 60
-        while versions["v2"] < 20 and time.time() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: versions["v2"] >= 20 or errors, 60, lambda: f"20 answers from v2 ({versions}, {errors[:3]})")
     finally:
         stop.set()
         for t in threads:
@@ -193,21 +195,47 @@ def test_model_swap_during_traffic(serve_app, bundles):
     assert serve_app.get("/healthz").json()["model_version"] == "v1"
 
 
-def _deploy_config(name: str, route: str, args_bundle, user_bundle, cache) -> None:
-    """Deploy like ``serve deploy``: a config, so changing only a deployment's ``user_config``
+def _dashboard_address() -> str:
+    """The session Ray's dashboard (where ``serve deploy`` sends configs): ``ray.init`` on an
+    initialised Ray returns its context without restarting it."""
+    import ray
+
+    url = ray.init(ignore_reinit_error=True).dashboard_url
+    assert url, "the session's Ray has no dashboard (widedeep.ray_runtime.ensure_ray starts one)"
+    return url if "://" in url else f"http://{url}"
+
+
+def _deploy_config(client: httpx.Client, name: str, route: str, args_bundle, user_bundle, cache, tmp_path) -> None:
+    """Deploy with ``serve deploy``: a config, so changing only a deployment's ``user_config``
     keeps the app's code version and Serve calls ``reconfigure`` on the running replicas
-    (``serve.run`` gives every deploy a new code version: a rolling update with new replicas)."""
-    from ray.serve.context import _get_global_client
+    (``serve.run`` gives every deploy a new code version: a rolling update with new replicas).
+    ``serve deploy`` returns once the controller has the config; callers wait for its effect."""
+    import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = {"applications": [{
-        "name": name, "route_prefix": route, "import_path": "widedeep.serve.app:build_app",
-        "args": _args(args_bundle), "runtime_env": {"env_vars": {"WIDEDEEP_BUNDLE_CACHE": str(cache)}},
-        "deployments": [{"name": "Ingress", "user_config": {"bundle": str(user_bundle)},
-                         "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                         "ray_actor_options": {"num_cpus": 0.25}}],
-    }]}
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg), _blocking=True)
+    cfg = {"http_options": {"host": client.base_url.host, "port": client.base_url.port},
+           "applications": [{
+               "name": name, "route_prefix": route, "import_path": "widedeep.serve.app:build_app",
+               "args": _args(args_bundle), "runtime_env": {"env_vars": {"WIDEDEEP_BUNDLE_CACHE": str(cache)}},
+               "deployments": [{"name": "Ingress", "user_config": {"bundle": str(user_bundle)},
+                                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                                "ray_actor_options": {"num_cpus": 0.25}}],
+           }]}
+    ServeDeploySchema.model_validate(cfg)  # what the dashboard checks: fail here with the field's name
+    path = tmp_path / f"serve-{name}-{len(list(tmp_path.glob('serve-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(["serve", "deploy", str(path), "--address", _dashboard_address()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
+def _model(client: httpx.Client, prefix: str) -> dict | None:
+    """``GET {prefix}/v1/model``, or None while the route does not answer 200 yet."""
+    try:
+        r = client.get(f"{prefix}/v1/model")
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
 
 
 def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path):
@@ -215,25 +243,34 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
 
     bad = corrupt_copy(bundles[0], tmp_path / "bad")
     cache = tmp_path / "cache"
-    _deploy_config("swap", "/swap", bundles[0], bundles[0], cache)
+    deploy = functools.partial(_deploy_config, serve_app, "swap", "/swap", bundles[0], cache=cache, tmp_path=tmp_path)
+    deploy(bundles[0])
     try:
-        assert serve_app.get("/swap/v1/model").json()["last_load_error"] is None
+        wait_until(lambda: serve.status().applications.get("swap") is not None
+                   and serve.status().applications["swap"].status == "RUNNING", 120, "app 'swap' RUNNING")
+        first = wait_until(lambda: _model(serve_app, "/swap"), 60, "/swap/v1/model answering")
+        assert first["last_load_error"] is None
         stop, versions, errors = threading.Event(), Counter(), []
-        threads = [threading.Thread(target=_traffic, args=(stop, "/swap/v1/recommend", versions, errors))
+        threads = [threading.Thread(target=_traffic, args=(str(serve_app.base_url), stop, "/swap/v1/recommend",
+                                                           versions, errors))
                    for _ in range(3)]
         for t in threads:
             t.start()
         try:
-            time.sleep(0.5)
-            _deploy_config("swap", "/swap", bundles[0], bad, cache)  # only user_config changes: reconfigure
+            wait_until(lambda: sum(versions.values()) >= 5 or errors, 60, lambda: f"traffic on /swap ({versions})")
+            deploy(bad)  # only user_config changes: reconfigure
+            wait_until(lambda: ((_model(serve_app, "/swap") or {}).get("last_load_error") or {}).get("bundle")
+                       == str(bad), 60, "the replica's reconfigure to the bad bundle to fail")
             served_before = sum(versions.values())
-            time.sleep(3.0)  # traffic on the replica whose reconfigure has just failed
-            assert sum(versions.values()) > served_before  # the replica kept answering
+            # traffic on the replica whose reconfigure has just failed: the replica keeps answering
+            wait_until(lambda: sum(versions.values()) >= served_before + 10 or errors, 60,
+                       lambda: f"10 more answers after the failed reconfigure ({versions}, {errors[:3]})")
         finally:
             stop.set()
             for t in threads:
                 t.join()
         assert errors == []
+        assert sum(versions.values()) > served_before  # the replica kept answering
         assert set(versions) == {"v1"} and versions["v1"] > 0, versions
         m = serve_app.get("/swap/v1/model").json()
         assert m["model_version"] == "v1" and m["bundle"] == str(bundles[0])
@@ -247,7 +284,9 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
         assert _total(got[failures]) == 1
 
         uri = bundles[1].resolve().as_uri()  # a good bundle, at a URI: swapped, error cleared
-        _deploy_config("swap", "/swap", bundles[0], uri, cache)
+        deploy(uri)
+        wait_until(lambda: (_model(serve_app, "/swap") or {}).get("model_version") == "v2", 120,
+                   "the replica's reconfigure to the good bundle at a URI")
         r = serve_app.post("/swap/v1/recommend", json={"user": {"user_id": "u2"}})
         assert r.status_code == 200 and r.json()["model_version"] == "v2"
         m = serve_app.get("/swap/v1/model").json()
@@ -274,8 +313,9 @@ def _scrape_until(wanted: dict[str, object], app: str, timeout_s: float = 60.0) 
     from prometheus_client.parser import text_string_to_metric_families
 
     url = f"http://127.0.0.1:{_metrics_port()}/metrics"
-    deadline = time.time() + timeout_s
-    while True:
+    last: dict[str, object] = {"samples": {}, "missing": list(wanted)}
+
+    def scrape() -> dict[str, list] | None:
         samples: dict[str, list] = {}
         text = httpx.get(url, timeout=10).text
         for fam in text_string_to_metric_families(text):
@@ -283,13 +323,14 @@ def _scrape_until(wanted: dict[str, object], app: str, timeout_s: float = 60.0) 
                 if smp.labels.get("application") == app:
                     samples.setdefault(smp.name, []).append((smp.labels, smp.value))
         missing = [n for n, ok in wanted.items() if not ok(samples.get(n, []))]
-        if not missing:
-            return samples
-        if time.time() > deadline:
-            present = sorted(n for n in samples if "widedeep" in n or n.startswith("ray_serve_num_http"))
-            raise AssertionError(f"{url}: after {timeout_s:.0f}s still missing or short: {missing}; "
-                                 f"present for app {app!r}: {present}")
-        time.sleep(2.0)
+        last.update(samples=samples, missing=missing)
+        return None if missing else samples
+
+    def still_missing() -> str:
+        present = sorted(n for n in last["samples"] if "widedeep" in n or n.startswith("ray_serve_num_http"))
+        return f"{url} to have {last['missing']} (present for app {app!r}: {present})"
+
+    return wait_until(scrape, timeout_s, still_missing, interval_s=2.0)
 
 
 def _total(samples: list, **labels: str) -> float:
@@ -355,24 +396,22 @@ def test_chain_pipeline_answers_like_fused_and_ranker_autoscales(serve_app, refe
         assert _replicas("chain", "Ranker") == 1
 
         stop, versions, errors = threading.Event(), Counter(), []
-        threads = [threading.Thread(target=_traffic, args=(stop, "/chain/v1/recommend", versions, errors))
+        threads = [threading.Thread(target=_traffic, args=(str(serve_app.base_url), stop, "/chain/v1/recommend",
+                                                           versions, errors))
                    for _ in range(8)]
         for t in threads:
             t.start()
         try:
-            deadline = time.time() + 60
-            while _replicas("chain", "Ranker") < 2 and time.time() < deadline:
-                time.sleep(0.5)
-            peak = _replicas("chain", "Ranker")
+            peak = wait_until(lambda: (n := _replicas("chain", "Ranker")) >= 2 and n, 60,
+                              lambda: f"the Ranker to scale up under load ({sum(versions.values())} requests served)",
+                              interval_s=0.5)
         finally:
             stop.set()
             for t in threads:
                 t.join()
         assert peak == 2, f"Ranker did not scale up under load ({sum(versions.values())} requests served)"
         assert errors == []
-        deadline = time.time() + 60
-        while _replicas("chain", "Ranker") > 1 and time.time() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: _replicas("chain", "Ranker") <= 1, 60, "the Ranker to scale back down", interval_s=0.5)
         assert _replicas("chain", "Ranker") == 1
     finally:
         serve.delete("chain")

@@ -80,7 +80,7 @@ def test_unknown_scheme_and_missing_uri_are_clear_errors(tmp_path, cache):
     with pytest.raises(CheckpointError) as e:
         load_bundle(missing)
     assert str(e.value).startswith(f"{missing}: not a serving bundle (no manifest.json there)")
-    with pytest.raises(CheckpointError, match="no manifest.json"):
+    with pytest.raises(CheckpointError, match=r"no manifest\.json"):
         read_manifest(missing)
 
 

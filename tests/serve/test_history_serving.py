@@ -97,5 +97,5 @@ def test_recommend_orders_like_offline_evaluation(tmp_path):
     ranker_only = cand[np.argsort(-logits, kind="stable")[:10]]
     assert list(want) != list(ranker_only)        # the blend changed the list: the check above had teeth
     # the scores shown are the ranker's probabilities of those items
-    by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist()))
+    by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist(), strict=True))
     np.testing.assert_allclose([s for _, s in got], [by_row[int(r)] for r in want], rtol=1e-6)

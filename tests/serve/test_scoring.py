@@ -67,7 +67,7 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
     scorer = CandidateScorer(spec, tensors)
     got = scorer.score([scorer.query_part(u) for u, _ in requests], [c for _, c in requests])
 
-    for (user, cand), g in zip(requests, got):
+    for (user, cand), g in zip(requests, got, strict=True):
         n = cand.num_rows
         rep = {name: user.column(name).take(pa.array(np.zeros(n, dtype=np.int64))) for name in user.column_names}
         full = pa.table({**rep, **{name: cand.column(name) for name in cand.column_names}})
@@ -81,7 +81,8 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
     scorer.attach_catalog(catalog)
     offsets = np.cumsum([0] + [c.num_rows for _, c in requests])
     rows = [np.arange(offsets[i], offsets[i + 1])[::-1].copy() for i in range(len(requests))]
-    pairs = [c.select(["u_x_i"]).take(pa.array(r - offsets[i])) for i, ((_, c), r) in enumerate(zip(requests, rows))]
+    pairs = [c.select(["u_x_i"]).take(pa.array(r - offsets[i]))
+             for i, ((_, c), r) in enumerate(zip(requests, rows, strict=True))]
     fast = scorer.score_rows([scorer.query_part(u) for u, _ in requests], rows, pairs)
-    for g, f in zip(got, fast):
+    for g, f in zip(got, fast, strict=True):
         np.testing.assert_allclose(f, g[::-1], rtol=1e-5, atol=1e-6)

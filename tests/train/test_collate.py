@@ -64,7 +64,7 @@ def test_collate_numpy_dict_matches_arrow(fs):
 def test_collate_rejects_nulls_and_missing_columns(fs):
     space, prepared = fs
     bad = prepared.set_column(prepared.schema.get_field_index("a"), "a", pa.array([0, None, 1, 2], pa.int64()))
-    with pytest.raises(DataError, match="'a'.*null"):
+    with pytest.raises(DataError, match=r"'a'.*null"):
         Collator(space)(bad)
     with pytest.raises(DataError, match="'x' missing"):
         Collator(space)(prepared.drop_columns(["x"]))

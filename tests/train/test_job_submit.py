@@ -18,24 +18,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.conftest import ROOT
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_head(temp_dir: str) -> None:
@@ -63,15 +56,15 @@ def _kill_head(temp_dir: str) -> None:
 @pytest.fixture
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="wdjob", dir="/tmp")  # short: Ray's socket paths must fit
-    dash = _free_port()
+    dash = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
     cmd = [
-        "ray", "start", "--head", f"--port={_free_port()}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-        f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+        "ray", "start", "--head", f"--port={free_port()}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
         "--disable-usage-stats",
     ]
     try:
@@ -106,4 +99,5 @@ def test_ray_job_submit_trains_and_writes_a_checkpoint(ray_head, adult_small, tm
     assert (ck / "model.safetensors").exists() and (ck / "checkpoint.json").exists()
     assert 0.7 < m["auc"] <= 1.0
     # the job's driver connected to this head, not a private local instance
-    assert "connecting to the Ray cluster" in r.stdout + r.stderr or "Connecting to existing Ray cluster" in r.stdout + r.stderr
+    log = r.stdout + r.stderr
+    assert "connecting to the Ray cluster" in log or "Connecting to existing Ray cluster" in log

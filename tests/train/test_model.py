@@ -82,7 +82,7 @@ def test_checkpoint_round_trip_restores_weights_and_all_optimizer_state(adult_sm
         o.zero_grad()
         loss.backward()
         o.step()
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), model2.state_dict().items()):
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), model2.state_dict().items(), strict=True):
         assert k == k2 and torch.allclose(v, v2, atol=1e-6), k
 
 
@@ -111,7 +111,7 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
     doc = json.loads(fs.to_json())
     st = doc["features"]["education"]
     vocab = list(st["vocab"])
-    new_vocab = ["<brand-new>"] + vocab[::-1][1:]
+    new_vocab = ["<brand-new>", *vocab[::-1][1:]]
     st["vocab"] = new_vocab
     doc.pop("content_hash", None)
     fs_new = FeatureSpace.from_json(json.dumps(doc))
@@ -137,7 +137,8 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
             j = vocab.index(v)
             assert torch.equal(w_new[i], w_old[j]), v
             # the wide weight and its FTRL state move together (FTRL's weight is a function of z, n)
-            assert torch.equal(new.wide_tbe.table_weight("wide/education")[i], old.wide_tbe.table_weight("wide/education")[j])
+            assert torch.equal(new.wide_tbe.table_weight("wide/education")[i],
+                               old.wide_tbe.table_weight("wide/education")[j])
             assert torch.equal(ftrl_z(new, "wide/education")[i], ftrl_z(old, "wide/education")[j])
         else:
             assert torch.equal(w_new[i], fresh[i])  # a new value keeps its fresh init
@@ -147,9 +148,9 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
 
 
 def test_unknown_config_key_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="model.hiden: unknown key"):
+    with pytest.raises(ConfigError, match=r"model\.hiden: unknown key"):
         load_train_config(None, ["data=/x", "model.hiden=[1]"])
     cfgfile = tmp_path / "job.yaml"
     cfgfile.write_text("data: /x\nbatchsize: 3\n")
-    with pytest.raises(ConfigError, match="job.yaml: batchsize: unknown key"):
+    with pytest.raises(ConfigError, match=r"job\.yaml: batchsize: unknown key"):
         load_train_config(cfgfile)

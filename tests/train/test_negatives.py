@@ -80,7 +80,8 @@ def test_ranking_batches_with_negatives_train(prepared):
     rows = pq.read_table(root / "train" / "part-00000.parquet", columns=task.required_columns(fs, cfg)).slice(0, 32)
     batch = task.collate(rows, fs, cfg)
     assert batch.batch_size == 96
-    assert float(batch.labels[32:].sum()) == 0.0 and torch.equal(batch.labels[:32], torch.tensor(rows.column("label").to_numpy()))
+    assert float(batch.labels[32:].sum()) == 0.0
+    assert torch.equal(batch.labels[:32], torch.tensor(rows.column("label").to_numpy()))
     model = task.build_model(fs, cfg)
     assert torch.isfinite(task.loss(model, batch, cfg))
     plain = task.collate(rows, fs, _cfg(root))

@@ -60,7 +60,8 @@ def _checkpoint_names(storage: Path, name: str) -> list[str]:
 def test_train_cli_local_mode_then_evaluate(ray_session, adult_small, tmp_path):
     out, ev = tmp_path / "train.json", tmp_path / "eval.json"
     rc = main(["train", "--config", str(JOB), "--set", f"data={adult_small}", "--set", "num_workers=0",
-               "--set", f"storage_path={tmp_path}", "--set", "run_name=local", "--set", "epochs=2", "--set", "shuffle=files",
+               "--set", f"storage_path={tmp_path}", "--set", "run_name=local", "--set", "epochs=2",
+               "--set", "shuffle=files",
                "--set", "early_stopping.patience=0", "--metrics-out", str(out)])
     assert rc == 0
     m = json.loads(out.read_text())

@@ -1,0 +1,43 @@
+"""Helpers the test areas share: a free loopback port, and a wait that polls a condition.
+
+Why: a fixed port (Serve's 8000, the dashboard's 8265) collides with any other Ray or server on
+the machine, and a fixed sleep is either too short on a loaded machine (a flaky failure) or too
+long on a quiet one (wasted minutes). Tests ask the OS for a port and wait for what they need.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (bind to port 0, read it back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float, what: str | Callable[[], str], interval_s: float = 0.2
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that value.
+
+    Raises ``TimeoutError`` naming ``what`` (and the last value seen) once ``timeout_s`` has passed
+    without it; the predicate runs at least once, and once more at the deadline. ``what`` may be a
+    callable, called only then, to describe the state reached (counts so far, metrics present).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last_check = time.monotonic() >= deadline
+        value = predicate()
+        if value:
+            return value
+        if last_check:
+            described = what() if callable(what) else what
+            raise TimeoutError(f"waited {timeout_s:g}s for {described}; last value: {value!r}")
+        time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
