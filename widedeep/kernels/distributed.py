@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from widedeep.kernels.traffic import Traffic
 from widedeep.kernels.vectorized import segment_sum
 
 
@@ -25,6 +26,7 @@ def exchange_coalesced(
     rows: torch.Tensor,
     grads: torch.Tensor,
     group: dist.ProcessGroup | None = None,
+    traffic: Traffic | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather every worker's coalesced ``(rows [U], grads [U, D])`` and merge them.
 
@@ -32,6 +34,8 @@ def exchange_coalesced(
         rows: int64 distinct row ids of this worker's batch.
         grads: fp32 ``[U, D]`` summed gradients of those rows.
         group: the process group (``None``: the default group).
+        traffic: if given, the bytes this worker's buffers deliver to the others are added to it
+            (sizes, then the padded rows and gradients: what the all-gathers really move).
 
     Returns:
         ``(rows, grads)`` of the union: distinct sorted rows and the gradients summed over
@@ -44,6 +48,8 @@ def exchange_coalesced(
     n = torch.tensor([rows.numel()], dtype=torch.int64, device=rows.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
+    if traffic is not None:
+        traffic.add(8 * (world - 1), 8 * (world - 1))
     counts = [int(s) for s in sizes]
     width = max(counts)
     if width == 0:
@@ -56,6 +62,9 @@ def exchange_coalesced(
     all_grads = [torch.empty_like(pad_grads) for _ in range(world)]
     dist.all_gather(all_rows, pad_rows, group=group)
     dist.all_gather(all_grads, pad_grads, group=group)
+    if traffic is not None:
+        per_worker = pad_rows.numel() * pad_rows.element_size() + pad_grads.numel() * pad_grads.element_size()
+        traffic.add(per_worker * (world - 1), per_worker * (world - 1))
     keys = torch.cat([r[:c] for r, c in zip(all_rows, counts, strict=True)])
     values = torch.cat([g[:c] for g, c in zip(all_grads, counts, strict=True)])
     uniq, summed = segment_sum(keys, values, torch.arange(keys.numel(), device=keys.device))
