@@ -246,3 +246,39 @@ def plain_state_keys(model: torch.nn.Module) -> set[str]:
         keys |= {f"{name}.{k}" if name else k for k in kinds}
     return keys
 
+
+
+def load_model_state(root: Path, meta: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """Load a checkpoint's ``model.safetensors`` and its tables into ``model`` (plain or sharded),
+    whichever way the tables were stored: by row range (``meta['tables']``) or packed."""
+    file = root / "model.safetensors"
+    if "tables" in meta:
+        sources, stored_tables = piece_sources(root, meta, model), set()
+    else:
+        sources, stored_tables = packed_sources(file, model), plain_state_keys(model)
+    own = set(model.state_dict()) - embedding_state_keys(model)
+    with safe_open(str(file), framework="pt") as sf:
+        stored = set(sf.keys()) - stored_tables
+        missing, extra = sorted(own - stored), sorted(stored - own)
+        if missing or extra:
+            raise CheckpointError(f"{file}: tensors do not match the model (missing {missing}, unexpected {extra})")
+        tensors = {k: sf.get_tensor(k) for k in own}
+    current = model.state_dict()
+    for k, v in tensors.items():
+        if tuple(current[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{file}: {k} has shape {tuple(v.shape)}, the model expects {tuple(current[k].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    load_tables(model, sources, str(root))
+
+
+def write_checkpoint_tables(path: Path, model: torch.nn.Module, rank: int) -> tuple[dict[str, Any], set[str]] | None:
+    """For a model with row-wise sharded tables: write worker ``rank``'s pieces under ``path`` and
+    return (the ``tables`` entry of checkpoint.json, the state keys stored there rather than in
+    ``model.safetensors``). ``None`` (nothing written) for a model without sharded tables, whose
+    checkpoint keeps every table packed in ``model.safetensors``."""
+    from widedeep.kernels.sharded import has_sharded_tables
+
+    if not has_sharded_tables(model):
+        return None
+    write_rank_tables(path, model, rank)
+    return tables_meta(model), embedding_state_keys(model)
