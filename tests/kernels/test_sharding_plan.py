@@ -57,9 +57,12 @@ def test_auto_replicates_what_fits_and_shards_beyond_the_budget():
     assert not plan_tables(TABLES, 4, ShardingConfig()).any_sharded  # no budget
     assert not plan_tables(TABLES, 4, ShardingConfig(memory_budget_mb=total / MIB + 1)).any_sharded
     plan = plan_tables(TABLES, 4, ShardingConfig(memory_budget_mb=4))
-    assert plan.sharded_names() == ["deep/big", "deep/mid", "wide/cross"]  # tiny (< min_rows) stays replicated
+    assert plan.sharded_names() == ["deep/big", "deep/mid", "deep/tiny", "wide/cross"]
     per_worker = worker_bytes(TABLES, plan)
     assert per_worker <= 4 * MIB and per_worker < 0.3 * total
+    plan = plan_tables(TABLES, 4, ShardingConfig(memory_budget_mb=4, min_rows=100))
+    assert plan.sharded_names() == ["deep/big", "deep/mid", "wide/cross"]  # tiny (< min_rows) stays replicated
+    assert plan_tables(TABLES, 64, ShardingConfig(memory_budget_mb=4)).table("deep/tiny").placement == "replicated"
 
 
 def test_a_plan_over_the_budget_fails_naming_the_bytes():
@@ -88,7 +91,8 @@ def test_modes_and_overrides():
 @pytest.mark.parametrize("n,world", [(10, 3), (7, 7), (100, 4)])
 def test_row_ranges_cover_every_row_once(scheme, n, world):
     tp = TablePlan("t", "row_wise", scheme)
-    rows = sorted(r for k in range(world) for r in range(*[getattr(tp.row_range(n, k, world), f) for f in ("start", "stop", "step")]))
+    ranges = [tp.row_range(n, k, world) for k in range(world)]
+    rows = sorted(r for rr in ranges for r in range(rr.start, rr.stop, rr.step))
     assert rows == list(range(n))
     sizes = [len(tp.row_range(n, k, world)) for k in range(world)]
     assert max(sizes) - min(sizes) <= 1
@@ -217,3 +221,29 @@ def test_sharded_lookup_without_its_process_group_fails_clearly():
         m(*random_batch(SMALL, 2, seed=0))
     with pytest.raises(ConfigError, match="row_wise needs >= 10 rows"):
         ShardedTableBatchedEmbeddingBag(TableBatchedEmbeddingBag(SMALL, SGD), _plan(10, "contiguous"), 0)
+
+
+def test_replicated_checkpoint_resumes_sharded(tmp_path):
+    """A checkpoint of a model without sharding (tables packed in model.safetensors) loads into
+    the same model sharded over 2 workers: each keeps its rows, the dense part is shared."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, opt: OptimizerConfig) -> None:
+            super().__init__()
+            self.tbe = TableBatchedEmbeddingBag(SMALL, opt, seed=1)
+            self.head = nn.Linear(11, 1)
+
+    for opt in (ADAGRAD, FTRL, SGD):
+        ref = Net(opt)
+        ref.tbe = _trained(opt)
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+        for r in range(2):
+            net = shard_model(Net(opt), _plan(2, "hashed"), r)
+            load_model_state(tmp_path, {}, net)
+            _assert_rows_equal(net.tbe, ref.tbe)
+            assert torch.equal(net.head.bias, ref.head.bias)
+        with pytest.raises(CheckpointError, match="missing"):  # a dense tensor the checkpoint lacks
+            save_file({k: v.contiguous() for k, v in ref.state_dict().items() if k != "head.bias"},
+                      str(tmp_path / "model.safetensors"))
+            load_model_state(tmp_path, {}, shard_model(Net(opt), _plan(2, "hashed"), 0))

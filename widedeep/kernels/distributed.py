@@ -49,7 +49,7 @@ def exchange_coalesced(
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
     if traffic is not None:
-        traffic.add(8 * (world - 1), 8 * (world - 1))
+        traffic.add(8 * (world - 1), 8 * (world - 1), "sizes")
     counts = [int(s) for s in sizes]
     width = max(counts)
     if width == 0:
@@ -62,9 +62,12 @@ def exchange_coalesced(
     all_grads = [torch.empty_like(pad_grads) for _ in range(world)]
     dist.all_gather(all_rows, pad_rows, group=group)
     dist.all_gather(all_grads, pad_grads, group=group)
-    if traffic is not None:
-        per_worker = pad_rows.numel() * pad_rows.element_size() + pad_grads.numel() * pad_grads.element_size()
-        traffic.add(per_worker * (world - 1), per_worker * (world - 1))
+    if traffic is not None:  # this worker's rows and gradients go to every other worker, and so does the padding
+        mine, others = rows.numel(), sum(counts) - rows.numel()
+        traffic.add(mine * 8 * (world - 1), others * 8, "ids")
+        traffic.add(mine * 4 * D * (world - 1), others * 4 * D, "gradients")
+        row = 8 + 4 * D
+        traffic.add((width - mine) * row * (world - 1), (width * (world - 1) - others) * row, "padding", collectives=0)
     keys = torch.cat([r[:c] for r, c in zip(all_rows, counts, strict=True)])
     values = torch.cat([g[:c] for g, c in zip(all_grads, counts, strict=True)])
     uniq, summed = segment_sum(keys, values, torch.arange(keys.numel(), device=keys.device))

@@ -318,23 +318,21 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
                 loc = torch.div(ids, self.world, rounding_mode="floor")
             else:
                 n = self.layout.tables[t].num_rows
-                bounds = self._cached(
-                    f"bounds{k}",
-                    lambda dev, n=n: torch.tensor([n * j // self.world for j in range(self.world + 1)], dtype=torch.int64, device=dev),
-                )
+                cuts = [n * j // self.world for j in range(self.world + 1)]
+                bounds = self._cached(f"bounds{k}", lambda dev, c=cuts: torch.tensor(c, dtype=torch.int64, device=dev))
                 o = torch.searchsorted(bounds, ids, right=True) - 1
                 loc = ids - bounds.index_select(0, o)
             owner[lo:hi] = o
             local[lo:hi] = loc + base.index_select(0, o)
         return owner, local
 
-    def _a2a(self, send: torch.Tensor, in_splits: list[int], out_splits: list[int]) -> torch.Tensor:
+    def _a2a(self, send: torch.Tensor, in_splits: list[int], out_splits: list[int], kind: str) -> torch.Tensor:
         out = send.new_empty((sum(out_splits), *send.shape[1:]))
         dist.all_to_all_single(out, send.contiguous(), out_splits, in_splits, group=self._pg)
         if self._traffic is not None:
             row = send[0].numel() * send.element_size() if send.dim() > 1 else send.element_size()
             self._traffic.add(
-                (sum(in_splits) - in_splits[self.rank]) * row, (sum(out_splits) - out_splits[self.rank]) * row
+                (sum(in_splits) - in_splits[self.rank]) * row, (sum(out_splits) - out_splits[self.rank]) * row, kind
             )
         return out
 
@@ -354,15 +352,15 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
             counts[:, r] = torch.bincount(owner, minlength=W).cpu()
             asks.append((inverse, order, local.index_select(0, order)))
         dev = self.weight.device
-        recv_counts = self._a2a(counts.to(dev).reshape(-1), [len(lay.runs)] * W, [len(lay.runs)] * W)
+        recv_counts = self._a2a(counts.to(dev).reshape(-1), [len(lay.runs)] * W, [len(lay.runs)] * W, "counts")
         recv_counts = recv_counts.view(W, len(lay.runs)).cpu()
         out = torch.empty((B, lay.total_dim), dtype=torch.float32, device=dev)
         saved = []
         for r, (run, ri, (inverse, order, send_rows)) in enumerate(zip(lay.runs, runs, asks, strict=True)):
             sends, recvs = counts[:, r].tolist(), recv_counts[:, r].tolist()
-            rows = self._a2a(send_rows, sends, recvs)  # owner side: local run rows asked by each worker
+            rows = self._a2a(send_rows, sends, recvs, "ids")  # owner side: local run rows asked by each worker
             mine = vectorized.run_weight(self.shard.layout, self.shard.weight.data, self.shard.layout.runs[r])
-            got = self._a2a(mine.index_select(0, rows).float(), recvs, sends)
+            got = self._a2a(mine.index_select(0, rows).float(), recvs, sends, "embeddings")
             emb = torch.empty_like(got)
             emb[order] = got  # back to sorted distinct-row order
             block = out[:, run.col_start : run.col_start + run.num_tables * run.dim]
@@ -387,7 +385,7 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
                 g = grad_out.new_zeros((0, run.dim), dtype=torch.float32)
             else:
                 g = plan.grads()
-            got = self._a2a(g.index_select(0, order), sends, recvs)
+            got = self._a2a(g.index_select(0, order), sends, recvs, "gradients")
             if rows.numel() == 0:
                 continue
             uniq, summed = vectorized.segment_sum(rows, got, torch.arange(rows.numel(), device=rows.device))

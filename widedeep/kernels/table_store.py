@@ -240,9 +240,8 @@ def plain_state_keys(model: torch.nn.Module) -> set[str]:
     """The ``state_dict`` keys a plain (unsharded) build of the same model has for its tables."""
     keys = set()
     for name, m in embedding_modules(model):
-        kinds = ["weight", *(
-            ["adagrad_sum"] if m.optimizer.kind == "rowwise_adagrad" else ["ftrl_z", "ftrl_n"] if m.optimizer.kind == "ftrl" else []
-        )]
+        state = {"sgd": [], "rowwise_adagrad": ["adagrad_sum"], "ftrl": ["ftrl_z", "ftrl_n"]}[m.optimizer.kind]
+        kinds = ["weight", *state]
         keys |= {f"{name}.{k}" if name else k for k in kinds}
     return keys
 

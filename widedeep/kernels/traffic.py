@@ -11,7 +11,7 @@ routes the payload (ring, tree, NVLink) is not counted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -21,11 +21,14 @@ class Traffic:
     sent: int = 0
     received: int = 0
     collectives: int = 0
+    sent_by_kind: dict[str, int] = field(default_factory=dict)  # "ids", "embeddings", "gradients", ...
 
-    def add(self, sent: int, received: int) -> None:
+    def add(self, sent: int, received: int, kind: str = "other", collectives: int = 1) -> None:
         self.sent += int(sent)
         self.received += int(received)
-        self.collectives += 1
+        self.collectives += collectives
+        self.sent_by_kind[kind] = self.sent_by_kind.get(kind, 0) + int(sent)
 
     def reset(self) -> None:
         self.sent = self.received = self.collectives = 0
+        self.sent_by_kind = {}

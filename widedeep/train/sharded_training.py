@@ -4,10 +4,10 @@ loop keeps one marked call per hook.
 
 - :func:`shard_for_training`: plan the tables from the config (``kernels.sharding.plan_tables``:
   table bytes vs ``sharding.memory_budget_mb``, per-table overrides) and swap the model's
-  embedding bags for sharded ones. Called on the freshly built model (every worker builds the
-  same initial tables, then keeps its rows), before the model moves to its device, before a
-  checkpoint is restored into it (restores read only this worker's rows) and after a warm
-  start (which maps whole tables by vocabulary).
+  embedding bags for sharded ones (task ``ranking``; see the function for why not retrieval).
+  Called on the freshly built model (every worker builds the same initial tables, then keeps its
+  rows), before the model moves to its device, before a checkpoint is restored into it (restores
+  read only this worker's rows) and after a warm start (which maps whole tables by vocabulary).
 - :func:`rank_tables_dir`: the checkpoint files a worker other than rank 0 writes: its rows of
   every sharded table. Ray Train merges the directories the workers report under one checkpoint
   name; rank 0 writes everything else (``train.checkpoint.save_checkpoint``).
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from widedeep.errors import ConfigError
 from widedeep.kernels.sharded import has_sharded_tables, model_tables, shard_model
 from widedeep.kernels.sharding import ShardingPlan, plan_tables, table_bytes, worker_bytes
 from widedeep.train.config import TrainConfig
@@ -41,11 +42,23 @@ def plan_for(model: nn.Module, cfg: TrainConfig, world: int) -> ShardingPlan:
 
 def shard_for_training(model: nn.Module, cfg: TrainConfig, rank: int, world: int) -> tuple[nn.Module, str | None]:
     """``(model with sharded tables, a one-line summary)``; the model unchanged and ``None``
-    when the plan shards nothing (a single worker, or every table fits replicated)."""
+    when the plan shards nothing (a single worker, or every table fits replicated).
+
+    Only the ranking task shards: the retrieval task's validation embeds the catalog lazily on
+    each worker (``widedeep.retrieval.task``), a data-dependent number of lookups that
+    collective lookups would deadlock on; it raises ``ConfigError`` instead.
+    """
     tables = model_tables(model)
     plan = plan_tables(tables, world, cfg.sharding)
     if not plan.any_sharded:
         return model, None
+    if cfg.task != "ranking":
+        raise ConfigError(
+            f"sharding: row-wise tables are supported for task 'ranking'; task {cfg.task!r} validates with "
+            "lookups whose number depends on each worker's data (the catalog's item vectors), which sharded "
+            "tables cannot serve (every lookup is collective): set sharding.mode: replicated or raise "
+            "sharding.memory_budget_mb"
+        )
     replicated = sum(table_bytes(tc, opt) for tc, opt in tables)
     held = worker_bytes(tables, plan)
     names = plan.sharded_names()
