@@ -443,6 +443,12 @@ def shard_model(model: nn.Module, plan: ShardingPlan, rank: int) -> nn.Module:
 
     DDP is told to ignore the replaced modules' tensors (their shapes differ between workers
     and they are synchronised by the modules themselves).
+
+    Memory: the plain modules were built whole (that is what makes every worker's rows equal to
+    an unsharded run's initial rows), so each worker holds each module's full initial tables
+    once, on the host, until this returns; call it before moving the model to a GPU, which then
+    only ever holds the shards. Tables that do not fit a worker's host memory even once would
+    need the initial rows drawn per row block instead (not done).
     """
     if not plan.any_sharded:
         return model
