@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from widedeep.kernels.traffic import Traffic
 from widedeep.kernels.vectorized import segment_sum
 
 
@@ -25,6 +26,7 @@ def exchange_coalesced(
     rows: torch.Tensor,
     grads: torch.Tensor,
     group: dist.ProcessGroup | None = None,
+    traffic: Traffic | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather every worker's coalesced ``(rows [U], grads [U, D])`` and merge them.
 
@@ -32,6 +34,8 @@ def exchange_coalesced(
         rows: int64 distinct row ids of this worker's batch.
         grads: fp32 ``[U, D]`` summed gradients of those rows.
         group: the process group (``None``: the default group).
+        traffic: if given, the bytes this worker's buffers deliver to the others are added to it
+            (sizes, then the padded rows and gradients: what the all-gathers really move).
 
     Returns:
         ``(rows, grads)`` of the union: distinct sorted rows and the gradients summed over
@@ -44,6 +48,8 @@ def exchange_coalesced(
     n = torch.tensor([rows.numel()], dtype=torch.int64, device=rows.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
+    if traffic is not None:
+        traffic.add(8 * (world - 1), 8 * (world - 1), "sizes")
     counts = [int(s) for s in sizes]
     width = max(counts)
     if width == 0:
@@ -56,6 +62,12 @@ def exchange_coalesced(
     all_grads = [torch.empty_like(pad_grads) for _ in range(world)]
     dist.all_gather(all_rows, pad_rows, group=group)
     dist.all_gather(all_grads, pad_grads, group=group)
+    if traffic is not None:  # this worker's rows and gradients go to every other worker, and so does the padding
+        mine, others = rows.numel(), sum(counts) - rows.numel()
+        traffic.add(mine * 8 * (world - 1), others * 8, "ids")
+        traffic.add(mine * 4 * D * (world - 1), others * 4 * D, "gradients")
+        row = 8 + 4 * D
+        traffic.add((width - mine) * row * (world - 1), (width * (world - 1) - others) * row, "padding", collectives=0)
     keys = torch.cat([r[:c] for r, c in zip(all_rows, counts, strict=True)])
     values = torch.cat([g[:c] for g, c in zip(all_grads, counts, strict=True)])
     uniq, summed = segment_sum(keys, values, torch.arange(keys.numel(), device=keys.device))

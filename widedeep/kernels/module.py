@@ -31,6 +31,7 @@ from widedeep.kernels import reference, vectorized
 from widedeep.kernels.config import OptimizerConfig, TableConfig
 from widedeep.kernels.distributed import exchange_coalesced
 from widedeep.kernels.layout import TableLayout, check_inputs
+from widedeep.kernels.traffic import Traffic
 
 _BACKENDS = ("auto", "reference", "vectorized", "triton")
 _HALF = (torch.float16, torch.bfloat16)
@@ -77,6 +78,7 @@ class TableBatchedEmbeddingBag(nn.Module):
         self.optimizer = optimizer
         self.validate = validate
         self._pg: dist.ProcessGroup | None = None
+        self._traffic: Traffic | None = None
         dev = torch.device(device) if device is not None else torch.device("cpu")
         if backend not in _BACKENDS:
             raise ConfigError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
@@ -131,13 +133,15 @@ class TableBatchedEmbeddingBag(nn.Module):
         lo = self.layout.elem_offsets[i]
         return self.weight.data[lo : lo + tc.num_rows * tc.dim].view(tc.num_rows, tc.dim)
 
-    def set_process_group(self, pg: dist.ProcessGroup | None) -> None:
+    def set_process_group(self, pg: dist.ProcessGroup | None, traffic: Traffic | None = None) -> None:
         """Exchange coalesced gradients over ``pg`` in every backward (``None``: local only).
 
         Every replica must start from identical weights (same ``seed``) and call backward the
-        same number of times; grads are averaged over the world size, like DDP.
+        same number of times; grads are averaged over the world size, like DDP. ``traffic``
+        (optional) counts the bytes the exchange moves (``traffic.Traffic``).
         """
         self._pg = pg
+        self._traffic = traffic
 
     def extra_repr(self) -> str:
         return (
@@ -186,7 +190,7 @@ class TableBatchedEmbeddingBag(nn.Module):
             self._impl.backward_update(self, saved, grad_out)
             return
         for r, (rows, grads) in enumerate(self._impl.coalesce(self, saved, grad_out)):
-            rows, grads = exchange_coalesced(rows, grads, self._pg)
+            rows, grads = exchange_coalesced(rows, grads, self._pg, self._traffic)
             self._impl.apply(self, r, rows, grads)
 
 

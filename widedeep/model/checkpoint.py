@@ -108,7 +108,15 @@ def save_checkpoint(
     """Write a checkpoint directory (created; files written then renamed into place)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    save_file(_tensor_dict(model.state_dict()), str(p / "model.safetensors"))
+    sd = model.state_dict()
+    # issue 16 hook: sharded tables are stored by global row range (widedeep.kernels.table_store);
+    # rank 0 writes its pieces here, the other workers theirs (widedeep.train.sharded_training)
+    from widedeep.kernels.table_store import write_checkpoint_tables
+
+    tables = write_checkpoint_tables(p, model, rank=0)
+    if tables is not None:
+        sd = {k: v for k, v in sd.items() if k not in tables[1]}
+    save_file(_tensor_dict(sd), str(p / "model.safetensors"))
     opt_t, opt_meta = optimizer_to_files(optimizer)
     save_file(opt_t, str(p / "optimizer.safetensors"))
     (p / "optimizer.json").write_text(json.dumps(opt_meta, indent=1, sort_keys=True))
@@ -122,6 +130,8 @@ def save_checkpoint(
         "versions": _versions(),
         **dict(state),
     }
+    if tables is not None:
+        meta["tables"] = tables[0]
     (p / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
     return p
 
@@ -188,6 +198,16 @@ def load_feature_space(path: str | Path, meta: Mapping[str, Any]) -> FeatureSpac
 def load_state_into(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Load weights (and the dense optimizer state) of checkpoint ``path`` into live objects."""
     p = Path(path)
+    from widedeep.kernels.sharded import has_sharded_tables
+
+    meta_path = p / "checkpoint.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if "tables" in meta or has_sharded_tables(model):  # issue 16: tables by row range and/or sharded here
+        from widedeep.kernels.table_store import load_model_state
+
+        load_model_state(p, meta, model)
+        _load_optimizer(p, optimizer)
+        return
     sd = load_file(str(p / "model.safetensors"))
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -198,6 +218,10 @@ def load_state_into(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         if tuple(own[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{p}/model.safetensors: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
     model.load_state_dict(sd)
+    _load_optimizer(p, optimizer)
+
+
+def _load_optimizer(p: Path, optimizer: torch.optim.Optimizer | None) -> None:
     if optimizer is not None:
         meta = json.loads((p / "optimizer.json").read_text())
         tensors = load_file(str(p / "optimizer.safetensors"))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
 from widedeep.errors import ConfigError
+from widedeep.kernels.sharding import ShardingConfig
 from widedeep.model.wide_deep import ModelConfig, OptimConfig
 
 
@@ -60,7 +61,9 @@ class TrainConfig:
     ``num_workers: 0`` runs the loop in the driver (Ray Train local mode: no resume, no fault
     tolerance; for quick experiments). ``storage_path/run_name`` is the run directory: the same
     name resumes. ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
-    ``num_to_keep`` prunes by validation score (the latest is always kept).
+    ``num_to_keep`` prunes by validation score (the latest is always kept). ``sharding``: which
+    embedding tables are split by rows across the workers (``widedeep.kernels.sharding``; by
+    default all replicated unless they exceed ``sharding.memory_budget_mb``).
     """
 
     data: str
@@ -87,6 +90,7 @@ class TrainConfig:
     log_every_steps: int = 50
     torch_threads: int | None = None
     warm_start_from: str | None = None
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:

@@ -196,12 +196,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    model = task.build_model(fs, cfg).to(device)
+    model = task.build_model(fs, cfg)
+    restored = ray.train.get_checkpoint()
+    if restored is None and cfg.warm_start_from:  # on the whole tables, before they are sharded
+        from widedeep.train.warm_start import warm_start
+
+        report = warm_start(model, fs, cfg.warm_start_from)
+        if rank == 0:
+            log(f"warm start from {cfg.warm_start_from}: {report}")
+    # issue 16 hook: tables split by rows across workers per cfg.sharding (before .to(device) and restore)
+    from widedeep.train.sharded_training import shard_for_training
+
+    model, shard_msg = shard_for_training(model, cfg, rank, world)
+    if shard_msg and rank == 0:
+        log(shard_msg)
+    model = model.to(device)
     dense_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = cfg.optim.dense.build(dense_params) if dense_params else None
 
     state = TrainState()
-    restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
             load_state_into(d, model, optimizer)
@@ -210,12 +223,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log(f"resumed from checkpoint at epoch {state.epoch} step {state.global_step} "
                 f"(+{state.step_in_epoch} batches into epoch {state.epoch + 1})")
-    elif cfg.warm_start_from:
-        from widedeep.train.warm_start import warm_start
-
-        report = warm_start(model, fs, cfg.warm_start_from)
-        if rank == 0:
-            log(f"warm start from {cfg.warm_start_from}: {report}")
 
     train_model: torch.nn.Module = model
     if distributed:
@@ -250,8 +257,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
 
     def valid_batches() -> Iterator[Any]:
-        for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world):
-            yield task.collate(t, fs, cfg)
+        from widedeep.train.sharded_training import empty_batch, lockstep
+
+        batches = (task.collate(t, fs, cfg)
+                   for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world))
+        # issue 16: sharded lookups are collective: every worker runs as many batches as the busiest
+        yield from lockstep(batches, model, lambda: empty_batch(task, fs, cfg, loop_config["valid_dir"], cols), device)
 
     local_mode = bool(loop_config.get("local_mode", False))
 
@@ -259,7 +270,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         """Every rank calls this at the same points; rank 0 attaches the checkpoint."""
         metrics = {**metrics, "checkpoint_name": name}
         if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
+            from widedeep.train.sharded_training import rank_tables_dir
+
+            with rank_tables_dir(model, rank) as tables_dir:  # issue 16: this worker's rows of sharded tables
+                if tables_dir is None:
+                    ray.train.report(metrics, checkpoint=None)
+                else:
+                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tables_dir), checkpoint_dir_name=name)
             return
         if local_mode:  # local mode keeps checkpoints in memory only: write them in place
             d = Path(loop_config["run_dir"]) / name
