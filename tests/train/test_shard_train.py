@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 from tests.train.helpers import make_prepared
 from widedeep.data.generate import generate_appstore
 from widedeep.errors import WidedeepError
-from widedeep.train.checkpoint import load_checkpoint
+from widedeep.model.checkpoint import load_checkpoint
 from widedeep.train.config import load_train_config
 from widedeep.train.driver import run_training
 

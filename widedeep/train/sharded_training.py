@@ -10,7 +10,7 @@ loop keeps one marked call per hook.
   read only this worker's rows) and after a warm start (which maps whole tables by vocabulary).
 - :func:`rank_tables_dir`: the checkpoint files a worker other than rank 0 writes: its rows of
   every sharded table. Ray Train merges the directories the workers report under one checkpoint
-  name; rank 0 writes everything else (``train.checkpoint.save_checkpoint``).
+  name; rank 0 writes everything else (``model.checkpoint.save_checkpoint``).
 - :func:`lockstep`: sharded lookups are collective, so every worker must run the same number of
   evaluation forwards although the validation rows split unevenly; a worker that has run out
   scores an empty batch until all have.
@@ -45,7 +45,7 @@ def shard_for_training(model: nn.Module, cfg: TrainConfig, rank: int, world: int
     when the plan shards nothing (a single worker, or every table fits replicated).
 
     Only the ranking task shards: the retrieval task's validation embeds the catalog lazily on
-    each worker (``widedeep.retrieval.task``), a data-dependent number of lookups that
+    each worker (``widedeep.train.retrieval_task``), a data-dependent number of lookups that
     collective lookups would deadlock on; it raises ``ConfigError`` instead.
     """
     tables = model_tables(model)
