@@ -114,11 +114,10 @@ def check_inputs(
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
     decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs one pass over the
     offsets (a comparison with the expected offsets when every bag has the same length) and
-    one min/max pass over the ids (all tables in one call when they hold equally many ids,
-    else one call per table): measured on CPU (one thread) about 0.2 ms for criteo's 106k
-    ids and 1 ms for multihot's 2.1M. On CUDA it adds a few device-to-host syncs (``2 + 2*T``
-    when tables hold different numbers of ids), which is why it can be turned off
-    (``validate=False``) once the loader is trusted.
+    one min/max pass per table over the ids (one call per table: measured faster than one
+    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
+    ids and 0.6 ms for multihot's 2.1M. On CUDA it adds ``2 + 2*T`` device-to-host syncs per
+    call, which is why it can be turned off (``validate=False``) once the loader is trusted.
     """
     for name, x in (("indices", indices), ("offsets", offsets)):
         if not isinstance(x, torch.Tensor):
@@ -170,8 +169,6 @@ def check_inputs(
     if N == 0:
         return B
     bounds = offsets[0 :: max(B, 1)].tolist()
-    if all(bounds[t + 1] - bounds[t] == N // T for t in range(T)) and _ids_in_range(layout, indices.view(T, -1)):
-        return B  # one min/max pass over all tables at once; the loop below names a bad id
     # One pass over each table's ids (min and max), instead of materialising a per-id limit.
     for t, tc in enumerate(layout.tables):
         lo, hi = bounds[t], bounds[t + 1]
@@ -188,10 +185,3 @@ def check_inputs(
             )
     return B
 
-
-def _ids_in_range(layout: TableLayout, ids_by_table: torch.Tensor) -> bool:
-    """Whether every id of ``ids_by_table`` (``[T, n]``: table ``t``'s ids in row ``t``) lies in
-    ``[0, num_rows)`` of its table."""
-    mn, mx = torch.aminmax(ids_by_table, dim=1)
-    limit = torch.tensor([t.num_rows for t in layout.tables], dtype=mx.dtype, device=mx.device)
-    return not bool(torch.logical_or(mn < 0, mx >= limit).any())

@@ -1,18 +1,21 @@
 """The fast vectorized PyTorch path (the default on CPU; also runs on any device torch supports).
 
 No Python loop over bags: each *run* of equal-dim tables (see ``layout.py``) is one
-``[rows, D]`` matrix and ONE ``F.embedding_bag`` call pools every (table, bag) of the run.
+``[rows, D]`` matrix and one ``F.embedding_bag`` call pools every (table, bag) of the run;
+large CPU batches (``_PER_TABLE_MIN_IDS`` ids per table) go table by table instead, where
+each table's ids, rows and pooled bags fit in cache and the call overhead is negligible.
 
 Forward writes the output in its final layout. The output is bag-major (``[B, T_r * D]``:
 bag ``b`` of every table side by side) while the input is table-major, so pooling the
-input as it comes would need a transposing copy of the whole output afterwards (one
-extra pass over ``B * T_r * D`` floats). When every bag of a run holds the same number
-``L`` of ids (single-valued features: ``L = 1``; padded multi-hot features), the *ids* are
-reordered instead (``[T_r, B, L] -> [B, T_r, L]``, fused with the shift to run-global rows
-and a narrowing to int32), so the pooled bags come out in output order. Runs with varying
-bag lengths pool table-major and transpose the output (with the mean scaling fused into
-that copy). ``F.embedding_bag`` is also the gather: on CPU it prefetches rows, which
-``index_select`` does not (measured 2-3x faster for 106k rows of D=16 in bag-major order).
+input as it comes needs a transposing copy of the whole output afterwards. When every bag
+of a run holds the same number ``L`` of ids (single-valued features: ``L = 1``; padded
+multi-hot features), the *ids* are reordered instead (``[T_r, B, L] -> [B, T_r, L]``,
+after the shift to run-global rows and a narrowing to int32), so the pooled bags come out
+in output order. Runs with varying bag lengths pool table-major and transpose the output
+(with the mean scaling fused into that copy); table by table, each table's ``[B, D]``
+pooled bags are copied into its columns while still in cache. ``F.embedding_bag`` is also
+the gather: on CPU it prefetches rows, which ``index_select`` does not (measured 2.6x
+faster for 106k rows of D=16 in bag-major order).
 
 Backward coalesces duplicates by sorting (stable, so the result is deterministic): sorting
 the run-global ids groups equal rows into segments; the summed gradient of distinct row
@@ -21,10 +24,15 @@ itself an embedding bag over the ``[B * T_r, D]`` bag gradients (``grad_out`` it
 view, for sum pooling), so a second ``F.embedding_bag`` computes all ``[U, D]`` row
 gradients without ever materialising the ``[N, D]`` per-id gradients, let alone a dense
 ``[rows, D]`` table gradient. Sorting the bag-major ids makes the sort's permutation
-itself the bag of each id (``position // L``). Large batches are sorted table by table
-(each table's keys fit in cache; the key ranges are disjoint and increasing, so the
-concatenation is sorted). The optimizer is then applied to the ``U`` distinct rows in
-place, in row chunks that stay in cache.
+itself the bag of each id (``position // L``); table by table, a table's ids are sorted on
+their own (the key ranges of the tables are disjoint and increasing). The optimizer is
+then applied to the ``U`` distinct rows in place, in row chunks that stay in cache.
+
+Where the time goes (CPU, one thread, measured against FBGEMM's fused CPU kernel in
+``widedeep bench kernel``): the forward is the same gather kernel (FBGEMM's SpMDM, inside
+``F.embedding_bag``); backward's sort, gradient sum and row updates each cost about what
+FBGEMM's do, but as a dozen separate passes per chunk of rows where FBGEMM makes one
+fused pass per block of 64 rows.
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ from widedeep.kernels.reference import ftrl_pow
 
 # Rows per optimizer chunk: the gather of a chunk's weight and state rows must still be in
 # cache when they are written back, while each chunk's ~12 ops keep their fixed cost small.
-_UPDATE_CHUNK_ROWS = 8192
-_UPDATE_CHUNK_ELEMS = 1 << 17
+_UPDATE_CHUNK_ROWS = 2048
+_UPDATE_CHUNK_ELEMS = 1 << 18
 # Pool and sort table by table (on CPU) once a run has at least this many ids per table on
 # average: below it, one call for the whole run beats many small ones.
 _PER_TABLE_MIN_IDS = 16384
@@ -136,7 +144,7 @@ def _bag_major_lookup(layout: TableLayout, run: Run, ri: RunInput, B: int) -> No
         ri.lookup_weights = None if ri.weights is None else ri.weights.view(B, L)
         return
     # Shift in input order (contiguous), then transpose at the narrow dtype (a blocked 2-D
-    # transpose when L = 1): measured 2x faster than one strided add into the bag-major buffer.
+    # transpose when L = 1): measured 1.3-2x faster than one strided add into the bag-major buffer.
     keys = torch.empty((T_r, B * L), dtype=_index_dtype(run), device=ri.ids.device)
     torch.add(ri.ids.view(T_r, B * L), _row_shift(layout, run, ri.ids.device).view(T_r, 1), out=keys)
     ri.lookup = (keys.t() if L == 1 else keys.view(T_r, B, L).transpose(0, 1)).contiguous().view(B * T_r, L)
@@ -228,7 +236,8 @@ def _pool_per_table(
         w = weight[layout.elem_offsets[t] : layout.elem_offsets[t + 1]].view(-1, D)
         if ri.bag_len > 0:
             L = ri.bag_len
-            pooled = F.embedding_bag(ids.view(B, L), w, mode="sum", per_sample_weights=None if psw is None else psw.view(B, L))
+            psw = None if psw is None else psw.view(B, L)
+            pooled = F.embedding_bag(ids.view(B, L), w, mode="sum", per_sample_weights=psw)
         else:
             offs = ri.offsets[i * B : (i + 1) * B + 1]
             pooled = F.embedding_bag(
@@ -244,15 +253,16 @@ def _pool_per_table(
 
 @dataclass
 class CoalescePlan:
-    """Where each distinct row's gradient comes from, for one run.
+    """Where each distinct row's gradient comes from, for one run or one table of it.
 
     Row ``rows[u]`` receives ``sum_j weights[j] * bag_grads[sources[j]]`` over
-    ``segments[u] <= j < segments[u + 1]``.
+    ``segments[u] <= j < segments[u + 1]``. ``sources`` and ``segments`` share one index
+    dtype (int32 where it fits: half the bytes to write and read back).
     """
 
     rows: torch.Tensor  # int64 [U], sorted, run-global
-    segments: torch.Tensor  # int64 [U + 1]
-    sources: torch.Tensor  # int64 [n]: row of bag_grads for each id, ids in sorted order
+    segments: torch.Tensor  # [U + 1]
+    sources: torch.Tensor  # [n]: row of bag_grads for each id, ids in sorted order
     weights: torch.Tensor | None  # fp32 [n], sorted like sources
     bag_grads: torch.Tensor  # fp32 [B * T_r, D]
 
@@ -273,17 +283,19 @@ class CoalescePlan:
 
 def plan_coalesce(
     layout: TableLayout, runs: list[RunInput], grad_out: torch.Tensor, B: int
-) -> list[CoalescePlan | None]:
-    """Per run, the plan to sum duplicate rows' gradients (``None`` for a run without ids).
+) -> list[list[CoalescePlan]]:
+    """Per run, the plans to sum duplicate rows' gradients: one for the run, or one per table
+    (in table order, so their rows follow each other in order) on the per-table path; none
+    for a run without ids.
 
     The bag gradients are read straight from ``grad_out`` viewed as ``[B * T_r, D]`` (bag
     ``(t, b)`` is row ``b * T_r + t``) when the run spans all columns, so no transpose copy.
     """
-    plans: list[CoalescePlan | None] = []
+    plans: list[list[CoalescePlan]] = []
     for run, ri in zip(layout.runs, runs, strict=True):
         T_r, D = run.num_tables, run.dim
         if ri.ids.numel() == 0:
-            plans.append(None)
+            plans.append([])
             continue
         g = grad_out[:, run.col_start : run.col_start + T_r * D]
         if g.dtype != torch.float32:
@@ -292,23 +304,31 @@ def plan_coalesce(
             g = g.reshape(B, T_r, D) * ri.bag_scale[:, :, None]
         bag_grads = g.reshape(B * T_r, D)  # a view when the run spans all columns of grad_out
         if ri.per_table:
-            sorted_keys, sources, w = _group_per_table(layout, run, ri, B)
-        elif ri.lookup is not None:
+            plans.append(_plan_per_table(layout, run, ri, B, bag_grads))
+            continue
+        if ri.lookup is not None:
             sorted_keys, sources, w = _group_fixed(run, ri)
         else:
             sorted_keys, sources, w = _group_varying(run, ri, B)
-        rows, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-        segments = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=rows.device)
-        torch.cumsum(counts, 0, out=segments[1:])
-        plans.append(CoalescePlan(rows.to(torch.int64), segments, sources, w, bag_grads))
+        rows, segments = _segments(sorted_keys, 0, _position_dtype(sources))
+        plans.append([CoalescePlan(rows, segments, sources.to(segments.dtype), w, bag_grads)])
     return plans
+
+
+def _segments(sorted_keys: torch.Tensor, shift: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct keys + ``shift``, int64 ``[U]``; segment offsets ``[U + 1]`` of ``dtype``)."""
+    uniq, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
+    segments = torch.zeros(uniq.numel() + 1, dtype=dtype, device=sorted_keys.device)
+    torch.cumsum(counts, 0, dtype=dtype, out=segments[1:])
+    rows = uniq.to(torch.int64)
+    return rows.add_(shift) if shift else rows, segments
 
 
 def _per_table(run: Run, ids: torch.Tensor) -> bool:
     """Large batches on CPU go table by table (pooling and sorting): a table's ids, rows and
-    pooled bags fit in cache (measured on multihot, 26 x 82k ids: sorting 14 ms vs 41 ms as
-    one sort; pooling 16 ms vs 19 ms bag-major); small ones in one call per run, where the
-    fixed cost of ``T_r`` calls would dominate."""
+    pooled bags fit in cache (measured on multihot, 26 x 82k ids, one thread: sorting 14 ms
+    vs 41 ms as one sort; the whole step 69 ms vs 92 ms bag-major); small ones in one call
+    per run, where the fixed cost of ``T_r`` calls would dominate."""
     return run.num_tables > 1 and ids.device.type == "cpu" and ids.numel() >= _PER_TABLE_MIN_IDS * run.num_tables
 
 
@@ -325,40 +345,38 @@ def _group_fixed(run: Run, ri: RunInput) -> tuple[torch.Tensor, torch.Tensor, to
     return sorted_keys, perm if ri.bag_len == 1 else perm.div_(ri.bag_len, rounding_mode="floor"), w
 
 
-def _group_per_table(
-    layout: TableLayout, run: Run, ri: RunInput, B: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(sorted run-global ids, the bag-gradient row of each, their weights), sorting table by
-    table: the key ranges of the tables are disjoint and increasing, so the concatenation of
-    the sorted tables is sorted. Position ``q`` of table ``t`` is in bag ``q // L`` when all
+def _plan_per_table(
+    layout: TableLayout, run: Run, ri: RunInput, B: int, bag_grads: torch.Tensor
+) -> list[CoalescePlan]:
+    """One plan per table, each from a sort of the table's own ids (cache-sized, no shift, no
+    copy into a run-wide buffer). Position ``q`` of table ``t`` is in bag ``q // L`` when all
     bags hold ``L`` ids, i.e. bag-gradient row ``(q // L) * T_r + t``; else the offsets say."""
-    T_r, L, n = run.num_tables, ri.bag_len, ri.ids.numel()
-    local = ri.ids.to(_index_dtype(run))
-    sorted_keys = torch.empty_like(local)
-    perm = torch.empty(n, dtype=torch.int64, device=local.device)
-    w = None if ri.weights is None else torch.empty_like(ri.weights)
-    # Fixed L: (q // L) * T_r for every position q of a table, computed once (an integer
-    # division per id would cost more than the sort's permutation gather below).
-    bag_base = torch.arange(B * L, device=local.device).div_(L, rounding_mode="floor").mul_(T_r) if L > 0 else None
-    sources = torch.empty_like(perm) if L > 0 else perm
-    start = 0
+    T_r, L = run.num_tables, ri.bag_len
+    idx = _index_dtype(run)
+    pos = _position_dtype(ri.ids)
+    dev = ri.ids.device
+    if L > 0:  # (q // L) * T_r for every position q of a table, computed once for all tables
+        bag_base = torch.arange(B * L, device=dev).div_(L, rounding_mode="floor").mul_(T_r).to(pos)
+    else:
+        row_of_id = _bag_row_of_ids(ri, T_r, B).to(pos)
+    plans, start = [], 0
     for i, count in enumerate(ri.table_counts):
-        sl = slice(start, start + count)
-        keys_t, perm_t = sorted_keys[sl], perm[sl]
-        torch.sort(local[sl], stable=True, out=(keys_t, perm_t))
-        if w is not None:
-            torch.index_select(ri.weights[sl], 0, perm_t, out=w[sl])
-        shift = layout.row_offsets[run.first + i] - run.row_start
-        if shift:
-            keys_t.add_(shift)
-        if bag_base is not None:
-            torch.index_select(bag_base, 0, perm_t, out=sources[sl]).add_(i)
-        elif start:
-            perm_t.add_(start)
+        if count:
+            sorted_keys, perm = torch.sort(ri.ids[start : start + count].to(idx), stable=True)
+            if L > 0:
+                sources = bag_base.index_select(0, perm).add_(i)
+            else:
+                sources = row_of_id[start : start + count].index_select(0, perm)
+            w = None if ri.weights is None else ri.weights[start : start + count].index_select(0, perm)
+            rows, segments = _segments(sorted_keys, layout.row_offsets[run.first + i] - run.row_start, pos)
+            plans.append(CoalescePlan(rows, segments, sources, w, bag_grads))
         start += count
-    if bag_base is None:  # perm holds input positions: map each to its bag's row
-        sources = _bag_row_of_ids(ri, T_r, B).index_select(0, perm)
-    return sorted_keys, sources, w
+    return plans
+
+
+def _position_dtype(x: torch.Tensor) -> torch.dtype:
+    """Index dtype for positions into ``x`` (and into the bag gradients, which are fewer)."""
+    return torch.int32 if x.numel() < 2**31 else torch.int64
 
 
 def _bag_row_of_ids(ri: RunInput, T_r: int, B: int) -> torch.Tensor:
@@ -382,12 +400,14 @@ def coalesce(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per run: (distinct run-global rows, sorted; their summed fp32 gradients ``[U, D]``)."""
     out = []
-    for run, plan in zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True):
-        if plan is None:
+    for run, plans in zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True):
+        if not plans:
             empty = torch.empty(0, dtype=torch.int64, device=grad_out.device)
             out.append((empty, grad_out.new_zeros((0, run.dim), dtype=torch.float32)))
+        elif len(plans) == 1:
+            out.append((plans[0].rows, plans[0].grads()))
         else:
-            out.append((plan.rows, plan.grads()))
+            out.append((torch.cat([p.rows for p in plans]), torch.cat([p.grads() for p in plans])))
     return out
 
 
@@ -402,15 +422,14 @@ def fused_backward_update(
 ) -> None:
     """Coalesce and update chunk by chunk of distinct rows, so each chunk's summed gradient is
     produced, used and dropped while it is still in cache (never a ``[U, D]`` buffer)."""
-    for r, (run, plan) in enumerate(zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True)):
-        if plan is None:
-            continue
+    for r, (run, plans) in enumerate(zip(layout.runs, plan_coalesce(layout, runs, grad_out, B), strict=True)):
         w = run_weight(layout, weight, run)
         chunk = _chunk_rows(run.dim)
-        U = plan.rows.numel()
-        for lo in range(0, U, chunk):
-            hi = min(U, lo + chunk)
-            update(opt, w, run_state[r], plan.rows[lo:hi], plan.grads(lo, hi))
+        for plan in plans:
+            U = plan.rows.numel()
+            for lo in range(0, U, chunk):
+                hi = min(U, lo + chunk)
+                update(opt, w, run_state[r], plan.rows[lo:hi], plan.grads(lo, hi))
 
 
 def _sort(
@@ -500,11 +519,10 @@ def update(
         if opt.kind == "sgd":
             _add_rows(weight, r, g, -opt.lr)
         elif opt.kind == "rowwise_adagrad":
-            # w -= (lr / (sqrt(m) + eps)) * g: a per-row scale, fused into the add of the rows.
+            # m += mean(g**2); w -= lr * g / (sqrt(m) + eps), the division fused into the add.
             acc = state["adagrad_sum"]
-            m = acc.index_select(0, r).add_(torch.linalg.vector_norm(g, dim=1).square_().div_(D))
-            acc.index_copy_(0, r, m)
-            _add_rows(weight, r, g, m.sqrt_().add_(opt.eps).reciprocal_().mul_(-opt.lr)[:, None])
+            acc.index_add_(0, r, torch.linalg.vector_norm(g, dim=1).square_(), alpha=1.0 / D)
+            _add_rows(weight, r, g, -opt.lr, acc.index_select(0, r).sqrt_().add_(opt.eps)[:, None])
         elif opt.kind == "ftrl":
             _copy_rows(weight, r, _ftrl(opt, _gather_rows(weight, r), g, state, r))
         else:  # pragma: no cover - OptimizerConfig validates kind
@@ -520,28 +538,30 @@ def _gather_rows(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(rows.view(-1, 1), weight, mode="sum")
 
 
-def _add_rows(weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor, scale: float | torch.Tensor) -> None:
-    """``weight[rows] += scale * delta`` for distinct ``rows`` (``scale``: a number or ``[R, 1]``).
+def _add_rows(
+    weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor, alpha: float, denom: torch.Tensor | None = None
+) -> None:
+    """``weight[rows] += alpha * delta (/ denom)`` for distinct ``rows`` (``denom``: ``[R, 1]``).
 
     On CPU: gather (prefetched), add, scatter back (``_copy_rows``), whose writes then hit the
     cache the gather has just filled: measured on one thread, 387k random rows of D=64, the
     whole row-wise Adagrad update in 26 ms this way vs 33 ms with ``index_add_``.
     """
     if weight.device.type != "cpu":
-        weight.index_add_(0, rows, delta.mul_(scale))
+        weight.index_add_(0, rows, delta if denom is None else delta.div_(denom), alpha=alpha)
         return
     rows_now = _gather_rows(weight, rows)
-    if isinstance(scale, torch.Tensor):
-        rows_now.addcmul_(delta, scale)
+    if denom is None:
+        rows_now.add_(delta, alpha=alpha)
     else:
-        rows_now.add_(delta, alpha=scale)
+        rows_now.addcdiv_(delta, denom, value=alpha)
     _copy_rows(weight, rows, rows_now)
 
 
 def _copy_rows(weight: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
     """``weight[rows] = values``, moving each row as the widest elements its width and alignment
     allow: ``index_copy_`` has a cost per element, and 16-byte elements (complex128, bytes moved
-    unchanged) cut it 4x for fp32 rows."""
+    unchanged) are 4x fewer than fp32 ones (measured 20% faster on 387k rows of D=64)."""
     D = weight.shape[1]
     if weight.is_contiguous() and values.is_contiguous():
         for wide, k in ((torch.complex128, 4), (torch.int64, 2)):
