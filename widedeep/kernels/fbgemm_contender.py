@@ -151,8 +151,8 @@ def check_step(
         per_table, weights_before, weights_after(), state_after(), strict=True
     ):
         want_w = before[rows].clone()
-        want_state = {"adagrad_sum": torch.full((rows.numel(),), float(opt.initial_accumulator))}
-        reference_update(opt, want_w, want_state, torch.arange(rows.numel()), g)
+        want_state = {"adagrad_sum": torch.full((rows.numel(),), float(opt.initial_accumulator), device=rows.device)}
+        reference_update(opt, want_w, want_state, torch.arange(rows.numel(), device=rows.device), g)
         w_err = max(w_err, _max_err(after[rows], want_w))
         s_err = max(s_err, _max_err(state.reshape(-1)[rows], want_state["adagrad_sum"]))
         moved = torch.nonzero((after != before).any(dim=1)).flatten()
