@@ -42,6 +42,22 @@ def test_bad_values(tbe, indices, offsets, match):
         tbe(torch.tensor(indices), torch.tensor(offsets))
 
 
+@pytest.mark.parametrize(
+    ("indices", "match"),
+    [
+        ([1, 9, 0, 10, 4, 2, 3, 1], r"indices\[3\]=10 out of range for table 'user'.*0 <= id < 10"),
+        ([1, 9, 0, 3, 4, 5, 3, 1], r"indices\[5\]=5 out of range for table 'item'.*< 5"),
+        ([1, 9, 0, 3, -4, 2, 3, 1], r"indices\[4\]=-4 is negative \(table 'item'\)"),
+    ],
+)
+def test_bad_ids_in_equal_length_bags(tbe, indices, match):
+    """Bags all of one length take a one-call range check; a bad id is still named exactly."""
+    offsets = torch.tensor([0, 2, 4, 6, 8])  # B=2, two ids per bag
+    assert tbe(torch.tensor([1, 9, 0, 3, 4, 2, 3, 1]), offsets).shape == (2, 8)
+    with pytest.raises(KernelInputError, match=match):
+        tbe(torch.tensor(indices), offsets)
+
+
 def test_dtype_and_shape_errors(tbe):
     idx, off = _ok()
     with pytest.raises(KernelInputError, match=r"indices: expected dtype torch\.int64, got torch\.int32"):

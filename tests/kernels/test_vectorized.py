@@ -168,3 +168,99 @@ def test_blocked_sort_equals_one_sort():
         assert torch.equal(a, b)
     rows, seg, perm = blocked
     assert torch.equal(keys[perm], torch.repeat_interleave(rows, seg[1:] - seg[:-1]))
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS), ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+@pytest.mark.parametrize("bag_len", [2, 5])
+def test_fixed_bag_length_reorders_ids(opt, weighted, bag_len):
+    """Every bag of a run holding L ids: the ids are reordered to output order before pooling
+    (sum and mean tables, several runs, a one-table run, duplicates within and across bags)."""
+    one_table = [TableConfig("solo", 6, 4, pooling="mean")]
+    for tables, seed in ((MIXED, 21), (DEEP, 22), (one_table, 23)):
+        train_side_by_side(
+            tables,
+            OPTIMIZERS[opt],
+            "vectorized",
+            B=7,
+            steps=3,
+            seed=seed + bag_len,
+            weighted=weighted,
+            max_len=bag_len,
+            min_len=bag_len,
+        )
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS), ids=str)
+@pytest.mark.parametrize(
+    ("weighted", "min_len", "max_len"),
+    [(False, 0, 4), (True, 0, 3), (False, 3, 3), (True, 1, 1)],
+    ids=["varying", "varying-weighted", "fixed", "one-per-bag-weighted"],
+)
+def test_per_table_path_matches_reference(monkeypatch, opt, weighted, min_len, max_len):
+    """Large CPU batches pool and sort table by table; force that path on small batches
+    (empty bags, tables without ids at B=2, mean pooling, duplicates)."""
+    from widedeep.kernels import vectorized
+
+    monkeypatch.setattr(vectorized, "_PER_TABLE_MIN_IDS", 0)
+    for tables, B, seed in ((MIXED, 13, 31), (DEEP, 2, 32), (DEEP, 24, 33)):
+        train_side_by_side(
+            tables,
+            OPTIMIZERS[opt],
+            "vectorized",
+            B=B,
+            steps=3,
+            seed=seed,
+            weighted=weighted,
+            min_len=min_len,
+            max_len=max_len,
+        )
+
+
+def test_per_table_path_with_empty_tables(monkeypatch):
+    """A table without a single id in the batch (its bags all empty) next to full ones."""
+    from widedeep.kernels import vectorized
+
+    monkeypatch.setattr(vectorized, "_PER_TABLE_MIN_IDS", 0)
+    ref = TableBatchedEmbeddingBag(DEEP, OPTIMIZERS["rowwise_adagrad"], backend="reference", seed=4)
+    fast = TableBatchedEmbeddingBag(DEEP, OPTIMIZERS["rowwise_adagrad"], seed=4)
+    B = 3
+    # tables 0 and 2 empty; table 1: bags [5, 5], [], [7]; table 3: [0], [1, 1], [2]
+    indices = torch.tensor([5, 5, 7, 0, 1, 1, 2])
+    offsets = torch.tensor([0, 0, 0, 0, 2, 2, 3, 3, 3, 3, 4, 6, 7])
+    target = torch.randn(B, sum(t.dim for t in DEEP), generator=torch.Generator().manual_seed(0))
+    out_ref, out_fast = ref(indices, offsets), fast(indices, offsets)
+    torch.testing.assert_close(out_fast, out_ref)
+    assert torch.count_nonzero(out_fast[:, :7]) == 0
+    (out_ref * target).sum().backward()
+    (out_fast * target).sum().backward()
+    torch.testing.assert_close(fast.weight, ref.weight)
+    torch.testing.assert_close(fast.adagrad_sum, ref.adagrad_sum)
+
+
+def test_group_paths_agree():
+    """The three ways backward groups ids by row (bag-major sort, per-table sort, input-order
+    sort with bag lookup) give the same rows, segments and summed gradients."""
+    from widedeep.kernels import vectorized
+    from widedeep.kernels.layout import TableLayout
+
+    layout = TableLayout(DEEP)
+    B, L = 16, 3
+    indices, offsets, psw = random_batch(DEEP, B, seed=5, min_len=L, max_len=L, weighted=True)
+    grad = torch.randn(B, layout.total_dim, generator=torch.Generator().manual_seed(1))
+    results = []
+    for per_table, force_varying in ((False, False), (True, False), (False, True), (True, True)):
+        runs = vectorized.split_runs(layout, indices, offsets, psw, B)
+        ri = runs[0]
+        if per_table:
+            ri.per_table = True
+        if force_varying:  # pretend the lengths vary: look bags up from the offsets
+            ri.bag_len, ri.lookup, ri.lookup_weights = -1, None, None
+            if not per_table:
+                shift = torch.tensor(layout.row_offsets[:-1]).repeat_interleave(torch.tensor(ri.table_counts))
+                ri.keys = ri.ids + shift
+        (rows, grads), = vectorized.coalesce(layout, runs, grad, B)
+        results.append((rows, grads))
+    for rows, grads in results[1:]:
+        assert torch.equal(rows, results[0][0])
+        torch.testing.assert_close(grads, results[0][1])

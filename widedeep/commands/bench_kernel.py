@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "benchmark the fused table-batched embedding bag against per-table nn.EmbeddingBag + SparseAdam/Adagrad"
+HELP = (
+    "benchmark the fused table-batched embedding bag against per-table nn.EmbeddingBag + SparseAdam/Adagrad "
+    "and FBGEMM's table-batched embedding bag (when fbgemm_gpu is installed)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dist", choices=["zipf", "uniform", "both"], default="both", help="id distribution (default both)"
+    )
+    parser.add_argument(
+        "--fbgemm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time FBGEMM's table-batched embedding bag with the same optimizer, when fbgemm_gpu is "
+        "installed (pip install 'widedeep[bench]'; CPU; default on)",
     )
 
 
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         dists=dists,
+        fbgemm=args.fbgemm,
     )
     print(format_report(report), flush=True)
     if args.json:

@@ -4,7 +4,16 @@ Measured per step: forward + backward + optimizer update, for
 
 * ours: ``TableBatchedEmbeddingBag`` with row-wise Adagrad fused into backward;
 * baselines, in the same process on the same batches: one ``nn.EmbeddingBag(sparse=True)``
-  per table with ``torch.optim.SparseAdam``, and with ``torch.optim.Adagrad`` (sparse).
+  per table with ``torch.optim.SparseAdam``, and with ``torch.optim.Adagrad`` (sparse);
+* the field's own kernel, when ``fbgemm_gpu`` is installed (CPU): FBGEMM's table-batched
+  embedding bag with the same optimizer (exact row-wise Adagrad, same lr and eps), started
+  from our weights (see ``fbgemm_contender.py``). Its forward and step are timed like ours;
+  ``ours_over_fbgemm_*`` are FBGEMM's time over ours (> 1: ours is faster).
+
+Every contender that computes embeddings with our optimizer (ours, FBGEMM) first has its
+first step checked against the plain PyTorch reference (forward, updated rows, Adagrad
+state, untouched rows); ours failing is an error, FBGEMM failing is reported instead of
+its times.
 
 Byte convention (FBGEMM's): forward moves ``N * D * elem_size`` bytes (every looked-up row
 read once); forward + backward + update counts 3x that (read in forward, read + write in
@@ -31,11 +40,17 @@ import torch
 from torch import nn
 
 from widedeep.kernels import OptimizerConfig, TableBatchedEmbeddingBag, TableConfig
-from widedeep.kernels.reference import reference_forward
+from widedeep.kernels.fbgemm_contender import (
+    FbgemmApi,
+    build_fbgemm_tbe,
+    check_step,
+    load_fbgemm,
+)
 
 log = logging.getLogger(__name__)
 
 HBM_PEAK_TBPS = {"H100": 3.35, "H200": 4.8}  # SXM parts, TB/s
+CHECK_TOL = 1e-4  # largest |a - b| / (1 + |b|) a contender's first step may differ from the reference
 
 
 @dataclass(frozen=True)
@@ -211,9 +226,17 @@ def _baseline_step(cfg: BenchConfig, device: torch.device, kind: str, batches, g
 
 
 def run_benchmark(
-    cfg: BenchConfig, device_name: str, *, steps: int, repeats: int, warmup: int, dists: tuple[str, ...]
+    cfg: BenchConfig,
+    device_name: str,
+    *,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    dists: tuple[str, ...],
+    fbgemm: bool = True,
 ) -> dict:
-    """Measure ours and both baselines on ``config``; return the JSON-ready report.
+    """Measure ours, FBGEMM (``fbgemm`` and installed; CPU) and both baselines on ``config``;
+    return the JSON-ready report.
 
     On CPU all contenders live at once and are timed interleaved; on CUDA (where a baseline's
     Adam state alone can fill the memory) one after the other.
@@ -225,6 +248,7 @@ def run_benchmark(
     peak = next((v for k, v in HBM_PEAK_TBPS.items() if k in dev_label), None)
     n_ids = cfg.tables * cfg.batch * cfg.ids_per_bag
     fwd_bytes = n_ids * cfg.dim * 4
+    opt = OptimizerConfig("rowwise_adagrad", lr=0.01)
     report: dict = {
         "config": asdict(cfg),
         "device": device.type,
@@ -237,12 +261,15 @@ def run_benchmark(
         "ours_optimizer": "rowwise_adagrad (fused into backward)",
         "results": {},
     }
+    report["fbgemm"], fb_api = _fbgemm_section(fbgemm, device)
     tables = [TableConfig(f"t{i}", cfg.rows, cfg.dim, init="uniform", init_scale=0.05) for i in range(cfg.tables)]
     for dist in dists:
         batches = [make_batch(cfg, dist, seed=s, device=device) for s in range(3)]
         grad = torch.randn(cfg.batch, cfg.tables * cfg.dim, device=device)
-        tbe = TableBatchedEmbeddingBag(tables, OptimizerConfig("rowwise_adagrad", lr=0.01), device=device)
-        _check_against_reference(tbe, tables, batches[0])
+        tbe = TableBatchedEmbeddingBag(tables, opt, device=device)
+        fb = _checked_contenders(tbe, fb_api, tables, opt, batches[0], grad, report["fbgemm"], dist)
+        if fb is None:
+            fb_api = None  # unavailable, or diverged: not timed for any distribution
 
         def ours_step(i: int, tbe=tbe, batches=batches, grad=grad) -> None:
             tbe(*batches[i % len(batches)]).backward(grad)
@@ -252,12 +279,12 @@ def run_benchmark(
 
         kw = {"warmup": warmup, "steps": steps, "repeats": repeats}
         if device.type == "cpu":
-            contenders = {
-                "ours": ours_step,
-                "ours_forward": ours_forward,
-                "sparse_adam": _baseline_step(cfg, device, "sparse_adam", batches, grad),
-                "adagrad": _baseline_step(cfg, device, "adagrad", batches, grad),
-            }
+            contenders = {"ours": ours_step, "ours_forward": ours_forward}
+            if fb is not None:
+                contenders["fbgemm"] = _module_step(fb, batches, grad)
+                contenders["fbgemm_forward"] = _module_forward(fb, batches)
+            contenders["sparse_adam"] = _baseline_step(cfg, device, "sparse_adam", batches, grad)
+            contenders["adagrad"] = _baseline_step(cfg, device, "adagrad", batches, grad)
             timings = measure(contenders, device, **kw)
             del contenders
         else:
@@ -265,7 +292,7 @@ def run_benchmark(
             for kind in ("sparse_adam", "adagrad"):
                 timings.update(measure({kind: _baseline_step(cfg, device, kind, batches, grad)}, device, **kw))
                 torch.cuda.empty_cache()
-        del tbe, ours_step, ours_forward
+        del tbe, ours_step, ours_forward, fb
 
         ours = _result("ours", timings["ours"], fwd_bytes)
         f = statistics.median(timings["ours_forward"].wall)
@@ -286,6 +313,8 @@ def run_benchmark(
             "speedup": best["ms_per_step"] / ours.ms_per_step,
             "speedup_cpu_time": min(b["cpu_ms_per_step"] for b in baselines.values()) / ours.cpu_ms_per_step,
         }
+        if "fbgemm" in timings:
+            report["fbgemm"]["results"][dist] = _fbgemm_result(timings, fwd_bytes)
         log.info(
             "%s/%s: ours %.2f ms/step, best baseline (%s) %.2f ms/step, speedup %.2fx",
             config,
@@ -299,18 +328,133 @@ def run_benchmark(
     # The headline is the worst case over id distributions.
     report["speedup"] = min(e["speedup"] for e in report["results"].values())
     report["speedup_cpu_time"] = min(e["speedup_cpu_time"] for e in report["results"].values())
+    fb_results = report["fbgemm"].get("results", {})
+    if fb_results and len(fb_results) == len(report["results"]):
+        for key in RATIO_KEYS:
+            report["fbgemm"][key] = min(r[key] for r in fb_results.values())
     return report
 
 
-def _check_against_reference(tbe: TableBatchedEmbeddingBag, tables, batch) -> None:
-    """The benchmark only times a kernel that agrees with the reference on its own input."""
+RATIO_KEYS = (
+    "ours_over_fbgemm_forward",
+    "ours_over_fbgemm_step",
+    "ours_over_fbgemm_forward_cpu_time",
+    "ours_over_fbgemm_step_cpu_time",
+)
+
+
+def _fbgemm_section(wanted: bool, device: torch.device) -> tuple[dict, FbgemmApi | None]:
+    """The report's ``fbgemm`` section before any measurement, and the API to build it with."""
+    if not wanted:
+        return {"available": False, "reason": "not requested (--no-fbgemm)"}, None
+    if device.type != "cpu":
+        return {"available": False, "reason": "the FBGEMM contender runs on CPU (fbgemm-gpu-cpu)"}, None
+    api, reason = load_fbgemm()
+    if api is None:
+        return {"available": False, "reason": reason}, None
+    section = {
+        "available": True,
+        "version": api.version,
+        "kernel": "fbgemm_gpu SplitTableBatchedEmbeddingBagsCodegen, EXACT_ROWWISE_ADAGRAD, weights on host (CPU)",
+        "bounds_check_mode": "WARNING (FBGEMM's default)",
+        "ratio_convention": "ours_over_fbgemm_* = FBGEMM time / our time (> 1: ours is faster); "
+        "worst over id distributions",
+        "check_tolerance": CHECK_TOL,
+        "checks": {},
+        "results": {},
+    }
+    return section, api
+
+
+def _checked_contenders(
+    tbe: TableBatchedEmbeddingBag,
+    fb_api: FbgemmApi | None,
+    tables: list[TableConfig],
+    opt: OptimizerConfig,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    grad: torch.Tensor,
+    fb_section: dict,
+    dist: str,
+) -> nn.Module | None:
+    """Check ours and (when available) FBGEMM's first step against the reference on ``batch``;
+    return FBGEMM's module, or None when it is unavailable or diverges (recorded in
+    ``fb_section``). Ours diverging raises: the benchmark only times a kernel that is right."""
     indices, offsets = batch
-    with torch.no_grad():
-        ours = tbe(indices, offsets)
-        ref = reference_forward([tbe.table_weight(t) for t in range(len(tables))], tables, indices, offsets)
-    err = (ours - ref).abs().max().item() if ours.numel() else 0.0
-    if not math.isfinite(err) or err > 1e-3:
-        raise RuntimeError(f"kernel output differs from the reference by {err}")
+    before = [tbe.table_weight(t).clone() for t in range(len(tables))]
+    fb = build_fbgemm_tbe(fb_api, tables, opt, before) if fb_api is not None else None
+    ours = check_step(
+        _train_step(tbe),
+        lambda: [tbe.table_weight(t) for t in range(len(tables))],
+        lambda: [tbe.adagrad_sum[lo:hi] for lo, hi in zip(tbe.layout.row_offsets, tbe.layout.row_offsets[1:])],
+        tables,
+        opt,
+        before,
+        indices,
+        offsets,
+        grad,
+    )
+    if not ours.ok(CHECK_TOL):
+        raise RuntimeError(f"our kernel's first step differs from the reference: {ours}")
+    if fb is None:
+        return None
+    theirs = check_step(
+        _train_step(fb),
+        fb.split_embedding_weights,
+        lambda: [s[0] for s in fb.split_optimizer_states()],
+        tables,
+        opt,
+        before,
+        indices,
+        offsets,
+        grad,
+    )
+    fb_section["checks"][dist] = asdict(theirs) | {"ok": theirs.ok(CHECK_TOL)}
+    if not theirs.ok(CHECK_TOL):
+        log.warning("FBGEMM's first step differs from the reference (%s): not reported", theirs)
+        fb_section["available"] = False
+        fb_section["reason"] = f"its first step differs from the reference on {dist!r} ids: {theirs}"
+        return None
+    return fb
+
+
+def _train_step(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def step(indices: torch.Tensor, offsets: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        out = module(indices, offsets)
+        out.backward(grad)
+        return out
+
+    return step
+
+
+def _module_step(module: nn.Module, batches, grad) -> Callable[[int], None]:
+    def step(i: int) -> None:
+        module(*batches[i % len(batches)]).backward(grad)
+
+    return step
+
+
+def _module_forward(module: nn.Module, batches) -> Callable[[int], None]:
+    def forward(i: int) -> None:
+        module(*batches[i % len(batches)])
+
+    return forward
+
+
+def _fbgemm_result(timings: dict[str, Timing], fwd_bytes: float) -> dict:
+    """FBGEMM's step and forward times and ours over them, for one id distribution."""
+    step = _result("fbgemm", timings["fbgemm"], fwd_bytes)
+    fwd = timings["fbgemm_forward"]
+    ours_fwd = timings["ours_forward"]
+    step.forward_ms = statistics.median(fwd.wall) * 1e3
+    step.forward_gbps = fwd_bytes / statistics.median(fwd.wall) / 1e9
+    out = asdict(step) | {"cpu_forward_ms": statistics.median(fwd.cpu) * 1e3}
+    out["ours_over_fbgemm_step"] = statistics.median(timings["fbgemm"].wall) / statistics.median(timings["ours"].wall)
+    out["ours_over_fbgemm_forward"] = statistics.median(fwd.wall) / statistics.median(ours_fwd.wall)
+    out["ours_over_fbgemm_step_cpu_time"] = statistics.median(timings["fbgemm"].cpu) / statistics.median(
+        timings["ours"].cpu
+    )
+    out["ours_over_fbgemm_forward_cpu_time"] = statistics.median(fwd.cpu) / statistics.median(ours_fwd.cpu)
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -343,6 +487,23 @@ def format_report(report: dict) -> str:
         lines.append(
             f"  [{dist}] speedup vs best baseline ({e['best_baseline']}): {e['speedup']:.2f}x wall clock, "
             f"{e['speedup_cpu_time']:.2f}x CPU time"
+        )
+        fb = report["fbgemm"].get("results", {}).get(dist)
+        if fb is not None:
+            lines.append(
+                f"  [{dist}] FBGEMM TBE (exact rowwise_adagrad): {fb['ms_per_step']:.2f} ms/step "
+                f"[{fb['ms_min']:.2f}..{fb['ms_max']:.2f}] (cpu {fb['cpu_ms_per_step']:.2f} ms), "
+                f"forward {fb['forward_ms']:.2f} ms; ours over FBGEMM: step {fb['ours_over_fbgemm_step']:.2f}x, "
+                f"forward {fb['ours_over_fbgemm_forward']:.2f}x "
+                f"(CPU time: {fb['ours_over_fbgemm_step_cpu_time']:.2f}x, {fb['ours_over_fbgemm_forward_cpu_time']:.2f}x)"
+            )
+    fb = report["fbgemm"]
+    if not fb["available"]:
+        lines.append(f"FBGEMM contender: not measured ({fb['reason']})")
+    elif "ours_over_fbgemm_step" in fb:
+        lines.append(
+            f"ours over FBGEMM (worst over id distributions): step {fb['ours_over_fbgemm_step']:.2f}x, "
+            f"forward {fb['ours_over_fbgemm_forward']:.2f}x wall clock"
         )
     lines.append(
         f"speedup (worst over id distributions): {report['speedup']:.2f}x wall clock, "

@@ -113,10 +113,11 @@ def check_inputs(
     Shapes, dtypes and devices are always checked (free: metadata only). With
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
     decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs one pass over the
-    offsets and one min/max pass per table over the ids: measured on CPU (one thread) about
-    0.8 ms of a 16 ms criteo step (5%) and 3.3 ms of a 400 ms multihot step (1%). On CUDA it
-    adds ``2 + 2*T`` device-to-host syncs per call, which is why it can be turned off
-    (``validate=False``) once the loader is trusted.
+    offsets (a comparison with the expected offsets when every bag has the same length) and
+    one min/max pass per table over the ids (one call per table: measured faster than one
+    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
+    ids and 0.6 ms for multihot's 2.1M. On CUDA it adds ``2 + 2*T`` device-to-host syncs per
+    call, which is why it can be turned off (``validate=False``) once the loader is trusted.
     """
     for name, x in (("indices", indices), ("offsets", offsets)):
         if not isinstance(x, torch.Tensor):
@@ -152,7 +153,12 @@ def check_inputs(
         raise KernelInputError(f"offsets[0]: expected 0, got {first}")
     if last != N:
         raise KernelInputError(f"offsets[-1]: expected {N} (the number of indices), got {last}")
-    if B > 0:
+    # Every bag of the same length L (single-valued features: L = 1) is monotone by construction:
+    # one comparison with the expected offsets replaces the difference pass.
+    fixed = B > 0 and N > 0 and N % (T * B) == 0
+    if fixed:
+        fixed = torch.equal(offsets, torch.arange(0, N + 1, N // (T * B), device=offsets.device))
+    if B > 0 and not fixed:
         d = offsets[1:] - offsets[:-1]
         if bool((d < 0).any()):
             i = int(torch.nonzero(d < 0)[0, 0])
@@ -162,8 +168,8 @@ def check_inputs(
             )
     if N == 0:
         return B
-    # One pass over each table's ids (min and max), instead of materialising a per-id limit.
     bounds = offsets[0 :: max(B, 1)].tolist()
+    # One pass over each table's ids (min and max), instead of materialising a per-id limit.
     for t, tc in enumerate(layout.tables):
         lo, hi = bounds[t], bounds[t + 1]
         if hi == lo:
@@ -178,3 +184,4 @@ def check_inputs(
                 f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: expected 0 <= id < {tc.num_rows}"
             )
     return B
+
