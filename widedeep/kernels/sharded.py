@@ -21,7 +21,7 @@ across the workers, exchanged by all-to-all, next to replicated tables in the sa
   4. the requester pools them into bags (``F.embedding_bag`` over the distinct rows, the
      kernel's sum / mean / per-sample-weight semantics; empty bags give zeros);
   5. backward: the requester sums the gradient of each distinct row with the kernel's own
-     coalescing (``vectorized.plan_coalesce``), all-to-alls it to the owner (same order as the
+     coalescing (``_distinct_row_grads``), all-to-alls it to the owner (same order as the
      ids: no ids resent); each owner merges the rows asked by several workers
      (``vectorized.segment_sum``), divides by the world size (DDP's mean, like the replicated
      exchange) and applies the fused optimizer update of its backend (``_impl.apply``: the one
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +56,7 @@ from torch import nn
 from widedeep.errors import ConfigError, KernelInputError
 from widedeep.kernels import vectorized
 from widedeep.kernels.config import OptimizerConfig, TableConfig
-from widedeep.kernels.layout import TableLayout, check_inputs
+from widedeep.kernels.layout import Run, TableLayout, check_inputs
 from widedeep.kernels.module import TableBatchedEmbeddingBag
 from widedeep.kernels.sharding import RowRange, ShardingPlan, TablePlan
 from widedeep.kernels.traffic import Traffic
@@ -342,7 +343,7 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
         """Requester + owner forward of the row-wise tables: ``([B, dims] fp32, saved state)``."""
         assert self.shard is not None
         lay, W = self.shard_layout, self.world
-        runs = vectorized.split_runs(lay, indices, offsets, psw, B)
+        runs = _split_runs(lay, indices, offsets, psw, B)
         asks = []
         counts = torch.zeros((W, len(lay.runs)), dtype=torch.int64)
         for r, ri in enumerate(runs):
@@ -368,10 +369,10 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
                 pooled = F.embedding_bag(
                     inverse, emb, ri.offsets, mode="sum", per_sample_weights=ri.weights, include_last_offset=True
                 )
-                if ri.bag_scale is not None:
-                    pooled.mul_(ri.bag_scale[:, None])
+                if ri.scale is not None:
+                    pooled.mul_(ri.scale[:, None])
                 block.view(B, run.num_tables, run.dim).copy_(pooled.view(run.num_tables, B, run.dim).transpose(0, 1))
-            saved.append((order, sends, recvs, rows, inverse.numel()))
+            saved.append((order, sends, recvs, rows, inverse))
         return out, (runs, B, saved)
 
     def _backward(self, saved: Any, grad_out: torch.Tensor) -> None:
@@ -379,12 +380,8 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
         assert self.shard is not None
         runs, B, per_run = saved
         lay = self.shard_layout
-        plans = vectorized.plan_coalesce(lay, runs, grad_out, B)
-        for r, (run, plan, (order, sends, recvs, rows, _)) in enumerate(zip(lay.runs, plans, per_run, strict=True)):
-            if plan is None:
-                g = grad_out.new_zeros((0, run.dim), dtype=torch.float32)
-            else:
-                g = plan.grads()
+        for r, (run, ri, (order, sends, recvs, rows, inverse)) in enumerate(zip(lay.runs, runs, per_run, strict=True)):
+            g = _distinct_row_grads(run, ri, inverse, grad_out, B)
             got = self._a2a(g.index_select(0, order), sends, recvs, "gradients")
             if rows.numel() == 0:
                 continue
@@ -470,3 +467,56 @@ def shard_model(model: nn.Module, plan: ShardingPlan, rank: int) -> nn.Module:
         prev = list(getattr(root, "_ddp_params_and_buffers_to_ignore", []))
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(root, prev + ignore)
     return root
+
+
+@dataclass(frozen=True)
+class _ShardRunInput:
+    """One run of a batch as the row-wise exchange needs it (table-major, like the input)."""
+
+    ids: torch.Tensor  # int64 [n]: run-global rows, input order
+    offsets: torch.Tensor  # [T_r * B + 1], from 0
+    weights: torch.Tensor | None  # fp32 [n]
+    scale: torch.Tensor | None  # fp32 [T_r * B]: 1/len for mean-pooled tables; None when all 1
+    bags: torch.Tensor  # int64 [n]: the (table-major) bag of each id
+
+
+def _split_runs(
+    lay: TableLayout, indices: torch.Tensor, offsets: torch.Tensor, psw: torch.Tensor | None, B: int
+) -> list[_ShardRunInput]:
+    """Cut a batch into runs with run-global ids. Kept apart from ``vectorized.split_runs``,
+    whose layout is tuned for the local pooling kernel (bag-major, table-local ids)."""
+    out = []
+    bounds = offsets[0 :: max(B, 1)].tolist() if B > 0 else [0] * (lay.num_tables + 1)
+    for run in lay.runs:
+        lo, hi = bounds[run.first], bounds[run.last]
+        offs = offsets[run.first * B : run.last * B + 1] - lo
+        ids = indices[lo:hi].to(torch.int64)
+        counts = torch.tensor([bounds[t + 1] - bounds[t] for t in range(run.first, run.last)], dtype=torch.int64)
+        shift = torch.tensor([lay.row_offsets[t] - run.row_start for t in range(run.first, run.last)], dtype=torch.int64)
+        ids = ids + torch.repeat_interleave(shift, counts, output_size=hi - lo).to(ids.device)
+        lengths = offs[1:] - offs[:-1]
+        bags = torch.repeat_interleave(torch.arange(run.num_tables * B, device=ids.device), lengths, output_size=hi - lo)
+        mean = torch.tensor([lay.tables[t].pooling == "mean" for t in range(run.first, run.last)], device=ids.device)
+        scale = None
+        if B and bool(mean.any()):
+            inv = lengths.clamp(min=1).to(torch.float32).reciprocal()
+            scale = torch.where(mean.repeat_interleave(B), inv, torch.ones_like(inv))
+        out.append(_ShardRunInput(ids, offs, None if psw is None else psw[lo:hi], scale, bags))
+    return out
+
+
+def _distinct_row_grads(
+    run: Run, ri: _ShardRunInput, inverse: torch.Tensor, grad_out: torch.Tensor, B: int
+) -> torch.Tensor:
+    """fp32 ``[U, D]``: each distinct row's gradient summed over its occurrences (sorted-row order)."""
+    U = int(inverse.max()) + 1 if inverse.numel() else 0
+    if U == 0:
+        return grad_out.new_zeros((0, run.dim), dtype=torch.float32)
+    g = grad_out[:, run.col_start : run.col_start + run.num_tables * run.dim].float()
+    bag_grads = g.reshape(B, run.num_tables, run.dim).transpose(0, 1).reshape(run.num_tables * B, run.dim)
+    if ri.scale is not None:
+        bag_grads = bag_grads * ri.scale[:, None]
+    per_id = bag_grads.index_select(0, ri.bags)
+    if ri.weights is not None:
+        per_id = per_id * ri.weights[:, None].float()
+    return per_id.new_zeros((U, run.dim)).index_add_(0, inverse, per_id)
