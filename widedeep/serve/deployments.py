@@ -22,6 +22,7 @@ from ray import serve
 from widedeep.errors import ServingError
 from widedeep.features.spec import CrossedFeature
 from widedeep.serve.bundle import load_bundle
+from widedeep.serve.drift import ReplicaDrift
 from widedeep.serve.pipeline import RecommendPipeline
 from widedeep.serve.telemetry import ServingMetrics
 
@@ -131,6 +132,7 @@ class Retriever:
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Retriever")
         self.slot = ModelSlot(verify_bundle, self.metrics)
+        self.drift = ReplicaDrift(self.metrics)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await self.slot.load(str(user_config["bundle"]))
@@ -153,12 +155,17 @@ class Retriever:
         t1 = time.perf_counter()
         self.metrics.stage("prepare", (t1 - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
+        self.drift.observe(pipe, q.row)
         rows, retrieval = np.zeros(0, dtype=np.int32), None
         if n is not None:
             ((rows, retrieval),) = pipe.retrieve_scored([q], n, [pipe.exclude_rows(exclude) if exclude else None])
             self.metrics.stage("retrieve", (time.perf_counter() - t1) * 1e3)
             self.metrics.retrieved(len(rows))
         return pipe.version, pipe.bundle.source, q.row, rows, retrieval
+
+    async def drift_info(self) -> dict[str, Any] | None:
+        """This replica's request drift against the current model's training profile (``GET /v1/model``)."""
+        return self.drift.info(self.slot.get())
 
 
 @serve.deployment(name="Ranker", **RANKER_OPTIONS)

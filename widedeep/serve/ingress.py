@@ -29,6 +29,7 @@ from ray.serve.exceptions import BackPressureError
 
 from widedeep.errors import ServingError
 from widedeep.serve.deployments import ModelSlot, ranked, set_threads
+from widedeep.serve.drift import ReplicaDrift
 from widedeep.serve.pipeline import RequestError
 from widedeep.serve.schemas import (
     AppArgs,
@@ -189,6 +190,7 @@ class Ingress:
         self.ranker = ranker
         self.metrics = ServingMetrics("Ingress")
         self.slot = ModelSlot(self.args.verify_bundle, self.metrics)
+        self.drift = ReplicaDrift(self.metrics, self.args.drift_window)
         self._batch.set_max_batch_size(self.args.max_batch_size)
         self._batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
@@ -231,6 +233,7 @@ class Ingress:
             raise _body(e) from None
         self.metrics.stage("prepare", (time.perf_counter() - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
+        self.drift.observe(pipe, q.row)
         ex = pipe.exclude_rows(exclude) if exclude else None
         rows, logits, key, retrieve_ms, rank_ms = await self._batch((pipe, q, rows, ex))
         if retrieve_ms is not None:
@@ -280,9 +283,13 @@ class Ingress:
     async def model(self) -> dict[str, Any]:
         """Model version, provenance, request fields and feature summary; this replica's OOV rates;
         ``last_load_error`` (``{bundle, error, at}``) when the last model swap failed and the
-        previous version is still being served (``null`` otherwise)."""
+        previous version is still being served (``null`` otherwise); ``drift``: the request
+        window's drift against the model's training data per query-side feature (the replica that
+        prepares requests: this Ingress when fused, a Retriever in the chain; ``null`` for a
+        bundle without a training profile)."""
         info = self.slot.info() if self.fused else await self.ranker.model_info.remote()
         info["serving"] = {**self.args.model_dump(exclude={"bundle"}), "oov_rates_this_replica": self.metrics.oov_rates()}
+        info["drift"] = self.drift.info(self.slot.get()) if self.fused else await self.retriever.drift_info.remote()
         return info
 
     @api.get("/healthz")
