@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from widedeep import tracking
 from widedeep.errors import CheckpointError, DataError
 from widedeep.export.from_checkpoints import export_from_checkpoints, profile_split
 from widedeep.features import FeatureSpace
@@ -78,7 +79,9 @@ class RetrainOptions:
 
     ``serve_address``: the Ray dashboard (``http://host:8265``) of the cluster serving ``serve_app``;
     None: verify and export only. ``serve_url``: that application's HTTP base, to confirm the
-    swap over HTTP (``GET /v1/model``).
+    swap over HTTP (``GET /v1/model``). ``tracking_uri``: log the retrain and both trainings to
+    MLflow (``widedeep.tracking``); ``register_as``: register an accepted bundle under this name,
+    alias ``challenger``, and ``champion`` once it is swapped in.
     """
 
     serving: str
@@ -90,7 +93,8 @@ class RetrainOptions:
     serve_url: str | None = None
     bundle_out: str | None = None
     version: str | None = None
-    extra_sets: dict[str, list[str]] = field(default_factory=dict)
+    tracking_uri: str | None = None
+    register_as: str | None = None
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
@@ -101,9 +105,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _train(job: str, sets: dict[str, Any], data: Location, runs: Location, name: str, warm: str) -> dict[str, Any]:
+def _train(job: str, sets: dict[str, Any], data: Location, runs: Location, name: str, warm: str,
+           tracking_uri: str | None) -> dict[str, Any]:
     overrides = [*_flat(sets), f"data={json.dumps(str(data))}", f"storage_path={json.dumps(str(runs))}",
                  f"run_name={json.dumps(name)}", f"warm_start_from={json.dumps(warm)}"]
+    if tracking_uri:
+        overrides += ["tracking.enabled=true", f"tracking.uri={json.dumps(tracking_uri)}"]
     return run_training(load_train_config(job, overrides))
 
 
@@ -130,6 +137,12 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         raise DataError(f"{work}: holds the report of an earlier retrain; choose a new --out")
     st = _Stages()
     serving = st.run("read the serving model", lambda: ServingModel.of(opts.serving))
+    run = None
+    if opts.tracking_uri:
+        run = (opts.tracking_uri, tracking.start_run(opts.tracking_uri, "widedeep-retrain", f"retrain-{work.name}",
+                                                     {"config": cfg.to_dict(), "inputs": list(opts.inputs),
+                                                      "serving": serving.bundle},
+                                                     tags={"widedeep.parent_version": serving.version}))
     window = work / "window"
     manifest = st.run("prepare the window with the serving FeatureSpace extended", lambda: prepare_window(
         serving.fs, opts.inputs, str(window), cfg.split, cfg.on_bad_rows))
@@ -143,9 +156,9 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
                           lambda: remap_split(prev_test, serving.fs, cand_fs, work / "serving-holdout-as-candidate"))
     runs = work / "runs"
     ranker = st.run("train the ranker (warm start)", lambda: _train(
-        cfg.ranker_job, cfg.ranker_set, window, runs, "ranker", serving.ranker))
+        cfg.ranker_job, cfg.ranker_set, window, runs, "ranker", serving.ranker, opts.tracking_uri))
     retriever = st.run("train the retriever (warm start)", lambda: _train(
-        cfg.retriever_job, cfg.retriever_set, window, runs, "retriever", serving.retriever))
+        cfg.retriever_job, cfg.retriever_set, window, runs, "retriever", serving.retriever, opts.tracking_uri))
     cand_ranker, cand_retriever = ranker["checkpoint"], retriever["checkpoint"]
 
     def measure() -> dict[str, Any]:
@@ -211,8 +224,32 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         log.info("retrain: PASSED; bundle %s (version %s)%s", bundle, report["model_version"],
                  f", serving in {opts.serve_app}" if report["swap"] else "")
     report["seconds"] = st.seconds
+    if run is not None:
+        report["mlflow"] = _track(run, report, opts.register_as)
     write_report(work / "report.json", report)
     return report
+
+
+def _track(run: tuple[str, str], report: dict[str, Any], register_as: str | None) -> dict[str, Any]:
+    """The retrain's checks, decision and bundle in its MLflow run; an accepted bundle registered."""
+    uri, run_id = run
+    figures = {}
+    for c in report["checks"]:
+        values = c["value"] if isinstance(c["value"], dict) else {"": c["value"]}
+        figures.update({f"check.{c['name']}{'.' + k if k else ''}": v for k, v in values.items()})
+    tracking.log_metrics(uri, run_id, figures)
+    tracking.set_tags(uri, run_id, {"widedeep.decision": "accepted" if report["passed"] else "refused",
+                                    "widedeep.failed_checks": ",".join(report["failed_checks"]) or "-",
+                                    "widedeep.bundle": report["bundle"] or "-"})
+    out: dict[str, Any] = {"tracking_uri": uri, "run_id": run_id}
+    if report["passed"] and register_as:
+        aliases = ["challenger"] + (["champion"] if report["swap"] else [])
+        out["registered"] = {"name": register_as, "aliases": aliases, "version": tracking.register(
+            uri, register_as, report["bundle"], "bundle", run_id, aliases,
+            tags={"widedeep.model_version": str(report["model_version"]),
+                  "widedeep.parent_version": str(report["serving"]["model_version"])})}
+    tracking.end_run(uri, run_id)
+    return out
 
 
 def _summary(s: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
 from widedeep.errors import ConfigError
 from widedeep.kernels.sharding import ShardingConfig
 from widedeep.model.wide_deep import ModelConfig, OptimConfig
+from widedeep.tracking import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class TrainConfig:
     name resumes. ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
     ``num_to_keep`` prunes by validation score (the latest is always kept). ``sharding``: which
     embedding tables are split by rows across the workers (``widedeep.kernels.sharding``; by
-    default all replicated unless they exceed ``sharding.memory_budget_mb``).
+    default all replicated unless they exceed ``sharding.memory_budget_mb``). ``tracking``: log the
+    run to MLflow and register its best checkpoint (``widedeep.tracking``; optional extra).
     """
 
     data: str
@@ -91,6 +93,7 @@ class TrainConfig:
     torch_threads: int | None = None
     warm_start_from: str | None = None
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
