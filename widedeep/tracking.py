@@ -65,7 +65,8 @@ def mlflow_module() -> Any:
     try:
         import mlflow
     except ImportError:
-        raise ConfigError(f"MLflow tracking and registry URIs need MLflow, which is not installed: {INSTALL_HINT}") from None
+        raise ConfigError("MLflow tracking and registry URIs need MLflow, which is not installed: "
+                          f"{INSTALL_HINT}") from None
     return mlflow
 
 

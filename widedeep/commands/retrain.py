@@ -8,7 +8,8 @@ HELP = "continuous training: new window -> extended FeatureSpace -> warm start -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="retrain job config (default: platform/jobs/retrain-appstore.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="retrain job config (default: platform/jobs/retrain-appstore.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set gate.auc_margin=0.02 --set ranker_set.epochs=1")
     parser.add_argument("--serving", required=True, help="the serving model: its bundle (directory or URI) or a "
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", help="model version of the accepted bundle (default: a content hash)")
     parser.add_argument("--serve-address", help="Ray dashboard address (http://127.0.0.1:8265) of the cluster "
                         "serving --serve-app: an accepted model is swapped in there (user_config, in place)")
-    parser.add_argument("--serve-app", default="recommender", help="the Serve application to swap (default %(default)s)")
+    parser.add_argument("--serve-app", default="recommender",
+                        help="the Serve application to swap (default %(default)s)")
     parser.add_argument("--serve-url", help="the application's HTTP base, to confirm the swap (GET /v1/model)")
     parser.add_argument("--report", help="also write the JSON report here")
     parser.add_argument("--tracking-uri", help="log to MLflow here (default with --register or a models:/ "
@@ -32,10 +34,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from widedeep import tracking
     from widedeep.retrain.config import load_retrain_config
     from widedeep.retrain.run import RetrainOptions, retrain, write_report
-
-    from widedeep import tracking
 
     config = args.config or str(Path(__file__).resolve().parents[2] / "platform" / "jobs" / "retrain-appstore.yaml")
     cfg = load_retrain_config(config, args.overrides)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
 from widedeep.errors import ConfigError
 
+TOPK_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "hr@10", "hr@50")
+
 
 @dataclass(frozen=True)
 class GateConfig:
@@ -62,8 +64,8 @@ class GateConfig:
             raise ConfigError(f"calibration: must be [low, high] with 0 < low <= 1 <= high, got {self.calibration}")
         if not 0 < self.max_constant_share <= 1:
             raise ConfigError(f"max_constant_share: must be in (0, 1], got {self.max_constant_share}")
-        if self.topk_metric is not None and not any(self.topk_metric.startswith(p) for p in ("recall@", "ndcg@", "hr@")):
-            raise ConfigError(f"topk_metric: must be recall@K, ndcg@K or hr@K (K in 10, 50) or null, got {self.topk_metric!r}")
+        if self.topk_metric is not None and self.topk_metric not in TOPK_METRICS:
+            raise ConfigError(f"topk_metric: must be one of {list(TOPK_METRICS)} or null, got {self.topk_metric!r}")
         if self.topk_users < 1:
             raise ConfigError(f"topk_users: must be >= 1, got {self.topk_users}")
         if self.label_rate_ratio < 1:

@@ -151,7 +151,8 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         window, cand_fs, serving.fs, work / "window-as-serving", ("train", "test")))
     prev_test = Location.of(serving.data) / "test"
     if not prev_test.exists():
-        raise DataError(f"{prev_test}: the serving model's held-out slice is missing (the gate scores the candidate on it)")
+        raise DataError(f"{prev_test}: the serving model's held-out slice is missing "
+                        "(the gate scores the candidate on it)")
     prev_as_cand = st.run("remap the serving model's held-out slice to the candidate's FeatureSpace",
                           lambda: remap_split(prev_test, serving.fs, cand_fs, work / "serving-holdout-as-candidate"))
     runs = work / "runs"

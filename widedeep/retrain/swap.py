@@ -34,7 +34,8 @@ def _client(address: str) -> Any:
     try:
         return ServeSubmissionClient(address)
     except Exception as e:  # connection refused, not a dashboard, an old Ray: say which address
-        raise ServingError(f"{address}: cannot reach a Ray dashboard to manage Serve ({type(e).__name__}: {e})") from None
+        raise ServingError(f"{address}: cannot reach a Ray dashboard to manage Serve "
+                           f"({type(e).__name__}: {e})") from None
 
 
 def _details(client: Any, address: str) -> dict[str, Any]:
@@ -127,7 +128,8 @@ def swap_bundle(address: str, app: str, bundle: str, *, expect_version: str | No
     details = _details(client, address)
     a = details.get("applications", {}).get(app)
     if a is None:
-        raise ServingError(f"{address}: no Serve application {app!r}; running: {sorted(details.get('applications', {}))}")
+        running = sorted(details.get("applications", {}))
+        raise ServingError(f"{address}: no Serve application {app!r}; running: {running}")
     cfg = copy.deepcopy(a.get("deployed_app_config"))
     if not cfg:
         raise ServingError(f"application {app!r} was deployed with serve.run (imperatively): its model can only be "
