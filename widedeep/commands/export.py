@@ -10,7 +10,8 @@ HELP = "build a serving bundle from a ranker and a retriever checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranker", required=True, help="Wide & Deep checkpoint directory (task: ranking)")
     parser.add_argument("--retriever", required=True, help="two-tower checkpoint directory (task: retrieval)")
-    parser.add_argument("--out", required=True, help="bundle directory to create (must not exist or be empty), or a URI "
+    parser.add_argument("--out", required=True,
+                        help="bundle directory to create (must not exist or be empty), or a URI "
                         "(s3://, gs://, file://, ...: written locally, then uploaded)")
     parser.add_argument("--data", help="prepared data directory for the catalog (default: the ranker's config 'data')")
     parser.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto",
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         uri = tracking.tracking_uri(args.tracking_uri)
         v = tracking.register(uri, args.register, str(out), "bundle", aliases=args.alias,
                               tags={"widedeep.model_version": str(m["model_version"])})
-        print(f"registered {out} as {args.register} version {v}" + (f" ({', '.join(args.alias)})" if args.alias else ""))
+        aliases = f" ({', '.join(args.alias)})" if args.alias else ""
+        print(f"registered {out} as {args.register} version {v}{aliases}")
     print(f"bundle {out}: version {m['model_version']}, {m['counts']['items']} items, {m['counts']['users']} users, "
           f"index {m['index']['kind']}, FeatureSpace {m['feature_space_hash'][:12]}")
     return 0

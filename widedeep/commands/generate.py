@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--{str(e).split(':', 1)[0]}: {str(e).split(':', 1)[1].strip()}") from None
     print(
-        f"generated {m['rows']} rows in {m['shards']} shard(s) -> {args.out} ({m['rows'] / max(m['seconds'], 1e-9):,.0f} rows/s); "
+        f"generated {m['rows']} rows in {m['shards']} shard(s) -> {args.out} "
+        f"({m['rows'] / max(m['seconds'], 1e-9):,.0f} rows/s); "
         f"install rate {m['install_rate']:.3f}; oracle AUC {m['oracle_auc']}"
     )
     return 0

@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from widedeep.serve.app import build_app
     from widedeep.serve.bundle import read_manifest
     from widedeep.serve.schemas import AppArgs
-
     from widedeep.tracking import resolve
 
     args.bundle = resolve(args.bundle, "bundle", args.tracking_uri)

@@ -213,7 +213,8 @@ def _chunk(world: World, start: int, n: int, seed: int, day: Day | None = None,
     z_rest = -3.2 + 0.4 * w.pop[app] - 0.12 * position + 0.3 * np.cos(2 * np.pi * hour / 24)
     z = z_latent + z_plant + z_rest
     label = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
-    inst_list = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)), pa.array(inst))
+    inst_offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    inst_list = pa.ListArray.from_arrays(inst_offsets, pa.array(inst))
     t = pa.table(
         {
             "user_id": pa.array(users, pa.int64()),

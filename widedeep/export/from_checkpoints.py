@@ -142,7 +142,8 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     if rk.task != "ranking":
         raise CheckpointError(f"--ranker {ranker_path}: a {rk.task!r} checkpoint; expected a ranking (Wide & Deep) one")
     if rt.task != "retrieval":
-        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; expected a retrieval (two-tower) one")
+        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; "
+                              "expected a retrieval (two-tower) one")
     h1, h2 = rk.feature_space.content_hash, rt.feature_space.content_hash
     if h1 != h2:
         raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "

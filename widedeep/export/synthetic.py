@@ -125,7 +125,8 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     profile.add(prepared)
     contents.profile = profile.finish()
     kind = index_kind or ("exact" if n_items < 50_000 else "hnsw")
-    options = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1} if kind == "hnsw" else {}
+    hnsw = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1}
+    options = hnsw if kind == "hnsw" else {}
     path = write_bundle(out, contents, index_kind=kind, version=version, index_options=options)
     log.info("synthetic bundle: %d items, %d users, %d rows in %.1fs", n_items, n_users, raw.num_rows,
              time.monotonic() - t0)

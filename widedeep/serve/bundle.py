@@ -16,7 +16,8 @@
       index/                   the item index (``widedeep.retrieval.index`` layout: item vectors, HNSW file)
 
 Why prepared columns and not raw item features: item-side ids are a deterministic function of
-the raw values (``FeatureSpace.transform`` of the item's own columns), so the catalog needs no raw data and no transform at request time;
+the raw values (``FeatureSpace.transform`` of the item's own columns), so the catalog needs no raw data
+and no transform at request time;
 pair crosses are made from ids with ``FeatureSpace.add_crosses``.
 
 Loading checks every file's sha256 against the manifest and that the ranker, the user tower and
@@ -161,7 +162,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         users = ut.drop_columns(["user_key"]).combine_chunks()
     st = pq.read_table(root / "seen.parquet")
     seen = {str(k): np.asarray(v, dtype=np.int64)
-            for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist())}
+            for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist(), strict=True)}
     generator = CandidateGenerator(index, popularity, item_keys)
     profile = json.loads((root / "profile.json").read_text()) if (root / "profile.json").exists() else None
     b = ServingBundle(root, m, fs, CandidateScorer(ranker_spec, tensors), tower, item_keys, items,

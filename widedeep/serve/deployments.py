@@ -112,11 +112,12 @@ class ModelSlot:
             return p
         try:
             return await self._load(path)
-        except Exception as e:  # noqa: BLE001 - the request fails with an error naming the version
+        except Exception as e:
             raise ServingError(f"model {version} ({path}) could not be loaded: {type(e).__name__}: {e}") from None
 
     def info(self) -> dict[str, Any]:
-        """``GET /v1/model``'s body for the current version plus ``last_load_error`` (None when the last load worked)."""
+        """``GET /v1/model``'s body for the current version plus ``last_load_error`` (None when the
+        last load worked)."""
         return {**model_info(self.get()), "last_load_error": self.last_load_error}
 
 
@@ -216,7 +217,7 @@ def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> li
     for idx in groups.values():
         pipe = jobs[idx[0]][0]
         parts = [(pipe.bundle.ranker.query_part(jobs[i][1]), jobs[i][1], jobs[i][2]) for i in idx]
-        for i, logits in zip(idx, pipe.score(parts)):
+        for i, logits in zip(idx, pipe.score(parts), strict=True):
             out[i] = logits
     return out  # type: ignore[return-value]
 
@@ -229,7 +230,7 @@ def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int
         return pipe.top_k(rows, logits, k, key)
     keys = pipe.bundle.item_keys[rows]
     scores = pipe.bundle.ranker.predict(logits)
-    return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores)]
+    return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores, strict=True)]
 
 
 def model_info(pipe: RecommendPipeline) -> dict[str, Any]:

@@ -56,7 +56,7 @@ _ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"
 
 def _common_prefix(locs: list[tuple]) -> tuple:
     out = []
-    for parts in zip(*locs):
+    for parts in zip(*locs, strict=False):   # the common prefix of paths of any lengths
         if any(p != parts[0] for p in parts):
             break
         out.append(parts[0])
@@ -212,7 +212,7 @@ class Ingress:
         for idx in groups.values():
             pipe = jobs[idx[0]][0]
             results, retrieve_ms, rank_ms = pipe.serve_batch([jobs[i][1:] for i in idx], self.args.candidates)
-            for i, res in zip(idx, results):
+            for i, res in zip(idx, results, strict=True):
                 out[i] = (*res, retrieve_ms if jobs[i][2] is None else None, rank_ms)
         return out
 
@@ -275,7 +275,8 @@ class Ingress:
     async def rank(self, req: RankRequest) -> JSONResponse:
         """Score the given items for the user; scores come back in the given order."""
         if len(req.items) > self.args.max_rank_items:
-            raise RequestError("body.items", f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
+            raise RequestError("body.items",
+                               f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
         version, items = await self._run(req.user, req.context, None, [], req.items)
         return _scored(items, version)
 
@@ -288,7 +289,8 @@ class Ingress:
         prepares requests: this Ingress when fused, a Retriever in the chain; ``null`` for a
         bundle without a training profile)."""
         info = self.slot.info() if self.fused else await self.ranker.model_info.remote()
-        info["serving"] = {**self.args.model_dump(exclude={"bundle"}), "oov_rates_this_replica": self.metrics.oov_rates()}
+        info["serving"] = {**self.args.model_dump(exclude={"bundle"}),
+                           "oov_rates_this_replica": self.metrics.oov_rates()}
         info["drift"] = self.drift.info(self.slot.get()) if self.fused else await self.retriever.drift_info.remote()
         return info
 

@@ -205,7 +205,8 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         latest = max(best_list, key=lambda cm: (cm[1].get("global_step", 0), cm[1].get("kind") == "epoch"))[0]
     last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
     history = sorted(
-        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"), **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
+        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"),
+          **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
          for _, mm in best_list if mm.get("kind") == "epoch"),
         key=lambda r: r["epoch"],
     )
