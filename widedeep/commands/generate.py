@@ -14,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, default=1_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-rows", type=int, default=250_000, help="rows per Parquet file")
+    p.add_argument("--day", type=int, default=0, help="write day N's window of the world (timestamps follow day N-1's)")
+    p.add_argument("--drift", type=float, default=0.0,
+                   help="in [0, 1): fraction of apps released on days 1..3, and the per-day popularity trend")
+    p.add_argument("--poison", help="a corrupted window on purpose: flip-labels | scale:COLUMN:FACTOR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,9 +29,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{k.replace('_', '-')}: must be > 0")
     if args.items < 20:
         raise ConfigError("--items: must be >= 20 (planted pairs and categories need room)")
-    m = generate_appstore(args.out, args.rows, users=args.users, items=args.items, seed=args.seed, shard_rows=args.shard_rows)
+    try:
+        m = generate_appstore(args.out, args.rows, users=args.users, items=args.items, seed=args.seed,
+                              shard_rows=args.shard_rows, day=args.day, drift=args.drift, poison=args.poison)
+    except ValueError as e:
+        raise ConfigError(f"--{str(e).split(':', 1)[0]}: {str(e).split(':', 1)[1].strip()}") from None
     print(
-        f"generated {m['rows']} rows in {m['shards']} shard(s) -> {args.out} ({m['rows'] / max(m['seconds'], 1e-9):,.0f} rows/s); "
+        f"generated {m['rows']} rows in {m['shards']} shard(s) -> {args.out} "
+        f"({m['rows'] / max(m['seconds'], 1e-9):,.0f} rows/s); "
         f"install rate {m['install_rate']:.3f}; oracle AUC {m['oracle_auc']}"
     )
     return 0

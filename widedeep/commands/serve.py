@@ -9,7 +9,10 @@ HELP = "serve a bundle over HTTP (/v1/recommend, /v1/rank, /v1/model, /healthz, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="serving bundle (widedeep export): a directory or a URI "
-                        "(s3://, gs://, file://, ...: copied to a local cache and verified)")
+                        "(s3://, gs://, file://, ...: copied to a local cache and verified), or a registered "
+                        "version (models:/NAME@ALIAS, needs the mlflow extra)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ bundles "
+                        "(default: MLFLOW_TRACKING_URI, else file:./mlruns)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--route-prefix", default="/")
@@ -32,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from widedeep.serve.app import build_app
     from widedeep.serve.bundle import read_manifest
     from widedeep.serve.schemas import AppArgs
+    from widedeep.tracking import resolve
 
+    args.bundle = resolve(args.bundle, "bundle", args.tracking_uri)
     read_manifest(args.bundle)  # fail fast, before starting Ray
     try:
         app_args = AppArgs(bundle=args.bundle, pipeline=args.pipeline, candidates=args.candidates,

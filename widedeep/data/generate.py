@@ -20,6 +20,16 @@ Gumbel-max over 32 popularity-sampled candidates scored by ``u . v``; except, wi
 installed its trigger, so that only the cross tells planted rows from the others (the shown app
 alone does not). Hour 0..23; position 0..9; timestamp increasing with the row index.
 
+Days (the production loop's windows): ``day=d`` writes the ``d``-th window of the same world
+(its timestamps continue where day ``d-1`` of as many rows ended; its rows are seeded by the day
+too). With ``drift > 0`` the world changes from day to day: a ``drift`` fraction of the apps is
+released only on days 1..3 (new ids the serving vocabulary has never seen), and app popularity
+moves by ``drift * d`` standard deviations of a per-app trend, so the mix of shown apps (their
+category, price and size) shifts. ``drift=0, day=0`` is the single window written before days
+existed, row for row. ``poison`` writes a corrupted window on purpose (``flip-labels``: every
+label inverted; ``scale:COLUMN:FACTOR``: a numeric column multiplied, a units bug) for the
+retraining gate's tests.
+
 Label ``installed ~ Bernoulli(sigmoid(z))`` with::
 
     z = -3.2 + 2.2 * (u . v) / s + 0.4 * b_j - 0.12 * position + 0.3 * cos(2 pi hour / 24)
@@ -59,6 +69,8 @@ GENDERS = ["f", "m"]
 COUNTRIES = ["US", "IN", "BR", "DE", "JP", "GB", "FR", "MX", "ID", "NG"]
 PRICES = ["free", "paid", "freemium"]
 PLANT_BOOST = 3.0
+RELEASE_DAYS = 3  # with drift, new apps are released on days 1..RELEASE_DAYS
+POISONS = ("flip-labels", "scale:COLUMN:FACTOR")
 
 
 @dataclass
@@ -127,12 +139,44 @@ def make_world(users: int, items: int, seed: int) -> World:
     )
 
 
-def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, start]))
+@dataclass(frozen=True)
+class Day:
+    """Which window of the world a chunk belongs to (see the module docstring)."""
+
+    index: int = 0
+    drift: float = 0.0
+    rows: int = 0  # rows of every day: day d's timestamps start after d * rows rows
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"day: must be >= 0, got {self.index}")
+        if not 0.0 <= self.drift < 1.0:
+            raise ValueError(f"drift: must be in [0, 1), got {self.drift}")
+
+
+def day_popularity(world: World, day: Day, seed: int) -> np.ndarray:
+    """Log-popularity of every app on ``day`` (-inf: not released yet); the world's own without drift."""
+    if day.drift == 0.0:
+        return world.pop
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))  # its own stream: the world is unchanged
+    released = np.zeros(world.items, dtype=np.int64)
+    late = rng.random(world.items) < day.drift
+    released[late] = rng.integers(1, RELEASE_DAYS + 1, int(late.sum()))
+    trend = rng.normal(0, 1, world.items)
+    pop = world.pop + day.drift * day.index * trend
+    return np.where(released <= day.index, pop, -np.inf)
+
+
+def _chunk(world: World, start: int, n: int, seed: int, day: Day | None = None,
+           pop: np.ndarray | None = None) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    day = day or Day()
+    key = [seed, 1, start] if day.index == 0 else [seed, 1, start, day.index]
+    rng = np.random.default_rng(np.random.SeedSequence(key))
     w = world
+    pop = w.pop if pop is None else pop
     users = rng.integers(0, w.users, n)
     # candidate apps from popularity, picked by taste (Gumbel-max)
-    p = np.exp(w.pop)
+    p = np.exp(pop - pop[np.isfinite(pop)].max())
     p /= p.sum()
     cands = rng.choice(w.items, size=(n, 32), p=p)
     sc = np.einsum("nd,nkd->nk", w.u[users], w.v[cands]) + rng.gumbel(size=(n, 32))
@@ -141,7 +185,9 @@ def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[
     # installed its trigger and half the time to anyone, so that only the (installed app x shown
     # app) cross separates the two, not the shown app alone
     comp_rows = np.nonzero(rng.random(n) < 0.3)[0]
-    pair_trig = w.triggers[rng.integers(0, len(w.triggers), len(comp_rows))]
+    triggers = w.triggers[np.isfinite(pop[w.companion[w.triggers]])]  # pairs whose companion is released
+    triggers = triggers if len(triggers) else w.triggers
+    pair_trig = triggers[rng.integers(0, len(triggers), len(comp_rows))]
     app[comp_rows] = w.companion[pair_trig]
     holder = rng.random(len(comp_rows)) < 0.5
     cnt = w.holder_offsets[pair_trig + 1] - w.holder_offsets[pair_trig]
@@ -167,7 +213,8 @@ def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[
     z_rest = -3.2 + 0.4 * w.pop[app] - 0.12 * position + 0.3 * np.cos(2 * np.pi * hour / 24)
     z = z_latent + z_plant + z_rest
     label = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
-    inst_list = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)), pa.array(inst))
+    inst_offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    inst_list = pa.ListArray.from_arrays(inst_offsets, pa.array(inst))
     t = pa.table(
         {
             "user_id": pa.array(users, pa.int64()),
@@ -181,7 +228,7 @@ def _chunk(world: World, start: int, n: int, seed: int) -> tuple[pa.Table, dict[
             "app_size_mb": pa.array(w.size_mb[app]),
             "hour": pa.array(hour, pa.int64()),
             "position": pa.array(position, pa.int64()),
-            "timestamp": pa.array(1_700_000_000 + (start + np.arange(n)) * 7, pa.int64()),
+            "timestamp": pa.array(1_700_000_000 + (day.index * day.rows + start + np.arange(n)) * 7, pa.int64()),
             "installed": pa.array(label),
         }
     )
@@ -205,14 +252,51 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
-def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: int = 1_000, seed: int = 0, shard_rows: int = 250_000, chunk_rows: int = 50_000) -> dict:
-    """Write ``rows`` impressions as ``OUT/part-*.parquet`` + ``OUT/generator.json``; constant memory."""
+def parse_poison(poison: str | None) -> tuple[str, str, float] | None:
+    """``None``, ``"flip-labels"`` or ``"scale:COLUMN:FACTOR"`` -> ``(kind, column, factor)``."""
+    if poison is None:
+        return None
+    if poison == "flip-labels":
+        return ("flip-labels", "installed", -1.0)
+    parts = poison.split(":")
+    if len(parts) == 3 and parts[0] == "scale":
+        try:
+            return ("scale", parts[1], float(parts[2]))
+        except ValueError:
+            pass
+    raise ValueError(f"poison: expected one of {list(POISONS)}, got {poison!r}")
+
+
+def _poisoned(t: pa.Table, poison: tuple[str, str, float] | None) -> pa.Table:
+    if poison is None:
+        return t
+    kind, col, factor = poison
+    if col not in t.column_names:
+        raise ValueError(f"poison: no column {col!r}; columns are {t.column_names}")
+    i = t.column_names.index(col)
+    if kind == "flip-labels":
+        return t.set_column(i, col, pc.subtract(1, t.column(col)))
+    if not pa.types.is_floating(t.schema.field(col).type) and not pa.types.is_integer(t.schema.field(col).type):
+        raise ValueError(f"poison: column {col!r} is {t.schema.field(col).type}, not numeric")
+    return t.set_column(i, col, pc.multiply(pc.cast(t.column(col), pa.float64()), factor))
+
+
+def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: int = 1_000, seed: int = 0,
+                      shard_rows: int = 250_000, chunk_rows: int = 50_000, day: int = 0, drift: float = 0.0,
+                      poison: str | None = None) -> dict:
+    """Write ``rows`` impressions as ``OUT/part-*.parquet`` + ``OUT/_generator.json``; constant memory.
+
+    ``day`` / ``drift``: the day-``day`` window of a drifting world; ``poison``: a deliberately
+    corrupted window (see the module docstring)."""
+    the_day = Day(day, drift, rows)
+    bad = parse_poison(poison)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*.parquet"):
         old.unlink()
     t0 = time.perf_counter()
     world = make_world(users, items, seed)
+    pop = day_popularity(world, the_day, seed)
     shard, written, writer = 0, 0, None
     in_shard = 0
     oracle = {"label": [], "z": [], "z_no_plant": [], "z_no_latent": []}
@@ -220,7 +304,8 @@ def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: in
     pos = 0
     while written < rows:
         n = min(chunk_rows, rows - written, shard_rows - in_shard)
-        t, z = _chunk(world, written, n, seed)
+        t, z = _chunk(world, written, n, seed, the_day, pop)
+        t = _poisoned(t, bad)
         if writer is None:
             writer = pq.ParquetWriter(out / f"part-{shard:05d}.parquet", t.schema, compression="snappy")
         writer.write_table(t, row_group_size=min(65_536, shard_rows))
@@ -228,7 +313,7 @@ def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: in
             for k in oracle:
                 oracle[k].append(z[k])
             oracle_rows += n
-        pos += int(z["label"].sum())
+        pos += int(pc.sum(t.column("installed")).as_py() or 0)  # as written (a poisoned window's labels)
         written += n
         in_shard += n
         if in_shard >= shard_rows:
@@ -246,6 +331,10 @@ def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: in
         "users": users,
         "items": items,
         "seed": seed,
+        "day": day,
+        "drift": drift,
+        "poison": poison,
+        "apps_released": int(np.isfinite(pop).sum()),
         "shards": shard,
         "install_rate": round(pos / max(rows, 1), 6),
         "planted_pairs": [[int(a), int(b)] for a, b in enumerate(world.companion) if b >= 0],

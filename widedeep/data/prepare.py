@@ -33,6 +33,7 @@ from widedeep.data.sources import ReadUnit, filesystem, plan_units, read_unit
 from widedeep.data.split import SPLITS, SplitSpec, Splitter, parse_split, time_values, user_cutoffs
 from widedeep.errors import DataError, WidedeepError
 from widedeep.features import sketch
+from widedeep.features.extend import extend_space
 from widedeep.features.fit import Accumulator, _from_ipc, _ipc, partial_stats
 from widedeep.features.space import FeatureSpace
 from widedeep.features.spec import FeatureSpec, parse_spec
@@ -317,8 +318,12 @@ def _write_task(
 # ------------------------------------------------------------------ driver
 
 
-def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
-    """Run the whole preparation; returns the manifest (also written to ``OUT/manifest.json``)."""
+def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None = None) -> dict[str, Any]:
+    """Run the whole preparation; returns the manifest (also written to ``OUT/manifest.json``).
+
+    ``extend``: a serving FeatureSpace to extend instead of fitting a new one (``widedeep retrain``,
+    see ``widedeep.features.extend``): its ids are kept, the window's new values get new ids.
+    """
     from widedeep import __version__
     from widedeep.ray_runtime import ensure_ray
 
@@ -383,6 +388,10 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions) -> dict[str, Any]:
     if read_rows == 0:
         raise DataError(f"input is empty: no rows in {opts.inputs}")
     fspace = acc.finish()
+    if extend is not None:
+        fspace = extend_space(extend, fspace)
+        log.info("extended the serving FeatureSpace %s: new values %s", extend.content_hash[:12],
+                 fspace.fit_info["window"]["new_values"] or "none")
     t_fit = time.perf_counter() - t0
     log.info("fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)", read_rows, fspace.fit_info["train_rows"], t_fit, read_rows / max(t_fit, 1e-9))
     fs_json = fspace.to_json()

@@ -54,6 +54,10 @@ class BundleContents:
         sources: provenance recorded in the manifest (checkpoint paths, epochs, metrics).
         ordering: how ``/v1/recommend`` orders re-ranked candidates, the retriever's
             ``rerank_blend`` and ``temperature`` (``widedeep.retrieval.candidates.final_scores``).
+        profile: the training data's distribution profile (``widedeep.features.drift``), written
+            as ``profile.json``: serving measures its requests' drift against it.
+        lineage: how this model came to be (``widedeep retrain``: the parent bundle, the data
+            window, the verification checks), recorded in the manifest.
     """
 
     fs: Any
@@ -67,6 +71,8 @@ class BundleContents:
     seen: tuple[np.ndarray, list[np.ndarray]] | None = None
     sources: dict[str, Any] = field(default_factory=dict)
     ordering: dict[str, float] = field(default_factory=dict)   # {"rerank_blend", "temperature"} of the retriever
+    profile: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = None
 
 
 def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None,
@@ -104,6 +110,8 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
         keys, rows = c.seen if c.seen is not None else (np.asarray([], dtype=object), [])
         lists = pa.array([np.asarray(r, dtype=np.int64) for r in rows], type=pa.list_(pa.int64()))
         pq.write_table(pa.table({"user_key": pa.array(keys), "items": lists}), tmp / "seen.parquet")
+        if c.profile is not None:
+            (tmp / "profile.json").write_text(json.dumps(c.profile, sort_keys=True))
         index, info = build_index(c.item_vectors, index_kind, **(index_options or {}))
         save_index(tmp / "index", c.item_keys, c.item_vectors, index, info)
         files = file_hashes(tmp)
@@ -121,6 +129,8 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
             "ordering": c.ordering,
             "files": files,
         }
+        if c.lineage is not None:
+            manifest["lineage"] = c.lineage
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if out.exists():
             out.rmdir()

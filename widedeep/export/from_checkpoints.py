@@ -16,14 +16,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from widedeep.errors import CheckpointError, DataError
 from widedeep.export.bundle_writer import BundleContents, check_upload_target, upload_bundle, write_bundle
 from widedeep.features import FeatureSpace
+from widedeep.features.drift import ProfileBuilder, monitored
 from widedeep.features.spec import CrossedFeature
 from widedeep.model.checkpoint import load_checkpoint, read_meta
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors
-from widedeep.paths import Location, is_uri
+from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
 from widedeep.retrieval.history import TIME_COLUMN, Histories
 from widedeep.retrieval.interactions import key_rows
@@ -103,8 +105,23 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
                           vectors, popularity, users, seen, sources or {}, ordering)
 
 
+def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> dict[str, Any]:
+    """The distribution profile (``widedeep.features.drift``) of a prepared split, read in batches."""
+    loc = Location.of(split)
+    cols = [c for c in [*monitored(fs), "label"] if c in split_columns(loc)]
+    builder = ProfileBuilder(fs)
+    try:
+        ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
+        for rb in ds.to_batches(columns=cols, batch_size=batch_rows):
+            builder.add(pa.Table.from_batches([rb]))
+    except FS_ERRORS as e:
+        raise DataError(f"{loc}: cannot read prepared Parquet shards ({short_error(e)})") from None
+    return builder.finish()
+
+
 def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, data: str | None = None,
-                            index_kind: str = "auto", version: str | None = None) -> Path | str:
+                            index_kind: str = "auto", version: str | None = None,
+                            lineage: dict[str, Any] | None = None) -> Path | str:
     """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory.
 
     ``out`` is a new (or empty) directory, or a URI (``s3://``, ``gs://``, ``file://``, ...): the
@@ -125,7 +142,8 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     if rk.task != "ranking":
         raise CheckpointError(f"--ranker {ranker_path}: a {rk.task!r} checkpoint; expected a ranking (Wide & Deep) one")
     if rt.task != "retrieval":
-        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; expected a retrieval (two-tower) one")
+        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; "
+                              "expected a retrieval (two-tower) one")
     h1, h2 = rk.feature_space.content_hash, rt.feature_space.content_hash
     if h1 != h2:
         raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
@@ -153,6 +171,8 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     rk.model.eval()
     rt.model.eval()
     contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources)
+    contents.profile = profile_split(fs, root / "train")
+    contents.lineage = lineage
     if not is_uri(out):
         return write_bundle(out, contents, index_kind=index_kind, version=version)
     with tempfile.TemporaryDirectory(prefix="widedeep-export-") as tmp:

@@ -22,6 +22,7 @@ from widedeep.data.collate import Collator
 from widedeep.export.bundle_writer import write_bundle
 from widedeep.export.from_checkpoints import bundle_contents
 from widedeep.features import parse_spec
+from widedeep.features.drift import ProfileBuilder
 from widedeep.features.fit import fit_tables
 from widedeep.kernels import OptimizerConfig
 from widedeep.model.two_tower import TwoTower, TwoTowerConfig
@@ -120,8 +121,12 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     contents = bundle_contents(fs, ranker, retriever, prepared,
                                sources={"synthetic": {"n_items": n_items, "n_users": n_users, "seed": seed,
                                                       "ranker_train_steps": train_steps}})
+    profile = ProfileBuilder(fs)
+    profile.add(prepared)
+    contents.profile = profile.finish()
     kind = index_kind or ("exact" if n_items < 50_000 else "hnsw")
-    options = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1} if kind == "hnsw" else {}
+    hnsw = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1}
+    options = hnsw if kind == "hnsw" else {}
     path = write_bundle(out, contents, index_kind=kind, version=version, index_options=options)
     log.info("synthetic bundle: %d items, %d users, %d rows in %.1fs", n_items, n_users, raw.num_rows,
              time.monotonic() - t0)

@@ -11,10 +11,13 @@
       items.parquet            item_key + the item-side PREPARED columns + popularity, in index row order
       users.parquet            (optional) user_key + the user-side prepared columns
       seen.parquet             user_key + the catalog rows each user has already seen
+      profile.json             (optional) the training data's distribution profile (``widedeep.features.drift``):
+                               what the replica measures its requests' drift against
       index/                   the item index (``widedeep.retrieval.index`` layout: item vectors, HNSW file)
 
 Why prepared columns and not raw item features: item-side ids are a deterministic function of
-the raw values (``FeatureSpace.transform`` of the item's own columns), so the catalog needs no raw data and no transform at request time;
+the raw values (``FeatureSpace.transform`` of the item's own columns), so the catalog needs no raw data
+and no transform at request time;
 pair crosses are made from ids with ``FeatureSpace.add_crosses``.
 
 Loading checks every file's sha256 against the manifest and that the ranker, the user tower and
@@ -26,6 +29,7 @@ written offline by ``widedeep.export.bundle_writer`` (``widedeep export``).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -96,6 +100,7 @@ class ServingBundle:
     seen: dict[str, np.ndarray]  # str(user key) -> catalog rows
     generator: Any  # retrieval.candidates.CandidateGenerator
     source: str = ""  # what it was loaded as (a directory or a URI); ``path`` is the local directory read
+    profile: dict[str, Any] | None = None  # profile.json (None: an older bundle, no drift measured)
 
     def __post_init__(self) -> None:
         self.source = self.source or str(self.path)
@@ -157,10 +162,11 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         users = ut.drop_columns(["user_key"]).combine_chunks()
     st = pq.read_table(root / "seen.parquet")
     seen = {str(k): np.asarray(v, dtype=np.int64)
-            for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist())}
+            for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist(), strict=True)}
     generator = CandidateGenerator(index, popularity, item_keys)
+    profile = json.loads((root / "profile.json").read_text()) if (root / "profile.json").exists() else None
     b = ServingBundle(root, m, fs, CandidateScorer(ranker_spec, tensors), tower, item_keys, items,
-                      _str_index(item_keys), users, user_rows, seen, generator, source)
+                      _str_index(item_keys), users, user_rows, seen, generator, source, profile)
     log.info("loaded bundle %s (version %s, %d items, %d users) in %.2fs", source, b.version, len(item_keys),
              len(user_rows), time.monotonic() - t0)
     return b

@@ -22,6 +22,7 @@ from ray import serve
 from widedeep.errors import ServingError
 from widedeep.features.spec import CrossedFeature
 from widedeep.serve.bundle import load_bundle
+from widedeep.serve.drift import ReplicaDrift
 from widedeep.serve.pipeline import RecommendPipeline
 from widedeep.serve.telemetry import ServingMetrics
 
@@ -111,11 +112,12 @@ class ModelSlot:
             return p
         try:
             return await self._load(path)
-        except Exception as e:  # noqa: BLE001 - the request fails with an error naming the version
+        except Exception as e:
             raise ServingError(f"model {version} ({path}) could not be loaded: {type(e).__name__}: {e}") from None
 
     def info(self) -> dict[str, Any]:
-        """``GET /v1/model``'s body for the current version plus ``last_load_error`` (None when the last load worked)."""
+        """``GET /v1/model``'s body for the current version plus ``last_load_error`` (None when the
+        last load worked)."""
         return {**model_info(self.get()), "last_load_error": self.last_load_error}
 
 
@@ -131,6 +133,7 @@ class Retriever:
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Retriever")
         self.slot = ModelSlot(verify_bundle, self.metrics)
+        self.drift = ReplicaDrift(self.metrics)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await self.slot.load(str(user_config["bundle"]))
@@ -153,12 +156,17 @@ class Retriever:
         t1 = time.perf_counter()
         self.metrics.stage("prepare", (t1 - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
+        self.drift.observe(pipe, q.row)
         rows, retrieval = np.zeros(0, dtype=np.int32), None
         if n is not None:
             ((rows, retrieval),) = pipe.retrieve_scored([q], n, [pipe.exclude_rows(exclude) if exclude else None])
             self.metrics.stage("retrieve", (time.perf_counter() - t1) * 1e3)
             self.metrics.retrieved(len(rows))
         return pipe.version, pipe.bundle.source, q.row, rows, retrieval
+
+    async def drift_info(self) -> dict[str, Any] | None:
+        """This replica's request drift against the current model's training profile (``GET /v1/model``)."""
+        return self.drift.info(self.slot.get())
 
 
 @serve.deployment(name="Ranker", **RANKER_OPTIONS)
@@ -209,7 +217,7 @@ def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> li
     for idx in groups.values():
         pipe = jobs[idx[0]][0]
         parts = [(pipe.bundle.ranker.query_part(jobs[i][1]), jobs[i][1], jobs[i][2]) for i in idx]
-        for i, logits in zip(idx, pipe.score(parts)):
+        for i, logits in zip(idx, pipe.score(parts), strict=True):
             out[i] = logits
     return out  # type: ignore[return-value]
 
@@ -222,7 +230,7 @@ def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int
         return pipe.top_k(rows, logits, k, key)
     keys = pipe.bundle.item_keys[rows]
     scores = pipe.bundle.ranker.predict(logits)
-    return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores)]
+    return [(key.item() if hasattr(key, "item") else key, float(s)) for key, s in zip(keys, scores, strict=True)]
 
 
 def model_info(pipe: RecommendPipeline) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ray.serve.exceptions import BackPressureError
 
 from widedeep.errors import ServingError
 from widedeep.serve.deployments import ModelSlot, ranked, set_threads
+from widedeep.serve.drift import ReplicaDrift
 from widedeep.serve.pipeline import RequestError
 from widedeep.serve.schemas import (
     AppArgs,
@@ -55,7 +56,7 @@ _ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"
 
 def _common_prefix(locs: list[tuple]) -> tuple:
     out = []
-    for parts in zip(*locs):
+    for parts in zip(*locs, strict=False):   # the common prefix of paths of any lengths
         if any(p != parts[0] for p in parts):
             break
         out.append(parts[0])
@@ -189,6 +190,7 @@ class Ingress:
         self.ranker = ranker
         self.metrics = ServingMetrics("Ingress")
         self.slot = ModelSlot(self.args.verify_bundle, self.metrics)
+        self.drift = ReplicaDrift(self.metrics, self.args.drift_window)
         self._batch.set_max_batch_size(self.args.max_batch_size)
         self._batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
@@ -210,7 +212,7 @@ class Ingress:
         for idx in groups.values():
             pipe = jobs[idx[0]][0]
             results, retrieve_ms, rank_ms = pipe.serve_batch([jobs[i][1:] for i in idx], self.args.candidates)
-            for i, res in zip(idx, results):
+            for i, res in zip(idx, results, strict=True):
                 out[i] = (*res, retrieve_ms if jobs[i][2] is None else None, rank_ms)
         return out
 
@@ -231,6 +233,7 @@ class Ingress:
             raise _body(e) from None
         self.metrics.stage("prepare", (time.perf_counter() - t0) * 1e3)
         self.metrics.feature_oov(q.oov)
+        self.drift.observe(pipe, q.row)
         ex = pipe.exclude_rows(exclude) if exclude else None
         rows, logits, key, retrieve_ms, rank_ms = await self._batch((pipe, q, rows, ex))
         if retrieve_ms is not None:
@@ -272,7 +275,8 @@ class Ingress:
     async def rank(self, req: RankRequest) -> JSONResponse:
         """Score the given items for the user; scores come back in the given order."""
         if len(req.items) > self.args.max_rank_items:
-            raise RequestError("body.items", f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
+            raise RequestError("body.items",
+                               f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
         version, items = await self._run(req.user, req.context, None, [], req.items)
         return _scored(items, version)
 
@@ -280,9 +284,14 @@ class Ingress:
     async def model(self) -> dict[str, Any]:
         """Model version, provenance, request fields and feature summary; this replica's OOV rates;
         ``last_load_error`` (``{bundle, error, at}``) when the last model swap failed and the
-        previous version is still being served (``null`` otherwise)."""
+        previous version is still being served (``null`` otherwise); ``drift``: the request
+        window's drift against the model's training data per query-side feature (the replica that
+        prepares requests: this Ingress when fused, a Retriever in the chain; ``null`` for a
+        bundle without a training profile)."""
         info = self.slot.info() if self.fused else await self.ranker.model_info.remote()
-        info["serving"] = {**self.args.model_dump(exclude={"bundle"}), "oov_rates_this_replica": self.metrics.oov_rates()}
+        info["serving"] = {**self.args.model_dump(exclude={"bundle"}),
+                           "oov_rates_this_replica": self.metrics.oov_rates()}
+        info["drift"] = self.drift.info(self.slot.get()) if self.fused else await self.retriever.drift_info.remote()
         return info
 
     @api.get("/healthz")

@@ -100,6 +100,8 @@ class AppArgs(_Strict):
     batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0, description="how long a batch waits to fill (0: take what is queued)")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per replica (replicas, not threads, are the unit of scale)")
     verify_bundle: bool = Field(True, description="check the bundle's file hashes on load")
+    drift_window: int = Field(2048, ge=8, le=1_000_000, description="requests in each replica's sliding window of "
+                              "feature drift against the bundle's training profile (GET /v1/model, drift gauges)")
 
     @model_validator(mode="after")
     def _k_range(self) -> AppArgs:

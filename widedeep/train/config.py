@@ -16,6 +16,7 @@ from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
 from widedeep.errors import ConfigError
 from widedeep.kernels.sharding import ShardingConfig
 from widedeep.model.wide_deep import ModelConfig, OptimConfig
+from widedeep.tracking import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class TrainConfig:
     name resumes. ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
     ``num_to_keep`` prunes by validation score (the latest is always kept). ``sharding``: which
     embedding tables are split by rows across the workers (``widedeep.kernels.sharding``; by
-    default all replicated unless they exceed ``sharding.memory_budget_mb``).
+    default all replicated unless they exceed ``sharding.memory_budget_mb``). ``tracking``: log the
+    run to MLflow and register its best checkpoint (``widedeep.tracking``; optional extra).
     """
 
     data: str
@@ -91,6 +93,7 @@ class TrainConfig:
     torch_threads: int | None = None
     warm_start_from: str | None = None
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
@@ -102,7 +105,8 @@ class TrainConfig:
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker: must be >= 0, got {self.cpus_per_worker}")
         if self.checkpoint_every_steps < 0:
-            raise ConfigError(f"checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), got {self.checkpoint_every_steps}")
+            raise ConfigError("checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), "
+                              f"got {self.checkpoint_every_steps}")
         if self.num_to_keep is not None and self.num_to_keep < 1:
             raise ConfigError(f"num_to_keep: must be >= 1 or null, got {self.num_to_keep}")
         if self.max_failures < -1:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from widedeep import tracking
 from widedeep.errors import DataError, WidedeepError
 from widedeep.train.config import TrainConfig
 from widedeep.train.loop import log
@@ -87,6 +88,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
     name = cfg.run_name or f"widedeep-{time.strftime('%Y%m%d-%H%M%S')}"
     warm = cfg.warm_start_from
+    if warm and tracking.is_registry_uri(warm):   # models:/NAME@ALIAS -> the registered checkpoint
+        warm = tracking.resolve(warm, "checkpoint", cfg.tracking.uri)
     if warm and not _is_uri(warm):
         warm = str(Path(warm).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, storage_path=storage, run_name=name, warm_start_from=warm)
@@ -139,6 +142,9 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         raise DataError(f"{cfg.data}/train: no rows")
     ensure_ray()
 
+    from widedeep.train import tracking as train_tracking
+
+    run = train_tracking.start(cfg)   # None unless cfg.tracking.enabled
     local_mode = cfg.num_workers == 0
     run_dir = os.path.join(cfg.storage_path, str(cfg.run_name))
     if local_mode and not _is_uri(run_dir):
@@ -169,6 +175,7 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"
             ),
+            callbacks=[train_tracking.EpochLogger(*run)] if run is not None and not local_mode else None,
         ),
         datasets=datasets,
     )
@@ -178,8 +185,12 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
     try:
         result = trainer.fit()
     except WidedeepError:
+        if run is not None:
+            tracking.end_run(run[0], run[1], "FAILED")
         raise
     except Exception as e:  # TrainingFailedError & co: surface the worker's error message
+        if run is not None:
+            tracking.end_run(run[0], run[1], "FAILED")
         raise WidedeepError(f"training run {cfg.run_name} failed: {e}") from e
     wall = time.perf_counter() - t0
     best_list = list(result.best_checkpoints or [])
@@ -194,7 +205,8 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         latest = max(best_list, key=lambda cm: (cm[1].get("global_step", 0), cm[1].get("kind") == "epoch"))[0]
     last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
     history = sorted(
-        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"), **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
+        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"),
+          **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
          for _, mm in best_list if mm.get("kind") == "epoch"),
         key=lambda r: r["epoch"],
     )
@@ -219,6 +231,8 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
     keys = dict.fromkeys([summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"])
     shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
     log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
+    if run is not None:
+        summary["mlflow"] = train_tracking.finish(cfg, run, summary, logged_live=not local_mode)
     if metrics_out:
         Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_out).write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
