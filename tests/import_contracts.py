@@ -37,18 +37,26 @@ class ForbiddenExternalSubmodulesContract(Contract):
         broken: list[dict[str, Any]] = []
         for forbidden in self.forbidden_modules:
             package = forbidden.split(".")[0]
-            users = [(d["importer"], d["line_number"], d["line_contents"])
-                     for importer in sorted(graph.find_modules_that_directly_import(package))
-                     for d in graph.get_import_details(importer=importer, imported=package)
-                     if _names(d["line_contents"], forbidden)]
+            users = [
+                (d["importer"], d["line_number"], d["line_contents"])
+                for importer in sorted(graph.find_modules_that_directly_import(package))
+                for d in graph.get_import_details(importer=importer, imported=package)
+                if _names(d["line_contents"], forbidden)
+            ]
             for source in self.source_modules:
                 sources = {source.name} | graph.find_descendants(source.name)
                 for importer, line, text in users:
                     for s in sorted(sources):
                         chain = [s] if s == importer else graph.find_shortest_chain(importer=s, imported=importer)
                         if chain:
-                            broken.append({"source": s, "forbidden": forbidden, "chain": list(chain),
-                                           "statement": f"{importer}:{line}: {text.strip()}"})
+                            broken.append(
+                                {
+                                    "source": s,
+                                    "forbidden": forbidden,
+                                    "chain": list(chain),
+                                    "statement": f"{importer}:{line}: {text.strip()}",
+                                }
+                            )
                             break
         return ContractCheck(kept=not broken, metadata={"broken": broken})
 

@@ -22,9 +22,35 @@ PROMETHEUS = ROOT / "platform" / "prometheus" / "prometheus.yml"
 TELEMETRY = ROOT / "widedeep" / "serve" / "telemetry.py"
 
 # PromQL words that look like metric names: functions, aggregations, modifiers, label names
-PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "by",
-                "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
-                "label_values", "topk", "bottomk", "clamp_min", "clamp_max", "abs", "delta", "deriv"}
+PROMQL_WORDS = {
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "label_values",
+    "topk",
+    "bottomk",
+    "clamp_min",
+    "clamp_max",
+    "abs",
+    "delta",
+    "deriv",
+}
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 
 
@@ -67,12 +93,15 @@ def _queries(dashboard: dict) -> list[str]:
 
 
 def test_metric_names_parser():
-    e = ('histogram_quantile(0.99, sum by (le, stage) '
-         '(rate(ray_widedeep_serve_stage_latency_ms_bucket{application=~"$app"}[1m])))')
+    e = (
+        "histogram_quantile(0.99, sum by (le, stage) "
+        '(rate(ray_widedeep_serve_stage_latency_ms_bucket{application=~"$app"}[1m])))'
+    )
     assert metric_names(e) == {"ray_widedeep_serve_stage_latency_ms_bucket"}
     assert metric_names("sum(rate(a_total[5m])) / sum(rate(b_total[5m]))") == {"a_total", "b_total"}
     assert metric_names("label_values(ray_serve_num_http_requests_total, application)") >= {
-        "ray_serve_num_http_requests_total"}
+        "ray_serve_num_http_requests_total"
+    }
 
 
 def test_every_dashboard_metric_is_exported():

@@ -38,11 +38,14 @@ def test_a_serving_module_importing_ray_data_breaks_a_contract():
     assert _names("from ray import serve, data", "ray.data") and not _names("from ray import serve", "ray.data")
     assert not _names("import ray.data_utils", "ray.data")
     graph = grimp.build_graph("widedeep", include_external_packages=True, cache_dir=None)
-    graph.add_import(importer="widedeep.serve.schemas", imported="ray", line_number=1,
-                     line_contents="from ray import data")
-    c = ForbiddenExternalSubmodulesContract("t", session_options={},
-                                            contract_options={"source_modules": ["widedeep.serve"],
-                                                              "forbidden_modules": ["ray.data"]})
+    graph.add_import(
+        importer="widedeep.serve.schemas", imported="ray", line_number=1, line_contents="from ray import data"
+    )
+    c = ForbiddenExternalSubmodulesContract(
+        "t",
+        session_options={},
+        contract_options={"source_modules": ["widedeep.serve"], "forbidden_modules": ["ray.data"]},
+    )
     assert c.source_modules == [Module("widedeep.serve")]
     check = c.check(graph, verbose=False)
     assert not check.kept

@@ -24,7 +24,7 @@ def test_a_local_path_and_its_file_uri_reach_the_same_files(tmp_path):
         assert train.parent.path == loc.path and train.name == "train"
         assert loc.local_path() == tmp_path / "d"
     assert str(local / "train") == str(tmp_path / "d" / "train")
-    assert str(uri / "train") == (tmp_path / "d" / "train").as_uri()         # the scheme is kept
+    assert str(uri / "train") == (tmp_path / "d" / "train").as_uri()  # the scheme is kept
     assert not is_uri(str(tmp_path)) and is_uri(uri) and is_uri("s3://b/k") and not is_uri(local)
 
 
@@ -50,12 +50,12 @@ def test_uri_query_options_configure_the_file_system_and_survive_joins():
     uri = "s3://bucket/prepared?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
     loc = Location.of(uri)
     assert isinstance(loc.fs, pafs.S3FileSystem) and loc.path == "bucket/prepared" and not loc.is_local
-    options = loc.fs.__reduce__()[1][0]                # the S3FileSystem's constructor arguments
+    options = loc.fs.__reduce__()[1][0]  # the S3FileSystem's constructor arguments
     assert options["endpoint_override"] == "127.0.0.1:9" and options["scheme"] == "http"
     assert options["region"] == "us-east-1"
     train = loc / "train"
     assert str(train) == "s3://bucket/prepared/train?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
-    again = Location.of(str(train))                   # a Ray task gets the string and resolves it again
+    again = Location.of(str(train))  # a Ray task gets the string and resolves it again
     assert again.path == "bucket/prepared/train" and again.fs.__reduce__()[1][0]["endpoint_override"] == "127.0.0.1:9"
     with pytest.raises(ValueError, match="not on the local file system"):
         loc.local_path()

@@ -16,9 +16,29 @@ from tests.support import free_port
 def test_quickstart_small(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
-        [sys.executable, "-m", "widedeep", "quickstart", "--workdir", str(tmp_path / "qs"), "--rows", "6000",
-         "--users", "400", "--items", "80", "--epochs", "1", "--port", str(free_port())],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "widedeep",
+            "quickstart",
+            "--workdir",
+            str(tmp_path / "qs"),
+            "--rows",
+            "6000",
+            "--users",
+            "400",
+            "--items",
+            "80",
+            "--epochs",
+            "1",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout

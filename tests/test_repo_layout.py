@@ -17,14 +17,19 @@ def test_platform_holds_no_python():
     assert list((ROOT / "platform").rglob("*.py")) == []
     out = subprocess.run(
         [sys.executable, "-c", "import platform; print(platform.system())"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip()
 
 
 def test_import_is_light():
-    code = ("import sys, widedeep, widedeep.cli; "
-            "print(','.join(m for m in ('ray','torch','triton','fastapi') if m in sys.modules))")
+    code = (
+        "import sys, widedeep, widedeep.cli; "
+        "print(','.join(m for m in ('ray','torch','triton','fastapi') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -44,8 +49,6 @@ def _subcommands():
 
 @pytest.mark.parametrize("cmd", _subcommands(), ids=lambda c: " ".join(c))
 def test_every_subcommand_has_help(cmd):
-    out = subprocess.run(
-        [sys.executable, "-m", "widedeep", *cmd, "--help"], cwd=ROOT, capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "widedeep", *cmd, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "usage: widedeep" in out.stdout

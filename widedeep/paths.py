@@ -79,8 +79,10 @@ class Location:
         try:
             fs, path = pafs.FileSystem.from_uri(s)
         except FS_ERRORS as e:
-            raise error(f"{s}: cannot open this URI ({short_error(e)}); paths are local or URIs that "
-                        "pyarrow.fs understands (file://, s3://, gs://, hdfs://, ...)") from None
+            raise error(
+                f"{s}: cannot open this URI ({short_error(e)}); paths are local or URIs that "
+                "pyarrow.fs understands (file://, s3://, gs://, hdfs://, ...)"
+            ) from None
         parts = urlsplit(s)
         path = path.rstrip("/") or "/"
         netloc = parts.netloc
@@ -132,8 +134,11 @@ class Location:
     def files(self, suffix: str = "", *, recursive: bool = False) -> list[Location]:
         """The files of a directory whose names end with ``suffix``, sorted by path (``[]`` if none)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True))
-        return [Location(self.fs, i.path, self.prefix, self.query) for i in sorted(infos, key=lambda i: i.path)
-                if i.type == pafs.FileType.File and i.path.endswith(suffix)]
+        return [
+            Location(self.fs, i.path, self.prefix, self.query)
+            for i in sorted(infos, key=lambda i: i.path)
+            if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        ]
 
     def open_input_stream(self, compression: str | None = None) -> Any:
         return self.fs.open_input_stream(self.path, compression=compression)
@@ -147,11 +152,13 @@ class Location:
 
     def download(self, dest: str | os.PathLike[str]) -> Path:
         """Copy this directory (recursively) to the local directory ``dest``; returns ``dest``."""
-        pafs.copy_files(self.path, os.fspath(dest), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path, os.fspath(dest), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
         return Path(dest)
 
     def upload(self, src: str | os.PathLike[str]) -> None:
         """Copy the local file or directory ``src`` here (directories recursively)."""
-        pafs.copy_files(os.fspath(src), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        pafs.copy_files(
+            os.fspath(src), self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+        )

@@ -79,30 +79,121 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     raw, data, runs, bundle = w / "raw", w / "prepared", w / "runs", w / "bundle"
     n = 8
     ensure_ray()
-    _stage(1, n, f"generate {cfg.rows:,} synthetic app-store impressions", lambda: _cli([
-        "generate", "--out", str(raw), "--rows", str(cfg.rows), "--users", str(cfg.users),
-        "--items", str(cfg.items), "--seed", str(cfg.seed)]))
-    _stage(2, n, "prepare (fit the FeatureSpace with Ray Data, write sharded Parquet)", lambda: _cli([
-        "prepare", "--spec", str(PLATFORM / "specs" / "appstore.yaml"), "--input", str(raw),
-        "--out", str(data), "--split", "user-time:user_id:timestamp:0.8,0.1,0.1"]))
-    common = ["--set", f"data={data}", "--set", f"storage_path={runs}", "--set", f"seed={cfg.seed}",
-              "--set", f"epochs={cfg.epochs}"]
+    _stage(
+        1,
+        n,
+        f"generate {cfg.rows:,} synthetic app-store impressions",
+        lambda: _cli(
+            [
+                "generate",
+                "--out",
+                str(raw),
+                "--rows",
+                str(cfg.rows),
+                "--users",
+                str(cfg.users),
+                "--items",
+                str(cfg.items),
+                "--seed",
+                str(cfg.seed),
+            ]
+        ),
+    )
+    _stage(
+        2,
+        n,
+        "prepare (fit the FeatureSpace with Ray Data, write sharded Parquet)",
+        lambda: _cli(
+            [
+                "prepare",
+                "--spec",
+                str(PLATFORM / "specs" / "appstore.yaml"),
+                "--input",
+                str(raw),
+                "--out",
+                str(data),
+                "--split",
+                "user-time:user_id:timestamp:0.8,0.1,0.1",
+            ]
+        ),
+    )
+    common = [
+        "--set",
+        f"data={data}",
+        "--set",
+        f"storage_path={runs}",
+        "--set",
+        f"seed={cfg.seed}",
+        "--set",
+        f"epochs={cfg.epochs}",
+    ]
     ranker_json, retriever_json = w / "ranker.json", w / "retriever.json"
-    _stage(3, n, "train the Wide & Deep ranker on Ray Train", lambda: _cli([
-        "train", "--config", _job("appstore-ranker.yaml"), *common, "--set", "run_name=quickstart-ranker",
-        "--metrics-out", str(ranker_json)]))
-    _stage(4, n, "train the two-tower retriever on Ray Train", lambda: _cli([
-        "train", "--config", _job("appstore-retriever.yaml"), *common, "--set", "run_name=quickstart-retriever",
-        "--metrics-out", str(retriever_json)]))
+    _stage(
+        3,
+        n,
+        "train the Wide & Deep ranker on Ray Train",
+        lambda: _cli(
+            [
+                "train",
+                "--config",
+                _job("appstore-ranker.yaml"),
+                *common,
+                "--set",
+                "run_name=quickstart-ranker",
+                "--metrics-out",
+                str(ranker_json),
+            ]
+        ),
+    )
+    _stage(
+        4,
+        n,
+        "train the two-tower retriever on Ray Train",
+        lambda: _cli(
+            [
+                "train",
+                "--config",
+                _job("appstore-retriever.yaml"),
+                *common,
+                "--set",
+                "run_name=quickstart-retriever",
+                "--metrics-out",
+                str(retriever_json),
+            ]
+        ),
+    )
     ranker = json.loads(ranker_json.read_text())["checkpoint"]
     retriever = json.loads(retriever_json.read_text())["checkpoint"]
     eval_json, topk_json = w / "eval.json", w / "topk.json"
-    _stage(5, n, "evaluate: test AUC of the ranker; full-catalog top-K vs most-popular and item-kNN", lambda: (
-        _cli(["evaluate", "--checkpoint", ranker, "--data", str(data / "test"), "--metrics-out", str(eval_json)]),
-        _cli(["evaluate", "--task", "topk", "--retriever", retriever, "--ranker", ranker,
-              "--data", str(data / "test"), "--metrics-out", str(topk_json)])))
-    _stage(6, n, "export the serving bundle", lambda: _cli([
-        "export", "--ranker", ranker, "--retriever", retriever, "--out", str(bundle)]))
+    _stage(
+        5,
+        n,
+        "evaluate: test AUC of the ranker; full-catalog top-K vs most-popular and item-kNN",
+        lambda: (
+            _cli(["evaluate", "--checkpoint", ranker, "--data", str(data / "test"), "--metrics-out", str(eval_json)]),
+            _cli(
+                [
+                    "evaluate",
+                    "--task",
+                    "topk",
+                    "--retriever",
+                    retriever,
+                    "--ranker",
+                    ranker,
+                    "--data",
+                    str(data / "test"),
+                    "--metrics-out",
+                    str(topk_json),
+                ]
+            ),
+        ),
+    )
+    _stage(
+        6,
+        n,
+        "export the serving bundle",
+        lambda: _cli(["export", "--ranker", ranker, "--retriever", retriever, "--out", str(bundle)]),
+    )
     samples = _stage(7, n, "start Ray Serve and send sample requests", lambda: _serve_and_query(bundle, cfg))
     metrics = {"ranker": json.loads(eval_json.read_text()), "topk": json.loads(topk_json.read_text())}
     _print_summary(metrics, samples)

@@ -6,9 +6,9 @@ Train job whose workers take every CPU starves Ray Data's read tasks: the job ha
 we therefore register at least ``MIN_LOCAL_CPUS`` logical CPUs (oversubscription is fine:
 Data tasks are mostly I/O and Arrow work). The dashboard stays on: besides showing jobs and
 Serve, it serves the state API that Ray Train's placement-group cleaner polls (without it that
-actor logs a warning every few seconds); a busy port 8265 makes Ray take the next free one. A local Ray also gets Ray Serve's
-high-throughput settings (``SERVE_ENV``). With ``RAY_ADDRESS`` set (a cluster, or a job running on
-one) we connect to it and leave its resources and settings alone.
+actor logs a warning every few seconds); a busy port 8265 makes Ray take the next free one.
+A local Ray also gets Ray Serve's high-throughput settings (``SERVE_ENV``). With ``RAY_ADDRESS``
+set (a cluster, or a job running on one) we connect to it and leave its resources and settings alone.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(log_to_driver=True)
         return
-    for key, value in SERVE_ENV.items():   # a user's own setting wins
+    for key, value in SERVE_ENV.items():  # a user's own setting wins
         os.environ.setdefault(key, value)
     cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     log.info("starting a local Ray with %d logical CPUs", cpus)

@@ -65,8 +65,9 @@ def mlflow_module() -> Any:
     try:
         import mlflow
     except ImportError:
-        raise ConfigError("MLflow tracking and registry URIs need MLflow, which is not installed: "
-                          f"{INSTALL_HINT}") from None
+        raise ConfigError(
+            f"MLflow tracking and registry URIs need MLflow, which is not installed: {INSTALL_HINT}"
+        ) from None
     return mlflow
 
 
@@ -99,8 +100,9 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
-              ) -> str:
+def start_run(
+    uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
+) -> str:
     """Create a run (and the experiment if needed), log ``params``; returns the run id."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -110,7 +112,7 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], 
 
     items = list(flat(params).items())
     for i in range(0, len(items), 100):
-        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
     return run.info.run_id
 
 
@@ -119,8 +121,11 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, Any], step: int | None
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    ms = [
+        Metric(k, float(v), now, step or 0)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
     if ms:
         client(uri).log_batch(run_id, metrics=ms)
 
@@ -135,8 +140,15 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
-def register(uri: str, name: str, source: str, kind: str, run_id: str | None = None,
-             aliases: list[str] | tuple[str, ...] = (), tags: dict[str, str] | None = None) -> str:
+def register(
+    uri: str,
+    name: str,
+    source: str,
+    kind: str,
+    run_id: str | None = None,
+    aliases: list[str] | tuple[str, ...] = (),
+    tags: dict[str, str] | None = None,
+) -> str:
     """Register ``source`` (a bundle or checkpoint path/URI) as a new version of ``name``; returns the version."""
     c = client(uri)
     mlflow = mlflow_module()
@@ -159,7 +171,7 @@ def resolve(location: str, kind: str | None = None, uri: str | None = None) -> s
     else is returned unchanged. ``kind`` (``bundle`` / ``checkpoint``): the version must be one."""
     if not is_registry_uri(location):
         return location
-    rest = location[len(REGISTRY_PREFIX):]
+    rest = location[len(REGISTRY_PREFIX) :]
     c = client(tracking_uri(uri))
     mlflow = mlflow_module()
     try:
@@ -183,5 +195,5 @@ def model_name(location: str) -> str | None:
     """The registered model name of a ``models:/`` URI (None for a path)."""
     if not is_registry_uri(location):
         return None
-    rest = location[len(REGISTRY_PREFIX):]
+    rest = location[len(REGISTRY_PREFIX) :]
     return rest.split("@", 1)[0] if "@" in rest else rest.rsplit("/", 1)[0]

@@ -6,9 +6,21 @@ from pathlib import Path
 
 # (user, movie, rating, timestamp)
 RATINGS = [
-    (1, 10, 5, 100), (1, 20, 3, 200), (1, 30, 4, 300), (1, 10, 2, 400), (1, 20, 5, 500),
-    (2, 10, 4, 110), (2, 30, 1, 210), (2, 20, 4, 310), (2, 30, 5, 410), (2, 10, 3, 510),
-    (3, 20, 5, 120), (3, 10, 4, 220), (3, 30, 2, 320), (3, 20, 1, 420), (3, 30, 4, 520),
+    (1, 10, 5, 100),
+    (1, 20, 3, 200),
+    (1, 30, 4, 300),
+    (1, 10, 2, 400),
+    (1, 20, 5, 500),
+    (2, 10, 4, 110),
+    (2, 30, 1, 210),
+    (2, 20, 4, 310),
+    (2, 30, 5, 410),
+    (2, 10, 3, 510),
+    (3, 20, 5, 120),
+    (3, 10, 4, 220),
+    (3, 30, 2, 320),
+    (3, 20, 1, 420),
+    (3, 30, 4, 520),
 ]
 USERS = {1: (24, "M", "technician", "85711"), 2: (53, "F", "writer", "94043"), 3: (31, "M", "educator", "32067")}
 MOVIES = {
@@ -17,8 +29,25 @@ MOVIES = {
     30: ("Amélie (2001)", ["Comedy", "Romance"]),
 }
 GENRES_100K = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 
 

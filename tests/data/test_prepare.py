@@ -27,8 +27,21 @@ def test_adult_layout_determinism_and_single_record_transform(ray_session, adult
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        rc = main(["prepare", "--spec", str(SPECS / "adult.yaml"), "--input", str(adult_path), "--out", str(out),
-                   "--split", "random:0.8,0.1,0.1", "--row-group-rows", "5000"])
+        rc = main(
+            [
+                "prepare",
+                "--spec",
+                str(SPECS / "adult.yaml"),
+                "--input",
+                str(adult_path),
+                "--out",
+                str(out),
+                "--split",
+                "random:0.8,0.1,0.1",
+                "--row-group-rows",
+                "5000",
+            ]
+        )
         assert rc == 0
         outs.append(out)
     a, b = outs
@@ -75,8 +88,13 @@ def test_movielens_user_time_split_and_time_split(ray_session, tmp_path):
         assert {"user_key", "item_key", "timestamp", "genres", "gender_x_genres"} <= set(parts[s].column_names)
     for user in (1, 2, 3):
         times = {
-            s: [t for u, t in zip(parts[s].column("user_key").to_pylist(), parts[s].column("timestamp").to_pylist(),
-                                  strict=True) if u == user]
+            s: [
+                t
+                for u, t in zip(
+                    parts[s].column("user_key").to_pylist(), parts[s].column("timestamp").to_pylist(), strict=True
+                )
+                if u == user
+            ]
             for s in parts
         }
         assert len(times["test"]) == 1 and len(times["valid"]) == 1
@@ -94,14 +112,33 @@ def test_movielens_user_time_split_and_time_split(ray_session, tmp_path):
 
 
 def test_generate_appstore_and_prepare(ray_session, tmp_path):
-    assert main(["generate", "--out", str(tmp_path / "raw"), "--rows", "3000", "--users", "300", "--items", "100",
-                 "--seed", "7", "--shard-rows", "1000"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--out",
+                str(tmp_path / "raw"),
+                "--rows",
+                "3000",
+                "--users",
+                "300",
+                "--items",
+                "100",
+                "--seed",
+                "7",
+                "--shard-rows",
+                "1000",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "raw" / "_generator.json").read_text())
     assert meta["shards"] == 3 and len(list((tmp_path / "raw").glob("part-*.parquet"))) == 3
     oa = meta["oracle_auc"]
     assert oa["full_logit"] > oa["without_planted_cross"] > oa["without_latent_taste"] > 0.5
-    again = generate_appstore(tmp_path / "raw2", rows=3000, users=300, items=100, seed=7, shard_rows=1000,
-                              chunk_rows=50_000)
+    again = generate_appstore(
+        tmp_path / "raw2", rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=50_000
+    )
     assert pq.read_table(tmp_path / "raw").equals(pq.read_table(tmp_path / "raw2"))
     assert again["install_rate"] == meta["install_rate"]
     m = prepare(load_spec(SPECS / "appstore.yaml"), PrepareOptions([str(tmp_path / "raw")], str(tmp_path / "p")))
@@ -140,22 +177,42 @@ GOOD = "b,x,y\n" + "".join(f"v{i % 3},{i},{i % 2}\n" for i in range(40))
     "make, message",
     [
         (lambda d: _parquet(d / "f.parquet", x=[1.0, 2.0], y=[0, 1]), r"f.parquet: missing column 'b'"),
-        (lambda d: _parquet(d / "f.parquet", b=["a", "b"], x=["1.5", "abc"], y=[0, 1]),
-         r"f.parquet: column 'x': not a number \(e.g. 'abc'"),
-        (lambda d: _parquet(d / "f.parquet", b=[["a"], ["b"]], x=[1.0, 2.0], y=[0, 1]),
-         r"f.parquet.*column 'b': expected a categorical"),
-        (lambda d: _parquet(d / "f.parquet", b=pa.array([], pa.string()), x=pa.array([], pa.float64()),
-                            y=pa.array([], pa.int64())),
-         r"input is empty"),
-        (lambda d: _parquet(d / "f.parquet", b=pa.nulls(50, pa.string()), x=[1.0] * 50, y=[0] * 50),
-         r"column 'b' \(feature 'b'\) is entirely null"),
-        (lambda d: _csv(d / "f.csv", GOOD + "v1,3,1,EXTRA\n"),
-         r"f.csv: CSV parse error: Row #42: Expected 3 columns, got 4: v1,3,1,EXTRA"),
-        (lambda d: _csv(d / "f.csv", GOOD + "v1,3,7\n"),
-         r"f.csv: label column 'y': value outside the declared set \[0, 1\] \(e.g. '7'"),
+        (
+            lambda d: _parquet(d / "f.parquet", b=["a", "b"], x=["1.5", "abc"], y=[0, 1]),
+            r"f.parquet: column 'x': not a number \(e.g. 'abc'",
+        ),
+        (
+            lambda d: _parquet(d / "f.parquet", b=[["a"], ["b"]], x=[1.0, 2.0], y=[0, 1]),
+            r"f.parquet.*column 'b': expected a categorical",
+        ),
+        (
+            lambda d: _parquet(
+                d / "f.parquet", b=pa.array([], pa.string()), x=pa.array([], pa.float64()), y=pa.array([], pa.int64())
+            ),
+            r"input is empty",
+        ),
+        (
+            lambda d: _parquet(d / "f.parquet", b=pa.nulls(50, pa.string()), x=[1.0] * 50, y=[0] * 50),
+            r"column 'b' \(feature 'b'\) is entirely null",
+        ),
+        (
+            lambda d: _csv(d / "f.csv", GOOD + "v1,3,1,EXTRA\n"),
+            r"f.csv: CSV parse error: Row #42: Expected 3 columns, got 4: v1,3,1,EXTRA",
+        ),
+        (
+            lambda d: _csv(d / "f.csv", GOOD + "v1,3,7\n"),
+            r"f.csv: label column 'y': value outside the declared set \[0, 1\] \(e.g. '7'",
+        ),
     ],
-    ids=["missing-column", "wrong-type", "list-for-categorical", "empty", "all-null", "unparseable-csv-row",
-         "label-outside-set"],
+    ids=[
+        "missing-column",
+        "wrong-type",
+        "list-for-categorical",
+        "empty",
+        "all-null",
+        "unparseable-csv-row",
+        "label-outside-set",
+    ],
 )
 def test_bad_input_is_a_clear_error(ray_session, tmp_path, make, message):
     src = make(tmp_path / "in")
@@ -167,8 +224,9 @@ def test_bad_rows_skipped_and_counted(ray_session, tmp_path):
     _csv(tmp_path / "in" / "a.csv", GOOD + "v1,3,1,EXTRA\n")
     _csv(tmp_path / "in" / "b.csv", GOOD + "v2,4,7\nv2,zz,1\n")
     # inputs and output as pyarrow filesystem URIs (file:// here; s3:// and gs:// take the same path)
-    m = prepare(parse_spec(SPEC),
-                PrepareOptions([f"file://{tmp_path}/in/*.csv"], f"file://{tmp_path}/out", on_bad_rows="skip"))
+    m = prepare(
+        parse_spec(SPEC), PrepareOptions([f"file://{tmp_path}/in/*.csv"], f"file://{tmp_path}/out", on_bad_rows="skip")
+    )
     assert FeatureSpace.load(f"file://{tmp_path}/out").content_hash == m["feature_space_hash"]
     assert m["rows_read"] == 82 and m["rows_written"] == 80
     assert m["skipped_rows"]["total"] == 3
@@ -201,8 +259,10 @@ def test_bench_prepare_smoke(ray_session, tmp_path):
     """The benchmark command runs end to end and writes the keys the acceptance check reads
     (figures are printed, never asserted)."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "prepare", "--rows", "3000", "--cardinality", "500", "--shard-rows", "1500",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["bench", "prepare", "--rows", "3000", "--cardinality", "500", "--shard-rows", "1500", "--json", str(out)])
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["prepare_rows_per_s"] > 0 and res["pandas_rows_per_s"] > 0 and res["generate_rows_per_s"] > 0
     assert res["peak_rss_driver_mb"] > 0

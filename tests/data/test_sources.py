@@ -33,7 +33,10 @@ def test_parquet_units_by_row_group_dirs_and_globs(tmp_path):
     fmt, units, got, _ = read_all([d])
     assert fmt == "parquet" and got.num_rows == 12
     assert [(u.path.rsplit("/", 1)[-1], u.row_offset, u.row_groups) for u in units] == [
-        ("p1.parquet", 0, (0,)), ("p1.parquet", 3, (1,)), ("p1.parquet", 6, (2,)), ("p1.parquet", 9, (3,)),
+        ("p1.parquet", 0, (0,)),
+        ("p1.parquet", 3, (1,)),
+        ("p1.parquet", 6, (2,)),
+        ("p1.parquet", 9, (3,)),
         ("p2.parquet", 0, (0,)),
     ]
     assert expand_paths([str(d / "p*.parquet")]) == [str(d / "p1.parquet"), str(d / "p2.parquet")]
@@ -80,9 +83,7 @@ def test_movielens_layouts_read_into_one_schema(tmp_path, writer):
     assert got.schema == MOVIELENS_SCHEMA
     assert got.num_rows == len(RATINGS)
     cols = [got.column(c).to_pylist() for c in ("user_id", "movie_id", "timestamp")]
-    assert list(zip(*cols, strict=True)) == [
-        (u, m, t) for u, m, _, t in RATINGS
-    ]
+    assert list(zip(*cols, strict=True)) == [(u, m, t) for u, m, _, t in RATINGS]
     rows = {r["movie_id"]: r for r in got.to_pylist()}
     assert sorted(rows[10]["genres"]) == ["Animation", "Comedy"] and rows[10]["year"] == 1995
     assert rows[30]["title"] == "Amélie (2001)"
@@ -107,8 +108,9 @@ def test_random_split_is_seeded_and_positional():
     a = s.assign(t, 0, 0, "f")
     assert abs((a == 0).mean() - 0.8) < 0.02 and abs((a == 2).mean() - 0.1) < 0.02
     # the same rows read in two pieces get the same assignment
-    assert np.array_equal(np.concatenate([s.assign(t.slice(0, 777), 0, 0, "f"), s.assign(t.slice(777), 0, 777, "f")]),
-                          a)
+    assert np.array_equal(
+        np.concatenate([s.assign(t.slice(0, 777), 0, 0, "f"), s.assign(t.slice(777), 0, 777, "f")]), a
+    )
     assert not np.array_equal(Splitter(s.spec, seed=4).assign(t, 0, 0, "f"), a)
 
 

@@ -13,30 +13,49 @@ from widedeep.features.extend import extend_space, remap_ids
 from widedeep.features.fit import fit_tables
 from widedeep.features.spec import parse_spec
 
-SPEC = parse_spec({
-    "label": {"column": "y", "values": [0, 1]},
-    "features": [
-        {"name": "c", "side": "user", "min_count": 2},
-        {"name": "tags", "kind": "multivalent", "side": "user"},
-        {"name": "item", "side": "item", "max_size": 5},
-        {"name": "x", "kind": "numeric", "n_quantiles": 4},
-        {"name": "z", "kind": "numeric", "normalize": "standard"},
-        {"name": "c_x_item", "kind": "crossed", "inputs": ["c", "item"], "hash_buckets": 97},
-    ],
-})
+SPEC = parse_spec(
+    {
+        "label": {"column": "y", "values": [0, 1]},
+        "features": [
+            {"name": "c", "side": "user", "min_count": 2},
+            {"name": "tags", "kind": "multivalent", "side": "user"},
+            {"name": "item", "side": "item", "max_size": 5},
+            {"name": "x", "kind": "numeric", "n_quantiles": 4},
+            {"name": "z", "kind": "numeric", "normalize": "standard"},
+            {"name": "c_x_item", "kind": "crossed", "inputs": ["c", "item"], "hash_buckets": 97},
+        ],
+    }
+)
 
 
 def _table(c, tags, item, x, z=None, y=None):
     n = len(c)
-    return pa.table({"c": c, "tags": tags, "item": item, "x": pa.array(x, pa.float64()),
-                     "z": pa.array(z if z is not None else [0.0] * n, pa.float64()),
-                     "y": y if y is not None else [i % 2 for i in range(n)]})
+    return pa.table(
+        {
+            "c": c,
+            "tags": tags,
+            "item": item,
+            "x": pa.array(x, pa.float64()),
+            "z": pa.array(z if z is not None else [0.0] * n, pa.float64()),
+            "y": y if y is not None else [i % 2 for i in range(n)],
+        }
+    )
 
 
-DAY1 = _table(["a", "a", "b", "b", "b", "rare"], [["t1"], ["t1", "t2"], [], ["t2"], ["t1"], ["t3"]],
-              ["i1", "i2", "i1", "i3", "i2", "i1"], [1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5])
-DAY2 = _table(["b", "new", "new", "a", "new2", "new2"], [["t9"], ["t9", "t1"], ["t2"], [], ["t9"], ["t1"]],
-              ["i4", "i5", "i6", "i1", "i7", "i4"], [2, 3, 4, 50, 60, 70], [1, 1, 1, 1, 1, 1])
+DAY1 = _table(
+    ["a", "a", "b", "b", "b", "rare"],
+    [["t1"], ["t1", "t2"], [], ["t2"], ["t1"], ["t3"]],
+    ["i1", "i2", "i1", "i3", "i2", "i1"],
+    [1, 2, 3, 4, 5, 6],
+    [0, 1, 2, 3, 4, 5],
+)
+DAY2 = _table(
+    ["b", "new", "new", "a", "new2", "new2"],
+    [["t9"], ["t9", "t1"], ["t2"], [], ["t9"], ["t1"]],
+    ["i4", "i5", "i6", "i1", "i7", "i4"],
+    [2, 3, 4, 50, 60, 70],
+    [1, 1, 1, 1, 1, 1],
+)
 
 
 def test_extension_keeps_every_id_and_appends_new_values_per_the_spec():
@@ -45,8 +64,8 @@ def test_extension_keeps_every_id_and_appends_new_values_per_the_spec():
     ext = extend_space(base, fresh)
     for name in ("c", "tags", "item"):
         old = base.vocabulary(name)
-        assert ext.vocabulary(name)[: len(old)] == old                 # existing ids kept
-        assert ext.oov_id(name) == len(ext.vocabulary(name))           # OOV stays the last id
+        assert ext.vocabulary(name)[: len(old)] == old  # existing ids kept
+        assert ext.oov_id(name) == len(ext.vocabulary(name))  # OOV stays the last id
     # min_count 2 in the window: "new" and "new2" qualify (2 each), nothing else
     assert ext.vocabulary("c") == ["b", "a", "new", "new2"]
     # the window's counts are added to known values that reach min_count in it ("b", "a" do not)
@@ -61,7 +80,7 @@ def test_extension_keeps_every_id_and_appends_new_values_per_the_spec():
     assert ext.fit_info["window"]["new_values"] == {"c": 2, "item": 2, "tags": 1}
     # the same raw row gets the same id in both spaces when its value is known
     tb, te = base.transform(DAY1), ext.transform(DAY1)
-    for name in ("c", "item", "x"):    # (a cross of an OOV component moves with the OOV id: see the remap test)
+    for name in ("c", "item", "x"):  # (a cross of an OOV component moves with the OOV id: see the remap test)
         known = np.asarray(tb.column(name).to_pylist()) != base.oov_id(name) if name in ("c", "item") else slice(None)
         got, want = np.asarray(te.column(name).to_pylist()), np.asarray(tb.column(name).to_pylist())
         assert np.array_equal(got[known], want[known])
@@ -99,11 +118,11 @@ def test_profiles_and_drift():
     p_ref, p_same, p_shift = ref.finish(), same.finish(), shifted.finish()
     assert p_ref["rows"] == 6 and sum(p_ref["features"]["x"]["counts"]) == 6
     assert p_ref["features"]["c"]["categories"] == ["b", "a", "(other)", "(oov)"]
-    assert p_ref["features"]["c"]["counts"] == [3, 2, 0, 1]        # "rare" (count 1 < min_count 2) is OOV
+    assert p_ref["features"]["c"]["counts"] == [3, 2, 0, 1]  # "rare" (count 1 < min_count 2) is OOV
     d0 = compare(p_ref, p_same)
     assert d0["x"]["psi"] == pytest.approx(0.0) and d0["c"]["top_shift"] == pytest.approx(0.0)
     d = compare(p_ref, p_shift)
-    assert d["x"]["psi"] > 0.25                                    # 50, 60, 70 sit above every boundary
+    assert d["x"]["psi"] > 0.25  # 50, 60, 70 sit above every boundary
     assert d["c"]["oov_rate"] == pytest.approx(4 / 6) and d["c"]["oov_rate_ref"] == pytest.approx(1 / 6)
     assert 0 < d["c"]["top_shift"] <= 1
     # standard normalisation: the bin is recovered from the standardised value

@@ -62,8 +62,12 @@ def test_hash_buckets_large_ids_survive_parquet(tmp_path):
 def test_multivalent_list_and_separator():
     t = pa.table({"apps": [["a", "b"], [], None, ["b", "c", "b"]], "g": ["x|y", "y", None, "z|x"], "y": [0, 1, 0, 1]})
     fs = fit_tables(
-        spec([{"name": "apps", "kind": "multivalent", "combiner": "sum"},
-              {"name": "g", "kind": "multivalent", "separator": "|"}]),
+        spec(
+            [
+                {"name": "apps", "kind": "multivalent", "combiner": "sum"},
+                {"name": "g", "kind": "multivalent", "separator": "|"},
+            ]
+        ),
         [t],
     )
     assert fs.vocabulary("apps") == ["b", "a", "c"]
@@ -84,16 +88,28 @@ def test_numeric_cdf_standard_log1p_missing_and_infinity():
             [
                 {"name": "x", "kind": "numeric", "n_quantiles": 4},
                 {"name": "s", "kind": "numeric", "normalize": "standard", "missing": "mean"},
-                {"name": "l", "kind": "numeric", "normalize": "none", "log1p": True, "missing": "zero",
-                 "clip": [0, 50]},
+                {
+                    "name": "l",
+                    "kind": "numeric",
+                    "normalize": "none",
+                    "log1p": True,
+                    "missing": "zero",
+                    "clip": [0, 50],
+                },
             ]
         ),
         [t],
     )
     assert fs.states["x"]["boundaries"] == [25.0, 50.0, 75.0]
     assert fs.dense_columns == ["x", "s", "l"]
-    q = pa.table({"x": [0.0, 25.0, 60.0, 1e9, None, np.inf], "s": [50.5, 1.0, None, np.nan, -np.inf, 0.0],
-                  "l": [0.0, 100.0, None, 3.0, np.inf, 1.0], "y": [0] * 6})
+    q = pa.table(
+        {
+            "x": [0.0, 25.0, 60.0, 1e9, None, np.inf],
+            "s": [50.5, 1.0, None, np.nan, -np.inf, 0.0],
+            "l": [0.0, 100.0, None, 3.0, np.inf, 1.0],
+            "y": [0] * 6,
+        }
+    )
     out = fs.transform(q)
     assert out.schema.field("x").type == pa.float32()
     xs = out.column("x").to_pylist()
@@ -110,8 +126,10 @@ def test_numeric_cdf_standard_log1p_missing_and_infinity():
 
 
 def test_numeric_missing_error_and_bad_strings_are_reported():
-    fs = fit_tables(spec([{"name": "x", "kind": "numeric", "missing": "error", "infinity": "error"}]),
-                    [pa.table({"x": [1.0, 2.0], "y": [0, 1]})])
+    fs = fit_tables(
+        spec([{"name": "x", "kind": "numeric", "missing": "error", "infinity": "error"}]),
+        [pa.table({"x": [1.0, 2.0], "y": [0, 1]})],
+    )
     with pytest.raises(DataError, match=r"column 'x': missing value"):
         fs.transform(pa.table({"x": [1.0, None], "y": [0, 0]}))
     with pytest.raises(DataError, match=r"column 'x': infinite value"):
@@ -125,8 +143,12 @@ def test_numeric_missing_error_and_bad_strings_are_reported():
 def test_bucketized_explicit_and_fitted():
     t = pa.table({"a": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0], "y": [0] * 8})
     fs = fit_tables(
-        spec([{"name": "ab", "kind": "bucketized", "column": "a", "boundaries": [18, 30, 65]},
-              {"name": "aq", "kind": "bucketized", "column": "a", "num_buckets": 4}]),
+        spec(
+            [
+                {"name": "ab", "kind": "bucketized", "column": "a", "boundaries": [18, 30, 65]},
+                {"name": "aq", "kind": "bucketized", "column": "a", "num_buckets": 4},
+            ]
+        ),
         [t],
     )
     out = fs.transform(pa.table({"a": [5.0, 18.0, 29.9, 30.0, 99.0, None], "y": [0] * 6}))
@@ -151,16 +173,22 @@ def test_crosses_come_from_component_ids_and_multivalent_cross_is_cartesian():
     u, i = np.asarray(out.column("u")), np.asarray(out.column("i"))
     assert out.column("uxi").to_pylist() == hashing.bucket(hashing.combine_ids([u, i]), 1000).tolist()
     apps = out.column("apps").to_pylist()
-    expect = [[int(hashing.bucket(hashing.combine_ids([np.array([a]), np.array([i[r]])]), 1000)[0]) for a in apps[r]]
-              for r in range(3)]
+    expect = [
+        [int(hashing.bucket(hashing.combine_ids([np.array([a]), np.array([i[r]])]), 1000)[0]) for a in apps[r]]
+        for r in range(3)
+    ]
     assert out.column("appsxi").to_pylist() == expect
     assert [len(x) for x in expect] == [2, 1, 0]
     # serving: user-side ids from one request, item ids from a catalog -> the same crosses
     user = fs.transform_records([{"u": "u1", "apps": ["a", "b"]}], sides=("user", "context"))
     assert user.column_names == ["u", "apps"]
-    ids = pa.table({"u": pa.array([user.column("u")[0].as_py()] * 2),
-                    "apps": pa.array([user.column("apps")[0].as_py()] * 2, pa.list_(pa.int64())),
-                    "i": out.column("i").take([0, 2])})
+    ids = pa.table(
+        {
+            "u": pa.array([user.column("u")[0].as_py()] * 2),
+            "apps": pa.array([user.column("apps")[0].as_py()] * 2, pa.list_(pa.int64())),
+            "i": out.column("i").take([0, 2]),
+        }
+    )
     crossed = fs.add_crosses(ids)
     assert crossed.column("uxi").to_pylist() == out.column("uxi").take([0, 2]).to_pylist()
     assert crossed.column("appsxi").to_pylist()[0] == out.column("appsxi")[0].as_py()
@@ -180,11 +208,14 @@ def test_labels_conditions_declared_values_and_regression():
     with pytest.raises(DataError, match=r"missing label column 'income'"):
         fs.transform(pa.table({"c": ["a"]}))
     assert "label" not in fs.transform(pa.table({"c": ["a"]}), require_label=False).column_names
-    r = fit_tables(spec([{"name": "c"}], label={"condition": "rating >= 4"}),
-                   [pa.table({"c": ["a"] * 3, "rating": [5, 3.5, 4]})])
+    r = fit_tables(
+        spec([{"name": "c"}], label={"condition": "rating >= 4"}), [pa.table({"c": ["a"] * 3, "rating": [5, 3.5, 4]})]
+    )
     assert r.transform(pa.table({"c": ["a"] * 3, "rating": [5, 3.5, 4]})).column("label").to_pylist() == [1.0, 0.0, 1.0]
-    g = fit_tables(spec([{"name": "c"}], label={"column": "rating", "task": "regression"}),
-                   [pa.table({"c": ["a"], "rating": [3.5]})])
+    g = fit_tables(
+        spec([{"name": "c"}], label={"column": "rating", "task": "regression"}),
+        [pa.table({"c": ["a"], "rating": [3.5]})],
+    )
     assert g.task == "regression"
     assert g.transform(pa.table({"c": ["a"], "rating": [3.5]})).column("label").to_pylist() == [3.5]
     b = fit_tables(spec([{"name": "c"}], label={"column": "y"}), [pa.table({"c": ["a"], "y": [1]})])
@@ -212,8 +243,9 @@ def test_json_roundtrip_hash_and_tamper_detection(tmp_path):
 def test_fit_is_independent_of_blocking():
     rng = np.random.default_rng(0)
     n = 5000
-    t = pa.table({"c": [f"v{int(k)}" for k in rng.zipf(1.5, n) % 300], "x": rng.normal(size=n) * 1e3,
-                  "y": rng.integers(0, 2, n)})
+    t = pa.table(
+        {"c": [f"v{int(k)}" for k in rng.zipf(1.5, n) % 300], "x": rng.normal(size=n) * 1e3, "y": rng.integers(0, 2, n)}
+    )
     s = spec([{"name": "c", "min_count": 3}, {"name": "x", "kind": "numeric", "normalize": "standard"}])
     one = fit_tables(s, [t]).to_json()
     many = fit_tables(s, [t.slice(i, 700) for i in range(0, n, 700)][::-1]).to_json()

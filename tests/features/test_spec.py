@@ -38,7 +38,9 @@ def test_expected_shipped_specs():
     adult = load_spec(ROOT / "platform/specs/adult.yaml")
     crosses = {tuple(f.inputs) for f in adult.features if isinstance(f, CrossedFeature)}
     assert crosses == {
-        ("education", "occupation"), ("native_country", "occupation"), ("age_bucket", "education", "occupation")
+        ("education", "occupation"),
+        ("native_country", "occupation"),
+        ("age_bucket", "education", "occupation"),
     }
 
 

@@ -112,8 +112,12 @@ def test_step_check_rejects_a_contender_that_learns_differently():
                 module.table_weight(0)[unused[0]] += 1.0
             return out
 
-        weights = lambda: [module.table_weight(t) for t in range(len(tables))]
-        state = lambda: list(module.adagrad_sum.split([t.num_rows for t in tables]))
+        def weights():
+            return [module.table_weight(t) for t in range(len(tables))]
+
+        def state():
+            return list(module.adagrad_sum.split([t.num_rows for t in tables]))
+
         return check_step(step, weights, state, tables, opt, before, indices, offsets, grad)
 
     good = check(TableBatchedEmbeddingBag(tables, opt))

@@ -18,7 +18,7 @@ TINY = ShardBenchConfig(scale=4000, batch=8, ids_per_bag=5, steps=2, warmup=1, b
 
 
 def _distinct(cfg: ShardBenchConfig, step: int, rank: int, world: int) -> list[torch.Tensor]:
-    ids, offsets, _ = _batch(cfg, step, rank, world)
+    ids, _offsets, _ = _batch(cfg, step, rank, world)
     per_table = cfg.batch * cfg.ids_per_bag
     return [torch.unique(ids[t * per_table : (t + 1) * per_table]) for t in range(len(cfg.tables()))]
 
@@ -46,8 +46,11 @@ def test_byte_counts_match_the_batches_distinct_ids():
     assert kinds["replicated"]["ids"] == pytest.approx(rep_ids / n)
     assert kinds["row_wise"]["ids"] == pytest.approx(rw_ids / n)
     # the all-to-all answers every id with an embedding and sends a gradient back: D floats each
-    assert kinds["row_wise"]["embeddings"] == kinds["row_wise"]["gradients"] == pytest.approx(
-        (rw_ids / n) / 8 * 4 * TINY.dim, rel=0.05)  # (a replicated table with < 2 rows would add to gradients)
+    assert (
+        kinds["row_wise"]["embeddings"]
+        == kinds["row_wise"]["gradients"]
+        == pytest.approx((rw_ids / n) / 8 * 4 * TINY.dim, rel=0.05)
+    )  # (a replicated table with < 2 rows would add to gradients)
     assert sec["table_bytes_per_worker"]["row_wise"] < 0.55 * sec["table_bytes_per_worker"]["replicated"]
     assert r["memory_ratio_2"] == sec["memory_ratio"] and r["traffic_ratio_2"] == sec["traffic_ratio"]
 
@@ -55,8 +58,29 @@ def test_byte_counts_match_the_batches_distinct_ids():
 @pytest.mark.timeout(300)
 def test_cli_writes_the_acceptance_keys(tmp_path):
     out = tmp_path / "shard.json"
-    assert main(["bench", "shard", "--worlds", "2", "--steps", "2", "--batch", "8", "--scale", "4000",
-                 "--ids-per-bag", "5", "--budget-mb", "0.1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "shard",
+                "--worlds",
+                "2",
+                "--steps",
+                "2",
+                "--batch",
+                "8",
+                "--scale",
+                "4000",
+                "--ids-per-bag",
+                "5",
+                "--budget-mb",
+                "0.1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     for key in ("memory_ratio_2", "traffic_ratio_2", "traffic_ratio_unpadded_2", "step_time_ratio_2"):
         assert r[key] > 0, key

@@ -30,8 +30,12 @@ DEEP = [
     TableConfig("c", 33, 4),
     TableConfig("hot", 8, 6, pooling="mean"),
 ]
-DEEP_PLAN = [("a", "row_wise", "contiguous"), ("b", "replicated", "contiguous"),
-             ("c", "row_wise", "hashed"), ("hot", "row_wise", "contiguous")]
+DEEP_PLAN = [
+    ("a", "row_wise", "contiguous"),
+    ("b", "replicated", "contiguous"),
+    ("c", "row_wise", "hashed"),
+    ("hot", "row_wise", "contiguous"),
+]
 # wide-like: dim-1 tables, all row-wise
 WIDE = [TableConfig("w1", 50, 1, init="zeros"), TableConfig("w2", 17, 1, init="zeros"), TableConfig("wx", 64, 1)]
 WIDE_PLAN = [("w1", "row_wise", "contiguous"), ("w2", "row_wise", "hashed"), ("wx", "row_wise", "contiguous")]
@@ -130,7 +134,10 @@ def _assert_tables_equal(got, want: TableBatchedEmbeddingBag, what: str, atol: f
         ref = table_tensors(want, t)
         for kind, v in table_tensors(inner, i).items():
             torch.testing.assert_close(
-                v, ref[kind][rows.start : rows.stop : rows.step], atol=atol, rtol=rtol,
+                v,
+                ref[kind][rows.start : rows.stop : rows.step],
+                atol=atol,
+                rtol=rtol,
                 msg=lambda m, kind=kind, tc=tc: f"{what} table {tc.name} {kind}: {m}",
             )
 
@@ -141,12 +148,13 @@ def test_row_wise_equals_unsharded_union_training(world, tmp_path):
     check_row_wise_training(world, tmp_path)
 
 
-def check_row_wise_training(world: int, tmp_path: Path, backend: str = "gloo", device: str = "cpu",
-                            atol: float = 1e-6, rtol: float = 1e-5) -> None:
+def check_row_wise_training(
+    world: int, tmp_path: Path, backend: str = "gloo", device: str = "cpu", atol: float = 1e-6, rtol: float = 1e-5
+) -> None:
     """Train sharded over ``world`` processes, then compare with the plain module (CPU) trained on
     the union of the batches, and read the written pieces into other placements."""
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), backend, device), nprocs=world, join=True)
-    for set_name, (tables, spec) in SETS.items():
+    for set_name, (tables, _spec) in SETS.items():
         for opt_name, opt in OPTS.items():
             what = f"{set_name}/{opt_name}/W={world}"
             d = tmp_path / f"{set_name}-{opt_name}"
@@ -156,15 +164,22 @@ def check_row_wise_training(world: int, tmp_path: Path, backend: str = "gloo", d
             for step in range(STEPS):
                 out = ref(*_union([_batch(tables, step, r) for r in range(world)], len(tables)))
                 for r in range(world):
-                    torch.testing.assert_close(ranks[r]["outs"][step], out[r * B : (r + 1) * B], atol=atol, rtol=rtol,
-                                               msg=lambda m, step=step: f"{what} step {step} output: {m}")
+                    torch.testing.assert_close(
+                        ranks[r]["outs"][step],
+                        out[r * B : (r + 1) * B],
+                        atol=atol,
+                        rtol=rtol,
+                        msg=lambda m, step=step, what=what: f"{what} step {step} output: {m}",
+                    )
                 target = torch.cat([_target(step, r, out.shape[1]) for r in range(world)])
                 ((out * target).sum() / (world * B)).backward()
             assert not torch.equal(ref.weight, initial), what
             ref.eval()
             with torch.no_grad():
                 for r in range(world):
-                    torch.testing.assert_close(ranks[r]["eval"], ref(*_eval_batch(tables, r, world)), atol=atol, rtol=rtol)
+                    torch.testing.assert_close(
+                        ranks[r]["eval"], ref(*_eval_batch(tables, r, world)), atol=atol, rtol=rtol
+                    )
 
             # the pieces written by `world` workers, read into one process ...
             one = TableBatchedEmbeddingBag(tables, opt, seed=999)

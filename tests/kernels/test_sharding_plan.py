@@ -39,7 +39,11 @@ ADAGRAD = OptimizerConfig("rowwise_adagrad", lr=0.1)
 FTRL = OptimizerConfig("ftrl", lr=0.1)
 SGD = OptimizerConfig("sgd", lr=0.1)
 # bytes per row: big 16*4+4 = 68, mid 68, tiny 68; wide 1*4 + 8 = 12
-BIG, MID, TINY = TableConfig("deep/big", 100_000, 16), TableConfig("deep/mid", 10_000, 16), TableConfig("deep/tiny", 50, 16)
+BIG, MID, TINY = (
+    TableConfig("deep/big", 100_000, 16),
+    TableConfig("deep/mid", 10_000, 16),
+    TableConfig("deep/tiny", 50, 16),
+)
 WIDE = TableConfig("wide/cross", 200_000, 1, init="zeros")
 TABLES = [(BIG, ADAGRAD), (MID, ADAGRAD), (TINY, ADAGRAD), (WIDE, FTRL)]
 MIB = 1024 * 1024
@@ -78,7 +82,9 @@ def test_modes_and_overrides():
     plan = plan_tables(TABLES, 2, ShardingConfig(mode="row_wise", min_rows=20_000, rows="hashed"))
     assert plan.sharded_names() == ["deep/big", "wide/cross"]
     assert plan.table("deep/big").rows == "hashed"
-    plan = plan_tables(TABLES, 2, ShardingConfig(mode="row_wise", tables={"deep/big": "replicated", "deep/tiny": "row_wise"}))
+    plan = plan_tables(
+        TABLES, 2, ShardingConfig(mode="row_wise", tables={"deep/big": "replicated", "deep/tiny": "row_wise"})
+    )
     assert plan.sharded_names() == ["deep/mid", "deep/tiny", "wide/cross"]
     with pytest.raises(ConfigError, match=r"sharding\.tables\.deep/nope: unknown table"):
         plan_tables(TABLES, 2, ShardingConfig(tables={"deep/nope": "row_wise"}))
@@ -111,7 +117,12 @@ def test_train_config_sharding_section_is_strict():
         load_train_config(None, ["data=/x", "sharding.rows=random"])
 
 
-SMALL = [TableConfig("a", 23, 4), TableConfig("b", 5, 4, pooling="mean"), TableConfig("c", 17, 2), TableConfig("d", 9, 1)]
+SMALL = [
+    TableConfig("a", 23, 4),
+    TableConfig("b", 5, 4, pooling="mean"),
+    TableConfig("c", 17, 2),
+    TableConfig("d", 9, 1),
+]
 
 
 def _trained(opt: OptimizerConfig) -> TableBatchedEmbeddingBag:
@@ -126,8 +137,15 @@ def _trained(opt: OptimizerConfig) -> TableBatchedEmbeddingBag:
 
 
 def _plan(world: int, scheme: str) -> ShardingPlan:
-    return ShardingPlan(world, (TablePlan("a", "row_wise", scheme), TablePlan("b", "replicated"),
-                                TablePlan("c", "row_wise", scheme), TablePlan("d", "row_wise", "hashed")))
+    return ShardingPlan(
+        world,
+        (
+            TablePlan("a", "row_wise", scheme),
+            TablePlan("b", "replicated"),
+            TablePlan("c", "row_wise", scheme),
+            TablePlan("d", "row_wise", "hashed"),
+        ),
+    )
 
 
 def _assert_rows_equal(got, want: TableBatchedEmbeddingBag) -> None:
@@ -205,7 +223,9 @@ def test_whole_model_state_round_trip_through_row_range_checkpoint(tmp_path):
     assert tables is not None
     meta_tables, skip = tables
     write_rank_tables(tmp_path, other, 1)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}, str(tmp_path / "model.safetensors")
+    )
     (tmp_path / "checkpoint.json").write_text(json.dumps({"tables": meta_tables}))
     plain = Net()
     load_model_state(tmp_path, {"tables": meta_tables}, plain)
@@ -244,6 +264,8 @@ def test_replicated_checkpoint_resumes_sharded(tmp_path):
             _assert_rows_equal(net.tbe, ref.tbe)
             assert torch.equal(net.head.bias, ref.head.bias)
         with pytest.raises(CheckpointError, match="missing"):  # a dense tensor the checkpoint lacks
-            save_file({k: v.contiguous() for k, v in ref.state_dict().items() if k != "head.bias"},
-                      str(tmp_path / "model.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in ref.state_dict().items() if k != "head.bias"},
+                str(tmp_path / "model.safetensors"),
+            )
             load_model_state(tmp_path, {}, shard_model(Net(opt), _plan(2, "hashed"), 0))

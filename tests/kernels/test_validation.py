@@ -66,8 +66,9 @@ def test_dtype_and_shape_errors(tbe):
         tbe(idx, off.float())
     with pytest.raises(KernelInputError, match=r"indices: expected a 1-D tensor, got shape \(5, 1\)"):
         tbe(idx[:, None], off)
-    with pytest.raises(KernelInputError,
-                       match=r"per_sample_weights: expected dtype torch\.float32, got torch\.float64"):
+    with pytest.raises(
+        KernelInputError, match=r"per_sample_weights: expected dtype torch\.float32, got torch\.float64"
+    ):
         tbe(idx, off, torch.ones(5, dtype=torch.float64))
     with pytest.raises(KernelInputError, match=r"per_sample_weights: expected shape \(5,\)"):
         tbe(idx, off, torch.ones(4))

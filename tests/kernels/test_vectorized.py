@@ -259,7 +259,7 @@ def test_group_paths_agree():
             if not per_table:
                 shift = torch.tensor(layout.row_offsets[:-1]).repeat_interleave(torch.tensor(ri.table_counts))
                 ri.keys = ri.ids + shift
-        (rows, grads), = vectorized.coalesce(layout, runs, grad, B)
+        ((rows, grads),) = vectorized.coalesce(layout, runs, grad, B)
         results.append((rows, grads))
     for rows, grads in results[1:]:
         assert torch.equal(rows, results[0][0])

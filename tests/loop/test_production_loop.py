@@ -49,19 +49,69 @@ def world(tmp_path_factory, ray_session):
     """Three generated days (day 3 poisoned), day 1 prepared, trained and exported."""
     root = tmp_path_factory.mktemp("loop")
     for day, poison in ((1, None), (2, None), (3, "flip-labels")):
-        argv = ["generate", "--out", str(root / f"day{day}"), "--rows", str(ROWS), "--users", str(USERS),
-                "--items", str(ITEMS), "--seed", str(SEED), "--day", str(day), "--drift", str(DRIFT)]
+        argv = [
+            "generate",
+            "--out",
+            str(root / f"day{day}"),
+            "--rows",
+            str(ROWS),
+            "--users",
+            str(USERS),
+            "--items",
+            str(ITEMS),
+            "--seed",
+            str(SEED),
+            "--day",
+            str(day),
+            "--drift",
+            str(DRIFT),
+        ]
         assert _cli(*argv, *(["--poison", poison] if poison else [])) == 0
-    assert _cli("prepare", "--spec", str(ROOT / "platform/specs/appstore.yaml"), "--input", str(root / "day1"),
-                "--out", str(root / "prep1"), "--split", "user-time:user_id:timestamp:0.8,0.1,0.1") == 0
+    assert (
+        _cli(
+            "prepare",
+            "--spec",
+            str(ROOT / "platform/specs/appstore.yaml"),
+            "--input",
+            str(root / "day1"),
+            "--out",
+            str(root / "prep1"),
+            "--split",
+            "user-time:user_id:timestamp:0.8,0.1,0.1",
+        )
+        == 0
+    )
     sets = [x for k, v in FAST.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     common = ["--set", f"data={root / 'prep1'}", "--set", f"storage_path={root / 'runs1'}", *sets]
     for name in ("ranker", "retriever"):
-        assert _cli("train", "--config", str(ROOT / f"platform/jobs/appstore-{name}.yaml"), *common,
-                    "--set", f"run_name={name}", "--metrics-out", str(root / f"{name}1.json")) == 0
+        assert (
+            _cli(
+                "train",
+                "--config",
+                str(ROOT / f"platform/jobs/appstore-{name}.yaml"),
+                *common,
+                "--set",
+                f"run_name={name}",
+                "--metrics-out",
+                str(root / f"{name}1.json"),
+            )
+            == 0
+        )
     ck = {n: json.loads((root / f"{n}1.json").read_text())["checkpoint"] for n in ("ranker", "retriever")}
-    assert _cli("export", "--ranker", ck["ranker"], "--retriever", ck["retriever"], "--out", str(root / "bundle1"),
-                "--version", "day1") == 0
+    assert (
+        _cli(
+            "export",
+            "--ranker",
+            ck["ranker"],
+            "--retriever",
+            ck["retriever"],
+            "--out",
+            str(root / "bundle1"),
+            "--version",
+            "day1",
+        )
+        == 0
+    )
     return root
 
 
@@ -75,8 +125,13 @@ def served(world):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"bundle": str(world / "bundle1"), "candidates": 50, "default_k": 10, "max_k": 20}
-    deployments = [{"name": "Ingress", "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                    "ray_actor_options": {"num_cpus": 0.25}}]
+    deployments = [
+        {
+            "name": "Ingress",
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "ray_actor_options": {"num_cpus": 0.25},
+        }
+    ]
     deploy_app(_dashboard(), app_config(APP, ROUTE, args, deployments))
     url = f"http://127.0.0.1:{port}{ROUTE}"
     wait_until(lambda: _version(url) == "day1", 120, "day 1's model answering")
@@ -115,22 +170,33 @@ def _traffic(url: str, stop: threading.Event, deadline: float, versions: Counter
 
 def _retrain(world: Path, day: int, *extra: str) -> tuple[int, dict]:
     out = world / f"retrain{day}"
-    rc = _cli("retrain", "--serving", str(world / f"bundle{day - 1}" if day == 2 else world / "retrain2" / "bundle"),
-              "--input", str(world / f"day{day}"), "--out", str(out),
-              *[x for s in SETS for x in ("--set", s)], *extra)
+    rc = _cli(
+        "retrain",
+        "--serving",
+        str(world / f"bundle{day - 1}" if day == 2 else world / "retrain2" / "bundle"),
+        "--input",
+        str(world / f"day{day}"),
+        "--out",
+        str(out),
+        *[x for s in SETS for x in ("--set", s)],
+        *extra,
+    )
     return rc, json.loads((out / "report.json").read_text())
 
 
 def test_day2_passes_the_gate_and_swaps_under_live_traffic(world, served):
     stop, versions, errors = threading.Event(), Counter(), []
-    threads = [threading.Thread(target=_traffic, args=(served, stop, time.monotonic() + 900, versions, errors))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=_traffic, args=(served, stop, time.monotonic() + 900, versions, errors))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     try:
         wait_until(lambda: versions["day1"] >= 10 or errors, 60, lambda: f"traffic on day 1 ({versions}, {errors[:3]})")
-        rc, report = _retrain(world, 2, "--version", "day2", "--serve-address", _dashboard(), "--serve-app", APP,
-                              "--serve-url", served)
+        rc, report = _retrain(
+            world, 2, "--version", "day2", "--serve-address", _dashboard(), "--serve-app", APP, "--serve-url", served
+        )
         wait_until(lambda: versions["day2"] >= 10 or errors, 60, lambda: f"traffic on day 2 ({versions}, {errors[:3]})")
     finally:
         stop.set()
@@ -145,8 +211,18 @@ def test_day2_passes_the_gate_and_swaps_under_live_traffic(world, served):
     # the window brought values the serving vocabulary did not have (released apps): extended, not refitted
     assert report["window"]["new_values"].get("app_id", 0) > 0
     names = {c["name"] for c in report["checks"]}
-    assert {"finite", "auc_vs_serving", "logloss_vs_serving", "calibration", "prediction_spread",
-            "auc_on_serving_holdout", "topk_recall@50", "label_rate", "feature_drift_psi", "oov_rate_increase"} <= names
+    assert {
+        "finite",
+        "auc_vs_serving",
+        "logloss_vs_serving",
+        "calibration",
+        "prediction_spread",
+        "auc_on_serving_holdout",
+        "topk_recall@50",
+        "label_rate",
+        "feature_drift_psi",
+        "oov_rate_increase",
+    } <= names
     # lineage in the served bundle's manifest: parent, window, the checks that passed
     m = httpx.get(f"{served}/v1/model", timeout=10).json()
     assert m["model_version"] == "day2"
@@ -176,8 +252,10 @@ def test_recommend_over_http_equals_in_process_scoring(world, served):
 def test_poisoned_day3_is_refused_and_serving_keeps_day2(world, served):
     rc, report = _retrain(world, 3, "--serve-address", _dashboard(), "--serve-app", APP, "--serve-url", served)
     checks = {c["name"]: c for c in report["checks"]}
-    print("day 3 refused:", json.dumps({n: [c["value"], c["threshold"]] for n, c in checks.items() if not c["passed"]},
-                                       indent=1))
+    print(
+        "day 3 refused:",
+        json.dumps({n: [c["value"], c["threshold"]] for n, c in checks.items() if not c["passed"]}, indent=1),
+    )
     assert rc == 1 and not report["passed"]
     # labels flipped: the window's own held-out slice agrees with the poisoned model; the serving
     # model's held-out slice and the label rate do not

@@ -30,9 +30,10 @@ def write_ml100k(
     age = rng.integers(15, 70, n_users)
     gender = rng.choice(["M", "F"], n_users)
     occ = rng.choice(OCCUPATIONS, n_users)
-    base = rng.normal(0, 1, (2, 5, g))                       # taste by gender x age band
-    taste = (0.8 * base[(gender == "F").astype(int), np.minimum((age - 15) // 11, 4)]
-             + 0.8 * rng.normal(0, 1, (n_users, g)))
+    base = rng.normal(0, 1, (2, 5, g))  # taste by gender x age band
+    taste = 0.8 * base[(gender == "F").astype(int), np.minimum((age - 15) // 11, 4)] + 0.8 * rng.normal(
+        0, 1, (n_users, g)
+    )
     lines = []
     t = 880_000_000
     for u in range(n_users):

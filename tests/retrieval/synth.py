@@ -56,14 +56,16 @@ def make_log(
         labels += lab.astype(int).tolist()
         times += sorted(rng.integers(0, 10**6, rows_per_user).tolist())
     users_a, items_a = np.array(users), np.array(items)
-    return pa.table({
-        "user": pa.array([f"u{u}" for u in users_a]),
-        "country": pa.array([f"c{s}" for s in user_seg[users_a]]),   # the user's segment, observed
-        "app": pa.array([f"a{i}" for i in items_a]),
-        "category": pa.array([f"k{c}" for c in item_cat[items_a]]),
-        "installed": pa.array(labels, pa.int64()),
-        "ts": pa.array(times, pa.int64()),
-    })
+    return pa.table(
+        {
+            "user": pa.array([f"u{u}" for u in users_a]),
+            "country": pa.array([f"c{s}" for s in user_seg[users_a]]),  # the user's segment, observed
+            "app": pa.array([f"a{i}" for i in items_a]),
+            "category": pa.array([f"k{c}" for c in item_cat[items_a]]),
+            "installed": pa.array(labels, pa.int64()),
+            "ts": pa.array(times, pa.int64()),
+        }
+    )
 
 
 def per_user_time_split(t: pa.Table, fractions=(0.8, 0.1, 0.1)) -> dict[str, pa.Table]:

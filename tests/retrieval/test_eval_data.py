@@ -26,19 +26,23 @@ def test_eval_data_definitions(tmp_path):
     train, test = pq.read_table(d / "train"), pq.read_table(d / "test")
     seen = _pairs(train, False)
     want = {(u, i) for u, i in _pairs(test, True) if (u, i) not in seen}
-    got = {(data.users[r], data.catalog.keys[i])
-           for r, i in zip(data.relevant.row_ids(), data.relevant.indices, strict=True)}
-    assert got == want                                           # relevant = test positives not seen in train
+    got = {
+        (data.users[r], data.catalog.keys[i])
+        for r, i in zip(data.relevant.row_ids(), data.relevant.indices, strict=True)
+    }
+    assert got == want  # relevant = test positives not seen in train
     assert set(data.users) == {u for u, _ in want}
-    excl = {(data.users[r], data.catalog.keys[i])
-            for r, i in zip(data.exclude.row_ids(), data.exclude.indices, strict=True)}
+    excl = {
+        (data.users[r], data.catalog.keys[i]) for r, i in zip(data.exclude.row_ids(), data.exclude.indices, strict=True)
+    }
     assert excl == {(u, i) for u, i in seen if u in set(data.users)}
     assert data.user_table.num_rows == len(data.users)
     assert data.user_table.column("user_id").to_pylist() == [
-        train.filter(pc.equal(train.column("user_key"), u)).column("user_id")[0].as_py() for u in data.users]
+        train.filter(pc.equal(train.column("user_key"), u)).column("user_id")[0].as_py() for u in data.users
+    ]
     b = baselines(data, 50)
     assert set(b) == {"most_popular", "item_knn"}
-    assert b["item_knn"]["ndcg@10"] > b["most_popular"]["ndcg@10"]   # the planted segments are learnable
+    assert b["item_knn"]["ndcg@10"] > b["most_popular"]["ndcg@10"]  # the planted segments are learnable
 
 
 @pytest.mark.slow
@@ -49,8 +53,10 @@ def test_movielens_layout_prepares_and_evaluates(tmp_path, ray_session):
     from widedeep.features.spec import load_spec
 
     ml = write_ml100k(tmp_path / "ml-100k", n_users=120, n_items=150, per_user=(20, 40))
-    prepare(load_spec(ROOT / "platform/specs/movielens.yaml"),
-            PrepareOptions(inputs=[str(ml)], out=str(tmp_path / "ml"), split="user-time:user_id:timestamp:0.8,0.1,0.1"))
+    prepare(
+        load_spec(ROOT / "platform/specs/movielens.yaml"),
+        PrepareOptions(inputs=[str(ml)], out=str(tmp_path / "ml"), split="user-time:user_id:timestamp:0.8,0.1,0.1"),
+    )
     fs = FeatureSpace.load(tmp_path / "ml" / "feature_space.json")
     data = EvalData(fs, tmp_path / "ml" / "test")
     assert 0 < len(data.users) <= 120 and data.catalog.n_items <= 150
@@ -85,8 +91,10 @@ def test_prepared_data_at_a_uri_reads_like_a_local_path(tmp_path):
     assert read_split(uri + "/train", ["user_key", "label"]).equals(read_split(root / "train", ["user_key", "label"]))
     a, b = build_catalog(fs, uri), build_catalog(fs, root)
     assert list(a.keys) == list(b.keys) and a.table.equals(b.table)
+
     def cfg(data):
         return config_from_dict({"data": data, "task": "retrieval", "task_config": {"history": 5}})
+
     task = RetrievalTask()
     ha, hb = task.training_data(fs, cfg(uri)).histories, task.training_data(fs, cfg(str(root))).histories
     assert list(ha.keys) == list(hb.keys) and (ha.ids == hb.ids).all()

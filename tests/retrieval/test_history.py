@@ -18,14 +18,20 @@ from widedeep.retrieval.history import Histories, with_history
 
 def _log() -> pa.Table:
     # user 1: items 11 (t=1), 10 (t=5), 13 (t=9) positive, 12 negative; user 2: 20, 21 at t=2
-    return pa.table({"user_key": [1, 1, 1, 2, 2, 1], "movie_id": [10, 11, 12, 20, 21, 13],
-                     "label": [1.0, 1.0, 0.0, 1.0, 1.0, 1.0], "timestamp": [5, 1, 3, 2, 2, 9]})
+    return pa.table(
+        {
+            "user_key": [1, 1, 1, 2, 2, 1],
+            "movie_id": [10, 11, 12, 20, 21, 13],
+            "label": [1.0, 1.0, 0.0, 1.0, 1.0, 1.0],
+            "timestamp": [5, 1, 3, 2, 2, 9],
+        }
+    )
 
 
 def test_histories_are_positives_in_time_order_latest_cap():
     h = Histories.from_rows(_log(), "user_key", "movie_id")
     assert h.lists(np.array([1, 2, 3]), 10).to_pylist() == [[11, 10, 13], [20, 21], []]
-    assert h.lists(np.array([1, 2, 3]), 2).to_pylist() == [[10, 13], [20, 21], []]    # the 2 latest
+    assert h.lists(np.array([1, 2, 3]), 2).to_pylist() == [[10, 13], [20, 21], []]  # the 2 latest
     assert h.lists(np.array([2, 1]), 1).to_pylist() == [[21], [13]]
 
 
@@ -91,8 +97,8 @@ def test_retrieval_batches_carry_each_rows_history(tmp_path):
     mine = [r["app_id"] for r in pos.to_pylist() if r["user_key"] == u0]
     mine.remove(i0)
     n_tables = len(model.user_features.tables)
-    h = n_tables - 1                                   # the history table is the tower's last one
+    h = n_tables - 1  # the history table is the tower's last one
     b = batch.batch_size
     offs = batch.user.ids.offsets
-    got = batch.user.ids.values[offs[h * b]:offs[h * b + 1]].tolist()
+    got = batch.user.ids.values[offs[h * b] : offs[h * b + 1]].tolist()
     assert got == mine[-4:]

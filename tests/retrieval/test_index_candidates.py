@@ -49,8 +49,8 @@ def test_auto_index_is_exact_for_small_catalogs():
 
 
 def _generator() -> CandidateGenerator:
-    items = np.eye(6, dtype=np.float32)                      # item r scores user_vec[r]
-    pop = np.array([5, 1, 9, 3, 7, 0], dtype=np.float32)     # popularity order: 2, 4, 0, 3, 1, 5
+    items = np.eye(6, dtype=np.float32)  # item r scores user_vec[r]
+    pop = np.array([5, 1, 9, 3, 7, 0], dtype=np.float32)  # popularity order: 2, 4, 0, 3, 1, 5
     keys = np.array([f"i{r}" for r in range(6)])
     return CandidateGenerator(ExactIndex(items), pop, keys, seen={"alice": np.array([0, 2])})
 
@@ -63,7 +63,7 @@ def test_seen_items_are_filtered():
     assert scores.tolist() == [5, 3, 2]
     rows, _ = gen.candidates(vec, user_key="alice", n=3, filter_seen=False)
     assert rows.tolist() == [0, 1, 2]
-    rows, _ = gen.candidates(vec, user_key="bob", n=3)           # unknown user: nothing seen
+    rows, _ = gen.candidates(vec, user_key="bob", n=3)  # unknown user: nothing seen
     assert rows.tolist() == [0, 1, 2]
 
 
@@ -87,4 +87,4 @@ def test_batch_path_mixes_cold_and_warm_users():
     gen = _generator()
     vecs = np.array([[0.5, 0, 0.1, 0.2, 0, 1], [np.nan] * 6], dtype=np.float32)
     rows, _ = gen.candidates_batch(vecs, 2, gen.seen_rows(["bob", "alice"]))
-    assert rows.tolist() == [[5, 0], [4, 3]]   # user 2 has no usable vector -> popularity, minus seen
+    assert rows.tolist() == [[5, 0], [4, 3]]  # user 2 has no usable vector -> popularity, minus seen

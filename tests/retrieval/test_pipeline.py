@@ -36,14 +36,31 @@ def pipeline(tmp_path_factory, ray_session):
 
     tmp = tmp_path_factory.mktemp("retrieval-e2e")
     generate_appstore(tmp / "raw", rows=24_000, users=600, items=800, seed=0)
-    prepare(load_spec(ROOT / "platform/specs/appstore.yaml"),
-            PrepareOptions(inputs=[str(tmp / "raw")], out=str(tmp / "data"),
-                           split="user-time:user_id:timestamp:0.8,0.1,0.1"))
+    prepare(
+        load_spec(ROOT / "platform/specs/appstore.yaml"),
+        PrepareOptions(
+            inputs=[str(tmp / "raw")], out=str(tmp / "data"), split="user-time:user_id:timestamp:0.8,0.1,0.1"
+        ),
+    )
     common = {"data": str(tmp / "data"), "storage_path": str(tmp / "runs"), "num_workers": 0, "log_every_steps": 1000}
-    ranker = _train({**common, "run_name": "ranker", "epochs": 3, "batch_size": 512, "model": {"hidden": [64, 32]},
-                     "early_stopping": {"metric": "auc", "mode": "max", "patience": 1}}, tmp, "ranker")
-    retriever = _train({**common, "run_name": "retriever", "epochs": 3, "batch_size": 512},
-                       tmp, "retriever", config=str(ROOT / "platform/jobs/appstore-retriever.yaml"))
+    ranker = _train(
+        {
+            **common,
+            "run_name": "ranker",
+            "epochs": 3,
+            "batch_size": 512,
+            "model": {"hidden": [64, 32]},
+            "early_stopping": {"metric": "auc", "mode": "max", "patience": 1},
+        },
+        tmp,
+        "ranker",
+    )
+    retriever = _train(
+        {**common, "run_name": "retriever", "epochs": 3, "batch_size": 512},
+        tmp,
+        "retriever",
+        config=str(ROOT / "platform/jobs/appstore-retriever.yaml"),
+    )
     return tmp, ranker["checkpoint"], retriever["checkpoint"]
 
 
@@ -71,13 +88,30 @@ def test_index_command_embeds_the_catalog(pipeline, tmp_path):
     from widedeep.retrieval.index import ExactIndex, load_index
 
     tmp, _, retriever = pipeline
-    assert main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"),
-                 "--out", str(tmp_path / "exact")]) == 0
+    assert (
+        main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"), "--out", str(tmp_path / "exact")]) == 0
+    )
     keys, vecs, _idx, info = load_index(tmp_path / "exact")
     assert info["kind"] == "exact" and len(keys) == len(set(keys.tolist())) == vecs.shape[0] > 100
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-4)
-    assert main(["index", "--checkpoint", retriever, "--items", str(tmp / "data"), "--out", str(tmp_path / "hnsw"),
-                 "--kind", "hnsw", "--recall-k", "20"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--checkpoint",
+                retriever,
+                "--items",
+                str(tmp / "data"),
+                "--out",
+                str(tmp_path / "hnsw"),
+                "--kind",
+                "hnsw",
+                "--recall-k",
+                "20",
+            ]
+        )
+        == 0
+    )
     _, _, hidx, hinfo = load_index(tmp_path / "hnsw")
     assert hinfo["recall@20_vs_exact"] >= 0.9
     q = vecs[:50]

@@ -21,20 +21,40 @@ from widedeep.retrieval.data import tower_input
 
 
 def _table(name, column, rows, dim, side, multivalent=False, pooling="sum"):
-    return SimpleNamespace(name=name, column=column, num_rows=rows, dim=dim, pooling=pooling,
-                           multivalent=multivalent, side=side)
+    return SimpleNamespace(
+        name=name, column=column, num_rows=rows, dim=dim, pooling=pooling, multivalent=multivalent, side=side
+    )
 
 
 def fake_fs():
     """A FeatureSpace-shaped object: user id + device (context), item id + tags, a cross, numerics."""
-    sides = {"user_id": "user", "device": "context", "item_id": "item", "tags": "item", "age": "user",
-             "price": "item", "user_x_item": "pair"}
-    deep = [_table("deep/user_id", "user_id", 6, 8, "user"), _table("deep/item_id", "item_id", 5, 8, "item"),
-            _table("deep/tags", "tags", 4, 8, "item", multivalent=True, pooling="mean")]
-    wide = [_table("wide/device", "device", 3, 1, "context"), _table("wide/user_x_item", "user_x_item", 16, 1, "pair"),
-            _table("wide/item_id", "item_id", 5, 1, "item")]
-    return SimpleNamespace(deep_tables=deep, wide_tables=wide, dense_columns=["age", "price"],
-                           feature_side=lambda c: sides[c], item_key="item_key", user_key="user_key")
+    sides = {
+        "user_id": "user",
+        "device": "context",
+        "item_id": "item",
+        "tags": "item",
+        "age": "user",
+        "price": "item",
+        "user_x_item": "pair",
+    }
+    deep = [
+        _table("deep/user_id", "user_id", 6, 8, "user"),
+        _table("deep/item_id", "item_id", 5, 8, "item"),
+        _table("deep/tags", "tags", 4, 8, "item", multivalent=True, pooling="mean"),
+    ]
+    wide = [
+        _table("wide/device", "device", 3, 1, "context"),
+        _table("wide/user_x_item", "user_x_item", 16, 1, "pair"),
+        _table("wide/item_id", "item_id", 5, 1, "item"),
+    ]
+    return SimpleNamespace(
+        deep_tables=deep,
+        wide_tables=wide,
+        dense_columns=["age", "price"],
+        feature_side=lambda c: sides[c],
+        item_key="item_key",
+        user_key="user_key",
+    )
 
 
 def test_tower_features_split_by_side_and_skip_pairs():
@@ -47,11 +67,17 @@ def test_tower_features_split_by_side_and_skip_pairs():
 
 def test_tower_output_shapes_and_normalisation():
     fs = fake_fs()
-    model = TwoTower(fs, TwoTowerConfig(embedding_dim=4, hidden=[16], output_dim=6),
-                     OptimizerConfig("rowwise_adagrad", lr=0.1))
+    model = TwoTower(
+        fs, TwoTowerConfig(embedding_dim=4, hidden=[16], output_dim=6), OptimizerConfig("rowwise_adagrad", lr=0.1)
+    )
     users = pa.table({"user_id": [0, 1, 5], "device": [2, 0, 1], "age": pa.array([0.1, 0.5, 0.9], pa.float32())})
-    items = pa.table({"item_id": [0, 4], "tags": pa.array([[1, 2], []], pa.list_(pa.int64())),
-                      "price": pa.array([0.3, 0.7], pa.float32())})
+    items = pa.table(
+        {
+            "item_id": [0, 4],
+            "tags": pa.array([[1, 2], []], pa.list_(pa.int64())),
+            "price": pa.array([0.3, 0.7], pa.float32()),
+        }
+    )
     u, v = model(tower_input(model.user_features, users), tower_input(model.item_features, items))
     assert u.shape == (3, 6) and v.shape == (2, 6)
     torch.testing.assert_close(u.norm(dim=1), torch.ones(3))
@@ -70,7 +96,7 @@ def _hand_loss(u, v, log_q, t, masks=()):
 
 def test_sampled_softmax_with_logq_matches_hand_computation():
     u = [[1.0, 0.0], [0.0, 1.0]]
-    v = [[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]             # 2 positives + 1 random negative
+    v = [[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]  # 2 positives + 1 random negative
     log_q = [math.log(0.5), math.log(0.25), math.log(0.1)]
     got = sampled_softmax_loss(torch.tensor(u), torch.tensor(v), torch.tensor([0, 1, 2]), torch.tensor(log_q), 0.5)
     # row 0: logits [2 - ln .5, 1.2 - ln .25, -2 - ln .1], target 0;
@@ -92,8 +118,9 @@ def test_accidental_hits_are_masked():
     got = sampled_softmax_loss(torch.tensor(u), torch.tensor(v), torch.tensor([7, 7]), torch.zeros(2), 1.0)
     # both rows have the same item: each row's other column is its own positive, so it is masked
     assert float(got) == pytest.approx(0.0, abs=1e-6)
-    kept = sampled_softmax_loss(torch.tensor(u), torch.tensor(v), torch.tensor([7, 7]), torch.zeros(2), 1.0,
-                                remove_accidental_hits=False)
+    kept = sampled_softmax_loss(
+        torch.tensor(u), torch.tensor(v), torch.tensor([7, 7]), torch.zeros(2), 1.0, remove_accidental_hits=False
+    )
     assert float(kept) == pytest.approx(_hand_loss(u, v, [0, 0], 1.0), rel=1e-5)
 
 
@@ -105,12 +132,25 @@ def test_log_expected_counts_mixes_in_batch_and_uniform_sampling():
 def test_training_steps_reduce_the_loss_and_update_tables_in_place():
     torch.manual_seed(0)
     fs = fake_fs()
-    model = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, temperature=0.2),
-                     OptimizerConfig("rowwise_adagrad", lr=0.5))
-    users = pa.table({"user_id": [0, 1, 2, 3, 4], "device": [0, 1, 2, 0, 1],
-                      "age": pa.array([0.1, 0.3, 0.5, 0.7, 0.9], pa.float32())})
-    items = pa.table({"item_id": [0, 1, 2, 3, 4], "tags": pa.array([[0], [1], [2], [3], [0, 1]], pa.list_(pa.int64())),
-                      "price": pa.array([0.2, 0.4, 0.6, 0.8, 1.0], pa.float32())})
+    model = TwoTower(
+        fs,
+        TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, temperature=0.2),
+        OptimizerConfig("rowwise_adagrad", lr=0.5),
+    )
+    users = pa.table(
+        {
+            "user_id": [0, 1, 2, 3, 4],
+            "device": [0, 1, 2, 0, 1],
+            "age": pa.array([0.1, 0.3, 0.5, 0.7, 0.9], pa.float32()),
+        }
+    )
+    items = pa.table(
+        {
+            "item_id": [0, 1, 2, 3, 4],
+            "tags": pa.array([[0], [1], [2], [3], [0, 1]], pa.list_(pa.int64())),
+            "price": pa.array([0.2, 0.4, 0.6, 0.8, 1.0], pa.float32()),
+        }
+    )
     ui, ii = tower_input(model.user_features, users), tower_input(model.item_features, items)
     ids, log_q = torch.arange(5), torch.zeros(5)
     opt = torch.optim.Adam(model.dense_parameters(), lr=0.01)
@@ -125,8 +165,9 @@ def test_training_steps_reduce_the_loss_and_update_tables_in_place():
     assert float(loss.detach()) < 0.5 * first
     assert not torch.equal(before, model.user_tower.tbe.weight.detach())
     # empty batch (no positives): a zero loss that still runs backward
-    empty = sampled_softmax_loss(torch.zeros(0, 8, requires_grad=True), torch.zeros(0, 8),
-                                 torch.zeros(0, dtype=torch.long), None, 1.0)
+    empty = sampled_softmax_loss(
+        torch.zeros(0, 8, requires_grad=True), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long), None, 1.0
+    )
     empty.backward()
     assert float(empty) == 0.0
 

@@ -23,9 +23,19 @@ def test_valid_hits_match_a_brute_force_full_catalog_ranking(tmp_path):
     torch.manual_seed(0)
     root = synth.prepare(tmp_path / "d", n_users=80, n_items=200, rows_per_user=20)
     fs = FeatureSpace.load(root)
-    cfg = config_from_dict({"data": str(root), "task": "retrieval",
-                            "task_config": {"hidden": [], "embedding_dim": 8, "output_dim": 8, "init_scale": 0.5,
-                                            "popularity_prior": 0.5}})
+    cfg = config_from_dict(
+        {
+            "data": str(root),
+            "task": "retrieval",
+            "task_config": {
+                "hidden": [],
+                "embedding_dim": 8,
+                "output_dim": 8,
+                "init_scale": 0.5,
+                "popularity_prior": 0.5,
+            },
+        }
+    )
     model = task.build_model(fs, cfg).eval()
     rows = pq.read_table(root / "valid" / "part-00000.parquet", columns=task.required_columns(fs, cfg))
     batch = task.collate(rows, fs, cfg)
@@ -48,13 +58,16 @@ def test_valid_hits_match_a_brute_force_full_catalog_ranking(tmp_path):
     for i in range(batch.batch_size):
         s = users[i] @ vecs.T
         pos = int(batch.item_ids[i])
-        better = sum(1 for j in range(len(keys)) if j != pos and keys[j] not in seen.get(batch.user_keys[i], set())
-                     and s[j] > s[pos])
+        better = sum(
+            1
+            for j in range(len(keys))
+            if j != pos and keys[j] not in seen.get(batch.user_keys[i], set()) and s[j] > s[pos]
+        )
         hits.append(better < 50)
         ndcgs.append(1 / np.log2(better + 2) if better < 10 else 0.0)
     assert metrics["hit@50"] == pytest.approx(np.mean(hits))
     assert metrics["ndcg@10"] == pytest.approx(np.mean(ndcgs), rel=1e-5)
-    assert 0 < metrics["hit@50"] < 1                     # a non-trivial case: some in, some out
+    assert 0 < metrics["hit@50"] < 1  # a non-trivial case: some in, some out
 
 
 def test_selection_metric_comes_from_the_config_or_the_task():
@@ -65,9 +78,12 @@ def test_selection_metric_comes_from_the_config_or_the_task():
     from widedeep.train.tasks import get_task
 
     fs = SimpleNamespace(task="binary")
+
     def pick(task, es):
-        return selection_metric(get_task(task), fs, config_from_dict(
-            {"data": "/d", "task": task, "early_stopping": es}))
+        return selection_metric(
+            get_task(task), fs, config_from_dict({"data": "/d", "task": task, "early_stopping": es})
+        )
+
     assert pick("retrieval", {}) == ("hit@50", "max")
     assert pick("retrieval", {"metric": "loss"}) == ("loss", "min")
     assert pick("retrieval", {"metric": "ndcg@10"}) == ("ndcg@10", "max")

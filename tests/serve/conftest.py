@@ -28,8 +28,10 @@ def bundles(tmp_path_factory) -> tuple[Path, Path]:
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bundles")
-    v1 = build_synthetic_bundle(root / "v1", n_items=300, n_users=60, n_rows=1500, hidden=(16, 8),
-                                train_steps=5, seed=0, version="v1")
-    v2 = build_synthetic_bundle(root / "v2", n_items=300, n_users=60, n_rows=1500, hidden=(16, 8),
-                                train_steps=5, seed=1, version="v2")
+    v1 = build_synthetic_bundle(
+        root / "v1", n_items=300, n_users=60, n_rows=1500, hidden=(16, 8), train_steps=5, seed=0, version="v1"
+    )
+    v2 = build_synthetic_bundle(
+        root / "v2", n_items=300, n_users=60, n_rows=1500, hidden=(16, 8), train_steps=5, seed=1, version="v2"
+    )
     return v1, v2

@@ -24,14 +24,23 @@ from widedeep.serve.pipeline import RecommendPipeline
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SMALL = {"Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
-         "Retriever": {"ray_actor_options": {"num_cpus": 0.25}},
-         "Ranker": {"ray_actor_options": {"num_cpus": 0.25}}}
+SMALL = {
+    "Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+    "Retriever": {"ray_actor_options": {"num_cpus": 0.25}},
+    "Ranker": {"ray_actor_options": {"num_cpus": 0.25}},
+}
 
 
 def _args(bundle, **kw):
-    return {"bundle": str(bundle), "candidates": 50, "default_k": 5, "max_k": 20, "max_rank_items": 40,
-            "max_body_bytes": 4096, **kw}
+    return {
+        "bundle": str(bundle),
+        "candidates": 50,
+        "default_k": 5,
+        "max_k": 20,
+        "max_rank_items": 40,
+        "max_body_bytes": 4096,
+        **kw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +133,7 @@ BAD = [
     (b'{"context": {"device": {"a": 1}}}', 422, "body.context.device"),
     (b'{"user": {"interests": ["a", 1]}}', 422, "body.user.interests"),
     (b'{"usr": {}}', 422, "body.usr"),
-    (b'[1, 2]', 422, "body"),
+    (b"[1, 2]", 422, "body"),
     (b'{"exclude": [1.5]}', 422, "body.exclude"),
 ]
 BAD_RANK = [
@@ -213,19 +222,32 @@ def _deploy_config(client: httpx.Client, name: str, route: str, args_bundle, use
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = {"http_options": {"host": client.base_url.host, "port": client.base_url.port},
-           "applications": [{
-               "name": name, "route_prefix": route, "import_path": "widedeep.serve.app:build_app",
-               "args": _args(args_bundle), "runtime_env": {"env_vars": {"WIDEDEEP_BUNDLE_CACHE": str(cache)}},
-               "deployments": [{"name": "Ingress", "user_config": {"bundle": str(user_bundle)},
-                                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-                                "ray_actor_options": {"num_cpus": 0.25}}],
-           }]}
+    cfg = {
+        "http_options": {"host": client.base_url.host, "port": client.base_url.port},
+        "applications": [
+            {
+                "name": name,
+                "route_prefix": route,
+                "import_path": "widedeep.serve.app:build_app",
+                "args": _args(args_bundle),
+                "runtime_env": {"env_vars": {"WIDEDEEP_BUNDLE_CACHE": str(cache)}},
+                "deployments": [
+                    {
+                        "name": "Ingress",
+                        "user_config": {"bundle": str(user_bundle)},
+                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                        "ray_actor_options": {"num_cpus": 0.25},
+                    }
+                ],
+            }
+        ],
+    }
     ServeDeploySchema.model_validate(cfg)  # what the dashboard checks: fail here with the field's name
     path = tmp_path / f"serve-{name}-{len(list(tmp_path.glob('serve-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run(["serve", "deploy", str(path), "--address", _dashboard_address()],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["serve", "deploy", str(path), "--address", _dashboard_address()], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
@@ -246,25 +268,40 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
     deploy = functools.partial(_deploy_config, serve_app, "swap", "/swap", bundles[0], cache=cache, tmp_path=tmp_path)
     deploy(bundles[0])
     try:
-        wait_until(lambda: serve.status().applications.get("swap") is not None
-                   and serve.status().applications["swap"].status == "RUNNING", 120, "app 'swap' RUNNING")
+        wait_until(
+            lambda: (
+                serve.status().applications.get("swap") is not None
+                and serve.status().applications["swap"].status == "RUNNING"
+            ),
+            120,
+            "app 'swap' RUNNING",
+        )
         first = wait_until(lambda: _model(serve_app, "/swap"), 60, "/swap/v1/model answering")
         assert first["last_load_error"] is None
         stop, versions, errors = threading.Event(), Counter(), []
-        threads = [threading.Thread(target=_traffic, args=(str(serve_app.base_url), stop, "/swap/v1/recommend",
-                                                           versions, errors))
-                   for _ in range(3)]
+        threads = [
+            threading.Thread(
+                target=_traffic, args=(str(serve_app.base_url), stop, "/swap/v1/recommend", versions, errors)
+            )
+            for _ in range(3)
+        ]
         for t in threads:
             t.start()
         try:
             wait_until(lambda: sum(versions.values()) >= 5 or errors, 60, lambda: f"traffic on /swap ({versions})")
             deploy(bad)  # only user_config changes: reconfigure
-            wait_until(lambda: ((_model(serve_app, "/swap") or {}).get("last_load_error") or {}).get("bundle")
-                       == str(bad), 60, "the replica's reconfigure to the bad bundle to fail")
+            wait_until(
+                lambda: ((_model(serve_app, "/swap") or {}).get("last_load_error") or {}).get("bundle") == str(bad),
+                60,
+                "the replica's reconfigure to the bad bundle to fail",
+            )
             served_before = sum(versions.values())
             # traffic on the replica whose reconfigure has just failed: the replica keeps answering
-            wait_until(lambda: sum(versions.values()) >= served_before + 10 or errors, 60,
-                       lambda: f"10 more answers after the failed reconfigure ({versions}, {errors[:3]})")
+            wait_until(
+                lambda: sum(versions.values()) >= served_before + 10 or errors,
+                60,
+                lambda: f"10 more answers after the failed reconfigure ({versions}, {errors[:3]})",
+            )
         finally:
             stop.set()
             for t in threads:
@@ -285,8 +322,11 @@ def test_bad_bundle_during_live_swap_keeps_serving(serve_app, bundles, tmp_path)
 
         uri = bundles[1].resolve().as_uri()  # a good bundle, at a URI: swapped, error cleared
         deploy(uri)
-        wait_until(lambda: (_model(serve_app, "/swap") or {}).get("model_version") == "v2", 120,
-                   "the replica's reconfigure to the good bundle at a URI")
+        wait_until(
+            lambda: (_model(serve_app, "/swap") or {}).get("model_version") == "v2",
+            120,
+            "the replica's reconfigure to the good bundle at a URI",
+        )
         r = serve_app.post("/swap/v1/recommend", json={"user": {"user_id": "u2"}})
         assert r.status_code == 200 and r.json()["model_version"] == "v2"
         m = serve_app.get("/swap/v1/model").json()
@@ -341,8 +381,9 @@ def test_custom_metrics_reach_rays_prometheus_endpoint(serve_app):
     """Our metrics appear beside Serve's own on the endpoint Prometheus scrapes, with their tags."""
     n = 6
     for i in range(n):
-        r = serve_app.post("/v1/recommend", json={"user": {"user_id": f"u{i}", "country": "atlantis"},
-                                                  "context": {"device": "ios"}})
+        r = serve_app.post(
+            "/v1/recommend", json={"user": {"user_id": f"u{i}", "country": "atlantis"}, "context": {"device": "ios"}}
+        )
         assert r.status_code == 200
     assert serve_app.post("/v1/rank", json={"user": {"user_id": "u1"}, "items": ["i1", "i2"]}).status_code == 200
     rank = "ray_widedeep_serve_stage_latency_ms_count"
@@ -352,8 +393,10 @@ def test_custom_metrics_reach_rays_prometheus_endpoint(serve_app):
         "ray_widedeep_serve_candidates_count": lambda s: _total(s) >= n,
         "ray_widedeep_serve_feature_ids_total": lambda s: _total(s, feature="country") >= n,
         "ray_widedeep_serve_feature_oov_total": lambda s: _total(s, feature="country") >= n,
-        "ray_serve_num_http_requests_total": lambda s: (_total(s, route="/v1/recommend", status_code="200") >= n
-                                                        and _total(s, route="/v1/rank", status_code="200") >= 1),
+        "ray_serve_num_http_requests_total": lambda s: (
+            _total(s, route="/v1/recommend", status_code="200") >= n
+            and _total(s, route="/v1/rank", status_code="200") >= 1
+        ),
     }
     got = _scrape_until(wanted, "rec")
     buckets = [(lab, v) for lab, v in got["ray_widedeep_serve_stage_latency_ms_bucket"] if lab["stage"] == "rank"]
@@ -379,8 +422,15 @@ def test_chain_pipeline_answers_like_fused_and_ranker_autoscales(serve_app, refe
 
     from widedeep.serve.app import build_app_with
 
-    fast = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "metrics_interval_s": 0.2,
-            "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 2.0}
+    fast = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "metrics_interval_s": 0.2,
+        "look_back_period_s": 1.0,
+        "upscale_delay_s": 0.5,
+        "downscale_delay_s": 2.0,
+    }
     opts = {**SMALL, "Ranker": {**SMALL["Ranker"], "autoscaling_config": fast}}
     serve.run(build_app_with(_args(bundles[0], pipeline="chain"), opts), name="chain", route_prefix="/chain")
     try:
@@ -396,15 +446,21 @@ def test_chain_pipeline_answers_like_fused_and_ranker_autoscales(serve_app, refe
         assert _replicas("chain", "Ranker") == 1
 
         stop, versions, errors = threading.Event(), Counter(), []
-        threads = [threading.Thread(target=_traffic, args=(str(serve_app.base_url), stop, "/chain/v1/recommend",
-                                                           versions, errors))
-                   for _ in range(8)]
+        threads = [
+            threading.Thread(
+                target=_traffic, args=(str(serve_app.base_url), stop, "/chain/v1/recommend", versions, errors)
+            )
+            for _ in range(8)
+        ]
         for t in threads:
             t.start()
         try:
-            peak = wait_until(lambda: (n := _replicas("chain", "Ranker")) >= 2 and n, 60,
-                              lambda: f"the Ranker to scale up under load ({sum(versions.values())} requests served)",
-                              interval_s=0.5)
+            peak = wait_until(
+                lambda: (n := _replicas("chain", "Ranker")) >= 2 and n,
+                60,
+                lambda: f"the Ranker to scale up under load ({sum(versions.values())} requests served)",
+                interval_s=0.5,
+            )
         finally:
             stop.set()
             for t in threads:

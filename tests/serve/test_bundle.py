@@ -59,8 +59,15 @@ def test_write_refuses_models_of_another_feature_space(bundles, tmp_path):
 
     b1, b2 = load_bundle(bundles[0]), load_bundle(bundles[1])
     spec, tensors = load_ranker(bundles[1])
-    c = BundleContents(b1.fs, (spec, tensors), (b1.user_tower.spec, b1.user_tower.t), b1.item_keys, b1.items,
-                       np.zeros((300, b1.user_tower.spec.output_dim), np.float32), np.zeros(300, np.float32))
+    c = BundleContents(
+        b1.fs,
+        (spec, tensors),
+        (b1.user_tower.spec, b1.user_tower.t),
+        b1.item_keys,
+        b1.items,
+        np.zeros((300, b1.user_tower.spec.output_dim), np.float32),
+        np.zeros(300, np.float32),
+    )
     with pytest.raises(CheckpointError) as e:
         write_bundle(tmp_path / "x", c)
     assert b1.fs.content_hash in str(e.value) and b2.fs.content_hash in str(e.value)
@@ -83,8 +90,12 @@ def test_user_tower_matches_two_tower_model():
 
     fs, raw = _small_fs()
     prepared = fs.transform(raw)
-    model = TwoTower(fs, TwoTowerConfig(embedding_dim=4, hidden=[8], output_dim=6),
-                     OptimizerConfig("rowwise_adagrad", lr=0.05), seed=1)
+    model = TwoTower(
+        fs,
+        TwoTowerConfig(embedding_dim=4, hidden=[8], output_dim=6),
+        OptimizerConfig("rowwise_adagrad", lr=0.05),
+        seed=1,
+    )
     for tbe in model.embedding_bags():
         tbe.weight.data.normal_(0, 0.5)
     want = embed(model, "user", prepared)

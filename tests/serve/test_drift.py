@@ -26,7 +26,7 @@ def test_bundle_carries_the_training_profile(pipe):
     assert p is not None and p["feature_space_hash"] == pipe.fs.content_hash
     assert p["rows"] > 0 and set(p["features"]) >= {"country", "age", "device", "interests"}
     m = DriftMonitor(pipe.fs, p, window=64)
-    assert set(m.names) == {"country", "age", "device", "interests"}   # query-side only (no item features)
+    assert set(m.names) == {"country", "age", "device", "interests"}  # query-side only (no item features)
 
 
 def test_monitor_counts_like_the_offline_profile_and_flags_a_shift(pipe):
@@ -49,7 +49,7 @@ def test_monitor_counts_like_the_offline_profile_and_flags_a_shift(pipe):
     for r in _users(pipe, 40, country="atlantis", age=99):
         m.observe(r)
     d = m.drift()
-    assert m.requests == 64 - 16 + (80 % 16)          # 4 blocks of 16: the oldest ones aged out
+    assert m.requests == 64 - 16 + (80 % 16)  # 4 blocks of 16: the oldest ones aged out
     assert d["country"]["oov_rate"] > calm and d["country"]["oov_rate"] >= 40 / m.requests - 1e-9
     assert d["age"]["psi"] > 0.25
     info = m.info()

@@ -34,14 +34,24 @@ def trained(tmp_path_factory):
     prepared = fs.transform(raw)
     pq.write_table(prepared, data / "train" / "part-00000.parquet")
     ckpts = {}
-    for task, extra in (("ranking", {"model": {"hidden": [8, 4]}}),
-                        ("retrieval", {"task_config": {"embedding_dim": 4, "hidden": [8], "output_dim": 6}})):
+    for task, extra in (
+        ("ranking", {"model": {"hidden": [8, 4]}}),
+        ("retrieval", {"task_config": {"embedding_dim": 4, "hidden": [8], "output_dim": 6}}),
+    ):
         raw_cfg = {"data": str(data), "task": task, **extra}
         model = get_task(task).build_model(fs, config_from_dict(raw_cfg))
         for tbe in model.embedding_bags():
             tbe.weight.data.normal_(0, 0.3)
-        ckpts[task] = save_checkpoint(root / task, model=model, optimizer=None, feature_space=fs, config=raw_cfg,
-                                      metrics={"auc": 0.5}, task=task, state={"epoch": 1, "step": 10})
+        ckpts[task] = save_checkpoint(
+            root / task,
+            model=model,
+            optimizer=None,
+            feature_space=fs,
+            config=raw_cfg,
+            metrics={"auc": 0.5},
+            task=task,
+            state={"epoch": 1, "step": 10},
+        )
     return root, fs, prepared, ckpts
 
 
@@ -50,8 +60,22 @@ def test_export_cli_builds_a_bundle_that_scores_like_the_checkpoint(trained, cap
 
     root, fs, prepared, ckpts = trained
     out = root / "bundle"
-    assert main(["export", "--ranker", str(ckpts["ranking"]), "--retriever", str(ckpts["retrieval"]),
-                 "--out", str(out), "--version", "e2e"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--ranker",
+                str(ckpts["ranking"]),
+                "--retriever",
+                str(ckpts["retrieval"]),
+                "--out",
+                str(out),
+                "--version",
+                "e2e",
+            ]
+        )
+        == 0
+    )
     assert "version e2e, 80 items, 20 users" in capsys.readouterr().out
     m = json.loads((out / "manifest.json").read_text())
     assert m["sources"]["ranker"]["meta"]["task"] == "ranking" and m["feature_space_hash"] == fs.content_hash
@@ -99,8 +123,17 @@ def test_export_to_a_uri_uploads_a_loadable_bundle(trained, tmp_path, capsys, mo
     monkeypatch.setenv("WIDEDEEP_BUNDLE_CACHE", str(tmp_path / "cache"))
     _, fs, _, ckpts = trained
     uri = (tmp_path / "store" / "bundles" / "e2e").as_uri()
-    args = ["export", "--ranker", str(ckpts["ranking"]), "--retriever", str(ckpts["retrieval"]), "--out", uri,
-            "--version", "e2e-uri"]
+    args = [
+        "export",
+        "--ranker",
+        str(ckpts["ranking"]),
+        "--retriever",
+        str(ckpts["retrieval"]),
+        "--out",
+        uri,
+        "--version",
+        "e2e-uri",
+    ]
     assert main(args) == 0
     assert f"bundle {uri}: version e2e-uri, 80 items" in capsys.readouterr().out
     b = load_bundle(uri)  # copied back to the cache and verified
@@ -114,9 +147,24 @@ def test_export_reads_checkpoints_and_data_at_uris(trained, tmp_path, capsys):
     local paths (the FeatureSpace hashes are read from the URIs before any model is built)."""
     root, fs, _, ckpts = trained
     out = tmp_path / "bundle"
-    assert main(["export", "--ranker", ckpts["ranking"].as_uri(), "--retriever", ckpts["retrieval"].as_uri(),
-                 "--data", (root / "prepared").as_uri(), "--out", str(out), "--version", "from-uris"]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "export",
+                "--ranker",
+                ckpts["ranking"].as_uri(),
+                "--retriever",
+                ckpts["retrieval"].as_uri(),
+                "--data",
+                (root / "prepared").as_uri(),
+                "--out",
+                str(out),
+                "--version",
+                "from-uris",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     b = load_bundle(out)
     assert b.version == "from-uris" and b.fs.content_hash == fs.content_hash and len(b.item_keys) == 80
     m = json.loads((out / "manifest.json").read_text())

@@ -29,10 +29,13 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
     root = synth.prepare(tmp_path / "d", n_users=30, n_items=n_items, rows_per_user=12)
     fs = FeatureSpace.load(root)
     rows = load_rows(root, ("train", "valid", "test"), COLUMNS)
-    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, init_scale=0.5, **tower),
-                         OptimizerConfig("rowwise_adagrad", lr=0.1)).eval()
+    retriever = TwoTower(
+        fs,
+        TwoTowerConfig(embedding_dim=8, hidden=[], output_dim=8, init_scale=0.5, **tower),
+        OptimizerConfig("rowwise_adagrad", lr=0.1),
+    ).eval()
     ranker = WideAndDeep(fs).eval()
-    if randomize_ranker:                           # a ranker whose order disagrees with retrieval's
+    if randomize_ranker:  # a ranker whose order disagrees with retrieval's
         with torch.no_grad():
             for p in ranker.parameters():
                 p.normal_(0, 0.5)
@@ -59,13 +62,18 @@ def test_bundle_histories_feed_the_online_user_tower(tmp_path):
     assert users.column(HISTORY_COLUMN)[urow].as_py() == want_hist
     q = pipe.prepare({pipe.user_key_field: ukey}, {})
     first = rows.filter(pc.equal(rows.column("user_key"), ukey)).slice(0, 1)
-    t = pa.table({"user_id": first.column("user_id"), "country": first.column("country"),
-                  HISTORY_COLUMN: pa.array([want_hist], pa.list_(pa.int64()))})
+    t = pa.table(
+        {
+            "user_id": first.column("user_id"),
+            "country": first.column("country"),
+            HISTORY_COLUMN: pa.array([want_hist], pa.list_(pa.int64())),
+        }
+    )
     with torch.no_grad():
         want = retriever.user_embedding(tower_input(retriever.user_features, t)).numpy()[0]
     # with a popularity prior the user vector ends with a 1 (the item vectors carry the prior)
     np.testing.assert_allclose(q.vector, np.append(want, 1.0), rtol=1e-5, atol=1e-6)
-    pop = pipe.bundle.generator.popularity.numpy()           # training positives per catalog row
+    pop = pipe.bundle.generator.popularity.numpy()  # training positives per catalog row
     assert pop.max() > 0
     vecs = load_index(bundle / "index")[1]
     assert vecs.shape[1] == 9
@@ -95,7 +103,7 @@ def test_recommend_orders_like_offline_evaluation(tmp_path):
     got = pipe.recommend({pipe.user_key_field: ukey}, {}, k=10, n=40)
     assert [k for k, _ in got] == list(pipe.bundle.item_keys[want])
     ranker_only = cand[np.argsort(-logits, kind="stable")[:10]]
-    assert list(want) != list(ranker_only)        # the blend changed the list: the check above had teeth
+    assert list(want) != list(ranker_only)  # the blend changed the list: the check above had teeth
     # the scores shown are the ranker's probabilities of those items
     by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist(), strict=True))
     np.testing.assert_allclose([s for _, s in got], [by_row[int(r)] for r in want], rtol=1e-6)

@@ -20,9 +20,14 @@ class _Space:
     content_hash = "f" * 64
 
     def __init__(self) -> None:
-        cols = [("u_id", 50, "user", False, "sum"), ("u_tags", 20, "user", True, "mean"),
-                ("ctx", 7, "context", False, "sum"), ("i_id", 40, "item", False, "sum"),
-                ("i_genres", 9, "item", True, "sum"), ("u_x_i", 31, "pair", False, "sum")]
+        cols = [
+            ("u_id", 50, "user", False, "sum"),
+            ("u_tags", 20, "user", True, "mean"),
+            ("ctx", 7, "context", False, "sum"),
+            ("i_id", 40, "item", False, "sum"),
+            ("i_genres", 9, "item", True, "sum"),
+            ("u_x_i", 31, "pair", False, "sum"),
+        ]
         self.wide_tables = [TableInfo(f"wide/{c}", c, n, 1, p, m, s) for c, n, s, m, p in cols]
         self.deep_tables = [TableInfo(f"deep/{c}", c, n, 4, p, m, s) for c, n, s, m, p in cols[:5]]
         self.dense_columns = ["u_age", "i_price"]
@@ -33,18 +38,32 @@ class _Space:
 
 
 def _lists(rng, n, rows, max_len):
-    return pa.array([list(rng.integers(0, rows, rng.integers(0, max_len + 1))) for _ in range(n)],
-                    type=pa.list_(pa.int64()))
+    return pa.array(
+        [list(rng.integers(0, rows, rng.integers(0, max_len + 1))) for _ in range(n)], type=pa.list_(pa.int64())
+    )
 
 
-@pytest.mark.parametrize("mode,encoding,linear", [("wide_deep", "none", False), ("deep", "none", False),
-                                                  ("wide", "none", True), ("wide_deep", "ple", True),
-                                                  ("wide_deep", "periodic", False)])
+@pytest.mark.parametrize(
+    "mode,encoding,linear",
+    [
+        ("wide_deep", "none", False),
+        ("deep", "none", False),
+        ("wide", "none", True),
+        ("wide_deep", "ple", True),
+        ("wide_deep", "periodic", False),
+    ],
+)
 def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linear):
     torch.manual_seed(0)
     fs = _Space()
-    cfg = ModelConfig(mode=mode, hidden=[16, 8], activation="relu", numeric_encoding=encoding, numeric_bins=4,
-                      numeric_linear_wide=linear)
+    cfg = ModelConfig(
+        mode=mode,
+        hidden=[16, 8],
+        activation="relu",
+        numeric_encoding=encoding,
+        numeric_bins=4,
+        numeric_linear_wide=linear,
+    )
     model = WideAndDeep(fs, cfg)
     if model.numeric_linear is not None:
         model.numeric_linear.weight.data.normal_(0, 0.5)
@@ -57,10 +76,18 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
     rng = np.random.default_rng(0)
     requests = []
     for n in (5, 1, 12):
-        user = {"u_id": pa.array([int(rng.integers(50))]), "u_tags": _lists(rng, 1, 20, 3),
-                "ctx": pa.array([int(rng.integers(7))]), "u_age": pa.array([float(rng.random())], pa.float32())}
-        cand = {"i_id": pa.array(rng.integers(0, 40, n)), "i_genres": _lists(rng, n, 9, 4),
-                "u_x_i": pa.array(rng.integers(0, 31, n)), "i_price": pa.array(rng.random(n), pa.float32())}
+        user = {
+            "u_id": pa.array([int(rng.integers(50))]),
+            "u_tags": _lists(rng, 1, 20, 3),
+            "ctx": pa.array([int(rng.integers(7))]),
+            "u_age": pa.array([float(rng.random())], pa.float32()),
+        }
+        cand = {
+            "i_id": pa.array(rng.integers(0, 40, n)),
+            "i_genres": _lists(rng, n, 9, 4),
+            "u_x_i": pa.array(rng.integers(0, 31, n)),
+            "i_price": pa.array(rng.random(n), pa.float32()),
+        }
         requests.append((pa.table(user), pa.table(cand)))
 
     spec, tensors = extract_ranker(model, fs)
@@ -81,8 +108,10 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
     scorer.attach_catalog(catalog)
     offsets = np.cumsum([0] + [c.num_rows for _, c in requests])
     rows = [np.arange(offsets[i], offsets[i + 1])[::-1].copy() for i in range(len(requests))]
-    pairs = [c.select(["u_x_i"]).take(pa.array(r - offsets[i]))
-             for i, ((_, c), r) in enumerate(zip(requests, rows, strict=True))]
+    pairs = [
+        c.select(["u_x_i"]).take(pa.array(r - offsets[i]))
+        for i, ((_, c), r) in enumerate(zip(requests, rows, strict=True))
+    ]
     fast = scorer.score_rows([scorer.query_part(u) for u, _ in requests], rows, pairs)
     for g, f in zip(got, fast, strict=True):
         np.testing.assert_allclose(f, g[::-1], rtol=1e-5, atol=1e-6)

@@ -17,7 +17,10 @@ from widedeep.features.fit import fit_tables
 def make_prepared(
     raw: pa.Table, out: Path, spec_path: Path, *, seed: int = 0, fractions=(0.8, 0.1, 0.1), files: int = 2
 ) -> Path:
-    """Random split of ``raw`` -> ``out/{feature_space.json, train, valid, test}`` (the layout ``widedeep prepare`` writes)."""
+    """Random split of ``raw`` -> ``out/{feature_space.json, train, valid, test}``.
+
+    The layout ``widedeep prepare`` writes.
+    """
     spec = load_spec(spec_path)
     perm = np.random.default_rng(seed).permutation(raw.num_rows)
     n = raw.num_rows

@@ -33,8 +33,10 @@ def test_wide_and_deep_beats_wide_and_deep_alone(appstore):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic and fast on a shared 2-core machine
     try:
-        auc = {m: fit_in_process(data, [*COMMON, f"model.mode={m}"], epochs=3)["auc"]
-               for m in ("wide", "deep", "wide_deep")}
+        auc = {
+            m: fit_in_process(data, [*COMMON, f"model.mode={m}"], epochs=3)["auc"]
+            for m in ("wide", "deep", "wide_deep")
+        }
     finally:
         torch.set_num_threads(threads)
     print(json.dumps({"auc": auc, "oracle": meta["oracle_auc"]}))

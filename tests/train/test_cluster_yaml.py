@@ -30,8 +30,10 @@ def ray_schema():
 
 def cluster_config_problems(cfg: dict, schema: dict) -> list[str]:
     """Every reason ``ray up`` would refuse ``cfg`` before any cloud call, as readable lines."""
-    problems = [f"{'.'.join(map(str, e.absolute_path)) or '$'}: {e.message}"
-                for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)]
+    problems = [
+        f"{'.'.join(map(str, e.absolute_path)) or '$'}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)
+    ]
     types = cfg.get("available_node_types", {})
     if cfg.get("head_node_type") not in types:
         problems.append(f"head_node_type {cfg.get('head_node_type')!r} is not one of available_node_types")
@@ -74,8 +76,14 @@ def _broken(cfg: dict, change) -> dict:
         (lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9), "sum of min_workers"),
         (lambda c: c.update(docker={"image": "rayproject/ray:2.60.0"}), "container_name"),
     ],
-    ids=["typo-in-node-type", "typo-at-top-level", "fractional-gpu", "unknown-head-type", "min-over-max",
-         "docker-without-container"],
+    ids=[
+        "typo-in-node-type",
+        "typo-at-top-level",
+        "fractional-gpu",
+        "unknown-head-type",
+        "min-over-max",
+        "docker-without-container",
+    ],
 )
 def test_each_check_catches_its_mistake(cluster_cfg, ray_schema, change, problem):
     problems = cluster_config_problems(_broken(cluster_cfg, change), ray_schema)

@@ -21,12 +21,14 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def fs():
-    raw = pa.table({
-        "a": ["u", "v", "u", "w"],
-        "tags": [["p"], ["p", "q"], [], ["q", "q", "r"]],
-        "x": [1.0, 2.0, 3.0, 4.0],
-        "y": [0, 1, 0, 1],
-    })
+    raw = pa.table(
+        {
+            "a": ["u", "v", "u", "w"],
+            "tags": [["p"], ["p", "q"], [], ["q", "q", "r"]],
+            "x": [1.0, 2.0, 3.0, 4.0],
+            "y": [0, 1, 0, 1],
+        }
+    )
     space = fit_tables(parse_spec(SPEC), [raw])
     return space, space.transform(raw)
 

@@ -60,11 +60,21 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
     cmd = [
-        "ray", "start", "--head", f"--port={free_port()}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        "ray",
+        "start",
+        "--head",
+        f"--port={free_port()}",
+        "--num-cpus=4",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
         "--disable-usage-stats",
     ]
     try:
@@ -81,17 +91,44 @@ def test_ray_job_submit_trains_and_writes_a_checkpoint(ray_head, adult_small, tm
     out = tmp_path / "train.json"
     sub_id = f"widedeep-test-{secrets.token_hex(4)}"
     submit = [
-        "ray", "job", "submit", "--address", address, "--submission-id", sub_id,
-        "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "platform" / "runtime_env.yaml"), "--",
-        "python", "-m", "widedeep", "train", "--config", "platform/jobs/adult.yaml",
-        "--set", f"data={adult_small}", "--set", "num_workers=1", "--set", "epochs=1",
-        "--set", "shuffle=files", "--set", f"storage_path={tmp_path / 'runs'}", "--set", "run_name=job",
-        "--metrics-out", str(out),
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--submission-id",
+        sub_id,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env",
+        str(ROOT / "platform" / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-m",
+        "widedeep",
+        "train",
+        "--config",
+        "platform/jobs/adult.yaml",
+        "--set",
+        f"data={adult_small}",
+        "--set",
+        "num_workers=1",
+        "--set",
+        "epochs=1",
+        "--set",
+        "shuffle=files",
+        "--set",
+        f"storage_path={tmp_path / 'runs'}",
+        "--set",
+        "run_name=job",
+        "--metrics-out",
+        str(out),
     ]
     r = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    status = subprocess.run(["ray", "job", "status", "--address", address, sub_id], env=env,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        ["ray", "job", "status", "--address", address, sub_id], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "succeeded" in (status.stdout + status.stderr).lower()  # "Job ... succeeded"
     m = json.loads(out.read_text())
     ck = Path(m["checkpoint"])

@@ -59,11 +59,26 @@ def test_checkpoint_round_trip_restores_weights_and_all_optimizer_state(adult_sm
     torch.manual_seed(0)
     model = task.build_model(fs, cfg)
     opt, _ = _train(model, task, cfg, fs, table)
-    ck = save_checkpoint(tmp_path / "ck", model=model, optimizer=opt, feature_space=fs, config=cfg.to_dict(),
-                         metrics={"auc": 0.5}, task="ranking", state={"epoch": 1, "global_step": 20})
+    ck = save_checkpoint(
+        tmp_path / "ck",
+        model=model,
+        optimizer=opt,
+        feature_space=fs,
+        config=cfg.to_dict(),
+        metrics={"auc": 0.5},
+        task="ranking",
+        state={"epoch": 1, "global_step": 20},
+    )
     files = {p.name for p in ck.iterdir()}
-    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "feature_space.json",
-            "config.yaml", "metrics.json", "checkpoint.json"} <= files
+    assert {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "feature_space.json",
+        "config.yaml",
+        "metrics.json",
+        "checkpoint.json",
+    } <= files
     tensors = load_file(str(ck / "model.safetensors"))
     assert "wide_tbe.ftrl_z" in tensors and "deep_tbe.adagrad_sum" in tensors  # sparse state saved
     loaded = load_checkpoint(ck)
@@ -89,8 +104,16 @@ def test_checkpoint_round_trip_restores_weights_and_all_optimizer_state(adult_sm
 def test_checkpoint_hash_mismatch_names_both_hashes(adult_small, tmp_path):
     cfg, fs, task, _ = _setup(adult_small)
     model = task.build_model(fs, cfg)
-    ck = save_checkpoint(tmp_path / "ck", model=model, optimizer=None, feature_space=fs, config=cfg.to_dict(),
-                         metrics={}, task="ranking", state={})
+    ck = save_checkpoint(
+        tmp_path / "ck",
+        model=model,
+        optimizer=None,
+        feature_space=fs,
+        config=cfg.to_dict(),
+        metrics={},
+        task="ranking",
+        state={},
+    )
     meta = json.loads((ck / "checkpoint.json").read_text())
     meta["feature_space_hash"] = "0" * 64
     (ck / "checkpoint.json").write_text(json.dumps(meta))
@@ -105,8 +128,16 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
     torch.manual_seed(0)
     old = task.build_model(fs, cfg)
     opt, _ = _train(old, task, cfg, fs, table)
-    ck = save_checkpoint(tmp_path / "old", model=old, optimizer=opt, feature_space=fs, config=cfg.to_dict(),
-                         metrics={}, task="ranking", state={})
+    ck = save_checkpoint(
+        tmp_path / "old",
+        model=old,
+        optimizer=opt,
+        feature_space=fs,
+        config=cfg.to_dict(),
+        metrics={},
+        task="ranking",
+        state={},
+    )
     # a new FeatureSpace whose "education" vocabulary is reversed, with its last value replaced
     doc = json.loads(fs.to_json())
     st = doc["features"]["education"]
@@ -137,8 +168,9 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
             j = vocab.index(v)
             assert torch.equal(w_new[i], w_old[j]), v
             # the wide weight and its FTRL state move together (FTRL's weight is a function of z, n)
-            assert torch.equal(new.wide_tbe.table_weight("wide/education")[i],
-                               old.wide_tbe.table_weight("wide/education")[j])
+            assert torch.equal(
+                new.wide_tbe.table_weight("wide/education")[i], old.wide_tbe.table_weight("wide/education")[j]
+            )
             assert torch.equal(ftrl_z(new, "wide/education")[i], ftrl_z(old, "wide/education")[j])
         else:
             assert torch.equal(w_new[i], fresh[i])  # a new value keeps its fresh init

@@ -36,7 +36,7 @@ def test_negative_rows_pair_the_rows_user_with_catalog_items(prepared):
     s = NegativeSampler(fs, root, power=0.75)
     out = s.add(rows, 3, seed=0)
     assert out.num_rows == 4 * rows.num_rows and out.schema == rows.schema
-    assert out.slice(0, rows.num_rows).equals(rows)                  # the logged rows come first, unchanged
+    assert out.slice(0, rows.num_rows).equals(rows)  # the logged rows come first, unchanged
     neg = out.slice(rows.num_rows)
     assert set(neg.column("label").to_pylist()) == {0.0}
     src = np.repeat(np.arange(rows.num_rows), 3)
@@ -63,9 +63,9 @@ def test_sampling_power_moves_between_uniform_and_popularity(prepared):
     f_uni = np.bincount(uni.sample(200_000, rng), minlength=n) / 200_000
     f_pop = np.bincount(pop.sample(200_000, rng), minlength=n) / 200_000
     np.testing.assert_allclose(f_uni, 1.0 / n, atol=0.004)
-    want = np.diff(np.concatenate([[0.0], pop.cdf]))                 # (count + 1) / sum
+    want = np.diff(np.concatenate([[0.0], pop.cdf]))  # (count + 1) / sum
     np.testing.assert_allclose(f_pop, want, atol=0.004)
-    assert want.max() > 2.0 / n                                      # the log is skewed: the test can tell them apart
+    assert want.max() > 2.0 / n  # the log is skewed: the test can tell them apart
 
 
 def test_ranking_batches_with_negatives_train(prepared):

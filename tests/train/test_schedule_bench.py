@@ -18,8 +18,29 @@ def test_lr_factor_shapes():
 def test_bench_train_smoke(tmp_path):
     """The benchmark CLI runs end to end on tiny data and writes its figures (no timing asserts)."""
     out = tmp_path / "bench.json"
-    rc = main(["bench", "train", "--rows", "12000", "--batch-size", "1024", "--steps", "1", "--repeats", "1",
-               "--warmup", "1", "--no-pipeline", "--buckets", "1000", "--workdir", str(tmp_path), "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "train",
+            "--rows",
+            "12000",
+            "--batch-size",
+            "1024",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+            "--no-pipeline",
+            "--buckets",
+            "1000",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["model_step_samples_per_s"] > 0 and r["plain_torch_samples_per_s"] > 0

@@ -55,8 +55,18 @@ def appstore_tiny(tmp_path_factory):
 
 
 def _cfg(data, storage, workers: int, *extra: str):
-    return load_train_config(JOB, [f"data={data}", f"storage_path={storage}", "run_name=run", *COMMON,
-                                   f"num_workers={workers}", f"batch_size={GLOBAL_BATCH // workers}", *extra])
+    return load_train_config(
+        JOB,
+        [
+            f"data={data}",
+            f"storage_path={storage}",
+            "run_name=run",
+            *COMMON,
+            f"num_workers={workers}",
+            f"batch_size={GLOBAL_BATCH // workers}",
+            *extra,
+        ],
+    )
 
 
 def _scores(ckpt: str, data: Path) -> np.ndarray:
@@ -68,7 +78,9 @@ def _scores(ckpt: str, data: Path) -> np.ndarray:
     from widedeep.train.config import config_from_dict
 
     cfg = config_from_dict(ck.config)
-    rows = pads.dataset(str(data / "test"), format="parquet").to_table(columns=task.required_columns(ck.feature_space, cfg))
+    rows = pads.dataset(str(data / "test"), format="parquet").to_table(
+        columns=task.required_columns(ck.feature_space, cfg)
+    )
     with torch.no_grad():
         return task.eval_outputs(ck.model, task.collate(rows, ck.feature_space, cfg), cfg)["outputs"]
 
@@ -98,7 +110,7 @@ def test_train_sharded_on_2_resume_on_1_and_3(ray_session, appstore_tiny, tmp_pa
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     # one worker: everything replicated (a budget that fits one worker; 2 MiB would not)
-    with pytest.raises(WidedeepError, match="memory_budget_mb: the tables need 3.0 MiB per worker with 1 worker"):
+    with pytest.raises(WidedeepError, match=r"memory_budget_mb: the tables need 3\.0 MiB per worker with 1 worker"):
         run_training(_cfg(data, tmp_path / "b", 1))
     one = run_training(_cfg(data, tmp_path / "b", 1, "sharding.memory_budget_mb=16"))
     three = run_training(_cfg(data, tmp_path / "a", 3))
@@ -111,7 +123,12 @@ def test_train_sharded_on_2_resume_on_1_and_3(ray_session, appstore_tiny, tmp_pa
 
     want = _scores(full["latest_checkpoint"], data)
     for run, workers in ((one, 1), (three, 3)):
-        np.testing.assert_allclose(_scores(run["latest_checkpoint"], data), want, atol=2e-5, rtol=1e-4,
-                                   err_msg=f"resumed on {workers} worker(s)")
+        np.testing.assert_allclose(
+            _scores(run["latest_checkpoint"], data),
+            want,
+            atol=2e-5,
+            rtol=1e-4,
+            err_msg=f"resumed on {workers} worker(s)",
+        )
     assert one["auc"] == pytest.approx(full["auc"], abs=1e-4)
     assert three["auc"] == pytest.approx(full["auc"], abs=1e-4)

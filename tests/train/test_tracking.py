@@ -18,14 +18,14 @@ from widedeep.errors import ConfigError
 
 
 def test_without_mlflow_only_registry_uris_need_it(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "mlflow", None)   # import mlflow -> ImportError
-    assert tracking.resolve(str(tmp_path), "bundle") == str(tmp_path)   # a path needs nothing
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    assert tracking.resolve(str(tmp_path), "bundle") == str(tmp_path)  # a path needs nothing
     with pytest.raises(ConfigError, match=r"pip install 'widedeep\[mlflow\]'"):
         tracking.resolve("models:/widedeep-recommender@champion", "bundle")
     from widedeep.cli import main
 
     rc = main(["serve", "--bundle", "models:/widedeep-recommender@champion"])
-    assert rc == 2   # a clear error, not a traceback
+    assert rc == 2  # a clear error, not a traceback
 
 
 def test_registry_round_trip_and_kinds(tmp_path):
@@ -52,10 +52,21 @@ def test_training_run_is_tracked_and_its_checkpoint_registered(adult_small, tmp_
     from widedeep.train.driver import run_training
 
     uri = f"file:{tmp_path / 'mlruns'}"
-    cfg = load_train_config(None, [f"data={adult_small}", f"storage_path={tmp_path / 'runs'}", "run_name=tracked",
-                                   "num_workers=0", "epochs=2", "early_stopping.enabled=false",
-                                   "tracking.enabled=true", f"tracking.uri={uri}",
-                                   "tracking.register_as=widedeep-ranker", "tracking.aliases=[champion]"])
+    cfg = load_train_config(
+        None,
+        [
+            f"data={adult_small}",
+            f"storage_path={tmp_path / 'runs'}",
+            "run_name=tracked",
+            "num_workers=0",
+            "epochs=2",
+            "early_stopping.enabled=false",
+            "tracking.enabled=true",
+            f"tracking.uri={uri}",
+            "tracking.register_as=widedeep-ranker",
+            "tracking.aliases=[champion]",
+        ],
+    )
     summary = run_training(cfg)
     info = summary["mlflow"]
     assert info["registered"] == {"name": "widedeep-ranker", "version": "1"}
@@ -69,10 +80,19 @@ def test_training_run_is_tracked_and_its_checkpoint_registered(adult_small, tmp_
     assert run.data.metrics["best_auc"] == pytest.approx(summary["auc"])
     # the alias resolves to the best checkpoint, and a new run can warm-start from it by name
     assert tracking.resolve("models:/widedeep-ranker@champion", "checkpoint", uri) == summary["checkpoint"]
-    warm = load_train_config(None, [f"data={adult_small}", f"storage_path={tmp_path / 'runs'}", "run_name=warm",
-                                    "num_workers=0", "epochs=1", "warm_start_from=models:/widedeep-ranker@champion",
-                                    f"tracking.uri={uri}"])
+    warm = load_train_config(
+        None,
+        [
+            f"data={adult_small}",
+            f"storage_path={tmp_path / 'runs'}",
+            "run_name=warm",
+            "num_workers=0",
+            "epochs=1",
+            "warm_start_from=models:/widedeep-ranker@champion",
+            f"tracking.uri={uri}",
+        ],
+    )
     from widedeep.train.driver import resolve
 
     assert resolve(warm).warm_start_from == summary["checkpoint"]
-    json.dumps(info)   # JSON-serialisable for --metrics-out
+    json.dumps(info)  # JSON-serialisable for --metrics-out

@@ -59,10 +59,29 @@ def _checkpoint_names(storage: Path, name: str) -> list[str]:
 
 def test_train_cli_local_mode_then_evaluate(ray_session, adult_small, tmp_path):
     out, ev = tmp_path / "train.json", tmp_path / "eval.json"
-    rc = main(["train", "--config", str(JOB), "--set", f"data={adult_small}", "--set", "num_workers=0",
-               "--set", f"storage_path={tmp_path}", "--set", "run_name=local", "--set", "epochs=2",
-               "--set", "shuffle=files",
-               "--set", "early_stopping.patience=0", "--metrics-out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(JOB),
+            "--set",
+            f"data={adult_small}",
+            "--set",
+            "num_workers=0",
+            "--set",
+            f"storage_path={tmp_path}",
+            "--set",
+            "run_name=local",
+            "--set",
+            "epochs=2",
+            "--set",
+            "shuffle=files",
+            "--set",
+            "early_stopping.patience=0",
+            "--metrics-out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads(out.read_text())
     for key in ("auc", "logloss", "accuracy", "calibration", "train_samples_per_s", "checkpoint"):
@@ -111,8 +130,9 @@ def test_same_run_name_resumes_from_the_latest_checkpoint(baseline, adult_small,
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(baseline, adult_small, tmp_path):
     base_storage, base = baseline
-    run = run_training(_cfg(adult_small, tmp_path, "ft", "num_workers=1", "batch_size=128", "max_failures=1",
-                            "debug.fail_at_step=12"))
+    run = run_training(
+        _cfg(adult_small, tmp_path, "ft", "num_workers=1", "batch_size=128", "max_failures=1", "debug.fail_at_step=12")
+    )
     st = _train_state(run["latest_checkpoint"])
     # one restart, mid-epoch, from the latest checkpoint the controller had committed when the
     # worker died at step 12 (step 10, or step 5 if step 10's report was still in flight)

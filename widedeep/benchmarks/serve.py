@@ -61,8 +61,9 @@ def _noop_app() -> Any:
     return Noop.options(ray_actor_options={"num_cpus": 0.5}).bind()
 
 
-def _client(port: int, path: str, bodies: list[bytes], stop_at: float, start_at: float, lat: list[float],
-            errors: list[str]) -> None:
+def _client(
+    port: int, path: str, bodies: list[bytes], stop_at: float, start_at: float, lat: list[float], errors: list[str]
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"content-type": "application/json"}
     i = 0
@@ -113,8 +114,10 @@ def load(port: int, path: str, bodies: list[bytes], clients: int, seconds: float
     start_at, stop_at = now + warmup_s, now + warmup_s + seconds
     lats: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
-    threads = [threading.Thread(target=_client, args=(port, path, bodies, stop_at, start_at, lats[i], errors))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=_client, args=(port, path, bodies, stop_at, start_at, lats[i], errors))
+        for i in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -158,40 +161,58 @@ def run_bench(cfg: ServeBenchConfig) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix="widedeep-bench-serve-")
         t0 = time.monotonic()
         log.info("building a synthetic bundle: %d items (use --bundle to skip)", cfg.items)
-        bundle = str(build_synthetic_bundle(Path(tmp.name) / "bundle", n_items=cfg.items,
-                                            n_users=max(cfg.items // 5, 100)))
+        bundle = str(
+            build_synthetic_bundle(Path(tmp.name) / "bundle", n_items=cfg.items, n_users=max(cfg.items // 5, 100))
+        )
         log.info("synthetic bundle ready in %.1fs", time.monotonic() - t0)
     pipe = RecommendPipeline(load_bundle(bundle))
     rec, rank = request_bodies(pipe, cfg)
     out: dict[str, Any] = {
         "config": {**cfg.__dict__, "bundle": bundle, "clients": list(cfg.clients)},
-        "bundle": {"model_version": pipe.version, "items": len(pipe.bundle.item_keys),
-                   "index": pipe.bundle.manifest.get("index", {})},
+        "bundle": {
+            "model_version": pipe.version,
+            "items": len(pipe.bundle.item_keys),
+            "index": pipe.bundle.manifest.get("index", {}),
+        },
         "machine": {"cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
     }
     # the compute alone, in this process (same requests)
     recs = [json.loads(x) for x in rec]
     ranks = [json.loads(x) for x in rank]
     out["inprocess_recommend"] = _inprocess(
-        lambda i: pipe.recommend(recs[i % len(recs)]["user"], {}, k=cfg.k, n=cfg.candidates), 200)
-    out["inprocess_rank"] = _inprocess(lambda i: pipe.rank(ranks[i % len(ranks)]["user"], {}, ranks[i % len(ranks)]["items"]), 200)
-    log.info("in-process: recommend p50 %.2f ms, rank p50 %.2f ms", out["inprocess_recommend"]["p50_ms"],
-             out["inprocess_rank"]["p50_ms"])
+        lambda i: pipe.recommend(recs[i % len(recs)]["user"], {}, k=cfg.k, n=cfg.candidates), 200
+    )
+    out["inprocess_rank"] = _inprocess(
+        lambda i: pipe.rank(ranks[i % len(ranks)]["user"], {}, ranks[i % len(ranks)]["items"]), 200
+    )
+    log.info(
+        "in-process: recommend p50 %.2f ms, rank p50 %.2f ms",
+        out["inprocess_recommend"]["p50_ms"],
+        out["inprocess_rank"]["p50_ms"],
+    )
 
     ensure_ray()
     # what the Serve processes run with (a local Ray gets SERVE_ENV unless the caller set them)
     out["machine"]["serve_env"] = {k: os.environ.get(k) for k in SERVE_ENV}
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     try:
-        args = {"bundle": bundle, "candidates": cfg.candidates, "default_k": cfg.k,
-                "max_k": max(cfg.k, 100) if cfg.candidates >= 100 else cfg.k, "max_rank_items": max(cfg.rank_items, 1000)}
+        args = {
+            "bundle": bundle,
+            "candidates": cfg.candidates,
+            "default_k": cfg.k,
+            "max_k": max(cfg.k, 100) if cfg.candidates >= 100 else cfg.k,
+            "max_rank_items": max(cfg.rank_items, 1000),
+        }
         # logical CPUs only: every replica of the three apps must fit on a small local Ray
         half = {"ray_actor_options": {"num_cpus": 0.5}}
         serve.run(build_app_with(args, {"Ingress": half}), name="recommender", route_prefix="/")
         serve.run(_noop_app(), name="noop", route_prefix="/noop")
         if cfg.with_chain:
-            serve.run(build_app_with({**args, "pipeline": "chain"}, {d: half for d in ("Ingress", "Retriever", "Ranker")}),
-                      name="chain", route_prefix="/chain")
+            serve.run(
+                build_app_with({**args, "pipeline": "chain"}, {d: half for d in ("Ingress", "Retriever", "Ranker")}),
+                name="chain",
+                route_prefix="/chain",
+            )
         phases = [("noop", "/noop/", rec), ("recommend", "/v1/recommend", rec), ("rank", "/v1/rank", rank)]
         if cfg.with_chain:
             phases.append(("chain_recommend", "/chain/v1/recommend", rec))
@@ -199,8 +220,16 @@ def run_bench(cfg: ServeBenchConfig) -> dict[str, Any]:
             for name, path, bodies in phases:
                 r = load(cfg.port, path, bodies, c, cfg.seconds, cfg.warmup_s)
                 out[f"{name}_c{c}"] = r
-                log.info("%-16s c=%d  %7.1f req/s  p50 %6.2f  p95 %6.2f  p99 %6.2f ms  errors %d", name, c, r["rps"],
-                         r["p50_ms"], r["p95_ms"], r["p99_ms"], r["errors"])
+                log.info(
+                    "%-16s c=%d  %7.1f req/s  p50 %6.2f  p95 %6.2f  p99 %6.2f ms  errors %d",
+                    name,
+                    c,
+                    r["rps"],
+                    r["p50_ms"],
+                    r["p95_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                )
     finally:
         serve.shutdown()
         if tmp is not None:
@@ -213,11 +242,15 @@ def summary(out: dict[str, Any]) -> str:
     rows = [f"{'phase':<20}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"]
     for key, v in out.items():
         if isinstance(v, dict) and "p50_ms" in v:
-            rows.append(f"{key:<20}{v['rps']:>9.1f}{v['p50_ms']:>9.2f}{v['p95_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['errors']:>8}")
+            rows.append(
+                f"{key:<20}{v['rps']:>9.1f}{v['p50_ms']:>9.2f}{v['p95_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['errors']:>8}"
+            )
     r1, n1 = out.get("recommend_c1"), out.get("noop_c1")
     if r1 and n1:
-        rows.append(f"recommend c1 p50 - no-op floor p50 = {r1['p50_ms'] - n1['p50_ms']:.2f} ms "
-                    f"(in-process compute p50 {out['inprocess_recommend']['p50_ms']:.2f} ms wall, "
-                    f"{out['inprocess_recommend']['cpu_p50_ms']:.2f} ms CPU); "
-                    f"load average {out['machine']['loadavg_start'][0]:.1f} -> {out['machine']['loadavg_end'][0]:.1f}")
+        rows.append(
+            f"recommend c1 p50 - no-op floor p50 = {r1['p50_ms'] - n1['p50_ms']:.2f} ms "
+            f"(in-process compute p50 {out['inprocess_recommend']['p50_ms']:.2f} ms wall, "
+            f"{out['inprocess_recommend']['cpu_p50_ms']:.2f} ms CPU); "
+            f"load average {out['machine']['loadavg_start'][0]:.1f} -> {out['machine']['loadavg_end'][0]:.1f}"
+        )
     return "\n".join(rows)

@@ -17,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-items", type=int, default=500, help="items per /v1/rank request")
     parser.add_argument("--clients", default="1,8", help="concurrent clients per phase, comma-separated")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--with-chain", action="store_true",
-                        help="also measure the Ingress -> Retriever -> Ranker chain (shows the cost of actor hops)")
+    parser.add_argument(
+        "--with-chain",
+        action="store_true",
+        help="also measure the Ingress -> Retriever -> Ranker chain (shows the cost of actor hops)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +29,17 @@ def run(args: argparse.Namespace) -> int:
 
     from widedeep.benchmarks.serve import ServeBenchConfig, run_bench, summary
 
-    cfg = ServeBenchConfig(bundle=args.bundle, seconds=args.seconds, clients=tuple(int(c) for c in args.clients.split(",")),
-                      items=args.items, candidates=args.candidates, k=args.k, rank_items=args.rank_items,
-                      port=args.port, with_chain=args.with_chain)
+    cfg = ServeBenchConfig(
+        bundle=args.bundle,
+        seconds=args.seconds,
+        clients=tuple(int(c) for c in args.clients.split(",")),
+        items=args.items,
+        candidates=args.candidates,
+        k=args.k,
+        rank_items=args.rank_items,
+        port=args.port,
+        with_chain=args.with_chain,
+    )
     out = run_bench(cfg)
     print(summary(out))
     if args.json:

@@ -15,10 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads in every contender (default 1: on a shared 2-core machine extra OpenMP threads spin-wait)")
-    parser.add_argument("--buckets", type=int, default=100_000,
-                        help="hash each categorical into this many rows (0: fitted vocabularies, min_count 4; small tables)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help=(
+            "torch CPU threads in every contender "
+            "(default 1: on a shared 2-core machine extra OpenMP threads spin-wait)"
+        ),
+    )
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        default=100_000,
+        help="hash each categorical into this many rows (0: fitted vocabularies, min_count 4; small tables)",
+    )
     parser.add_argument("--workdir", help="keep / reuse the generated data here")
     parser.add_argument("--no-pipeline", action="store_true", help="skip (c), the Ray Train pipeline run")
 
@@ -39,16 +50,28 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rows", "batch_size", "steps", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
-    report = run_bench(rows=args.rows, batch_size=args.batch_size, hidden=hidden, steps=args.steps,
-                       repeats=args.repeats, warmup=args.warmup, workdir=args.workdir,
-                       pipeline=not args.no_pipeline, threads=args.threads, buckets=args.buckets)
+    report = run_bench(
+        rows=args.rows,
+        batch_size=args.batch_size,
+        hidden=hidden,
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        workdir=args.workdir,
+        pipeline=not args.no_pipeline,
+        threads=args.threads,
+        buckets=args.buckets,
+    )
     lines = [
         f"(a) WideAndDeep step      {report['model_step_samples_per_s']:>12,.0f} samples/s",
-        f"(b) plain PyTorch W&D     {report['plain_torch_samples_per_s']:>12,.0f} samples/s   (a)/(b) = {report['speedup_vs_plain']:.2f}x",
+        f"(b) plain PyTorch W&D     {report['plain_torch_samples_per_s']:>12,.0f} samples/s   "
+        f"(a)/(b) = {report['speedup_vs_plain']:.2f}x",
     ]
     if "pipeline_samples_per_s" in report:
-        lines.append(f"(c) widedeep train        {report['pipeline_samples_per_s']:>12,.0f} samples/s   "
-                     f"(c)/(a) = {report['pipeline_vs_model_step']:.0%}")
+        lines.append(
+            f"(c) widedeep train        {report['pipeline_samples_per_s']:>12,.0f} samples/s   "
+            f"(c)/(a) = {report['pipeline_vs_model_step']:.0%}"
+        )
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))

@@ -11,8 +11,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint directory (ranking task)")
     parser.add_argument("--data", required=True, help="prepared split directory, e.g. DIR/test")
     parser.add_argument("--metrics-out", help="write the metrics JSON here")
-    parser.add_argument("--task", choices=["ranking", "topk"], default="ranking",
-                        help="ranking: classification metrics of --checkpoint; topk: retrieval + ranking top-K")
+    parser.add_argument(
+        "--task",
+        choices=["ranking", "topk"],
+        default="ranking",
+        help="ranking: classification metrics of --checkpoint; topk: retrieval + ranking top-K",
+    )
     parser.add_argument("--retriever", help="retriever checkpoint (--task topk)")
     parser.add_argument("--ranker", help="ranker checkpoint (--task topk; optional: re-ranks the retrieved candidates)")
     parser.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")

@@ -15,8 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-rows", type=int, default=250_000, help="rows per Parquet file")
     p.add_argument("--day", type=int, default=0, help="write day N's window of the world (timestamps follow day N-1's)")
-    p.add_argument("--drift", type=float, default=0.0,
-                   help="in [0, 1): fraction of apps released on days 1..3, and the per-day popularity trend")
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        help="in [0, 1): fraction of apps released on days 1..3, and the per-day popularity trend",
+    )
     p.add_argument("--poison", help="a corrupted window on purpose: flip-labels | scale:COLUMN:FACTOR")
 
 
@@ -30,8 +34,17 @@ def run(args: argparse.Namespace) -> int:
     if args.items < 20:
         raise ConfigError("--items: must be >= 20 (planted pairs and categories need room)")
     try:
-        m = generate_appstore(args.out, args.rows, users=args.users, items=args.items, seed=args.seed,
-                              shard_rows=args.shard_rows, day=args.day, drift=args.drift, poison=args.poison)
+        m = generate_appstore(
+            args.out,
+            args.rows,
+            users=args.users,
+            items=args.items,
+            seed=args.seed,
+            shard_rows=args.shard_rows,
+            day=args.day,
+            drift=args.drift,
+            poison=args.poison,
+        )
     except ValueError as e:
         raise ConfigError(f"--{str(e).split(':', 1)[0]}: {str(e).split(':', 1)[1].strip()}") from None
     print(

@@ -9,7 +9,13 @@ HELP = "fit a feature spec on raw data and write train/valid/test Parquet shards
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="feature spec YAML (see platform/specs/)")
-    p.add_argument("--input", required=True, nargs="+", metavar="PATH", help="files, directories, globs or URIs (s3://, gs://, ...)")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="files, directories, globs or URIs (s3://, gs://, ...)",
+    )
     p.add_argument("--out", required=True, help="output directory (local or URI)")
     p.add_argument(
         "--split",
@@ -17,10 +23,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="random:F,F,F | time:COLUMN:F,F,F | user-time:USER:TIME:F,F,F (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    p.add_argument("--format", default="auto", choices=["auto", "parquet", "csv", "criteo", "movielens"], help="input format (default: the spec's, else detected)")
-    p.add_argument("--on-bad-rows", default="error", choices=["error", "skip"], help="fail on a bad row (default) or skip and count it in the manifest")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "parquet", "csv", "criteo", "movielens"],
+        help="input format (default: the spec's, else detected)",
+    )
+    p.add_argument(
+        "--on-bad-rows",
+        default="error",
+        choices=["error", "skip"],
+        help="fail on a bad row (default) or skip and count it in the manifest",
+    )
     p.add_argument("--shard-rows", type=int, default=1_000_000, help="max rows per Parquet shard")
-    p.add_argument("--row-group-rows", type=int, default=65_536, help="rows per Parquet row group (streaming granularity)")
+    p.add_argument(
+        "--row-group-rows", type=int, default=65_536, help="rows per Parquet row group (streaming granularity)"
+    )
     p.add_argument("--chunk-rows", type=int, default=131_072, help="rows a task processes at once (memory bound)")
 
 

@@ -27,7 +27,16 @@ def run(args: argparse.Namespace) -> int:
     for k in ("rows", "users", "items", "epochs"):
         if getattr(args, k) <= 0:
             raise ConfigError(f"--{k}: must be > 0")
-    run_quickstart(QuickstartConfig(
-        workdir=Path(args.workdir), rows=args.rows, users=args.users, items=args.items, seed=args.seed,
-        epochs=args.epochs, port=args.port, keep_serving=args.keep_serving))
+    run_quickstart(
+        QuickstartConfig(
+            workdir=Path(args.workdir),
+            rows=args.rows,
+            users=args.users,
+            items=args.items,
+            seed=args.seed,
+            epochs=args.epochs,
+            port=args.port,
+            keep_serving=args.keep_serving,
+        )
+    )
     return 0

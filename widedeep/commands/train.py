@@ -10,7 +10,11 @@ HELP = "train a model from a job config (platform/jobs/*.yaml) on Ray Train"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="job config YAML (platform/jobs/adult.yaml)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, e.g. --set seed=1 --set model.hidden=[64,32] (repeatable)",
     )
     parser.add_argument("--metrics-out", help="write the run's metrics JSON here (best checkpoint path included)")

@@ -63,7 +63,9 @@ def generate_criteo_parquet(out: Path, rows: int, cardinality: int, shard_rows: 
     t0 = time.perf_counter()
     for k, start in enumerate(range(0, rows, shard_rows)):
         n = min(shard_rows, rows - start)
-        pq.write_table(criteo_like_table(n, start, seed, cardinality), out / f"part-{k:05d}.parquet", row_group_size=65_536)
+        pq.write_table(
+            criteo_like_table(n, start, seed, cardinality), out / f"part-{k:05d}.parquet", row_group_size=65_536
+        )
     return time.perf_counter() - t0
 
 
@@ -127,13 +129,15 @@ def run_prepare_bench(work: Path, rows: int, cardinality: int, shard_rows: int, 
     spec = load_spec(spec_path)
     raw = work / "raw"
     lines = []
-    with PeakRSS() as mem_gen:
+    with PeakRSS():
         gen_s = generate_criteo_parquet(raw, rows, cardinality, shard_rows)
     lines.append(f"generate: {rows:,} Criteo-shaped rows in {gen_s:.1f}s = {rows / gen_s:,.0f} rows/s (1 process)")
     ensure_ray()  # started before timing: Ray start-up is not preparation work
     t_w = time.perf_counter()
     _warm_workers()
-    lines.append(f"ray: local instance + worker processes warmed in {time.perf_counter() - t_w:.1f}s (not counted below)")
+    lines.append(
+        f"ray: local instance + worker processes warmed in {time.perf_counter() - t_w:.1f}s (not counted below)"
+    )
     opts = PrepareOptions(inputs=[str(raw)], out=str(work / "prepared"), format="parquet", unit_rows=shard_rows)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
@@ -153,7 +157,8 @@ def run_prepare_bench(work: Path, rows: int, cardinality: int, shard_rows: int, 
     }
     lines.append(
         f"prepare (Ray Data: fit {res['fit_s']:.1f}s + transform/write {res['transform_write_s']:.1f}s): "
-        f"{prep_s:.1f}s = {res['prepare_rows_per_s']:,.0f} rows/s; peak RSS driver {res['peak_rss_driver_mb']:.0f} MiB, "
+        f"{prep_s:.1f}s = {res['prepare_rows_per_s']:,.0f} rows/s; "
+        f"peak RSS driver {res['peak_rss_driver_mb']:.0f} MiB, "
         f"driver+Ray workers {res['peak_rss_tree_mb']:.0f} MiB"
     )
     if pandas:
@@ -163,7 +168,10 @@ def run_prepare_bench(work: Path, rows: int, cardinality: int, shard_rows: int, 
         res["pandas_s"] = pd_s
         res["pandas_peak_rss_mb"] = mem_pd.peak_self / 2**20
         res["speedup_vs_pandas"] = res["prepare_rows_per_s"] / res["pandas_rows_per_s"]
-        lines.append(f"pandas baseline (1 process, same fit + transform + write): {pd_s:.1f}s = {res['pandas_rows_per_s']:,.0f} rows/s; peak RSS {res['pandas_peak_rss_mb']:.0f} MiB")
+        lines.append(
+            f"pandas baseline (1 process, same fit + transform + write): {pd_s:.1f}s = "
+            f"{res['pandas_rows_per_s']:,.0f} rows/s; peak RSS {res['pandas_peak_rss_mb']:.0f} MiB"
+        )
         lines.append(f"speedup vs pandas: {res['speedup_vs_pandas']:.2f}x (targets: >= 200k rows/s and >= 2x)")
     res["_lines"] = lines
     return res

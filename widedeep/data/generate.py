@@ -134,8 +134,24 @@ def make_world(users: int, items: int, seed: int) -> World:
     sample = rng.integers(0, users, 20000), rng.integers(0, items, 20000)
     uv_scale = float(np.std(np.einsum("nd,nd->n", u[sample[0]], v[sample[1]]))) or 1.0
     return World(
-        users, items, u, v, pop, cat, rng.integers(0, len(PRICES), items), np.round(np.exp(rng.normal(3, 1, items)), 1),
-        age, gender, country, offsets, values, companion, uv_scale, np.sort(triggers), holder_offsets, owner[order],
+        users,
+        items,
+        u,
+        v,
+        pop,
+        cat,
+        rng.integers(0, len(PRICES), items),
+        np.round(np.exp(rng.normal(3, 1, items)), 1),
+        age,
+        gender,
+        country,
+        offsets,
+        values,
+        companion,
+        uv_scale,
+        np.sort(triggers),
+        holder_offsets,
+        owner[order],
     )
 
 
@@ -167,8 +183,9 @@ def day_popularity(world: World, day: Day, seed: int) -> np.ndarray:
     return np.where(released <= day.index, pop, -np.inf)
 
 
-def _chunk(world: World, start: int, n: int, seed: int, day: Day | None = None,
-           pop: np.ndarray | None = None) -> tuple[pa.Table, dict[str, np.ndarray]]:
+def _chunk(
+    world: World, start: int, n: int, seed: int, day: Day | None = None, pop: np.ndarray | None = None
+) -> tuple[pa.Table, dict[str, np.ndarray]]:
     day = day or Day()
     key = [seed, 1, start] if day.index == 0 else [seed, 1, start, day.index]
     rng = np.random.default_rng(np.random.SeedSequence(key))
@@ -281,9 +298,18 @@ def _poisoned(t: pa.Table, poison: tuple[str, str, float] | None) -> pa.Table:
     return t.set_column(i, col, pc.multiply(pc.cast(t.column(col), pa.float64()), factor))
 
 
-def generate_appstore(out: str | Path, rows: int, users: int = 10_000, items: int = 1_000, seed: int = 0,
-                      shard_rows: int = 250_000, chunk_rows: int = 50_000, day: int = 0, drift: float = 0.0,
-                      poison: str | None = None) -> dict:
+def generate_appstore(
+    out: str | Path,
+    rows: int,
+    users: int = 10_000,
+    items: int = 1_000,
+    seed: int = 0,
+    shard_rows: int = 250_000,
+    chunk_rows: int = 50_000,
+    day: int = 0,
+    drift: float = 0.0,
+    poison: str | None = None,
+) -> dict:
     """Write ``rows`` impressions as ``OUT/part-*.parquet`` + ``OUT/_generator.json``; constant memory.
 
     ``day`` / ``drift``: the day-``day`` window of a drifting world; ``poison``: a deliberately
@@ -382,7 +408,7 @@ def criteo_like_table(n: int, start: int, seed: int, cardinality: int = 200_000)
 def _hex_tokens(k: int) -> pa.Array:
     """``k`` distinct 8-hex-digit tokens (Criteo's look), vectorized: a few ms for 200k, so no cache."""
     h = (hash_ints(np.arange(k)) >> np.uint64(32)).astype(np.uint32)
-    nibbles = ((h[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF).astype(np.uint8)   # [k, 8], high first
+    nibbles = ((h[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF).astype(np.uint8)  # [k, 8], high first
     chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
     offsets = np.arange(k + 1, dtype=np.int32) * 8
     return pa.Array.from_buffers(pa.string(), k, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chars.tobytes())])

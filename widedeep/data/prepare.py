@@ -72,7 +72,9 @@ def needed_columns(spec: FeatureSpec, split: SplitSpec) -> list[str]:
     from widedeep.features.spec import feature_column
 
     cols: list[str] = []
-    for c in [feature_column(f) for f in spec.features] + [spec.label.source, spec.user_key, spec.item_key] + split.columns:
+    for c in (
+        [feature_column(f) for f in spec.features] + [spec.label.source, spec.user_key, spec.item_key] + split.columns
+    ):
         if c and c not in cols:
             cols.append(c)
     return cols
@@ -117,7 +119,7 @@ def _run(ds, what: str):
             yield batch
     except WidedeepError:
         raise
-    except Exception as e:  # noqa: BLE001 - Ray wraps task errors; surface ours without the traceback
+    except Exception as e:
         inner = unwrap_error(e)
         if inner is not None:
             raise type(inner)(str(inner)) from None
@@ -183,7 +185,13 @@ def _time_task(batch: pa.Table, split: SplitSpec, chunk_rows: int, on_bad_rows: 
 
 @_errors_as_rows
 def _fit_task(
-    batch: pa.Table, spec_doc: dict, splitter: Splitter, columns: list[str], chunk_rows: int, on_bad_rows: str, dict_columns: list[str]
+    batch: pa.Table,
+    spec_doc: dict,
+    splitter: Splitter,
+    columns: list[str],
+    chunk_rows: int,
+    on_bad_rows: str,
+    dict_columns: list[str],
 ) -> pa.Table:
     spec = parse_spec(spec_doc)
     outs = []
@@ -247,7 +255,11 @@ def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None
         col = part.column(name)
         if pa.types.is_list(col.type):
             col = pc.list_flatten(col)
-        ids = np.asarray(col.to_numpy(), dtype=np.int64) if not isinstance(col, pa.ChunkedArray) else np.asarray(col.combine_chunks().to_numpy(), dtype=np.int64)
+        ids = (
+            np.asarray(col.to_numpy(), dtype=np.int64)
+            if not isinstance(col, pa.ChunkedArray)
+            else np.asarray(col.combine_chunks().to_numpy(), dtype=np.int64)
+        )
         st["oov"][name] = st["oov"].get(name, 0) + int((ids == oov).sum())
         st["values"][name] = st["values"].get(name, 0) + len(ids)
 
@@ -279,7 +291,11 @@ def _write_task(
             row += chunk.num_rows
             # one transform per chunk; the (much smaller) prepared rows are then split three ways
             prepared, info = fspace.transform_checked(
-                chunk, require_label=True, on_bad_rows=opts["on_bad_rows"], where=unit.path, passthrough=(keep_time,) if keep_time else ()
+                chunk,
+                require_label=True,
+                on_bad_rows=opts["on_bad_rows"],
+                where=unit.path,
+                passthrough=(keep_time,) if keep_time else (),
             )
             if info.kept is not None:
                 for s in range(3):
@@ -308,8 +324,15 @@ def _write_task(
         for s, name in enumerate(SPLITS):
             first = s == 0
             rows_meta.append(
-                {"unit": unit.index, "split": name, "files": writers[s].files, "stats": stats[s], "bad_parse": bad_parse if first else 0,
-                 "reasons": reasons if first else {}, "timing": timing if first else {}}
+                {
+                    "unit": unit.index,
+                    "split": name,
+                    "files": writers[s].files,
+                    "stats": stats[s],
+                    "bad_parse": bad_parse if first else 0,
+                    "reasons": reasons if first else {},
+                    "timing": timing if first else {},
+                }
             )
     blobs = [json.dumps(r, sort_keys=True).encode() for r in rows_meta]
     return pa.table({"key": pa.array(["meta"] * len(blobs)), "blob": pa.array(blobs, pa.binary())})
@@ -345,7 +368,10 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     splitter = Splitter(split, opts.seed)
     if split.mode != "random":
         ds = _units_dataset(units).map_batches(
-            _time_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows}
+            _time_task,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
         )
         pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
         if split.mode == "time":
@@ -360,7 +386,9 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
             if not pieces or sum(p.num_rows for p in pieces) == 0:
                 raise DataError(f"input is empty: {opts.inputs}")
             t = pa.concat_tables(pieces)
-            splitter = Splitter(split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions))
+            splitter = Splitter(
+                split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions)
+            )
             log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
 
     # pass 1: fit on the training split
@@ -370,8 +398,12 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={
-            "spec_doc": spec.to_dict(), "splitter": splitter, "columns": columns, "chunk_rows": opts.chunk_rows,
-            "on_bad_rows": opts.on_bad_rows, "dict_columns": dictionary_columns(spec, split),
+            "spec_doc": spec.to_dict(),
+            "splitter": splitter,
+            "columns": columns,
+            "chunk_rows": opts.chunk_rows,
+            "on_bad_rows": opts.on_bad_rows,
+            "dict_columns": dictionary_columns(spec, split),
         },
     )
     t_merge = 0.0
@@ -382,7 +414,9 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     read_rows = int(acc._sum("read", "n"))
     log.info(
         "fit tasks: %.1fs in tasks (%.1fs statistics, rest reading); driver merge %.1fs",
-        acc._sum("read", "task_s"), acc._sum("read", "stats_s"), t_merge,
+        acc._sum("read", "task_s"),
+        acc._sum("read", "stats_s"),
+        t_merge,
     )
     bad_parse = int(acc._sum("read", "bad_parse"))
     if read_rows == 0:
@@ -390,10 +424,19 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     fspace = acc.finish()
     if extend is not None:
         fspace = extend_space(extend, fspace)
-        log.info("extended the serving FeatureSpace %s: new values %s", extend.content_hash[:12],
-                 fspace.fit_info["window"]["new_values"] or "none")
+        log.info(
+            "extended the serving FeatureSpace %s: new values %s",
+            extend.content_hash[:12],
+            fspace.fit_info["window"]["new_values"] or "none",
+        )
     t_fit = time.perf_counter() - t0
-    log.info("fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)", read_rows, fspace.fit_info["train_rows"], t_fit, read_rows / max(t_fit, 1e-9))
+    log.info(
+        "fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)",
+        read_rows,
+        fspace.fit_info["train_rows"],
+        t_fit,
+        read_rows / max(t_fit, 1e-9),
+    )
     fs_json = fspace.to_json()
     with ofs.open_output_stream(f"{root}/feature_space.json") as f:
         f.write(fs_json.encode("utf-8"))
@@ -401,8 +444,11 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     # pass 2: transform + write
     t1 = time.perf_counter()
     wopts = {
-        "shard_rows": opts.shard_rows, "row_group_rows": opts.row_group_rows, "chunk_rows": opts.chunk_rows,
-        "on_bad_rows": opts.on_bad_rows, "dict_columns": dictionary_columns(spec, split),
+        "shard_rows": opts.shard_rows,
+        "row_group_rows": opts.row_group_rows,
+        "chunk_rows": opts.chunk_rows,
+        "on_bad_rows": opts.on_bad_rows,
+        "dict_columns": dictionary_columns(spec, split),
     }
     ds = _units_dataset(units).map_batches(
         _write_task,
@@ -418,23 +464,49 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         done += 1
         rows = sum(m["stats"]["rows"] for m in metas)
         el = time.perf_counter() - t1
-        log.info("write: %d/%d units, %d rows, %.0f rows/s", len({m['unit'] for m in metas}), len(units), rows, rows / max(el, 1e-9))
+        log.info(
+            "write: %d/%d units, %d rows, %.0f rows/s",
+            len({m["unit"] for m in metas}),
+            len(units),
+            rows,
+            rows / max(el, 1e-9),
+        )
     t_write = time.perf_counter() - t1
     tt = {k: sum(m.get("timing", {}).get(k, 0.0) for m in metas) for k in ("task_s", "transform_s", "write_s")}
     log.info(
-        "write tasks: %.1fs in tasks (%.1fs split+transform, %.1fs Parquet writing, rest reading)", tt["task_s"], tt["transform_s"], tt["write_s"]
+        "write tasks: %.1fs in tasks (%.1fs split+transform, %.1fs Parquet writing, rest reading)",
+        tt["task_s"],
+        tt["transform_s"],
+        tt["write_s"],
     )
     manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
     total = time.perf_counter() - t0
     manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     with ofs.open_output_stream(f"{root}/manifest.json") as f:
         f.write(manifest_text.encode("utf-8"))
-    log.info("prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s", read_rows, total, t_fit, t_write, read_rows / max(total, 1e-9), opts.out)
+    log.info(
+        "prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s",
+        read_rows,
+        total,
+        t_fit,
+        t_write,
+        read_rows / max(total, 1e-9),
+        opts.out,
+    )
     manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
     return manifest
 
 
-def _manifest(spec: FeatureSpec, fspace: FeatureSpace, opts: PrepareOptions, fmt: str, metas: list[dict], read_rows: int, bad_parse: int, version: str) -> dict[str, Any]:
+def _manifest(
+    spec: FeatureSpec,
+    fspace: FeatureSpace,
+    opts: PrepareOptions,
+    fmt: str,
+    metas: list[dict],
+    read_rows: int,
+    bad_parse: int,
+    version: str,
+) -> dict[str, Any]:
     metas = sorted(metas, key=lambda m: (m["unit"], m["split"]))
     splits: dict[str, Any] = {}
     oov_rate: dict[str, dict[str, float]] = {}

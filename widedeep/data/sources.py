@@ -64,8 +64,13 @@ class ReadUnit:
     def from_item(cls, d: dict[str, Any]) -> ReadUnit:
         rg = d.get("row_groups")
         return cls(
-            int(d["index"]), str(d["path"]), str(d["format"]), int(d["file_index"]), int(d["row_offset"]),
-            tuple(int(x) for x in rg) if rg is not None else None, None if d.get("rows") is None else int(d["rows"]),
+            int(d["index"]),
+            str(d["path"]),
+            str(d["format"]),
+            int(d["file_index"]),
+            int(d["row_offset"]),
+            tuple(int(x) for x in rg) if rg is not None else None,
+            None if d.get("rows") is None else int(d["rows"]),
         )
 
 
@@ -118,7 +123,9 @@ def detect_format(paths: list[str], inputs: list[str]) -> str:
         return "parquet"
     if exts <= {"csv", "csv.gz", "csv.bz2"}:
         return "csv"
-    raise DataError(f"cannot tell the format of {inputs} (extensions {sorted(exts)}); pass --format or set format: in the spec")
+    raise DataError(
+        f"cannot tell the format of {inputs} (extensions {sorted(exts)}); pass --format or set format: in the spec"
+    )
 
 
 def _ext(p: str) -> str:
@@ -180,7 +187,11 @@ class BadRowCounter:
 
 
 def read_unit(
-    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str = "error", dictionary_columns: list[str] | None = None
+    unit: ReadUnit,
+    columns: list[str] | None,
+    chunk_rows: int,
+    on_bad_rows: str = "error",
+    dictionary_columns: list[str] | None = None,
 ) -> Iterator[tuple[pa.Table, int]]:
     """Stream (chunk, bad rows skipped while parsing it) from a unit.
 
@@ -206,13 +217,19 @@ def read_unit(
         raise DataError(f"{unit.path}: {e}") from None
 
 
-def _read_parquet(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, dictionary_columns: list[str] | None) -> Iterator[tuple[pa.Table, int]]:
+def _read_parquet(
+    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, dictionary_columns: list[str] | None
+) -> Iterator[tuple[pa.Table, int]]:
     fs, rel = filesystem(unit.path)
     f = pq.ParquetFile(rel, filesystem=fs)
     names = f.schema_arrow.names
     if dictionary_columns:
         types = {fld.name: fld.type for fld in f.schema_arrow}
-        dcols = [c for c in dictionary_columns if c in types and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))]
+        dcols = [
+            c
+            for c in dictionary_columns
+            if c in types and (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c]))
+        ]
         if dcols:
             f = pq.ParquetFile(rel, filesystem=fs, read_dictionary=dcols)
     cols = None if columns is None else [c for c in columns if c in names]
@@ -229,7 +246,9 @@ def _open_stream(path: str):
     return fs.open_input_stream(rel, compression=compression)
 
 
-def _read_csv(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str) -> Iterator[tuple[pa.Table, int]]:
+def _read_csv(
+    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str
+) -> Iterator[tuple[pa.Table, int]]:
     # Header first: a projection naming an absent column would fail inside Arrow.
     with _open_stream(unit.path) as s:
         head = s.read(1 << 20).decode("utf-8", errors="replace")
@@ -242,7 +261,9 @@ def _read_csv(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad
     po = pacsv.ParseOptions(invalid_row_handler=counter)
     # Every column as a string: types are decided by the spec, and a stray "abc" in a numeric
     # column becomes a reported bad row instead of a mid-file type-inference failure.
-    co = pacsv.ConvertOptions(include_columns=cols, column_types={c: pa.string() for c in cols}, strings_can_be_null=True)
+    co = pacsv.ConvertOptions(
+        include_columns=cols, column_types={c: pa.string() for c in cols}, strings_can_be_null=True
+    )
     yield from _stream_csv(unit.path, ro, po, co, counter)
 
 
@@ -271,7 +292,9 @@ def _csv_msg(e: Exception) -> str:
     return str(e).replace("\n", " ")
 
 
-def _read_criteo(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str) -> Iterator[tuple[pa.Table, int]]:
+def _read_criteo(
+    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str
+) -> Iterator[tuple[pa.Table, int]]:
     cols = CRITEO_COLUMNS if columns is None else [c for c in CRITEO_COLUMNS if c in columns]
     counter = BadRowCounter(unit.path, on_bad_rows)
     ro = pacsv.ReadOptions(column_names=CRITEO_COLUMNS, block_size=max(1 << 20, chunk_rows * 128))
@@ -284,15 +307,40 @@ def _read_criteo(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_
 # ---------------------------------------------------------------- MovieLens
 
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 # The uniform columns every MovieLens layout is read into (absent ones are null).
 MOVIELENS_SCHEMA = pa.schema(
     [
-        ("user_id", pa.int64()), ("movie_id", pa.int64()), ("rating", pa.float64()), ("timestamp", pa.int64()),
-        ("gender", pa.string()), ("age", pa.int64()), ("occupation", pa.string()), ("zip_code", pa.string()),
-        ("title", pa.string()), ("year", pa.int64()), ("genres", pa.list_(pa.string())),
+        ("user_id", pa.int64()),
+        ("movie_id", pa.int64()),
+        ("rating", pa.float64()),
+        ("timestamp", pa.int64()),
+        ("gender", pa.string()),
+        ("age", pa.int64()),
+        ("occupation", pa.string()),
+        ("zip_code", pa.string()),
+        ("title", pa.string()),
+        ("year", pa.int64()),
+        ("genres", pa.list_(pa.string())),
     ]
 )
 
@@ -327,7 +375,10 @@ def _split_lines(path: str, sep: str, ncols: int, encoding: str = "latin1") -> l
     lens = np.asarray(pc.list_value_length(parts))
     bad = np.nonzero(lens != ncols)[0]
     if len(bad):
-        raise DataError(f"{path}: line {int(bad[0]) + 1} has {int(lens[bad[0]])} fields, expected {ncols}: {t.column('line')[int(bad[0])].as_py()!r}")
+        raise DataError(
+            f"{path}: line {int(bad[0]) + 1} has {int(lens[bad[0]])} fields, expected {ncols}: "
+            f"{t.column('line')[int(bad[0])].as_py()!r}"
+        )
     return [pc.list_element(parts, i) for i in range(ncols)]
 
 
@@ -346,27 +397,58 @@ def movielens_sides(ratings_path: str) -> tuple[pa.Table | None, pa.Table]:
     users = None
     if name == "u.data":
         uu = _split_lines(_sibling(ratings_path, "u.user"), "|", 5)
-        users = pa.table({"user_id": pc.cast(uu[0], pa.int64()), "age": pc.cast(uu[1], pa.int64()), "gender": uu[2], "occupation": uu[3], "zip_code": uu[4]})
+        users = pa.table(
+            {
+                "user_id": pc.cast(uu[0], pa.int64()),
+                "age": pc.cast(uu[1], pa.int64()),
+                "gender": uu[2],
+                "occupation": uu[3],
+                "zip_code": uu[4],
+            }
+        )
         it = _split_lines(_sibling(ratings_path, "u.item"), "|", 24)
         flags = np.stack([np.asarray(pc.equal(it[5 + g], "1")) for g in range(19)], axis=1)
         genres = pa.array([[ML100K_GENRES[g] for g in np.nonzero(row)[0]] for row in flags], pa.list_(pa.string()))
         movies = pa.table({"movie_id": pc.cast(it[0], pa.int64()), "title": it[1], "genres": genres})
     elif name == "ratings.dat":
         uu = _split_lines(_sibling(ratings_path, "users.dat"), "::", 5)
-        users = pa.table({"user_id": pc.cast(uu[0], pa.int64()), "gender": uu[1], "age": pc.cast(uu[2], pa.int64()), "occupation": uu[3], "zip_code": uu[4]})
+        users = pa.table(
+            {
+                "user_id": pc.cast(uu[0], pa.int64()),
+                "gender": uu[1],
+                "age": pc.cast(uu[2], pa.int64()),
+                "occupation": uu[3],
+                "zip_code": uu[4],
+            }
+        )
         mv = _split_lines(_sibling(ratings_path, "movies.dat"), "::", 3)
-        movies = pa.table({"movie_id": pc.cast(mv[0], pa.int64()), "title": mv[1], "genres": pc.split_pattern(mv[2], "|")})
+        movies = pa.table(
+            {"movie_id": pc.cast(mv[0], pa.int64()), "title": mv[1], "genres": pc.split_pattern(mv[2], "|")}
+        )
     else:
         with _open_stream(_sibling(ratings_path, "movies.csv")) as s:
-            mv = pacsv.read_csv(s, convert_options=pacsv.ConvertOptions(column_types={"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}))
+            mv = pacsv.read_csv(
+                s,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}
+                ),
+            )
         g = pc.split_pattern(mv.column("genres").combine_chunks(), "|")
-        g = pc.if_else(pc.equal(mv.column("genres").combine_chunks(), "(no genres listed)"), pa.scalar([], pa.list_(pa.string())), g)
-        movies = pa.table({"movie_id": mv.column("movieId"), "title": pc.utf8_trim_whitespace(mv.column("title")), "genres": g})
+        g = pc.if_else(
+            pc.equal(mv.column("genres").combine_chunks(), "(no genres listed)"),
+            pa.scalar([], pa.list_(pa.string())),
+            g,
+        )
+        movies = pa.table(
+            {"movie_id": mv.column("movieId"), "title": pc.utf8_trim_whitespace(mv.column("title")), "genres": g}
+        )
     movies = movies.append_column("year", _year(movies.column("title").combine_chunks()))
     return users, movies
 
 
-def _read_movielens(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str) -> Iterator[tuple[pa.Table, int]]:
+def _read_movielens(
+    unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str
+) -> Iterator[tuple[pa.Table, int]]:
     path = unit.path
     name = path.rsplit("/", 1)[-1]
     users, movies = movielens_sides(path)
@@ -382,7 +464,17 @@ def _read_movielens(unit: ReadUnit, columns: list[str] | None, chunk_rows: int, 
     else:
         sep, n = ("\t", 4) if name == "u.data" else ("::", 4)
         cols = _split_lines(path, sep, n)
-        whole = pa.table({k: pc.cast(c, ty) for k, c, ty in zip(["user_id", "movie_id", "rating", "timestamp"], cols, [pa.int64(), pa.int64(), pa.float64(), pa.int64()])})
+        whole = pa.table(
+            {
+                k: pc.cast(c, ty)
+                for k, c, ty in zip(
+                    ["user_id", "movie_id", "rating", "timestamp"],
+                    cols,
+                    [pa.int64(), pa.int64(), pa.float64(), pa.int64()],
+                    strict=False,
+                )
+            }
+        )
         chunks = ((whole.slice(i, chunk_rows), 0) for i in range(0, whole.num_rows, chunk_rows))
     for t, bad in chunks:
         # left joins by key look-up (Arrow's hash join cannot carry list columns such as genres);

@@ -48,7 +48,11 @@ def parse_split(text: str) -> SplitSpec:
     if mode not in want:
         raise ConfigError(f"--split {text!r}: mode must be random, time or user-time")
     if len(parts) != want[mode]:
-        forms = {"random": "random:0.8,0.1,0.1", "time": "time:COLUMN:0.8,0.1,0.1", "user-time": "user-time:USER:TIME:0.8,0.1,0.1"}
+        forms = {
+            "random": "random:0.8,0.1,0.1",
+            "time": "time:COLUMN:0.8,0.1,0.1",
+            "user-time": "user-time:USER:TIME:0.8,0.1,0.1",
+        }
         raise ConfigError(f"--split {text!r}: expected {forms[mode]}")
     try:
         fr = tuple(float(x) for x in parts[-1].split(","))
@@ -93,7 +97,11 @@ class UserCutoffs:
 def user_cutoffs(users: pa.Array, times: np.ndarray, fractions: tuple[float, float, float]) -> UserCutoffs:
     """Per user: times at/after which rows go to valid and to test (leave-latest-out)."""
     users = pc.cast(combine(users), pa.string())
-    codes_arr = pc.dictionary_encode(users).combine_chunks() if isinstance(users, pa.ChunkedArray) else pc.dictionary_encode(users)
+    codes_arr = (
+        pc.dictionary_encode(users).combine_chunks()
+        if isinstance(users, pa.ChunkedArray)
+        else pc.dictionary_encode(users)
+    )
     codes = np.asarray(codes_arr.indices, dtype=np.int64)
     dictionary = codes_arr.dictionary
     order = np.lexsort((times, codes))
@@ -142,6 +150,9 @@ class Splitter:
         idx = pc.index_in(pc.cast(combine(table.column(ucol)), pa.string()), value_set=self.users.users)
         idx = np.asarray(pc.fill_null(idx, -1), dtype=np.int64)
         if (idx < 0).any():
-            raise DataError(f"{where}: user {table.column(ucol)[int(np.argmin(idx))].as_py()!r} was not seen when computing split cut-offs")
+            raise DataError(
+                f"{where}: user {table.column(ucol)[int(np.argmin(idx))].as_py()!r} "
+                "was not seen when computing split cut-offs"
+            )
         tv, tt = self.users.t_valid[idx], self.users.t_test[idx]
         return np.where(t >= tt, 2, np.where(t >= tv, 1, 0)).astype(np.int8)

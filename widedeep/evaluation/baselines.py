@@ -51,7 +51,7 @@ class ItemKNN:
     """
 
     def __init__(self, train: CSR, neighbors: int = 100, chunk: int = 1024) -> None:
-        with warnings.catch_warnings():   # torch labels its sparse kernels "beta"; they are exact
+        with warnings.catch_warnings():  # torch labels its sparse kernels "beta"; they are exact
             warnings.simplefilter("ignore", UserWarning)
             self._fit(train, neighbors, chunk)
 
@@ -60,7 +60,9 @@ class ItemKNN:
         t0 = time.monotonic()
         u_of = torch.from_numpy(train.row_ids())
         i_of = torch.from_numpy(train.indices)
-        xt = torch.sparse_coo_tensor(torch.stack([i_of, u_of]), torch.ones(train.nnz), (n_items, train.n_rows)).coalesce()
+        xt = torch.sparse_coo_tensor(
+            torch.stack([i_of, u_of]), torch.ones(train.nnz), (n_items, train.n_rows)
+        ).coalesce()
         deg = np.bincount(train.indices, minlength=n_items).astype(np.float32)
         inv_norm = torch.from_numpy(np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32))
         keep = n_items - 1 if neighbors <= 0 else min(neighbors, max(n_items - 1, 1))
@@ -69,13 +71,13 @@ class ItemKNN:
             hi = min(n_items, lo + chunk)
             # co-occurrence of every item with items lo..hi-1: X^T X[:, lo:hi]
             m = (i_of >= lo) & (i_of < hi)
-            cols_block = torch.sparse_coo_tensor(                  # X[:, lo:hi], sparse [U, hi-lo]
+            cols_block = torch.sparse_coo_tensor(  # X[:, lo:hi], sparse [U, hi-lo]
                 torch.stack([u_of[m], i_of[m] - lo]), torch.ones(int(m.sum())), (train.n_rows, hi - lo)
             ).coalesce()
-            co = torch.sparse.mm(xt, cols_block).to_dense()        # [I, hi-lo]
+            co = torch.sparse.mm(xt, cols_block).to_dense()  # [I, hi-lo]
             sim = co * inv_norm[:, None] * inv_norm[None, lo:hi]
             sim[torch.arange(lo, hi), torch.arange(hi - lo)] = 0.0  # an item is not its own neighbour
-            v, i = torch.topk(sim, keep, dim=0)                    # best neighbours of each target item
+            v, i = torch.topk(sim, keep, dim=0)  # best neighbours of each target item
             nz = v > 0
             tgt = torch.arange(lo, hi).unsqueeze(0).expand_as(i)
             rows.append(i[nz])
@@ -87,8 +89,13 @@ class ItemKNN:
         # S^T[j, i] = similarity of history item i to target item j (only j's top neighbours kept)
         self.sim_t = torch.sparse_coo_tensor(torch.stack([c, r]), v, (n_items, n_items)).coalesce()
         self.n_items = n_items
-        log.info("item-kNN: %d items, %d similarities kept (%d neighbours each) in %.1fs",
-                 n_items, int(v.numel()), keep, time.monotonic() - t0)
+        log.info(
+            "item-kNN: %d items, %d similarities kept (%d neighbours each) in %.1fs",
+            n_items,
+            int(v.numel()),
+            keep,
+            time.monotonic() - t0,
+        )
 
     def score(self, history: CSR, lo: int, hi: int) -> torch.Tensor:
         """Scores ``[hi - lo, n_items]`` of users ``lo..hi-1`` of ``history``: Σ_{i ∈ hist(u)} S[i, j]."""
@@ -98,4 +105,3 @@ class ItemKNN:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse.mm(self.sim_t, hd).T.contiguous()  # (S^T H^T)^T = H S
-

@@ -96,20 +96,28 @@ class EvalData:
         rel = CSR.from_pairs(rel.row_ids()[keep], rel.indices[keep], rel.n_rows, rel.n_cols)
         has = rel.lengths() > 0
         self.dropped_seen_positives = int((~keep).sum())
-        self.users = cand_users[has]                                          # users with >= 1 positive
+        self.users = cand_users[has]  # users with >= 1 positive
         self.relevant = rel.take_rows(np.flatnonzero(has))
         self.exclude = seen.take_rows(np.flatnonzero(has))
         self.train_users = first_by_key(train.select([uk]), uk)[0]
         self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
         self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
-        self.popularity = item_popularity(train, ik, items, uk)                # float64 [n_items]
+        self.popularity = item_popularity(train, ik, items, uk)  # float64 [n_items]
         # the user's features: their train rows first (every user of a per-user time split has
         # some), else their rows in the evaluated split
-        both = pa.concat_tables([train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive")
+        both = pa.concat_tables(
+            [train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive"
+        )
         ukeys, urows = first_by_key(both, uk)
         self.user_table = urows.take(pa.array(key_rows(self.users, ukeys)))
-        log.info("top-K eval: %d users with positives in %s, %d items in the catalog, %d relevant pairs (%.1fs)",
-                 len(self.users), self.split_dir, self.catalog.n_items, self.relevant.nnz, time.monotonic() - t0)
+        log.info(
+            "top-K eval: %d users with positives in %s, %d items in the catalog, %d relevant pairs (%.1fs)",
+            len(self.users),
+            self.split_dir,
+            self.catalog.n_items,
+            self.relevant.nnz,
+            time.monotonic() - t0,
+        )
         if len(self.users) == 0:
             raise DataError(f"{self.split_dir}: no user has a positive (label > 0.5) row to evaluate")
 
@@ -135,12 +143,21 @@ def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray
     user_vecs = search_vectors(cfg, "user", embed(model, "user", user_rows(model, data)))
     gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
     rows, scores = gen.candidates_batch(user_vecs, n, data.exclude)
-    log.info("retrieval: %d users x %d items ranked in %.1fs", len(data.users), data.catalog.n_items, time.monotonic() - t0)
+    log.info(
+        "retrieval: %d users x %d items ranked in %.1fs", len(data.users), data.catalog.n_items, time.monotonic() - t0
+    )
     return rows, scores, item_vecs
 
 
-def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_logits: np.ndarray | None = None,
-           blend: float = 0.0, users_per_chunk: int = 64) -> np.ndarray:
+def rerank(
+    ranker: Any,
+    rfs: Any,
+    data: EvalData,
+    cand: np.ndarray,
+    retrieval_logits: np.ndarray | None = None,
+    blend: float = 0.0,
+    users_per_chunk: int = 64,
+) -> np.ndarray:
     """The candidates of every user re-ordered by the ranker (padding -1 stays last).
 
     The order is by ``log sigmoid(ranker logit) + blend * retrieval logit``: with ``blend = 0``
@@ -151,7 +168,7 @@ def rerank(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, retrieval_lo
     user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
     item_tab = data.catalog.table
     collator = Collator(rfs, require_label=False)
-    n_users, n = cand.shape
+    n_users, _n = cand.shape
     out = np.full_like(cand, -1)
     t0 = last = time.monotonic()
     ranker.eval()
@@ -186,18 +203,37 @@ def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
     pop = MostPopular(data.popularity)
-    rows, _ = rank_topk(lambda lo, hi: pop.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
-                        data.exclude, label="most-popular")
+    rows, _ = rank_topk(
+        lambda lo, hi: pop.score(data.history, lo, hi),
+        len(data.users),
+        data.catalog.n_items,
+        k,
+        data.exclude,
+        label="most-popular",
+    )
     out["most_popular"] = ranking_metrics(rows, data.relevant, ks)
     knn = ItemKNN(data.train_pos)
-    rows, _ = rank_topk(lambda lo, hi: knn.score(data.history, lo, hi), len(data.users), data.catalog.n_items, k,
-                        data.exclude, label="item-kNN")
+    rows, _ = rank_topk(
+        lambda lo, hi: knn.score(data.history, lo, hi),
+        len(data.users),
+        data.catalog.n_items,
+        k,
+        data.exclude,
+        label="item-kNN",
+    )
     out["item_knn"] = ranking_metrics(rows, data.relevant, ks)
     return out
 
 
-def evaluate_topk(retriever: Any, data: EvalData, ranker: Any | None, ranker_fs: Any | None, n_candidates: int,
-                  blend: float = 0.0, temperature: float = 1.0) -> dict[str, Any]:
+def evaluate_topk(
+    retriever: Any,
+    data: EvalData,
+    ranker: Any | None,
+    ranker_fs: Any | None,
+    n_candidates: int,
+    blend: float = 0.0,
+    temperature: float = 1.0,
+) -> dict[str, Any]:
     """All metrics as the JSON document ``run_topk`` writes."""
     k = max(max(RETRIEVAL_KS), n_candidates)
     rows, scores, _ = retrieve(retriever, data, k)
@@ -225,13 +261,17 @@ def evaluate_topk(retriever: Any, data: EvalData, ranker: Any | None, ranker_fs:
 
 def format_table(result: dict[str, Any]) -> str:
     cols = ["recall@10", "recall@50", "recall@100", "recall@500", "hr@10", "ndcg@10"]
-    rows = [("retrieval (two-tower)", result["retrieval"]),
-            (f"retrieval + ranker (top-{result['candidates']})", result["final"]),
-            ("most-popular", result["baselines"]["most_popular"]),
-            ("item-kNN", result["baselines"]["item_knn"])]
+    rows = [
+        ("retrieval (two-tower)", result["retrieval"]),
+        (f"retrieval + ranker (top-{result['candidates']})", result["final"]),
+        ("most-popular", result["baselines"]["most_popular"]),
+        ("item-kNN", result["baselines"]["item_knn"]),
+    ]
     w = max(len(r[0]) for r in rows) + 2
-    lines = [f"top-K over the full catalog: {result['users']} users, {result['items']} items",
-             "".ljust(w) + "".join(c.rjust(11) for c in cols)]
+    lines = [
+        f"top-K over the full catalog: {result['users']} users, {result['items']} items",
+        "".ljust(w) + "".join(c.rjust(11) for c in cols),
+    ]
     for name, m in rows:
         lines.append(name.ljust(w) + "".join((f"{m[c]:.4f}" if c in m else "-").rjust(11) for c in cols))
     return "\n".join(lines)
@@ -248,8 +288,10 @@ def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metric
         rk = load_checkpoint(ranker_ckpt)
         ranker, ranker_fs = rk.model, rk.feature_space
         if ranker_fs.content_hash != fs.content_hash:
-            raise CheckpointError(f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
-                                  f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data")
+            raise CheckpointError(
+                f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
+                f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data"
+            )
     data = EvalData(fs, data_dir)
     rc = two_tower_config(ret.config.get("task_config"))
     result = evaluate_topk(ret.model, data, ranker, ranker_fs, rc.candidates, rc.rerank_blend, rc.temperature)

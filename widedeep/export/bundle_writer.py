@@ -70,13 +70,19 @@ class BundleContents:
     users: tuple[np.ndarray, pa.Table] | None = None
     seen: tuple[np.ndarray, list[np.ndarray]] | None = None
     sources: dict[str, Any] = field(default_factory=dict)
-    ordering: dict[str, float] = field(default_factory=dict)   # {"rerank_blend", "temperature"} of the retriever
+    ordering: dict[str, float] = field(default_factory=dict)  # {"rerank_blend", "temperature"} of the retriever
     profile: dict[str, Any] | None = None
     lineage: dict[str, Any] | None = None
 
 
-def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto", version: str | None = None,
-                 index_options: dict[str, Any] | None = None) -> Path:
+def write_bundle(
+    out: str | Path,
+    c: BundleContents,
+    *,
+    index_kind: str = "auto",
+    version: str | None = None,
+    index_options: dict[str, Any] | None = None,
+) -> Path:
     """Write a bundle directory atomically (a temp dir renamed into place).
 
     ``index_kind`` / ``index_options`` go to ``widedeep.retrieval.index.build_index`` (an HNSW
@@ -87,13 +93,17 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
         raise CheckpointError(f"{out}: exists and is not empty; choose a new --out")
     n = len(c.item_keys)
     if c.items.num_rows != n or c.item_vectors.shape[0] != n or c.popularity.shape[0] != n:
-        raise CheckpointError(f"bundle: {n} item keys but {c.items.num_rows} item rows, "
-                              f"{c.item_vectors.shape[0]} vectors, {c.popularity.shape[0]} popularity values")
+        raise CheckpointError(
+            f"bundle: {n} item keys but {c.items.num_rows} item rows, "
+            f"{c.item_vectors.shape[0]} vectors, {c.popularity.shape[0]} popularity values"
+        )
     fs_hash = c.fs.content_hash
     for what, spec in (("ranker", c.ranker[0]), ("user tower", c.user_tower[0])):
         if spec.feature_space_hash != fs_hash:
-            raise CheckpointError(f"bundle: the {what} was trained on FeatureSpace {spec.feature_space_hash}, "
-                                  f"the bundle's FeatureSpace is {fs_hash}")
+            raise CheckpointError(
+                f"bundle: the {what} was trained on FeatureSpace {spec.feature_space_hash}, "
+                f"the bundle's FeatureSpace is {fs_hash}"
+            )
     t0 = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
@@ -122,8 +132,11 @@ def write_bundle(out: str | Path, c: BundleContents, *, index_kind: str = "auto"
             "created_unix": int(time.time()),
             "versions": {"widedeep": widedeep.__version__, "torch": torch.__version__, "pyarrow": pa.__version__},
             "feature_space_hash": fs_hash,
-            "counts": {"items": n, "users": 0 if c.users is None else len(c.users[0]),
-                       "users_with_seen_items": len(keys)},
+            "counts": {
+                "items": n,
+                "users": 0 if c.users is None else len(c.users[0]),
+                "users_with_seen_items": len(keys),
+            },
             "index": info,
             "sources": c.sources,
             "ordering": c.ordering,
@@ -173,8 +186,12 @@ def upload_bundle(local: Path, uri: str) -> None:
         try:
             fs.create_dir(root, recursive=True)
             pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-            pafs.copy_files(str(manifest), f"{root}/manifest.json", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=fs)
+            pafs.copy_files(
+                str(manifest),
+                f"{root}/manifest.json",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
         except FS_ERRORS as e:
             raise CheckpointError(f"{uri}: uploading the bundle from {local} failed ({short_error(e)})") from None
         finally:

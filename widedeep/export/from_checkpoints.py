@@ -60,8 +60,14 @@ def _with_histories(fs: Any, retriever: Any, users: pa.Table, user_keys: np.ndar
     return users.append_column(HISTORY_COLUMN, hist.lists(user_keys, m.cfg.history))
 
 
-def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positives: pa.Table | None = None,
-                    sources: dict[str, Any] | None = None) -> BundleContents:
+def bundle_contents(
+    fs: Any,
+    ranker: Any,
+    retriever: Any,
+    rows: pa.Table,
+    positives: pa.Table | None = None,
+    sources: dict[str, Any] | None = None,
+) -> BundleContents:
     """Assemble a bundle from the two models and prepared rows.
 
     Args:
@@ -81,11 +87,13 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
     item_cols = _side_base_columns(fs, "item")
     item_keys, item_rows = first_by_key(rows.select(["item_key", *item_cols]), "item_key")
     items = item_rows.drop_columns(["item_key"])
-    popularity = item_popularity(positives if positives is not None else rows, "item_key", item_keys,
-                                 "user_key").astype(np.float32)
+    popularity = item_popularity(
+        positives if positives is not None else rows, "item_key", item_keys, "user_key"
+    ).astype(np.float32)
     # with a popularity prior the item vectors carry it (the same training counts as evaluation)
-    vectors = search_vectors(getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items),
-                             popularity)
+    vectors = search_vectors(
+        getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items), popularity
+    )
     users = seen = None
     if fs.user_key and "user_key" in rows.column_names:
         ucols = _user_base_columns(fs)
@@ -96,13 +104,29 @@ def bundle_contents(fs: Any, ranker: Any, retriever: Any, rows: pa.Table, positi
         order = np.lexsort((i, u))
         u, i = u[order], i[order]
         bounds = np.searchsorted(u, np.arange(len(user_keys) + 1))
-        seen = (user_keys, [np.unique(i[bounds[k]:bounds[k + 1]]) for k in range(len(user_keys))])
-    log.info("export: %d items, %d users from %d prepared rows (%.1fs)", len(item_keys),
-             0 if users is None else len(users[0]), rows.num_rows, time.monotonic() - t0)
+        seen = (user_keys, [np.unique(i[bounds[k] : bounds[k + 1]]) for k in range(len(user_keys))])
+    log.info(
+        "export: %d items, %d users from %d prepared rows (%.1fs)",
+        len(item_keys),
+        0 if users is None else len(users[0]),
+        rows.num_rows,
+        time.monotonic() - t0,
+    )
     rcfg = getattr(retriever, "module", retriever).cfg
     ordering = {"rerank_blend": float(rcfg.rerank_blend), "temperature": float(rcfg.temperature)}
-    return BundleContents(fs, extract_ranker(ranker, fs), extract_user_tower(retriever, fs), item_keys, items,
-                          vectors, popularity, users, seen, sources or {}, ordering)
+    return BundleContents(
+        fs,
+        extract_ranker(ranker, fs),
+        extract_user_tower(retriever, fs),
+        item_keys,
+        items,
+        vectors,
+        popularity,
+        users,
+        seen,
+        sources or {},
+        ordering,
+    )
 
 
 def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> dict[str, Any]:
@@ -119,9 +143,15 @@ def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> d
     return builder.finish()
 
 
-def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, data: str | None = None,
-                            index_kind: str = "auto", version: str | None = None,
-                            lineage: dict[str, Any] | None = None) -> Path | str:
+def export_from_checkpoints(
+    ranker_path: str,
+    retriever_path: str,
+    out: str,
+    data: str | None = None,
+    index_kind: str = "auto",
+    version: str | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> Path | str:
     """``widedeep export``: checkpoints + their prepared data -> a verified bundle directory.
 
     ``out`` is a new (or empty) directory, or a URI (``s3://``, ``gs://``, ``file://``, ...): the
@@ -135,19 +165,24 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
     h1 = read_meta(ranker_path).get("feature_space_hash")
     h2 = read_meta(retriever_path).get("feature_space_hash")
     if h1 != h2:
-        raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
-                              f"{h2} ({retriever_path}); train both on the same prepared data")
+        raise CheckpointError(
+            f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
+            f"{h2} ({retriever_path}); train both on the same prepared data"
+        )
     rk = load_checkpoint(ranker_path)
     rt = load_checkpoint(retriever_path)
     if rk.task != "ranking":
         raise CheckpointError(f"--ranker {ranker_path}: a {rk.task!r} checkpoint; expected a ranking (Wide & Deep) one")
     if rt.task != "retrieval":
-        raise CheckpointError(f"--retriever {retriever_path}: a {rt.task!r} checkpoint; "
-                              "expected a retrieval (two-tower) one")
+        raise CheckpointError(
+            f"--retriever {retriever_path}: a {rt.task!r} checkpoint; expected a retrieval (two-tower) one"
+        )
     h1, h2 = rk.feature_space.content_hash, rt.feature_space.content_hash
     if h1 != h2:
-        raise CheckpointError(f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
-                              f"{h2} ({retriever_path}); train both on the same prepared data")
+        raise CheckpointError(
+            f"export: the ranker's FeatureSpace {h1} ({ranker_path}) differs from the retriever's "
+            f"{h2} ({retriever_path}); train both on the same prepared data"
+        )
     fs = rk.feature_space
     root = Location.of(data or rk.config.get("data", ""))
     if not (root / "feature_space.json").exists():
@@ -160,7 +195,7 @@ def export_from_checkpoints(ranker_path: str, retriever_path: str, out: str, dat
         cols += ["user_key", *_user_base_columns(fs)]
     cols = list(dict.fromkeys(cols))
     if TIME_COLUMN in split_columns(root / "train"):
-        cols.append(TIME_COLUMN)            # orders user histories in time
+        cols.append(TIME_COLUMN)  # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
     train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else [])])
     sources = {

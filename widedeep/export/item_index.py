@@ -46,12 +46,21 @@ def positive_counts(fs: Any, items: str | Path, catalog: Catalog) -> np.ndarray:
     p = Location.of(items)
     src = p / "train" if (p / "feature_space.json").exists() else p
     user = [fs.user_key] if fs.user_key and fs.user_key in split_columns(src) else []
-    return item_popularity(read_split(src, [fs.item_key, "label", *user]), fs.item_key, catalog.keys,
-                           fs.user_key if user else None)
+    return item_popularity(
+        read_split(src, [fs.item_key, "label", *user]), fs.item_key, catalog.keys, fs.user_key if user else None
+    )
 
 
-def build_item_index(checkpoint: str, items: str, out: str, *, kind: str = "auto", exact_max_items: int = 1_000_000,
-                     recall_k: int = 100, **hnsw: Any) -> dict[str, Any]:
+def build_item_index(
+    checkpoint: str,
+    items: str,
+    out: str,
+    *,
+    kind: str = "auto",
+    exact_max_items: int = 1_000_000,
+    recall_k: int = 100,
+    **hnsw: Any,
+) -> dict[str, Any]:
     """Embed every catalog item with the checkpoint's item tower, build and save the index."""
     ck = load_checkpoint(checkpoint)
     if ck.task != "retrieval":

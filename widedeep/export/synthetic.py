@@ -66,18 +66,20 @@ def raw_tables(n_items: int, n_users: int, n_rows: int, seed: int = 0) -> pa.Tab
     liked = genres[item] == (country[user] % 20)
     p = 0.05 + 0.6 * liked + 0.15 * liked * (device == 0) + 0.1 * (price[item] < 10)
     clicked = (rng.random(n_rows) < p).astype(np.int64)
-    return pa.table({
-        "user_id": pa.array([f"u{u}" for u in user]),
-        "item_id": pa.array([f"i{i}" for i in item]),
-        "genre": pa.array([f"g{g}" for g in genres[item]]),
-        "tags": pa.array([tags[i] for i in item], type=pa.list_(pa.string())),
-        "price": pa.array(price[item]),
-        "country": pa.array([f"c{c}" for c in country[user]]),
-        "interests": pa.array([interests[u] for u in user], type=pa.list_(pa.string())),
-        "age": pa.array(age[user]),
-        "device": pa.array([DEVICES[d] for d in device]),
-        "clicked": pa.array(clicked),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array([f"u{u}" for u in user]),
+            "item_id": pa.array([f"i{i}" for i in item]),
+            "genre": pa.array([f"g{g}" for g in genres[item]]),
+            "tags": pa.array([tags[i] for i in item], type=pa.list_(pa.string())),
+            "price": pa.array(price[item]),
+            "country": pa.array([f"c{c}" for c in country[user]]),
+            "interests": pa.array([interests[u] for u in user], type=pa.list_(pa.string())),
+            "age": pa.array(age[user]),
+            "device": pa.array([DEVICES[d] for d in device]),
+            "clicked": pa.array(clicked),
+        }
+    )
 
 
 def _train_ranker(model: Any, fs: Any, prepared: pa.Table, steps: int, batch: int, seed: int) -> None:
@@ -99,9 +101,17 @@ def _train_ranker(model: Any, fs: Any, prepared: pa.Table, steps: int, batch: in
         log.info("synthetic ranker: log loss %.4f after %d steps", float(model.loss(model(b), b.labels)), steps)
 
 
-def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int = 20_000, n_rows: int | None = None,
-                           hidden: tuple[int, ...] = (64, 32), train_steps: int = 60, seed: int = 0,
-                           version: str | None = None, index_kind: str | None = None) -> Path:
+def build_synthetic_bundle(
+    out: str | Path,
+    n_items: int = 100_000,
+    n_users: int = 20_000,
+    n_rows: int | None = None,
+    hidden: tuple[int, ...] = (64, 32),
+    train_steps: int = 60,
+    seed: int = 0,
+    version: str | None = None,
+    index_kind: str | None = None,
+) -> Path:
     """Generate data, fit the FeatureSpace, build + briefly train the models, write a bundle.
 
     ``index_kind`` defaults to exact search below 50k items and HNSW (M=16, recall against exact
@@ -115,12 +125,22 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     prepared = fs.transform(raw)
     ranker = WideAndDeep(fs, ModelConfig(hidden=list(hidden)), seed=seed)
     _train_ranker(ranker, fs, prepared, train_steps, 1024, seed)
-    retriever = TwoTower(fs, TwoTowerConfig(embedding_dim=16, hidden=[32], output_dim=32),
-                         OptimizerConfig("rowwise_adagrad", lr=0.05), seed=seed)
+    retriever = TwoTower(
+        fs,
+        TwoTowerConfig(embedding_dim=16, hidden=[32], output_dim=32),
+        OptimizerConfig("rowwise_adagrad", lr=0.05),
+        seed=seed,
+    )
     retriever.eval()
-    contents = bundle_contents(fs, ranker, retriever, prepared,
-                               sources={"synthetic": {"n_items": n_items, "n_users": n_users, "seed": seed,
-                                                      "ranker_train_steps": train_steps}})
+    contents = bundle_contents(
+        fs,
+        ranker,
+        retriever,
+        prepared,
+        sources={
+            "synthetic": {"n_items": n_items, "n_users": n_users, "seed": seed, "ranker_train_steps": train_steps}
+        },
+    )
     profile = ProfileBuilder(fs)
     profile.add(prepared)
     contents.profile = profile.finish()
@@ -128,6 +148,7 @@ def build_synthetic_bundle(out: str | Path, n_items: int = 100_000, n_users: int
     hnsw = {"m": 16, "ef_construction": 100, "ef_search": 600, "recall_k": 500, "threads": 1}
     options = hnsw if kind == "hnsw" else {}
     path = write_bundle(out, contents, index_kind=kind, version=version, index_options=options)
-    log.info("synthetic bundle: %d items, %d users, %d rows in %.1fs", n_items, n_users, raw.num_rows,
-             time.monotonic() - t0)
+    log.info(
+        "synthetic bundle: %d items, %d users, %d rows in %.1fs", n_items, n_users, raw.num_rows, time.monotonic() - t0
+    )
     return path

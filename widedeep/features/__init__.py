@@ -5,7 +5,7 @@
 Ray Data and in serving alike.
 """
 
-from widedeep.features.spec import FeatureSpec, load_spec, parse_spec
 from widedeep.features.space import FeatureSpace, TableInfo
+from widedeep.features.spec import FeatureSpec, load_spec, parse_spec
 
 __all__ = ["FeatureSpace", "FeatureSpec", "TableInfo", "load_spec", "parse_spec"]

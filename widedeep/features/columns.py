@@ -64,7 +64,13 @@ def to_float(col: pa.Array, name: str, problems: Problems) -> np.ndarray:
     """float64 values; null -> NaN; unparseable strings reported (and NaN)."""
     col = combine(col)
     t = col.type
-    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_decimal(t):
+    if (
+        pa.types.is_floating(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+        or pa.types.is_decimal(t)
+    ):
         out = pc.cast(col, pa.float64())
         return out.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -106,7 +112,13 @@ def to_strings(col: pa.Array, name: str) -> pa.Array:
         if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
             d = to_strings(d, name)
         return pa.DictionaryArray.from_arrays(col.indices, d)
-    if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_floating(t) or pa.types.is_binary(t):
+    if (
+        pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_binary(t)
+    ):
         return pc.cast(col, pa.string())
     raise DataError(f"column {name!r}: expected a categorical (string or integer) column, got type {t}")
 

@@ -65,7 +65,7 @@ def numeric_bins(fs: FeatureSpace, name: str, prepared: np.ndarray) -> np.ndarra
     if isinstance(f, NumericFeature) and f.normalize == "standard":
         std = st["std"] if st["std"] > 0 else 1.0
         x = x * std + st["mean"]
-        x = x + 1e-5 * (np.abs(x) + std)   # undone float32 rounding must not drop a boundary value below it
+        x = x + 1e-5 * (np.abs(x) + std)  # undone float32 rounding must not drop a boundary value below it
     return np.searchsorted(b, x, side="right").astype(np.int64)
 
 
@@ -110,8 +110,9 @@ class ProfileBuilder:
         self.features = monitored(fs) if features is None else features
         self.rows = 0
         self.label_sum = 0.0
-        self.cats = {n: Categories(fs, n, top_ids(fs, n)) for n in self.features
-                     if not isinstance(fs.feature(n), NumericFeature)}
+        self.cats = {
+            n: Categories(fs, n, top_ids(fs, n)) for n in self.features if not isinstance(fs.feature(n), NumericFeature)
+        }
         self.counts: dict[str, np.ndarray] = {}
         for n in self.features:
             size = len(self.cats[n]) if n in self.cats else len(fs.states[n]["boundaries"]) + 1
@@ -139,8 +140,13 @@ class ProfileBuilder:
                 feats[n] = {"kind": "categorical", "categories": self.cats[n].names, "counts": c}
             else:
                 feats[n] = {"kind": "numeric", "boundaries": list(self.fs.states[n]["boundaries"]), "counts": c}
-        return {"kind": PROFILE_KIND, "feature_space_hash": self.fs.content_hash, "rows": self.rows,
-                "label_mean": self.label_sum / self.rows if self.rows else None, "features": feats}
+        return {
+            "kind": PROFILE_KIND,
+            "feature_space_hash": self.fs.content_hash,
+            "rows": self.rows,
+            "label_mean": self.label_sum / self.rows if self.rows else None,
+            "features": feats,
+        }
 
 
 def psi(reference: np.ndarray, window: np.ndarray) -> float:
@@ -158,11 +164,14 @@ def categorical_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, fl
     """``oov_rate``, ``oov_rate_ref`` and ``top_shift`` of two count vectors (top values, other, OOV)."""
     r = np.asarray(reference, dtype=np.float64)
     w = np.asarray(window, dtype=np.float64)
-    out = {"oov_rate": float(w[-1] / w.sum()) if w.sum() else float("nan"),
-           "oov_rate_ref": float(r[-1] / r.sum()) if r.sum() else float("nan")}
+    out = {
+        "oov_rate": float(w[-1] / w.sum()) if w.sum() else float("nan"),
+        "oov_rate_ref": float(r[-1] / r.sum()) if r.sum() else float("nan"),
+    }
     ri, wi = r[:-1], w[:-1]
-    out["top_shift"] = (float(0.5 * np.abs(ri / ri.sum() - wi / wi.sum()).sum())
-                        if ri.sum() > 0 and wi.sum() > 0 else float("nan"))
+    out["top_shift"] = (
+        float(0.5 * np.abs(ri / ri.sum() - wi / wi.sum()).sum()) if ri.sum() > 0 and wi.sum() > 0 else float("nan")
+    )
     return out
 
 

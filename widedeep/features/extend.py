@@ -41,8 +41,10 @@ def extend_space(base: FeatureSpace, fresh: FeatureSpace) -> FeatureSpace:
     Both must come from the same spec (same ``spec_hash``); the error names both hashes.
     """
     if base.spec.hash != fresh.spec.hash:
-        raise FeatureSpecError(f"extend: the new window was fitted with spec {fresh.spec.hash[:12]}, the serving "
-                               f"FeatureSpace has spec {base.spec.hash[:12]}; a retrain keeps the serving spec")
+        raise FeatureSpecError(
+            f"extend: the new window was fitted with spec {fresh.spec.hash[:12]}, the serving "
+            f"FeatureSpace has spec {base.spec.hash[:12]}; a retrain keeps the serving spec"
+        )
     states: dict[str, dict[str, Any]] = {}
     added: dict[str, int] = {}
     for f in base.features:
@@ -54,10 +56,15 @@ def extend_space(base: FeatureSpace, fresh: FeatureSpace) -> FeatureSpace:
             states[f.name], added[f.name] = _extend_vocab(f, st, new)
         else:
             states[f.name] = dict(st)
-    info = {**base.fit_info,
-            "extended_from": base.content_hash,
-            "window": {"train_rows": fresh.fit_info.get("train_rows"), "label_mean": fresh.fit_info.get("label_mean"),
-                       "new_values": {k: v for k, v in sorted(added.items()) if v}}}
+    info = {
+        **base.fit_info,
+        "extended_from": base.content_hash,
+        "window": {
+            "train_rows": fresh.fit_info.get("train_rows"),
+            "label_mean": fresh.fit_info.get("label_mean"),
+            "new_values": {k: v for k, v in sorted(added.items()) if v},
+        },
+    }
     return FeatureSpace(base.spec, states, info)
 
 
@@ -65,7 +72,7 @@ def _extend_vocab(f: VocabularyFeature, st: dict[str, Any], new: dict[str, Any])
     vocab = list(st["vocab"])
     counts = [int(c) for c in st["counts"]]
     index = {v: i for i, v in enumerate(vocab)}
-    window = dict(zip(new.get("vocab", []), new.get("counts", []), strict=True))   # already >= min_count, count desc
+    window = dict(zip(new.get("vocab", []), new.get("counts", []), strict=True))  # already >= min_count, count desc
     for v, c in window.items():
         i = index.get(v)
         if i is not None:
@@ -74,10 +81,17 @@ def _extend_vocab(f: VocabularyFeature, st: dict[str, Any], new: dict[str, Any])
     fresh_values = [(v, int(c)) for v, c in window.items() if v not in index][:room]
     vocab += [v for v, _ in fresh_values]
     counts += [c for _, c in fresh_values]
-    oov_window = int(new.get("oov_train_count", 0)) + sum(int(c) for v, c in window.items()
-                                                          if v not in index and v not in dict(fresh_values))
-    out = {**st, "vocab": vocab, "counts": counts, "oov_id": len(vocab), "num_rows": len(vocab) + 1,
-           "oov_train_count": int(st.get("oov_train_count", 0)) + oov_window}
+    oov_window = int(new.get("oov_train_count", 0)) + sum(
+        int(c) for v, c in window.items() if v not in index and v not in dict(fresh_values)
+    )
+    out = {
+        **st,
+        "vocab": vocab,
+        "counts": counts,
+        "oov_id": len(vocab),
+        "num_rows": len(vocab) + 1,
+        "oov_train_count": int(st.get("oov_train_count", 0)) + oov_window,
+    }
     return out, len(fresh_values)
 
 
@@ -106,8 +120,10 @@ def remap_ids(table: pa.Table, source: FeatureSpace, target: FeatureSpace) -> pa
         if not isinstance(f, VocabularyFeature) and not isinstance(f, CrossedFeature):
             a, b = source.states.get(f.name), target.states.get(f.name)
             if a != b:
-                raise FeatureSpecError(f"remap: feature {f.name!r} has different fitted states in the two spaces; "
-                                       "only vocabularies may differ")
+                raise FeatureSpecError(
+                    f"remap: feature {f.name!r} has different fitted states in the two spaces; "
+                    "only vocabularies may differ"
+                )
     out = table
     for f in source.features:
         if f.name not in out.column_names:
@@ -123,6 +139,9 @@ def remap_ids(table: pa.Table, source: FeatureSpace, target: FeatureSpace) -> pa
         else:
             arr = pa.array(m[np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)])
         out = out.set_column(out.column_names.index(f.name), f.name, arr)
-    crosses = [f.name for f in target.features if isinstance(f, CrossedFeature) and f.name in out.column_names
-               and all(i in out.column_names for i in f.inputs)]
+    crosses = [
+        f.name
+        for f in target.features
+        if isinstance(f, CrossedFeature) and f.name in out.column_names and all(i in out.column_names for i in f.inputs)
+    ]
     return target.add_crosses(out, only=crosses) if crosses else out

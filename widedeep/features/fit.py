@@ -57,12 +57,16 @@ def _vocab_piece(values: pa.Array) -> pa.Table:
         counts = np.bincount(np.asarray(idx.to_numpy(), dtype=np.int64), minlength=len(values.dictionary))
         used = np.nonzero(counts)[0]
         uniq = values.dictionary.take(pa.array(used))
-        return pa.table({"h": pa.array(hashing.hash_strings(uniq)), "count": pa.array(counts[used].astype(np.int64)), "value": uniq})
+        return pa.table(
+            {"h": pa.array(hashing.hash_strings(uniq)), "count": pa.array(counts[used].astype(np.int64)), "value": uniq}
+        )
     if values.null_count:
         values = values.drop_null()
     vc = pc.value_counts(values)
     uniq = vc.field("values")
-    return pa.table({"h": pa.array(hashing.hash_strings(uniq)), "count": pc.cast(vc.field("counts"), pa.int64()), "value": uniq})
+    return pa.table(
+        {"h": pa.array(hashing.hash_strings(uniq)), "count": pc.cast(vc.field("counts"), pa.int64()), "value": uniq}
+    )
 
 
 def _sketch_piece(v: np.ndarray) -> pa.Table:
@@ -120,7 +124,12 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
         blobs.append(_ipc(t))
 
     rows = n - int(problems.mask.sum())
-    put("rows", pa.table({"n": [rows], "skipped": [n - rows], "pos": [float(label.sum())], "sumsq": [float((label * label).sum())]}))
+    put(
+        "rows",
+        pa.table(
+            {"n": [rows], "skipped": [n - rows], "pos": [float(label.sum())], "sumsq": [float((label * label).sum())]}
+        ),
+    )
     for f in spec.features:
         if isinstance(f, CrossedFeature):
             continue
@@ -152,7 +161,7 @@ class Accumulator:
         self.scalars: dict[str, list[pa.Table]] = {}
 
     def add(self, partial: pa.Table) -> None:
-        for key, blob in zip(partial.column("key").to_pylist(), partial.column("blob").to_pylist()):
+        for key, blob in zip(partial.column("key").to_pylist(), partial.column("blob").to_pylist(), strict=False):
             t = _from_ipc(blob)
             kind, _, name = key.partition("/")
             if kind == "vocab":
@@ -191,7 +200,11 @@ class Accumulator:
                 )
             if isinstance(f, VocabularyFeature):
                 if f.hash_buckets is not None:
-                    states[f.name] = {"hash_buckets": f.hash_buckets, "missing_id": f.hash_buckets, "num_rows": f.hash_buckets + 1}
+                    states[f.name] = {
+                        "hash_buckets": f.hash_buckets,
+                        "missing_id": f.hash_buckets,
+                        "num_rows": f.hash_buckets + 1,
+                    }
                 else:
                     states[f.name] = _vocab_state(f, self.vocab.get(f.name, []))
             elif isinstance(f, NumericFeature):

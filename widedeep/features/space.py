@@ -178,13 +178,20 @@ class FeatureSpace:
         except json.JSONDecodeError as e:
             raise FeatureSpecError(f"{source}: not valid JSON: {e}") from None
         if not isinstance(doc, dict) or doc.get("kind") != DOC_KIND:
-            raise FeatureSpecError(f"{source}: not a widedeep feature space (kind={doc.get('kind') if isinstance(doc, dict) else None!r})")
+            raise FeatureSpecError(
+                f"{source}: not a widedeep feature space (kind={doc.get('kind') if isinstance(doc, dict) else None!r})"
+            )
         if doc.get("schema_version") != SCHEMA_VERSION:
-            raise FeatureSpecError(f"{source}: schema_version {doc.get('schema_version')!r}; this widedeep reads {SCHEMA_VERSION}")
+            raise FeatureSpecError(
+                f"{source}: schema_version {doc.get('schema_version')!r}; this widedeep reads {SCHEMA_VERSION}"
+            )
         stored = doc.pop("content_hash", None)
         fs = cls(spec_from_dict(doc["spec"]), doc["features"], doc.get("fit"))
         if stored is not None and stored != fs.content_hash:
-            raise FeatureSpecError(f"{source}: content_hash {stored} does not match the document ({fs.content_hash}); the file was edited or corrupted")
+            raise FeatureSpecError(
+                f"{source}: content_hash {stored} does not match the document ({fs.content_hash}); "
+                "the file was edited or corrupted"
+            )
         return fs
 
     @classmethod
@@ -254,7 +261,11 @@ class FeatureSpace:
             multi = self.is_multivalent(f.name)
             dim = 1 if side_attr == "wide" else f.dim
             pooling = getattr(f, "combiner", "sum") if multi else "sum"
-            out.append(TableInfo(f"{prefix}/{f.name}", f.name, self.num_rows(f.name), dim, pooling, multi, self.feature_side(f.name)))
+            out.append(
+                TableInfo(
+                    f"{prefix}/{f.name}", f.name, self.num_rows(f.name), dim, pooling, multi, self.feature_side(f.name)
+                )
+            )
         return out
 
     @property
@@ -310,7 +321,9 @@ class FeatureSpace:
     def _indexes(self) -> dict[str, _VocabIndex]:
         return {name: _VocabIndex(st["vocab"]) for name, st in self.states.items() if "vocab" in st}
 
-    def transform(self, table: pa.Table, *, require_label: bool = True, sides: tuple[str, ...] | list[str] | None = None) -> pa.Table:
+    def transform(
+        self, table: pa.Table, *, require_label: bool = True, sides: tuple[str, ...] | list[str] | None = None
+    ) -> pa.Table:
         """Raw columns -> prepared columns (ids, float32 numerics, float32 label, raw keys).
 
         ``sides`` (e.g. ``("user", "context")`` for a request without item fields) limits the
@@ -321,7 +334,11 @@ class FeatureSpace:
         return out
 
     def transform_records(
-        self, records: list[dict[str, Any]], *, require_label: bool = False, sides: tuple[str, ...] | list[str] | None = None
+        self,
+        records: list[dict[str, Any]],
+        *,
+        require_label: bool = False,
+        sides: tuple[str, ...] | list[str] | None = None,
     ) -> pa.Table:
         """Transform raw records (dicts of raw column values): serving and tests."""
         return self.transform(records_to_table(records), require_label=require_label, sides=sides)
@@ -411,7 +428,14 @@ class FeatureSpace:
             if c not in out_cols:
                 out_cols[c] = combine(table.column(c))
         out = pa.table(out_cols)
-        info = TransformInfo(n, out.num_rows, dict(problems.counts) if problems.any else {}, oov, nvals, ~problems.mask if problems.any else None)
+        info = TransformInfo(
+            n,
+            out.num_rows,
+            dict(problems.counts) if problems.any else {},
+            oov,
+            nvals,
+            ~problems.mask if problems.any else None,
+        )
         return out, info
 
     def _encode_values(self, f: VocabularyFeature, st: dict[str, Any], values: pa.Array) -> np.ndarray:
@@ -428,7 +452,9 @@ class FeatureSpace:
         return numeric_pre(f, x, problems)
 
     @staticmethod
-    def _numeric_finish(f: NumericFeature, st: dict[str, Any], v: np.ndarray, missing: np.ndarray, where: str) -> np.ndarray:
+    def _numeric_finish(
+        f: NumericFeature, st: dict[str, Any], v: np.ndarray, missing: np.ndarray, where: str
+    ) -> np.ndarray:
         v = v.copy()
         inf = np.isinf(v)
         if f.infinity == "missing":
@@ -496,7 +522,9 @@ def records_to_table(records: list[dict[str, Any]]) -> pa.Table:
             cols[k] = pa.array(vals)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             if any(isinstance(v, (list, tuple, dict)) for v in vals):
-                raise DataError(f"column {k!r}: values of mixed or unsupported types {sorted({type(v).__name__ for v in vals})}") from None
+                raise DataError(
+                    f"column {k!r}: values of mixed or unsupported types {sorted({type(v).__name__ for v in vals})}"
+                ) from None
             cols[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
     return pa.table(cols)
 
@@ -551,7 +579,11 @@ def label_values(spec: FeatureSpec, table: pa.Table, problems: Problems) -> np.n
         s = to_strings(col, src)
         inset = np.asarray(pc.fill_null(pc.is_in(s, value_set=allowed), True), dtype=bool)
         if not inset.all():
-            problems.add(~inset, f"label column {src!r}: value outside the declared set {lab.values}", s[int(np.argmin(inset))].as_py())
+            problems.add(
+                ~inset,
+                f"label column {src!r}: value outside the declared set {lab.values}",
+                s[int(np.argmin(inset))].as_py(),
+            )
     if lab.task == "regression":
         y = to_float(col, src, problems)
         return np.nan_to_num(y, nan=0.0)
@@ -566,7 +598,14 @@ def label_values(spec: FeatureSpec, table: pa.Table, problems: Problems) -> np.n
             return np.asarray(pc.fill_null(r, False), dtype=np.float64)
         x = to_float(col, src, problems)
         with np.errstate(invalid="ignore"):
-            res = {"==": x == value, "!=": x != value, ">=": x >= value, "<=": x <= value, ">": x > value, "<": x < value}[op]
+            res = {
+                "==": x == value,
+                "!=": x != value,
+                ">=": x >= value,
+                "<=": x <= value,
+                ">": x > value,
+                "<": x < value,
+            }[op]
         return res.astype(np.float64)
     if lab.values is not None:  # [negative, positive]
         s = to_strings(col, src)
@@ -587,7 +626,14 @@ def _fmt(v: Any) -> str:
 
 
 def _compare(s: pa.Array, op: str, value: pa.Scalar) -> pa.Array:
-    fn = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater, "<": pc.less}[op]
+    fn = {
+        "==": pc.equal,
+        "!=": pc.not_equal,
+        ">=": pc.greater_equal,
+        "<=": pc.less_equal,
+        ">": pc.greater,
+        "<": pc.less,
+    }[op]
     return fn(s, value)
 
 
@@ -599,7 +645,10 @@ def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             arr = pc.if_else(pc.is_null(arr), pa.scalar([], type=arr.type), arr)
             arr = combine(arr)
         offsets = np.asarray(arr.offsets, dtype=np.int64)
-        values = np.asarray(arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False), dtype=np.int64)
+        values = np.asarray(
+            arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False),
+            dtype=np.int64,
+        )
         return values, offsets - offsets[0]
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64), np.arange(len(arr) + 1, dtype=np.int64)
 

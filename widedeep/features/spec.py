@@ -22,11 +22,12 @@ normalised by their empirical CDF, crosses feed the wide side.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -159,7 +160,7 @@ class BucketizedFeature:
             raise FeatureSpecError("boundaries: give exactly one of boundaries or num_buckets")
         if self.boundaries is not None:
             b = list(self.boundaries)
-            if not b or any(not x < y for x, y in zip(b, b[1:])):
+            if not b or any(not x < y for x, y in itertools.pairwise(b)):
                 raise FeatureSpecError(f"boundaries: must be a non-empty, strictly increasing list, got {b}")
         if self.num_buckets is not None and self.num_buckets < 2:
             raise FeatureSpecError(f"num_buckets: must be >= 2, got {self.num_buckets}")
@@ -194,7 +195,7 @@ class CrossedFeature:
             raise FeatureSpecError(f"hash_buckets: must be < 2**62, got {self.hash_buckets}")
 
 
-Feature = Union[CategoricalFeature, MultivalentFeature, NumericFeature, BucketizedFeature, CrossedFeature]
+Feature = CategoricalFeature | MultivalentFeature | NumericFeature | BucketizedFeature | CrossedFeature
 KINDS: dict[str, type] = {
     "categorical": CategoricalFeature,
     "multivalent": MultivalentFeature,
@@ -227,7 +228,9 @@ class LabelSpec:
             if self.column is not None and self.column != col:
                 raise FeatureSpecError(f"condition: names column {col!r} but column is {self.column!r}")
         elif self.task == "binary" and self.values is not None and len(self.values) != 2:
-            raise FeatureSpecError("values: a binary label without a condition must declare exactly [negative, positive]")
+            raise FeatureSpecError(
+                "values: a binary label without a condition must declare exactly [negative, positive]"
+            )
 
     @property
     def source(self) -> str:
@@ -238,7 +241,9 @@ def parse_condition(text: str) -> tuple[str, str, Any]:
     """``'rating >= 4'`` -> ("rating", ">=", 4); the value is a YAML scalar (or list for ``in``)."""
     m = _COND_RE.match(text)
     if not m:
-        raise FeatureSpecError(f"condition: cannot parse {text!r}; expected 'COLUMN OP VALUE' with OP in == != >= <= > < in")
+        raise FeatureSpecError(
+            f"condition: cannot parse {text!r}; expected 'COLUMN OP VALUE' with OP in == != >= <= > < in"
+        )
     col, op, raw = m.group(1), m.group(2), m.group(3)
     try:
         value = yaml.safe_load(raw)
@@ -332,7 +337,9 @@ def _parse(data: Any) -> FeatureSpec:
     names: dict[str, int] = {}
     for i, f in enumerate(feats):
         if f.name in names:
-            raise FeatureSpecError(f"features[{i}].name: duplicate feature name {f.name!r} (also features[{names[f.name]}])")
+            raise FeatureSpecError(
+                f"features[{i}].name: duplicate feature name {f.name!r} (also features[{names[f.name]}])"
+            )
         names[f.name] = i
     for i, f in enumerate(feats):
         if isinstance(f, CrossedFeature):
@@ -342,10 +349,13 @@ def _parse(data: Any) -> FeatureSpec:
                 comp = feats[names[inp]]
                 if not isinstance(comp, (VocabularyFeature, BucketizedFeature)):
                     raise FeatureSpecError(
-                        f"features[{i}].inputs[{j}]: {inp!r} is {comp.kind}; crosses take categorical, multivalent or bucketized features"
+                        f"features[{i}].inputs[{j}]: {inp!r} is {comp.kind}; "
+                        "crosses take categorical, multivalent or bucketized features"
                     )
         elif not isinstance(f, NumericFeature) and not (f.wide or f.deep) and not _used_in_cross(f.name, feats):
-            raise FeatureSpecError(f"features[{i}]: {f.name!r} feeds neither the wide nor the deep side and no cross uses it")
+            raise FeatureSpecError(
+                f"features[{i}]: {f.name!r} feeds neither the wide nor the deep side and no cross uses it"
+            )
     return FeatureSpec(
         label=doc.label,
         features=tuple(feats),
@@ -365,4 +375,3 @@ def _used_in_cross(name: str, feats: list[Feature]) -> bool:
 def spec_from_dict(d: dict[str, Any]) -> FeatureSpec:
     """Rebuild a spec from ``FeatureSpec.to_dict()`` output (used by FeatureSpace.load)."""
     return _parse(d)
-

@@ -28,6 +28,7 @@ to its wall time: on a machine shared with other jobs, CPU time is the steadier 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import statistics
@@ -385,7 +386,7 @@ def _checked_contenders(
     ours = check_step(
         _train_step(tbe),
         lambda: [tbe.table_weight(t) for t in range(len(tables))],
-        lambda: [tbe.adagrad_sum[lo:hi] for lo, hi in zip(tbe.layout.row_offsets, tbe.layout.row_offsets[1:])],
+        lambda: [tbe.adagrad_sum[lo:hi] for lo, hi in itertools.pairwise(tbe.layout.row_offsets)],
         tables,
         opt,
         before,
@@ -495,7 +496,8 @@ def format_report(report: dict) -> str:
                 f"[{fb['ms_min']:.2f}..{fb['ms_max']:.2f}] (cpu {fb['cpu_ms_per_step']:.2f} ms), "
                 f"forward {fb['forward_ms']:.2f} ms; ours over FBGEMM: step {fb['ours_over_fbgemm_step']:.2f}x, "
                 f"forward {fb['ours_over_fbgemm_forward']:.2f}x "
-                f"(CPU time: {fb['ours_over_fbgemm_step_cpu_time']:.2f}x, {fb['ours_over_fbgemm_forward_cpu_time']:.2f}x)"
+                f"(CPU time: {fb['ours_over_fbgemm_step_cpu_time']:.2f}x, "
+                f"{fb['ours_over_fbgemm_forward_cpu_time']:.2f}x)"
             )
     fb = report["fbgemm"]
     if not fb["available"]:

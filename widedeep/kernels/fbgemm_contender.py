@@ -147,9 +147,7 @@ def check_step(
     per_table = reference_row_grads(weights_before, tables, indices, offsets, None, grad)
     w_err = s_err = 0.0
     changed = 0
-    for (rows, g), before, after, state in zip(
-        per_table, weights_before, weights_after(), state_after(), strict=True
-    ):
+    for (rows, g), before, after, state in zip(per_table, weights_before, weights_after(), state_after(), strict=True):
         want_w = before[rows].clone()
         want_state = {"adagrad_sum": torch.full((rows.numel(),), float(opt.initial_accumulator), device=rows.device)}
         reference_update(opt, want_w, want_state, torch.arange(rows.numel(), device=rows.device), g)

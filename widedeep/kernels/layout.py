@@ -184,4 +184,3 @@ def check_inputs(
                 f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: expected 0 <= id < {tc.num_rows}"
             )
     return B
-

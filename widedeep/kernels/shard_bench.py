@@ -43,8 +43,32 @@ from widedeep.kernels.sharding import ShardingConfig, plan_tables, table_bytes
 
 # Kaggle Criteo (display-ads challenge) categorical cardinalities C1..C26, as DLRM preprocesses them.
 CRITEO_CARDINALITIES = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
 )
 _MIB = 1024 * 1024
 
@@ -112,7 +136,9 @@ def _worker(rank: int, world: int, port: int, cfg: ShardBenchConfig, out_dir: st
         plan = plan_tables([(t, opt) for t in tables], world, ShardingConfig(mode="row_wise", min_rows=cfg.min_rows))
         contenders: dict[str, Any] = {
             "replicated": TableBatchedEmbeddingBag(tables, opt, seed=0, device=dev),
-            "row_wise": ShardedTableBatchedEmbeddingBag(TableBatchedEmbeddingBag(tables, opt, seed=0, device=dev), plan, rank),
+            "row_wise": ShardedTableBatchedEmbeddingBag(
+                TableBatchedEmbeddingBag(tables, opt, seed=0, device=dev), plan, rank
+            ),
         }
         traffic = {name: Traffic() for name in contenders}
         for name, m in contenders.items():
@@ -143,7 +169,9 @@ def _worker(rank: int, world: int, port: int, cfg: ShardBenchConfig, out_dir: st
             },
             "bytes_sent_per_step": {k: t.sent / cfg.steps for k, t in traffic.items()},
             "bytes_received_per_step": {k: t.received / cfg.steps for k, t in traffic.items()},
-            "sent_per_step_by_kind": {k: {kk: v / cfg.steps for kk, v in t.sent_by_kind.items()} for k, t in traffic.items()},
+            "sent_per_step_by_kind": {
+                k: {kk: v / cfg.steps for kk, v in t.sent_by_kind.items()} for k, t in traffic.items()
+            },
             "collectives_per_step": {k: t.collectives / cfg.steps for k, t in traffic.items()},
             "step_seconds_median": {k: statistics.median(v) for k, v in times.items()},
             "row_wise_tables": plan.sharded_names(),
@@ -173,9 +201,13 @@ def run_world(cfg: ShardBenchConfig, world: int) -> dict[str, Any]:
     mem = {n: max(r["table_bytes"][n] for r in ranks) for n in ("replicated", "row_wise")}
     sent = {n: mean("bytes_sent_per_step", n) for n in ("replicated", "row_wise")}
     step = {n: max(r["step_seconds_median"][n] for r in ranks) for n in ("replicated", "row_wise")}
-    kinds = {n: {k: sum(r["sent_per_step_by_kind"][n].get(k, 0.0) for r in ranks) / world
-                 for k in sorted({k for r in ranks for k in r["sent_per_step_by_kind"][n]})}
-             for n in ("replicated", "row_wise")}
+    kinds = {
+        n: {
+            k: sum(r["sent_per_step_by_kind"][n].get(k, 0.0) for r in ranks) / world
+            for k in sorted({k for r in ranks for k in r["sent_per_step_by_kind"][n]})
+        }
+        for n in ("replicated", "row_wise")
+    }
     return {
         "world": world,
         "table_bytes_per_worker": mem,
@@ -200,11 +232,21 @@ def run_shard_benchmark(cfg: ShardBenchConfig, worlds: tuple[int, ...] = (2, 4))
     sizes = {t.name: table_bytes(t, opt) for t in tables}
     largest = max(sizes, key=lambda k: sizes[k])
     report: dict[str, Any] = {
-        "config": {**asdict(cfg), "tables": len(tables), "rows": sum(t.num_rows for t in tables),
-                   "ids_per_step_per_worker": len(tables) * cfg.batch * cfg.ids_per_bag,
-                   "optimizer": opt.kind, "backend": f"{cfg.backend} ({cfg.device})", "id_distribution": "zipf(1.1), scattered"},
+        "config": {
+            **asdict(cfg),
+            "tables": len(tables),
+            "rows": sum(t.num_rows for t in tables),
+            "ids_per_step_per_worker": len(tables) * cfg.batch * cfg.ids_per_bag,
+            "optimizer": opt.kind,
+            "backend": f"{cfg.backend} ({cfg.device})",
+            "id_distribution": "zipf(1.1), scattered",
+        },
         "budget_bytes": int(cfg.budget_mb * _MIB),
-        "largest_table": {"name": largest, "bytes": sizes[largest], "exceeds_budget": sizes[largest] > cfg.budget_mb * _MIB},
+        "largest_table": {
+            "name": largest,
+            "bytes": sizes[largest],
+            "exceeds_budget": sizes[largest] > cfg.budget_mb * _MIB,
+        },
         "replicated_table_bytes": sum(sizes.values()),
         "worlds": {},
     }
@@ -229,7 +271,8 @@ def format_report(r: dict[str, Any]) -> str:
     for w, s in r["worlds"].items():
         m, b, t = s["table_bytes_per_worker"], s["bytes_exchanged_per_step_per_worker"], s["step_seconds"]
         lines.append(
-            f"  {w} processes: table MiB/worker replicated {m['replicated'] / _MIB:.1f} | row_wise {m['row_wise'] / _MIB:.1f} "
+            f"  {w} processes: table MiB/worker replicated {m['replicated'] / _MIB:.1f} | "
+            f"row_wise {m['row_wise'] / _MIB:.1f} "
             f"(x{s['memory_ratio']:.2f}, fits budget: {s['fits_budget']}); exchanged MiB/step/worker all-gather "
             f"{b['replicated'] / _MIB:.2f} | all-to-all {b['row_wise'] / _MIB:.2f} (x{s['traffic_ratio']:.2f}; "
             f"x{s['traffic_ratio_unpadded']:.2f} vs an unpadded all-gather); "

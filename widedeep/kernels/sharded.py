@@ -101,7 +101,7 @@ def select_tables(
         return indices, offsets, psw
     if B == 0:
         return indices[:0], offsets[:1], None if psw is None else psw[:0]
-    bounds = offsets[0 :: B].tolist()
+    bounds = offsets[0::B].tolist()
     lengths = (offsets[1:] - offsets[:-1]).view(num_tables, B)
     sel = torch.tensor(list(keep), dtype=torch.int64, device=offsets.device)
     new_off = offsets.new_zeros(len(keep) * B + 1)
@@ -168,7 +168,7 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
                 raise AssertionError("shard runs differ from the global runs")
             # run-local row where table k's rows start on worker j: [k][j]
             self._local_base = []
-            for k, t in enumerate(self.shard_ids):
+            for k in range(len(self.shard_ids)):
                 run = next(r for r in self.shard_layout.runs if r.first <= k < r.last)
                 bases = []
                 for j in range(world):
@@ -245,7 +245,8 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
             w, r = dist.get_world_size(pg), dist.get_rank(pg)
             if (w, r) != (self.world, self.rank):
                 raise ConfigError(
-                    f"process group: world {w} rank {r}, but the tables were sharded for world {self.world} rank {self.rank}"
+                    f"process group: world {w} rank {r}, "
+                    f"but the tables were sharded for world {self.world} rank {self.rank}"
                 )
         self._pg = pg
         self._traffic = traffic
@@ -267,7 +268,9 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
     ) -> torch.Tensor:
         """Pooled bags ``[B, sum(dims)]`` fp32, exactly like ``TableBatchedEmbeddingBag``."""
         T = self.layout.num_tables
-        B = check_inputs(self.layout, indices, offsets, per_sample_weights, self.weight.device, check_values=self.validate)
+        B = check_inputs(
+            self.layout, indices, offsets, per_sample_weights, self.weight.device, check_values=self.validate
+        )
         parts = []
         if self.replicated is not None:
             parts.append(self.replicated(*select_tables(indices, offsets, per_sample_weights, T, B, self.rep_ids)))
@@ -303,7 +306,9 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
         owner = torch.empty_like(uniq)
         local = torch.empty_like(uniq)
         starts = torch.tensor(
-            [lay.row_offsets[k] - run.row_start for k in range(run.first, run.last + 1)], dtype=torch.int64, device=uniq.device
+            [lay.row_offsets[k] - run.row_start for k in range(run.first, run.last + 1)],
+            dtype=torch.int64,
+            device=uniq.device,
         )
         cut = torch.searchsorted(uniq, starts).tolist()
         for k in range(run.first, run.last):
@@ -313,7 +318,9 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
             t = self.shard_ids[k]
             ids = uniq[lo:hi] - (lay.row_offsets[k] - run.row_start)
             plan = self.table_plans[t]
-            base = self._cached(f"base{k}", lambda dev, k=k: torch.tensor(self._local_base[k], dtype=torch.int64, device=dev))
+            base = self._cached(
+                f"base{k}", lambda dev, k=k: torch.tensor(self._local_base[k], dtype=torch.int64, device=dev)
+            )
             if plan.rows == "hashed":
                 o = torch.remainder(ids, self.world)
                 loc = torch.div(ids, self.world, rounding_mode="floor")
@@ -492,10 +499,14 @@ def _split_runs(
         offs = offsets[run.first * B : run.last * B + 1] - lo
         ids = indices[lo:hi].to(torch.int64)
         counts = torch.tensor([bounds[t + 1] - bounds[t] for t in range(run.first, run.last)], dtype=torch.int64)
-        shift = torch.tensor([lay.row_offsets[t] - run.row_start for t in range(run.first, run.last)], dtype=torch.int64)
+        shift = torch.tensor(
+            [lay.row_offsets[t] - run.row_start for t in range(run.first, run.last)], dtype=torch.int64
+        )
         ids = ids + torch.repeat_interleave(shift, counts, output_size=hi - lo).to(ids.device)
         lengths = offs[1:] - offs[:-1]
-        bags = torch.repeat_interleave(torch.arange(run.num_tables * B, device=ids.device), lengths, output_size=hi - lo)
+        bags = torch.repeat_interleave(
+            torch.arange(run.num_tables * B, device=ids.device), lengths, output_size=hi - lo
+        )
         mean = torch.tensor([lay.tables[t].pooling == "mean" for t in range(run.first, run.last)], device=ids.device)
         scale = None
         if B and bool(mean.any()):

@@ -71,7 +71,9 @@ class ShardingConfig:
     tables: dict[str, Placement] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.memory_budget_mb is not None and not (math.isfinite(self.memory_budget_mb) and self.memory_budget_mb > 0):
+        if self.memory_budget_mb is not None and not (
+            math.isfinite(self.memory_budget_mb) and self.memory_budget_mb > 0
+        ):
             raise ConfigError(f"memory_budget_mb: must be > 0 or null, got {self.memory_budget_mb!r}")
         if self.min_rows < 1:
             raise ConfigError(f"min_rows: must be >= 1, got {self.min_rows!r}")
@@ -102,7 +104,9 @@ class TablePlan:
 
     def __post_init__(self) -> None:
         if self.placement not in ("replicated", "row_wise"):
-            raise ConfigError(f"TablePlan({self.name!r}).placement: expected replicated or row_wise, got {self.placement!r}")
+            raise ConfigError(
+                f"TablePlan({self.name!r}).placement: expected replicated or row_wise, got {self.placement!r}"
+            )
         if self.rows not in ("contiguous", "hashed"):
             raise ConfigError(f"TablePlan({self.name!r}).rows: expected contiguous or hashed, got {self.rows!r}")
 
@@ -154,7 +158,9 @@ class ShardingPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShardingPlan:
-        return cls(int(d["world_size"]), tuple(TablePlan(str(t["name"]), t["placement"], t["rows"]) for t in d["tables"]))
+        return cls(
+            int(d["world_size"]), tuple(TablePlan(str(t["name"]), t["placement"], t["rows"]) for t in d["tables"])
+        )
 
 
 def row_bytes(table: TableConfig, optimizer: OptimizerConfig, weight_bytes: int = 4) -> int:
@@ -212,7 +218,9 @@ def plan_tables(
         shard_big = budget is not None and total > budget
     out = []
     for tc, _ in tables:
-        placement: Placement = "row_wise" if shard_big and tc.num_rows >= max(cfg.min_rows, world_size) else "replicated"
+        placement: Placement = (
+            "row_wise" if shard_big and tc.num_rows >= max(cfg.min_rows, world_size) else "replicated"
+        )
         override = cfg.tables.get(tc.name)
         if override is not None and world_size > 1:
             if override == "row_wise" and tc.num_rows < world_size:
@@ -227,8 +235,12 @@ def plan_tables(
         need = worker_bytes(tables, plan)
         if need > budget:
             sharded = plan.sharded_names()
-            lower = sum(len(TablePlan("x", "row_wise", cfg.rows).row_range(tc.num_rows, 0, world_size)) * row_bytes(tc, opt)
-                        if tc.num_rows >= world_size else table_bytes(tc, opt) for tc, opt in tables)
+            lower = sum(
+                len(TablePlan("x", "row_wise", cfg.rows).row_range(tc.num_rows, 0, world_size)) * row_bytes(tc, opt)
+                if tc.num_rows >= world_size
+                else table_bytes(tc, opt)
+                for tc, opt in tables
+            )
             raise ConfigError(
                 f"{where}.memory_budget_mb: the tables need {need / _MIB:.1f} MiB per worker with {world_size} "
                 f"worker(s) ({len(sharded)} of {len(tables)} tables row-wise; {total / _MIB:.1f} MiB replicated, "

@@ -130,8 +130,9 @@ class PieceSource:
             )
         for f in {f for v in self.by_table.values() for f, _ in v}:
             if not (root / f).is_file():
-                raise CheckpointError(f"{root}: table piece {f} is missing (listed in checkpoint.json); "
-                                      "the checkpoint is incomplete")
+                raise CheckpointError(
+                    f"{root}: table piece {f} is missing (listed in checkpoint.json); the checkpoint is incomplete"
+                )
 
     def fill(self, table: str, kind: str, rows: RowRange, out: torch.Tensor) -> None:
         filled = 0
@@ -183,7 +184,9 @@ class PackedSource:
             sl = sf.get_slice(key)
             want = lay.total_elems if per_row else lay.total_rows
             if sl.get_shape() != [want]:
-                raise CheckpointError(f"{self.file}: {key} has shape {sl.get_shape()}, the model's tables need [{want}]")
+                raise CheckpointError(
+                    f"{self.file}: {key} has shape {sl.get_shape()}, the model's tables need [{want}]"
+                )
             flat = sl[base + rows.start * width : base + hi * width]
         block = flat.view(-1, tc.dim) if per_row else flat
         out.copy_(block[:: rows.step].to(out.device, out.dtype))
@@ -246,7 +249,6 @@ def plain_state_keys(model: torch.nn.Module) -> set[str]:
     return keys
 
 
-
 def load_model_state(root: Path, meta: Mapping[str, Any], model: torch.nn.Module) -> None:
     """Load a checkpoint's ``model.safetensors`` and its tables into ``model`` (plain or sharded),
     whichever way the tables were stored: by row range (``meta['tables']``) or packed."""
@@ -265,7 +267,9 @@ def load_model_state(root: Path, meta: Mapping[str, Any], model: torch.nn.Module
     current = model.state_dict()
     for k, v in tensors.items():
         if tuple(current[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{file}: {k} has shape {tuple(v.shape)}, the model expects {tuple(current[k].shape)}")
+            raise CheckpointError(
+                f"{file}: {k} has shape {tuple(v.shape)}, the model expects {tuple(current[k].shape)}"
+            )
     model.load_state_dict(tensors, strict=False)
     load_tables(model, sources, str(root))
 

@@ -345,9 +345,7 @@ def _group_fixed(run: Run, ri: RunInput) -> tuple[torch.Tensor, torch.Tensor, to
     return sorted_keys, perm if ri.bag_len == 1 else perm.div_(ri.bag_len, rounding_mode="floor"), w
 
 
-def _plan_per_table(
-    layout: TableLayout, run: Run, ri: RunInput, B: int, bag_grads: torch.Tensor
-) -> list[CoalescePlan]:
+def _plan_per_table(layout: TableLayout, run: Run, ri: RunInput, B: int, bag_grads: torch.Tensor) -> list[CoalescePlan]:
     """One plan per table, each from a sort of the table's own ids (cache-sized, no shift, no
     copy into a run-wide buffer). Position ``q`` of table ``t`` is in bag ``q // L`` when all
     bags hold ``L`` ids, i.e. bag-gradient row ``(q // L) * T_r + t``; else the offsets say."""

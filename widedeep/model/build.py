@@ -21,8 +21,9 @@ from widedeep.model.wide_deep import ModelConfig, OptimConfig, WideAndDeep
 MODEL_TASKS = ("ranking", "retrieval")
 
 
-def build_model(task: str, fs: Any, model: ModelConfig, optim: OptimConfig, task_config: Mapping[str, Any] | None,
-                seed: int = 0) -> nn.Module:
+def build_model(
+    task: str, fs: Any, model: ModelConfig, optim: OptimConfig, task_config: Mapping[str, Any] | None, seed: int = 0
+) -> nn.Module:
     """A fresh model: ``ranking`` is Wide & Deep (``model``, ``optim``), ``retrieval`` the two-tower
     retriever (``task_config``; its tables use ``optim.embedding``)."""
     if task == "ranking":

@@ -82,7 +82,9 @@ def optimizer_to_files(opt: torch.optim.Optimizer | None) -> tuple[dict[str, tor
     }
 
 
-def optimizer_from_files(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+def optimizer_from_files(
+    opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> None:
     if meta.get("kind") != type(opt).__name__:
         raise CheckpointError(f"optimizer: checkpoint has {meta.get('kind')}, the config builds {type(opt).__name__}")
     state: dict[int, dict[str, Any]] = {}
@@ -189,9 +191,7 @@ def load_feature_space(path: str | Path, meta: Mapping[str, Any]) -> FeatureSpac
     fs = FeatureSpace.load(str(p / "feature_space.json"))
     want = meta.get("feature_space_hash")
     if want and fs.content_hash != want:
-        raise CheckpointError(
-            f"{p}: feature_space.json hashes to {fs.content_hash} but checkpoint.json records {want}"
-        )
+        raise CheckpointError(f"{p}: feature_space.json hashes to {fs.content_hash} but checkpoint.json records {want}")
     return fs
 
 
@@ -213,10 +213,14 @@ def load_state_into(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     missing = sorted(set(own) - set(sd))
     extra = sorted(set(sd) - set(own))
     if missing or extra:
-        raise CheckpointError(f"{p}/model.safetensors: tensors do not match the model (missing {missing}, unexpected {extra})")
+        raise CheckpointError(
+            f"{p}/model.safetensors: tensors do not match the model (missing {missing}, unexpected {extra})"
+        )
     for k, v in sd.items():
         if tuple(own[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{p}/model.safetensors: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{p}/model.safetensors: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
     model.load_state_dict(sd)
     _load_optimizer(p, optimizer)
 

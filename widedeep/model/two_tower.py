@@ -127,8 +127,10 @@ def history_source(fs: Any) -> tuple[str, int]:
             for t in list(fs.deep_tables) + list(fs.wide_tables):
                 if t.column == f.name and not t.multivalent:
                     return f.name, int(t.num_rows)
-    raise ConfigError(f"task_config.history: needs the item key {key!r} to be a categorical feature of the spec "
-                      f"(histories are pooled ids of that feature)")
+    raise ConfigError(
+        f"task_config.history: needs the item key {key!r} to be a categorical feature of the spec "
+        f"(histories are pooled ids of that feature)"
+    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class TowerFeatures:
     """Which prepared columns one tower reads."""
 
     side: str
-    tables: tuple[tuple[str, int, str, bool], ...]   # (column, num_rows, pooling, multivalent)
+    tables: tuple[tuple[str, int, str, bool], ...]  # (column, num_rows, pooling, multivalent)
     dense: tuple[str, ...]
 
     @property
@@ -159,8 +161,10 @@ def tower_features(fs: Any, sides: tuple[str, ...], name: str, history: int = 0)
         seen[HISTORY_COLUMN] = (HISTORY_COLUMN, history_source(fs)[1], "mean", True)
     dense = tuple(c for c in fs.dense_columns if fs.feature_side(c) in sides)
     if not seen and not dense:
-        raise ConfigError(f"two-tower: the FeatureSpace has no {'/'.join(sides)} features for the {name} tower "
-                          f"(declare `side: {sides[0]}` on at least one feature)")
+        raise ConfigError(
+            f"two-tower: the FeatureSpace has no {'/'.join(sides)} features for the {name} tower "
+            f"(declare `side: {sides[0]}` on at least one feature)"
+        )
     return TowerFeatures(sides[0], tuple(seen.values()), dense)
 
 
@@ -194,8 +198,17 @@ class Tower(nn.Module):
         self.feats = feats
         self.tbe = None
         if feats.tables:
-            tables = [TableConfig(f"{feats.side}/{c}", n, cfg.embedding_dim, pooling=p if p in ("sum", "mean") else "sum",
-                                  init="normal", init_scale=cfg.init_scale) for c, n, p, _ in feats.tables]
+            tables = [
+                TableConfig(
+                    f"{feats.side}/{c}",
+                    n,
+                    cfg.embedding_dim,
+                    pooling=p if p in ("sum", "mean") else "sum",
+                    init="normal",
+                    init_scale=cfg.init_scale,
+                )
+                for c, n, p, _ in feats.tables
+            ]
             self.tbe = TableBatchedEmbeddingBag(tables, optimizer, seed=seed)
         width = cfg.embedding_dim * len(feats.tables) + len(feats.dense)
         layers: list[nn.Module] = []
@@ -275,8 +288,14 @@ def search_vectors(cfg: TwoTowerConfig, side: str, vectors: Any, positives: Any 
     return np.concatenate([v, extra], axis=1)
 
 
-def sampled_softmax_loss(u: torch.Tensor, v: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor | None,
-                         temperature: float, remove_accidental_hits: bool = True) -> torch.Tensor:
+def sampled_softmax_loss(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+    remove_accidental_hits: bool = True,
+) -> torch.Tensor:
     """In-batch sampled softmax with the logQ correction (mean over the ``B`` positives).
 
     Args:

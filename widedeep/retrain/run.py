@@ -60,9 +60,11 @@ class ServingModel:
         try:
             ranker, retriever, data = src["ranker"]["path"], src["retriever"]["path"], src["data"]
         except (KeyError, TypeError):
-            raise CheckpointError(f"{bundle}: the manifest does not name the checkpoints and data it was exported "
-                                  "from (sources.ranker.path, sources.retriever.path, sources.data); a retrain "
-                                  "warm-starts from them (bundles of `widedeep export` have them)") from None
+            raise CheckpointError(
+                f"{bundle}: the manifest does not name the checkpoints and data it was exported "
+                "from (sources.ranker.path, sources.retriever.path, sources.data); a retrain "
+                "warm-starts from them (bundles of `widedeep export` have them)"
+            ) from None
         for what, p in (("ranker checkpoint", ranker), ("retriever checkpoint", retriever), ("training data", data)):
             if not Location.of(p).exists():
                 raise CheckpointError(f"{bundle}: its {what} {p} is not reachable from here")
@@ -105,10 +107,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _train(job: str, sets: dict[str, Any], data: Location, runs: Location, name: str, warm: str,
-           tracking_uri: str | None) -> dict[str, Any]:
-    overrides = [*_flat(sets), f"data={json.dumps(str(data))}", f"storage_path={json.dumps(str(runs))}",
-                 f"run_name={json.dumps(name)}", f"warm_start_from={json.dumps(warm)}"]
+def _train(
+    job: str, sets: dict[str, Any], data: Location, runs: Location, name: str, warm: str, tracking_uri: str | None
+) -> dict[str, Any]:
+    overrides = [
+        *_flat(sets),
+        f"data={json.dumps(str(data))}",
+        f"storage_path={json.dumps(str(runs))}",
+        f"run_name={json.dumps(name)}",
+        f"warm_start_from={json.dumps(warm)}",
+    ]
     if tracking_uri:
         overrides += ["tracking.enabled=true", f"tracking.uri={json.dumps(tracking_uri)}"]
     return run_training(load_train_config(job, overrides))
@@ -139,50 +147,80 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
     serving = st.run("read the serving model", lambda: ServingModel.of(opts.serving))
     run = None
     if opts.tracking_uri:
-        run = (opts.tracking_uri, tracking.start_run(opts.tracking_uri, "widedeep-retrain", f"retrain-{work.name}",
-                                                     {"config": cfg.to_dict(), "inputs": list(opts.inputs),
-                                                      "serving": serving.bundle},
-                                                     tags={"widedeep.parent_version": serving.version}))
+        run = (
+            opts.tracking_uri,
+            tracking.start_run(
+                opts.tracking_uri,
+                "widedeep-retrain",
+                f"retrain-{work.name}",
+                {"config": cfg.to_dict(), "inputs": list(opts.inputs), "serving": serving.bundle},
+                tags={"widedeep.parent_version": serving.version},
+            ),
+        )
     window = work / "window"
-    manifest = st.run("prepare the window with the serving FeatureSpace extended", lambda: prepare_window(
-        serving.fs, opts.inputs, str(window), cfg.split, cfg.on_bad_rows))
+    manifest = st.run(
+        "prepare the window with the serving FeatureSpace extended",
+        lambda: prepare_window(serving.fs, opts.inputs, str(window), cfg.split, cfg.on_bad_rows),
+    )
     cand_fs = FeatureSpace.load(window / "feature_space.json")
-    as_serving = st.run("remap the window to the serving FeatureSpace", lambda: remap_prepared(
-        window, cand_fs, serving.fs, work / "window-as-serving", ("train", "test")))
+    as_serving = st.run(
+        "remap the window to the serving FeatureSpace",
+        lambda: remap_prepared(window, cand_fs, serving.fs, work / "window-as-serving", ("train", "test")),
+    )
     prev_test = Location.of(serving.data) / "test"
     if not prev_test.exists():
-        raise DataError(f"{prev_test}: the serving model's held-out slice is missing "
-                        "(the gate scores the candidate on it)")
-    prev_as_cand = st.run("remap the serving model's held-out slice to the candidate's FeatureSpace",
-                          lambda: remap_split(prev_test, serving.fs, cand_fs, work / "serving-holdout-as-candidate"))
+        raise DataError(
+            f"{prev_test}: the serving model's held-out slice is missing (the gate scores the candidate on it)"
+        )
+    prev_as_cand = st.run(
+        "remap the serving model's held-out slice to the candidate's FeatureSpace",
+        lambda: remap_split(prev_test, serving.fs, cand_fs, work / "serving-holdout-as-candidate"),
+    )
     runs = work / "runs"
-    ranker = st.run("train the ranker (warm start)", lambda: _train(
-        cfg.ranker_job, cfg.ranker_set, window, runs, "ranker", serving.ranker, opts.tracking_uri))
-    retriever = st.run("train the retriever (warm start)", lambda: _train(
-        cfg.retriever_job, cfg.retriever_set, window, runs, "retriever", serving.retriever, opts.tracking_uri))
+    ranker = st.run(
+        "train the ranker (warm start)",
+        lambda: _train(cfg.ranker_job, cfg.ranker_set, window, runs, "ranker", serving.ranker, opts.tracking_uri),
+    )
+    retriever = st.run(
+        "train the retriever (warm start)",
+        lambda: _train(
+            cfg.retriever_job, cfg.retriever_set, window, runs, "retriever", serving.retriever, opts.tracking_uri
+        ),
+    )
     cand_ranker, cand_retriever = ranker["checkpoint"], retriever["checkpoint"]
 
     def measure() -> dict[str, Any]:
         out: dict[str, Any] = {
-            "window": {"candidate": pointwise(cand_ranker, str(window / "test")),
-                       "serving": pointwise(serving.ranker, str(as_serving / "test"))},
-            "previous": {"candidate": pointwise(cand_ranker, str(prev_as_cand)),
-                         "serving": pointwise(serving.ranker, str(prev_test))},
+            "window": {
+                "candidate": pointwise(cand_ranker, str(window / "test")),
+                "serving": pointwise(serving.ranker, str(as_serving / "test")),
+            },
+            "previous": {
+                "candidate": pointwise(cand_ranker, str(prev_as_cand)),
+                "serving": pointwise(serving.ranker, str(prev_test)),
+            },
             "topk": None,
         }
         if cfg.gate.topk_metric is not None:
-            out["topk"] = {"candidate": topk(cand_retriever, cand_ranker, str(window / "test"), cfg.gate.topk_users),
-                           "serving": topk(serving.retriever, serving.ranker, str(as_serving / "test"),
-                                           cfg.gate.topk_users)}
+            out["topk"] = {
+                "candidate": topk(cand_retriever, cand_ranker, str(window / "test"), cfg.gate.topk_users),
+                "serving": topk(serving.retriever, serving.ranker, str(as_serving / "test"), cfg.gate.topk_users),
+            }
         out["weights_finite"] = weights_finite(cand_ranker)
         out["window_profile"] = profile_split(serving.fs, as_serving / "train")
         return out
 
     figures = st.run("measure candidate and serving model", measure)
     reference = serving.profile or profile_split(serving.fs, Location.of(serving.data) / "train")
-    checks, drift = gate(cfg.gate, window=figures["window"], previous=figures["previous"], topk_scores=figures["topk"],
-                         reference_profile=reference, window_profile=figures["window_profile"],
-                         candidate_weights_finite=figures["weights_finite"])
+    checks, drift = gate(
+        cfg.gate,
+        window=figures["window"],
+        previous=figures["previous"],
+        topk_scores=figures["topk"],
+        reference_profile=reference,
+        window_profile=figures["window_profile"],
+        candidate_weights_finite=figures["weights_finite"],
+    )
     failed = [c.name for c in checks if not c.passed]
     report: dict[str, Any] = {
         "kind": REPORT_KIND,
@@ -190,16 +228,28 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         "failed_checks": failed,
         "checks": [c.to_dict() for c in checks],
         "drift": drift,
-        "serving": {"bundle": serving.bundle, "model_version": serving.version, "ranker": serving.ranker,
-                    "retriever": serving.retriever, "data": serving.data,
-                    "feature_space_hash": serving.fs.content_hash},
-        "window": {"inputs": list(opts.inputs), "prepared": str(window), "split": cfg.split,
-                   "rows": {s: manifest["splits"][s]["rows"] for s in ("train", "valid", "test")},
-                   "label_rate": {s: manifest["splits"][s]["label_rate"] for s in ("train", "valid", "test")},
-                   "new_values": cand_fs.fit_info.get("window", {}).get("new_values", {}),
-                   "feature_space_hash": cand_fs.content_hash},
-        "candidate": {"ranker": cand_ranker, "retriever": cand_retriever,
-                      "train": {"ranker": _summary(ranker), "retriever": _summary(retriever)}},
+        "serving": {
+            "bundle": serving.bundle,
+            "model_version": serving.version,
+            "ranker": serving.ranker,
+            "retriever": serving.retriever,
+            "data": serving.data,
+            "feature_space_hash": serving.fs.content_hash,
+        },
+        "window": {
+            "inputs": list(opts.inputs),
+            "prepared": str(window),
+            "split": cfg.split,
+            "rows": {s: manifest["splits"][s]["rows"] for s in ("train", "valid", "test")},
+            "label_rate": {s: manifest["splits"][s]["label_rate"] for s in ("train", "valid", "test")},
+            "new_values": cand_fs.fit_info.get("window", {}).get("new_values", {}),
+            "feature_space_hash": cand_fs.content_hash,
+        },
+        "candidate": {
+            "ranker": cand_ranker,
+            "retriever": cand_retriever,
+            "train": {"ranker": _summary(ranker), "retriever": _summary(retriever)},
+        },
         "metrics": {k: figures[k] for k in ("window", "previous", "topk")},
         "config": cfg.to_dict(),
         "bundle": None,
@@ -208,22 +258,49 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
     if failed:
         log.error("retrain: REFUSED, failed checks: %s; serving keeps model %s", ", ".join(failed), serving.version)
     else:
-        lineage = {"parent": {"bundle": serving.bundle, "model_version": serving.version,
-                              "feature_space_hash": serving.fs.content_hash},
-                   "window": report["window"], "checks": report["checks"], "drift": drift,
-                   "created_by": "widedeep retrain"}
+        lineage = {
+            "parent": {
+                "bundle": serving.bundle,
+                "model_version": serving.version,
+                "feature_space_hash": serving.fs.content_hash,
+            },
+            "window": report["window"],
+            "checks": report["checks"],
+            "drift": drift,
+            "created_by": "widedeep retrain",
+        }
         out = opts.bundle_out or str(work / "bundle")
-        bundle = st.run("export the bundle", lambda: export_from_checkpoints(
-            cand_ranker, cand_retriever, out, data=str(window), index_kind=cfg.bundle_index, version=opts.version,
-            lineage=lineage))
+        bundle = st.run(
+            "export the bundle",
+            lambda: export_from_checkpoints(
+                cand_ranker,
+                cand_retriever,
+                out,
+                data=str(window),
+                index_kind=cfg.bundle_index,
+                version=opts.version,
+                lineage=lineage,
+            ),
+        )
         report["bundle"] = str(bundle)
         report["model_version"] = read_manifest(str(bundle))["model_version"]
         if opts.serve_address:
-            report["swap"] = st.run("swap the live Serve application", lambda: swap_bundle(
-                opts.serve_address, opts.serve_app, str(bundle), expect_version=report["model_version"],
-                url=opts.serve_url))
-        log.info("retrain: PASSED; bundle %s (version %s)%s", bundle, report["model_version"],
-                 f", serving in {opts.serve_app}" if report["swap"] else "")
+            report["swap"] = st.run(
+                "swap the live Serve application",
+                lambda: swap_bundle(
+                    opts.serve_address,
+                    opts.serve_app,
+                    str(bundle),
+                    expect_version=report["model_version"],
+                    url=opts.serve_url,
+                ),
+            )
+        log.info(
+            "retrain: PASSED; bundle %s (version %s)%s",
+            bundle,
+            report["model_version"],
+            f", serving in {opts.serve_app}" if report["swap"] else "",
+        )
     report["seconds"] = st.seconds
     if run is not None:
         report["mlflow"] = _track(run, report, opts.register_as)
@@ -239,16 +316,34 @@ def _track(run: tuple[str, str], report: dict[str, Any], register_as: str | None
         values = c["value"] if isinstance(c["value"], dict) else {"": c["value"]}
         figures.update({f"check.{c['name']}{'.' + k if k else ''}": v for k, v in values.items()})
     tracking.log_metrics(uri, run_id, figures)
-    tracking.set_tags(uri, run_id, {"widedeep.decision": "accepted" if report["passed"] else "refused",
-                                    "widedeep.failed_checks": ",".join(report["failed_checks"]) or "-",
-                                    "widedeep.bundle": report["bundle"] or "-"})
+    tracking.set_tags(
+        uri,
+        run_id,
+        {
+            "widedeep.decision": "accepted" if report["passed"] else "refused",
+            "widedeep.failed_checks": ",".join(report["failed_checks"]) or "-",
+            "widedeep.bundle": report["bundle"] or "-",
+        },
+    )
     out: dict[str, Any] = {"tracking_uri": uri, "run_id": run_id}
     if report["passed"] and register_as:
         aliases = ["challenger"] + (["champion"] if report["swap"] else [])
-        out["registered"] = {"name": register_as, "aliases": aliases, "version": tracking.register(
-            uri, register_as, report["bundle"], "bundle", run_id, aliases,
-            tags={"widedeep.model_version": str(report["model_version"]),
-                  "widedeep.parent_version": str(report["serving"]["model_version"])})}
+        out["registered"] = {
+            "name": register_as,
+            "aliases": aliases,
+            "version": tracking.register(
+                uri,
+                register_as,
+                report["bundle"],
+                "bundle",
+                run_id,
+                aliases,
+                tags={
+                    "widedeep.model_version": str(report["model_version"]),
+                    "widedeep.parent_version": str(report["serving"]["model_version"]),
+                },
+            ),
+        }
     tracking.end_run(uri, run_id)
     return out
 

@@ -34,8 +34,9 @@ def _client(address: str) -> Any:
     try:
         return ServeSubmissionClient(address)
     except Exception as e:  # connection refused, not a dashboard, an old Ray: say which address
-        raise ServingError(f"{address}: cannot reach a Ray dashboard to manage Serve "
-                           f"({type(e).__name__}: {e})") from None
+        raise ServingError(
+            f"{address}: cannot reach a Ray dashboard to manage Serve ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _details(client: Any, address: str) -> dict[str, Any]:
@@ -60,12 +61,20 @@ def _deploy(client: Any, address: str, details: dict[str, Any], apps: list[dict[
 
 
 def _declarative(details: dict[str, Any], skip: str | None = None) -> list[dict[str, Any]]:
-    return [copy.deepcopy(a["deployed_app_config"]) for name, a in details.get("applications", {}).items()
-            if a.get("deployed_app_config") and name != skip]
+    return [
+        copy.deepcopy(a["deployed_app_config"])
+        for name, a in details.get("applications", {}).items()
+        if a.get("deployed_app_config") and name != skip
+    ]
 
 
-def app_config(name: str, route_prefix: str, args: dict[str, Any], deployments: list[dict[str, Any]] | None = None,
-               runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+def app_config(
+    name: str,
+    route_prefix: str,
+    args: dict[str, Any],
+    deployments: list[dict[str, Any]] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A Serve application config of the recommender (``args`` are ``AppArgs``'s fields)."""
     cfg: dict[str, Any] = {"name": name, "route_prefix": route_prefix, "import_path": IMPORT_PATH, "args": dict(args)}
     if deployments:
@@ -97,8 +106,10 @@ def _wait_running(client: Any, address: str, app: str, before: float | None, tim
             if fresh and a.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
                 raise ServingError(f"application {app!r}: {a.get('status')}: {a.get('message', '')[:2000]}")
         time.sleep(0.5)
-    raise ServingError(f"application {app!r} not RUNNING after {timeout_s:g}s (status {last.get('status')!r}: "
-                       f"{str(last.get('message', ''))[:500]})")
+    raise ServingError(
+        f"application {app!r} not RUNNING after {timeout_s:g}s (status {last.get('status')!r}: "
+        f"{str(last.get('message', ''))[:500]})"
+    )
 
 
 def _served_version(url: str) -> tuple[str | None, Any]:
@@ -114,8 +125,16 @@ def _served_version(url: str) -> tuple[str | None, Any]:
     return body.get("model_version"), body.get("last_load_error")
 
 
-def swap_bundle(address: str, app: str, bundle: str, *, expect_version: str | None = None, url: str | None = None,
-                timeout_s: float = 300.0, confirmations: int = 5) -> dict[str, Any]:
+def swap_bundle(
+    address: str,
+    app: str,
+    bundle: str,
+    *,
+    expect_version: str | None = None,
+    url: str | None = None,
+    timeout_s: float = 300.0,
+    confirmations: int = 5,
+) -> dict[str, Any]:
     """Point the model-loading deployments of ``app`` at ``bundle`` (a ``user_config`` change).
 
     Waits until Serve reports the application RUNNING with healthy deployments; with ``url`` (the
@@ -132,8 +151,10 @@ def swap_bundle(address: str, app: str, bundle: str, *, expect_version: str | No
         raise ServingError(f"{address}: no Serve application {app!r}; running: {running}")
     cfg = copy.deepcopy(a.get("deployed_app_config"))
     if not cfg:
-        raise ServingError(f"application {app!r} was deployed with serve.run (imperatively): its model can only be "
-                           "swapped in place when it is deployed from a config (serve deploy, or widedeep serve)")
+        raise ServingError(
+            f"application {app!r} was deployed with serve.run (imperatively): its model can only be "
+            "swapped in place when it is deployed from a config (serve deploy, or widedeep serve)"
+        )
     pipeline = (cfg.get("args") or {}).get("pipeline", "fused")
     deployments = {d["name"]: d for d in cfg.get("deployments", [])}
     previous = None
@@ -154,18 +175,33 @@ def swap_bundle(address: str, app: str, bundle: str, *, expect_version: str | No
         while streak < confirmations:
             version, error = _served_version(url)
             if error and error.get("bundle") == str(bundle):
-                raise ServingError(f"application {app!r} refused bundle {bundle}: {error.get('error')}; "
-                                   "it keeps serving the previous model")
+                raise ServingError(
+                    f"application {app!r} refused bundle {bundle}: {error.get('error')}; "
+                    "it keeps serving the previous model"
+                )
             streak = streak + 1 if version == expect_version else 0
             if time.monotonic() > deadline:
-                raise ServingError(f"application {app!r} does not serve version {expect_version} after {timeout_s:g}s "
-                                   f"(last answer: {version})")
+                raise ServingError(
+                    f"application {app!r} does not serve version {expect_version} after {timeout_s:g}s "
+                    f"(last answer: {version})"
+                )
             if streak < confirmations:
                 time.sleep(0.2)
         confirmed = expect_version
-    out = {"app": app, "pipeline": pipeline, "deployments": list(MODEL_DEPLOYMENTS.get(pipeline, ())),
-           "previous_bundle": previous, "bundle": str(bundle), "confirmed_version": confirmed,
-           "seconds": round(time.monotonic() - t0, 2)}
-    log.info("swapped application %s to %s in %.1fs (%s)", app, bundle, out["seconds"],
-             f"serving {confirmed}" if confirmed else "not confirmed over HTTP")
+    out = {
+        "app": app,
+        "pipeline": pipeline,
+        "deployments": list(MODEL_DEPLOYMENTS.get(pipeline, ())),
+        "previous_bundle": previous,
+        "bundle": str(bundle),
+        "confirmed_version": confirmed,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    log.info(
+        "swapped application %s to %s in %.1fs (%s)",
+        app,
+        bundle,
+        out["seconds"],
+        f"serving {confirmed}" if confirmed else "not confirmed over HTTP",
+    )
     return out

@@ -92,9 +92,16 @@ def _r(x: Any) -> Any:
     return round(x, 6) if isinstance(x, float) and math.isfinite(x) else finite(x) if isinstance(x, float) else x
 
 
-def gate(g: GateConfig, *, window: dict[str, Any], previous: dict[str, Any], topk_scores: dict[str, Any] | None,
-         reference_profile: dict[str, Any], window_profile: dict[str, Any], candidate_weights_finite: bool
-         ) -> tuple[list[Check], dict[str, Any]]:
+def gate(
+    g: GateConfig,
+    *,
+    window: dict[str, Any],
+    previous: dict[str, Any],
+    topk_scores: dict[str, Any] | None,
+    reference_profile: dict[str, Any],
+    window_profile: dict[str, Any],
+    candidate_weights_finite: bool,
+) -> tuple[list[Check], dict[str, Any]]:
     """All checks from the measured figures; returns ``(checks, drift per feature)``.
 
     ``window`` / ``previous``: ``{"candidate": pointwise(...), "serving": pointwise(...)}`` on the
@@ -103,54 +110,106 @@ def gate(g: GateConfig, *, window: dict[str, Any], previous: dict[str, Any], top
     """
     c, s = window["candidate"], window["serving"]
     checks = [
-        Check("finite", bool(c["finite"] and previous["candidate"]["finite"] and candidate_weights_finite),
-              {"predictions": bool(c["finite"] and previous["candidate"]["finite"]),
-               "weights": candidate_weights_finite}, True,
-              "every candidate prediction (both held-out slices) and weight is finite"),
-        Check("auc_vs_serving", c["auc"] >= s["auc"] - g.auc_margin, _r(c["auc"]),
-              _r(s["auc"] - g.auc_margin), f"candidate AUC on the window's held-out slice >= serving AUC "
-              f"{s['auc']:.4f} - {g.auc_margin}"),
-        Check("logloss_vs_serving", c["logloss"] <= s["logloss"] + g.logloss_margin, _r(c["logloss"]),
-              _r(s["logloss"] + g.logloss_margin), f"candidate log loss on the window's held-out slice <= "
-              f"serving {s['logloss']:.4f} + {g.logloss_margin}"),
-        Check("calibration", g.calibration[0] <= c["calibration"] <= g.calibration[1], _r(c["calibration"]),
-              list(g.calibration), "candidate mean prediction / mean label on the window's held-out slice"),
-        Check("prediction_spread", c["prediction_std"] >= g.min_prediction_std
-              and c["constant_share"] <= g.max_constant_share,
-              {"std": _r(c["prediction_std"]), "constant_share": _r(c["constant_share"])},
-              {"min_std": g.min_prediction_std, "max_constant_share": g.max_constant_share},
-              "the candidate's predicted probabilities are spread out (not collapsed onto one value)"),
+        Check(
+            "finite",
+            bool(c["finite"] and previous["candidate"]["finite"] and candidate_weights_finite),
+            {"predictions": bool(c["finite"] and previous["candidate"]["finite"]), "weights": candidate_weights_finite},
+            True,
+            "every candidate prediction (both held-out slices) and weight is finite",
+        ),
+        Check(
+            "auc_vs_serving",
+            c["auc"] >= s["auc"] - g.auc_margin,
+            _r(c["auc"]),
+            _r(s["auc"] - g.auc_margin),
+            f"candidate AUC on the window's held-out slice >= serving AUC {s['auc']:.4f} - {g.auc_margin}",
+        ),
+        Check(
+            "logloss_vs_serving",
+            c["logloss"] <= s["logloss"] + g.logloss_margin,
+            _r(c["logloss"]),
+            _r(s["logloss"] + g.logloss_margin),
+            f"candidate log loss on the window's held-out slice <= serving {s['logloss']:.4f} + {g.logloss_margin}",
+        ),
+        Check(
+            "calibration",
+            g.calibration[0] <= c["calibration"] <= g.calibration[1],
+            _r(c["calibration"]),
+            list(g.calibration),
+            "candidate mean prediction / mean label on the window's held-out slice",
+        ),
+        Check(
+            "prediction_spread",
+            c["prediction_std"] >= g.min_prediction_std and c["constant_share"] <= g.max_constant_share,
+            {"std": _r(c["prediction_std"]), "constant_share": _r(c["constant_share"])},
+            {"min_std": g.min_prediction_std, "max_constant_share": g.max_constant_share},
+            "the candidate's predicted probabilities are spread out (not collapsed onto one value)",
+        ),
     ]
     pc, ps = previous["candidate"], previous["serving"]
-    checks.append(Check("auc_on_serving_holdout", pc["auc"] >= ps["auc"] - g.previous_auc_margin, _r(pc["auc"]),
-                        _r(ps["auc"] - g.previous_auc_margin),
-                        f"candidate AUC on the serving model's own held-out slice >= serving AUC {ps['auc']:.4f} "
-                        f"- {g.previous_auc_margin}"))
+    checks.append(
+        Check(
+            "auc_on_serving_holdout",
+            pc["auc"] >= ps["auc"] - g.previous_auc_margin,
+            _r(pc["auc"]),
+            _r(ps["auc"] - g.previous_auc_margin),
+            f"candidate AUC on the serving model's own held-out slice >= serving AUC {ps['auc']:.4f} "
+            f"- {g.previous_auc_margin}",
+        )
+    )
     if topk_scores is not None and g.topk_metric is not None:
         tc, ts = topk_scores["candidate"], topk_scores["serving"]
         name = g.topk_metric
-        checks.append(Check(f"topk_{name}", tc[name] >= ts[name] - g.topk_margin, _r(tc[name]),
-                            _r(ts[name] - g.topk_margin), f"candidate retrieval + ranking {name} on the window's "
-                            f"held-out users >= serving {ts[name]:.4f} - {g.topk_margin} ({tc['users']} users)"))
+        checks.append(
+            Check(
+                f"topk_{name}",
+                tc[name] >= ts[name] - g.topk_margin,
+                _r(tc[name]),
+                _r(ts[name] - g.topk_margin),
+                f"candidate retrieval + ranking {name} on the window's "
+                f"held-out users >= serving {ts[name]:.4f} - {g.topk_margin} ({tc['users']} users)",
+            )
+        )
     drift = compare(reference_profile, window_profile)
     ref_rate, win_rate = reference_profile.get("label_mean"), window_profile.get("label_mean")
     if ref_rate and win_rate is not None:
         ratio = win_rate / ref_rate
-        checks.append(Check("label_rate", 1 / g.label_rate_ratio <= ratio <= g.label_rate_ratio, _r(win_rate),
-                            [_r(ref_rate / g.label_rate_ratio), _r(ref_rate * g.label_rate_ratio)],
-                            f"the window's label rate against the serving model's training rate {ref_rate:.4f}"))
+        checks.append(
+            Check(
+                "label_rate",
+                1 / g.label_rate_ratio <= ratio <= g.label_rate_ratio,
+                _r(win_rate),
+                [_r(ref_rate / g.label_rate_ratio), _r(ref_rate * g.label_rate_ratio)],
+                f"the window's label rate against the serving model's training rate {ref_rate:.4f}",
+            )
+        )
     if g.max_psi is not None:
         psis = {f: d["psi"] for f, d in drift.items() if "psi" in d and math.isfinite(d["psi"])}
         worst = max(psis, key=lambda f: psis[f]) if psis else None
-        checks.append(Check("feature_drift_psi", not psis or psis[worst] <= g.max_psi,
-                            {f: _r(v) for f, v in sorted(psis.items())}, g.max_psi,
-                            f"numeric PSI of the window against the serving training data (worst: {worst})"))
+        checks.append(
+            Check(
+                "feature_drift_psi",
+                not psis or psis[worst] <= g.max_psi,
+                {f: _r(v) for f, v in sorted(psis.items())},
+                g.max_psi,
+                f"numeric PSI of the window against the serving training data (worst: {worst})",
+            )
+        )
     if g.max_oov_rate_increase is not None:
-        inc = {f: d["oov_rate"] - d["oov_rate_ref"] for f, d in drift.items()
-               if "oov_rate" in d and math.isfinite(d["oov_rate"]) and math.isfinite(d["oov_rate_ref"])}
+        inc = {
+            f: d["oov_rate"] - d["oov_rate_ref"]
+            for f, d in drift.items()
+            if "oov_rate" in d and math.isfinite(d["oov_rate"]) and math.isfinite(d["oov_rate_ref"])
+        }
         worst = max(inc, key=lambda f: inc[f]) if inc else None
-        checks.append(Check("oov_rate_increase", not inc or inc[worst] <= g.max_oov_rate_increase,
-                            {f: _r(v) for f, v in sorted(inc.items())}, g.max_oov_rate_increase,
-                            "OOV rate of each vocabulary feature in the window (values new to the serving model "
-                            f"count as OOV) minus its training rate (worst: {worst})"))
+        checks.append(
+            Check(
+                "oov_rate_increase",
+                not inc or inc[worst] <= g.max_oov_rate_increase,
+                {f: _r(v) for f, v in sorted(inc.items())},
+                g.max_oov_rate_increase,
+                "OOV rate of each vocabulary feature in the window (values new to the serving model "
+                f"count as OOV) minus its training rate (worst: {worst})",
+            )
+        )
     return checks, {f: {k: _r(v) for k, v in d.items()} for f, d in drift.items()}

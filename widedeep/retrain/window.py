@@ -25,8 +25,9 @@ from widedeep.retrieval.data import parquet_files
 log = logging.getLogger(__name__)
 
 
-def prepare_window(serving_fs: FeatureSpace, inputs: list[str], out: str, split: str,
-                   on_bad_rows: str = "error") -> dict[str, Any]:
+def prepare_window(
+    serving_fs: FeatureSpace, inputs: list[str], out: str, split: str, on_bad_rows: str = "error"
+) -> dict[str, Any]:
     """Prepare the window at ``inputs`` into ``out`` with ``serving_fs`` extended; the manifest."""
     opts = PrepareOptions(inputs=list(inputs), out=out, split=split, on_bad_rows=on_bad_rows)
     return prepare(serving_fs.spec, opts, extend=serving_fs)
@@ -51,8 +52,13 @@ def remap_split(src: str | Location, source: FeatureSpace, target: FeatureSpace,
     return out_loc
 
 
-def remap_prepared(src_root: str | Location, source: FeatureSpace, target: FeatureSpace, out_root: str | Location,
-                   splits: tuple[str, ...]) -> Location:
+def remap_prepared(
+    src_root: str | Location,
+    source: FeatureSpace,
+    target: FeatureSpace,
+    out_root: str | Location,
+    splits: tuple[str, ...],
+) -> Location:
     """``remap_split`` of several splits, plus ``target``'s ``feature_space.json``: a prepared
     directory of ``target`` (what evaluation and top-K read)."""
     src, out = Location.of(src_root), Location.of(out_root)

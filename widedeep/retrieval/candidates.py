@@ -52,11 +52,18 @@ class CandidateGenerator:
             ``(user_keys, CSR)`` with CSR rows aligned to ``user_keys``.
     """
 
-    def __init__(self, index: ItemIndex, popularity: np.ndarray, item_keys: np.ndarray,
-                 seen: Mapping[Any, np.ndarray] | tuple[np.ndarray, CSR] | None = None) -> None:
+    def __init__(
+        self,
+        index: ItemIndex,
+        popularity: np.ndarray,
+        item_keys: np.ndarray,
+        seen: Mapping[Any, np.ndarray] | tuple[np.ndarray, CSR] | None = None,
+    ) -> None:
         if popularity.shape != (index.n_items,) or len(item_keys) != index.n_items:
-            raise ConfigError(f"CandidateGenerator: index has {index.n_items} items, popularity "
-                              f"{popularity.shape[0]}, item_keys {len(item_keys)}")
+            raise ConfigError(
+                f"CandidateGenerator: index has {index.n_items} items, popularity "
+                f"{popularity.shape[0]}, item_keys {len(item_keys)}"
+            )
         self.index = index
         self.popularity = torch.from_numpy(np.asarray(popularity, dtype=np.float32))
         self.item_keys = np.asarray(item_keys)
@@ -68,7 +75,9 @@ class CandidateGenerator:
             users = list(seen.keys())
             lens = np.array([len(seen[u]) for u in users], dtype=np.int64)
             rows = np.repeat(np.arange(len(users), dtype=np.int64), lens)
-            cols = np.concatenate([np.asarray(seen[u], dtype=np.int64) for u in users]) if users else np.zeros(0, np.int64)
+            cols = (
+                np.concatenate([np.asarray(seen[u], dtype=np.int64) for u in users]) if users else np.zeros(0, np.int64)
+            )
             self.seen_users, self.seen = np.asarray(users), CSR.from_pairs(rows, cols, len(users), index.n_items)
 
     @property
@@ -88,8 +97,9 @@ class CandidateGenerator:
         np.cumsum(lens, out=indptr[1:])
         return CSR(indptr, sub.indices[keep], self.n_items)
 
-    def candidates_batch(self, user_vecs: np.ndarray | None, n: int, exclude: CSR | None = None,
-                         cold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def candidates_batch(
+        self, user_vecs: np.ndarray | None, n: int, exclude: CSR | None = None, cold: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates for many users at once (offline evaluation uses this directly).
 
         Args:
@@ -121,14 +131,26 @@ class CandidateGenerator:
             rows[warm_idx], scores[warm_idx] = r, s
         if cold_idx.size:
             pop = self.popularity
-            r, s = rank_topk(lambda lo, hi: pop.unsqueeze(0).repeat(hi - lo, 1), cold_idx.size, self.n_items, n,
-                             ex.take_rows(cold_idx), label="popularity candidates")
+            r, s = rank_topk(
+                lambda lo, hi: pop.unsqueeze(0).repeat(hi - lo, 1),
+                cold_idx.size,
+                self.n_items,
+                n,
+                ex.take_rows(cold_idx),
+                label="popularity candidates",
+            )
             rows[cold_idx], scores[cold_idx] = r, s
         return rows, scores
 
-    def candidates(self, user_vec: np.ndarray | None, user_key: Any = None, n: int = 100,
-                   exclude_keys: Sequence[Any] | None = None, exclude_rows: Sequence[int] | None = None,
-                   filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(
+        self,
+        user_vec: np.ndarray | None,
+        user_key: Any = None,
+        n: int = 100,
+        exclude_keys: Sequence[Any] | None = None,
+        exclude_rows: Sequence[int] | None = None,
+        filter_seen: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates for one user (the online Retriever's call).
 
         Args:
@@ -172,7 +194,7 @@ def final_scores(ranker_logits: np.ndarray, retrieval_logits: np.ndarray | None,
     engages with an item at all is what the retriever learned, so a re-ranked list keeps part of
     its score (``task_config.rerank_blend`` of the retriever).
     """
-    s = -np.logaddexp(0.0, -np.asarray(ranker_logits, dtype=np.float64))           # log sigmoid
+    s = -np.logaddexp(0.0, -np.asarray(ranker_logits, dtype=np.float64))  # log sigmoid
     if blend and retrieval_logits is not None:
         s = s + blend * np.asarray(retrieval_logits, dtype=np.float64)
     return s

@@ -134,8 +134,9 @@ def build_catalog(fs: Any, root: str | Path | Location, splits: tuple[str, ...] 
     return Catalog(keys, rows.drop_columns([fs.item_key]))
 
 
-def interactions(table: pa.Table, user_col: str, item_col: str, users: np.ndarray, items: np.ndarray,
-                 positives_only: bool = True) -> CSR:
+def interactions(
+    table: pa.Table, user_col: str, item_col: str, users: np.ndarray, items: np.ndarray, positives_only: bool = True
+) -> CSR:
     """Users x items CSR (rows aligned with ``users``) of ``table``'s rows (positives only if asked).
 
     Rows whose user or item is not in ``users`` / ``items`` are left out (the caller chooses them).
@@ -175,8 +176,9 @@ def tower_input(feats: Any, table: pa.Table) -> Any:
     else:
         vals, offs = np.zeros(0, np.int64), np.zeros(1, np.int64)
     if feats.dense:
-        dense = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float32)
-                          for c in feats.dense], axis=1)
+        dense = np.stack(
+            [np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float32) for c in feats.dense], axis=1
+        )
     else:
         dense = np.zeros((b, 0), dtype=np.float32)
     return TowerInput(JaggedIds(torch.from_numpy(vals), torch.from_numpy(offs)), torch.from_numpy(dense))
@@ -190,7 +192,7 @@ def embed(model: Any, tower: str, table: pa.Table, batch_rows: int = 65536) -> n
     out = []
     was = m.training
     m.eval()
-    device = next(m.parameters()).device       # a model being trained may live on a GPU
+    device = next(m.parameters()).device  # a model being trained may live on a GPU
     with torch.no_grad():
         for lo in range(0, max(table.num_rows, 1), batch_rows):
             part = table.slice(lo, batch_rows)

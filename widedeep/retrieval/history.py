@@ -60,9 +60,12 @@ class Histories:
         u = np.asarray(codes.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         keys = np.asarray(codes.dictionary.to_numpy(zero_copy_only=False))
         ids = np.asarray(table.column(id_col).to_numpy(), dtype=np.int64)
-        t = (np.asarray(table.column(TIME_COLUMN).to_numpy(), dtype=np.int64) if TIME_COLUMN in table.column_names
-             else np.zeros(len(u), dtype=np.int64))
-        order = np.lexsort((np.arange(len(u)), t, u))            # by user, then time, then file order
+        t = (
+            np.asarray(table.column(TIME_COLUMN).to_numpy(), dtype=np.int64)
+            if TIME_COLUMN in table.column_names
+            else np.zeros(len(u), dtype=np.int64)
+        )
+        order = np.lexsort((np.arange(len(u)), t, u))  # by user, then time, then file order
         indptr = np.zeros(len(keys) + 1, dtype=np.int64)
         np.cumsum(np.bincount(u, minlength=len(keys)), out=indptr[1:])
         return Histories(keys, indptr, ids[order], t[order] if TIME_COLUMN in table.column_names else None)
@@ -76,8 +79,9 @@ class Histories:
         user_of = np.repeat(np.arange(len(self.keys), dtype=np.int64), np.diff(self.indptr))
         return uniq, span, user_of * span + np.searchsorted(uniq, self.times)
 
-    def lists(self, user_keys: Any, cap: int, leave_out: np.ndarray | None = None,
-              before: np.ndarray | None = None) -> pa.ListArray:
+    def lists(
+        self, user_keys: Any, cap: int, leave_out: np.ndarray | None = None, before: np.ndarray | None = None
+    ) -> pa.ListArray:
         """One list per requested user: their latest ``cap`` ids (unknown users: empty).
 
         ``leave_out``: an id per row removed from that row's history (training rows leave out
@@ -91,10 +95,11 @@ class Histories:
         if before is not None and self.times is not None:
             # one global searchsorted: key = (user row, rank of time) is sorted like the ids are
             uniq, span, key = self._time_keys
-            cut = np.searchsorted(key, np.maximum(r, 0) * span + np.searchsorted(uniq, np.asarray(before, dtype=np.int64)),
-                                  side="left")
+            cut = np.searchsorted(
+                key, np.maximum(r, 0) * span + np.searchsorted(uniq, np.asarray(before, dtype=np.int64)), side="left"
+            )
             ends = np.where(known, np.clip(cut, starts, ends), 0)
-        starts = np.maximum(starts, ends - cap - (0 if leave_out is None else 1))   # bound the work per row
+        starts = np.maximum(starts, ends - cap - (0 if leave_out is None else 1))  # bound the work per row
         lens = ends - starts
         row_of = np.repeat(np.arange(len(r), dtype=np.int64), lens)
         first = np.zeros(len(r) + 1, dtype=np.int64)
@@ -105,15 +110,21 @@ class Histories:
             vals, row_of = vals[keep], row_of[keep]
         counts = np.bincount(row_of, minlength=len(r))
         row_end = np.cumsum(counts)
-        latest = (row_end[row_of] - 1 - np.arange(len(vals))) < cap     # position from the row's end
+        latest = (row_end[row_of] - 1 - np.arange(len(vals))) < cap  # position from the row's end
         vals, row_of = vals[latest], row_of[latest]
         offsets = np.zeros(len(r) + 1, dtype=np.int32)
         np.cumsum(np.bincount(row_of, minlength=len(r)), out=offsets[1:])
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(vals, type=pa.int64()))
 
 
-def with_history(table: pa.Table, histories: Histories, user_keys: Any, cap: int,
-                 leave_out: np.ndarray | None = None, before: np.ndarray | None = None) -> pa.Table:
+def with_history(
+    table: pa.Table,
+    histories: Histories,
+    user_keys: Any,
+    cap: int,
+    leave_out: np.ndarray | None = None,
+    before: np.ndarray | None = None,
+) -> pa.Table:
     """``table`` plus the ``__history__`` list column of its rows' users (see ``Histories.lists``)."""
     col = histories.lists(user_keys, cap, leave_out, before)
     if HISTORY_COLUMN in table.column_names:

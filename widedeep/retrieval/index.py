@@ -72,7 +72,9 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         _check_queries(q, self.dim)
-        return rank_topk(lambda lo, hi: q[lo:hi] @ self.vectors.T, q.shape[0], self.n_items, k, exclude, label="exact search")
+        return rank_topk(
+            lambda lo, hi: q[lo:hi] @ self.vectors.T, q.shape[0], self.n_items, k, exclude, label="exact search"
+        )
 
 
 class HnswIndex:
@@ -88,8 +90,18 @@ class HnswIndex:
 
     kind = "hnsw"
 
-    def __init__(self, vectors: np.ndarray | None, m: int = 32, ef_construction: int = 200, ef_search: int = 256,
-                 threads: int = -1, *, _loaded: Any = None, _dim: int = 0, _n: int = 0) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray | None,
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 256,
+        threads: int = -1,
+        *,
+        _loaded: Any = None,
+        _dim: int = 0,
+        _n: int = 0,
+    ) -> None:
         import hnswlib
 
         self.ef_search = ef_search
@@ -103,8 +115,14 @@ class HnswIndex:
         self.index = hnswlib.Index(space="ip", dim=self.dim)
         self.index.init_index(max_elements=max(self.n_items, 1), ef_construction=ef_construction, M=m, random_seed=0)
         self.index.add_items(v, np.arange(self.n_items), num_threads=threads)
-        log.info("hnsw: indexed %d items (dim %d, M=%d, ef_construction=%d) in %.1fs",
-                 self.n_items, self.dim, m, ef_construction, time.monotonic() - t0)
+        log.info(
+            "hnsw: indexed %d items (dim %d, M=%d, ef_construction=%d) in %.1fs",
+            self.n_items,
+            self.dim,
+            m,
+            ef_construction,
+            time.monotonic() - t0,
+        )
 
     def search(self, queries: np.ndarray, k: int, exclude: CSR | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -119,7 +137,7 @@ class HnswIndex:
         self.index.set_ef(max(self.ef_search, kq))
         labels, dist = self.index.knn_query(q, k=kq, num_threads=self.threads)
         labels = labels.astype(np.int64)
-        sims = (1.0 - dist).astype(np.float32)          # hnswlib "ip" distance is 1 - <q, v>
+        sims = (1.0 - dist).astype(np.float32)  # hnswlib "ip" distance is 1 - <q, v>
         if exclude is not None and exclude.nnz:
             codes = np.arange(n_q, dtype=np.int64)[:, None] * self.n_items + labels
             banned = np.isin(codes, exclude.row_ids() * self.n_items + exclude.indices)
@@ -148,8 +166,15 @@ def recall_vs_exact(approx: ItemIndex, exact: ExactIndex, queries: np.ndarray, k
     return float(hit.sum() / max(valid.sum(), 1))
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", *, recall_k: int = 100, recall_queries: np.ndarray | None = None,
-                exact_max_items: int = EXACT_MAX_ITEMS, **hnsw_kwargs: Any) -> tuple[ItemIndex, dict[str, Any]]:
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    *,
+    recall_k: int = 100,
+    recall_queries: np.ndarray | None = None,
+    exact_max_items: int = EXACT_MAX_ITEMS,
+    **hnsw_kwargs: Any,
+) -> tuple[ItemIndex, dict[str, Any]]:
     """Build the index for ``vectors`` and, for an approximate one, measure its recall against exact.
 
     Args:
@@ -178,13 +203,21 @@ def build_index(vectors: np.ndarray, kind: str = "auto", *, recall_k: int = 100,
     rec = recall_vs_exact(index, ExactIndex(vectors), recall_queries, k)
     info[f"recall@{k}_vs_exact"] = rec
     info["recall_queries"] = int(recall_queries.shape[0])
-    log.info("hnsw: recall@%d against exact top-%d = %.4f over %d queries (%.1fs)", k, k, rec,
-             recall_queries.shape[0], time.monotonic() - t0)
+    log.info(
+        "hnsw: recall@%d against exact top-%d = %.4f over %d queries (%.1fs)",
+        k,
+        k,
+        rec,
+        recall_queries.shape[0],
+        time.monotonic() - t0,
+    )
     print(f"approximate index recall@{k} vs exact: {rec:.4f} ({recall_queries.shape[0]} queries)")
     return index, info
 
 
-def save_index(out: str | Path, item_keys: np.ndarray, vectors: np.ndarray, index: ItemIndex, info: dict[str, Any]) -> Path:
+def save_index(
+    out: str | Path, item_keys: np.ndarray, vectors: np.ndarray, index: ItemIndex, info: dict[str, Any]
+) -> Path:
     """Write the index directory (see the module docstring)."""
     from safetensors.numpy import save_file
 

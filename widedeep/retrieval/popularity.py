@@ -33,7 +33,9 @@ def item_counts(table: pa.Table, item_col: str, catalog_keys: np.ndarray) -> np.
     return np.bincount(rows[rows >= 0], minlength=len(catalog_keys)).astype(np.float64)
 
 
-def item_popularity(train: pa.Table, item_col: str, catalog_keys: np.ndarray, user_col: str | None = None) -> np.ndarray:
+def item_popularity(
+    train: pa.Table, item_col: str, catalog_keys: np.ndarray, user_col: str | None = None
+) -> np.ndarray:
     """float64 ``[len(catalog_keys)]``: the popularity of every catalog item from the train split's
     rows ``train`` (with ``label``, and ``user_col`` when the data has a user key)."""
     pos = positive_rows(train)

@@ -32,7 +32,7 @@ BLOCK_ELEMS = 1 << 24
 def hit_matrix(topk: np.ndarray, relevant: CSR) -> np.ndarray:
     """bool ``[U, K]``: whether ``topk[u, i]`` is one of user ``u``'s relevant items (-1 = padding)."""
     topk = np.asarray(topk, dtype=np.int64)
-    n_users, k = topk.shape
+    n_users, _k = topk.shape
     if relevant.n_rows != n_users:
         raise ValueError(f"hit_matrix: {n_users} ranked users but {relevant.n_rows} relevance rows")
     n = np.int64(max(relevant.n_cols, int(topk.max(initial=0)) + 1))
@@ -43,7 +43,9 @@ def hit_matrix(topk: np.ndarray, relevant: CSR) -> np.ndarray:
     return hits
 
 
-def ranking_metrics(topk: np.ndarray, relevant: CSR, ks: Sequence[int], kinds: Sequence[str] = ("recall", "hr", "ndcg")) -> dict[str, float]:
+def ranking_metrics(
+    topk: np.ndarray, relevant: CSR, ks: Sequence[int], kinds: Sequence[str] = ("recall", "hr", "ndcg")
+) -> dict[str, float]:
     """Mean Recall/HR/NDCG@K over users; ``topk`` rows align with ``relevant`` rows.
 
     Users without relevant items are an error (the caller picks the evaluated users).
@@ -124,6 +126,8 @@ def rank_topk(
         now = time.monotonic()
         if now - last > 10 or (hi == n_queries and now - t0 > 10):
             rate = hi / max(now - t0, 1e-9)
-            log.info("%s: %d/%d users ranked (%.0f users/s, ETA %.0fs)", label, hi, n_queries, rate, (n_queries - hi) / rate)
+            log.info(
+                "%s: %d/%d users ranked (%.0f users/s, ETA %.0fs)", label, hi, n_queries, rate, (n_queries - hi) / rate
+            )
             last = now
     return items, scores

@@ -35,20 +35,26 @@ def build_app(args: AppArgs) -> Application:
     return build_app_with(args)
 
 
-def build_app_with(args: AppArgs | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+def build_app_with(
+    args: AppArgs | Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None
+) -> Application:
     """``build_app`` plus per-deployment option overrides (``{"Ranker": {"autoscaling_config": ...}}``),
     for code that deploys without a config file (tests, ``widedeep serve``)."""
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(dict(args))
     opts = {k: dict(v) for k, v in (options or {}).items()}
     unknown = set(opts) - {"Ingress", "Retriever", "Ranker"}
     if unknown:
-        raise ValueError(f"options: unknown deployment(s) {sorted(unknown)}; deployments are Ingress, Retriever, Ranker")
+        raise ValueError(
+            f"options: unknown deployment(s) {sorted(unknown)}; deployments are Ingress, Retriever, Ranker"
+        )
     user_config = {"bundle": a.bundle}
     init = a.model_dump(exclude={"bundle"})  # the bundle travels as user_config only: a swap is not a redeploy
     if a.pipeline == "fused":
         return Ingress.options(user_config=user_config, **opts.get("Ingress", {})).bind(init)
     retriever = Retriever.options(user_config=user_config, **opts.get("Retriever", {})).bind(
-        a.verify_bundle, a.torch_threads)
+        a.verify_bundle, a.torch_threads
+    )
     ranker = Ranker.options(user_config=user_config, **opts.get("Ranker", {})).bind(
-        a.max_batch_size, a.batch_wait_timeout_s, a.verify_bundle, a.torch_threads)
+        a.max_batch_size, a.batch_wait_timeout_s, a.verify_bundle, a.torch_threads
+    )
     return Ingress.options(**opts.get("Ingress", {})).bind(init, retriever, ranker)

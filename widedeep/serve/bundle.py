@@ -53,7 +53,7 @@ from widedeep.serve.towers import load_user_tower
 
 log = logging.getLogger(__name__)
 
-POPULARITY = "_popularity"   # the items.parquet column of each item's popularity (cold-start candidates)
+POPULARITY = "_popularity"  # the items.parquet column of each item's popularity (cold-start candidates)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -78,8 +78,9 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     for rel, digest in want.items():
         got = sha256_file(root / rel)
         if got != digest:
-            raise CheckpointError(f"{root / rel}: sha256 {got} does not match the manifest's {digest}; "
-                                  "the file was modified or corrupted")
+            raise CheckpointError(
+                f"{root / rel}: sha256 {got} does not match the manifest's {digest}; the file was modified or corrupted"
+            )
     return m
 
 
@@ -140,11 +141,16 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
     fs = FeatureSpace.load(root / "feature_space.json")
     ranker_spec, tensors = load_ranker(root)
     tower = load_user_tower(root)
-    for what, h in (("manifest.json", m["feature_space_hash"]), ("ranker.json", ranker_spec.feature_space_hash),
-                    ("user_tower.json", tower.spec.feature_space_hash)):
+    for what, h in (
+        ("manifest.json", m["feature_space_hash"]),
+        ("ranker.json", ranker_spec.feature_space_hash),
+        ("user_tower.json", tower.spec.feature_space_hash),
+    ):
         if h != fs.content_hash:
-            raise CheckpointError(f"{root}: {what} expects FeatureSpace {h}, but feature_space.json is "
-                                  f"{fs.content_hash}; the bundle mixes models of different feature spaces")
+            raise CheckpointError(
+                f"{root}: {what} expects FeatureSpace {h}, but feature_space.json is "
+                f"{fs.content_hash}; the bundle mixes models of different feature spaces"
+            )
     items = pq.read_table(root / "items.parquet")
     item_keys = np.asarray(items.column("item_key").to_numpy(zero_copy_only=False))
     popularity = items.column(POPULARITY).to_numpy().astype(np.float32)
@@ -161,12 +167,34 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         user_rows = _str_index(np.asarray(ut.column("user_key").to_numpy(zero_copy_only=False)))
         users = ut.drop_columns(["user_key"]).combine_chunks()
     st = pq.read_table(root / "seen.parquet")
-    seen = {str(k): np.asarray(v, dtype=np.int64)
-            for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist(), strict=True)}
+    seen = {
+        str(k): np.asarray(v, dtype=np.int64)
+        for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist(), strict=True)
+    }
     generator = CandidateGenerator(index, popularity, item_keys)
     profile = json.loads((root / "profile.json").read_text()) if (root / "profile.json").exists() else None
-    b = ServingBundle(root, m, fs, CandidateScorer(ranker_spec, tensors), tower, item_keys, items,
-                      _str_index(item_keys), users, user_rows, seen, generator, source, profile)
-    log.info("loaded bundle %s (version %s, %d items, %d users) in %.2fs", source, b.version, len(item_keys),
-             len(user_rows), time.monotonic() - t0)
+    b = ServingBundle(
+        root,
+        m,
+        fs,
+        CandidateScorer(ranker_spec, tensors),
+        tower,
+        item_keys,
+        items,
+        _str_index(item_keys),
+        users,
+        user_rows,
+        seen,
+        generator,
+        source,
+        profile,
+    )
+    log.info(
+        "loaded bundle %s (version %s, %d items, %d users) in %.2fs",
+        source,
+        b.version,
+        len(item_keys),
+        len(user_rows),
+        time.monotonic() - t0,
+    )
     return b

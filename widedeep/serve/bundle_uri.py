@@ -52,8 +52,9 @@ def read_manifest_bytes(uri: str) -> bytes:
         with fs.open_input_stream(f"{root}/manifest.json") as f:
             return f.readall()
     except FileNotFoundError:
-        raise CheckpointError(f"{uri}: not a serving bundle (no manifest.json there); "
-                              "build one with `widedeep export`") from None
+        raise CheckpointError(
+            f"{uri}: not a serving bundle (no manifest.json there); build one with `widedeep export`"
+        ) from None
     except FS_ERRORS as e:
         raise CheckpointError(f"{uri}: cannot read manifest.json ({short_error(e)})") from None
 
@@ -93,6 +94,13 @@ def fetch_bundle(uri: str, cache: Path | None = None) -> Path:
         raise
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     dt = time.monotonic() - t0
-    log.info("bundle %s (version %s): copied %.1f MB to %s in %.1fs (%.1f MB/s)", uri, m.get("model_version"),
-             size / 1e6, dest, dt, size / 1e6 / max(dt, 1e-9))
+    log.info(
+        "bundle %s (version %s): copied %.1f MB to %s in %.1fs (%.1f MB/s)",
+        uri,
+        m.get("model_version"),
+        size / 1e6,
+        dest,
+        dt,
+        size / 1e6 / max(dt, 1e-9),
+    )
     return dest

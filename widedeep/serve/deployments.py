@@ -31,15 +31,25 @@ log = logging.getLogger(__name__)
 RANKER_OPTIONS: dict[str, Any] = {
     "max_ongoing_requests": 32,
     "max_queued_requests": 128,
-    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
-                           "upscale_delay_s": 5, "downscale_delay_s": 60},
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 60,
+    },
     "ray_actor_options": {"num_cpus": 1},
 }
 RETRIEVER_OPTIONS: dict[str, Any] = {
     "max_ongoing_requests": 32,
     "max_queued_requests": 128,
-    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
-                           "upscale_delay_s": 5, "downscale_delay_s": 60},
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 60,
+    },
     "ray_actor_options": {"num_cpus": 1},
 }
 
@@ -72,12 +82,21 @@ class ModelSlot:
         except Exception as e:  # whatever breaks a load must not take a serving replica down
             if self.current is None:
                 raise  # replica start: nothing to fall back to, Serve must see the failure
-            self.last_load_error = {"bundle": str(path), "error": f"{type(e).__name__}: {e}",
-                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            self.last_load_error = {
+                "bundle": str(path),
+                "error": f"{type(e).__name__}: {e}",
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             if self.metrics is not None:
                 self.metrics.load_failed()
-            log.error("could not load bundle %s, still serving model %s from %s: %s: %s", path,
-                      self.current.version, self.current.bundle.source, type(e).__name__, e)
+            log.error(
+                "could not load bundle %s, still serving model %s from %s: %s: %s",
+                path,
+                self.current.version,
+                self.current.bundle.source,
+                type(e).__name__,
+                e,
+            )
             return self.current
 
     async def _load(self, path: str) -> RecommendPipeline:
@@ -141,8 +160,9 @@ class Retriever:
     def check_health(self) -> None:
         self.slot.get()
 
-    async def retrieve(self, user: dict[str, Any], context: dict[str, Any], n: int | None,
-                       exclude: list[Any]) -> tuple[str, str, pa.Table, np.ndarray, np.ndarray | None]:
+    async def retrieve(
+        self, user: dict[str, Any], context: dict[str, Any], n: int | None, exclude: list[Any]
+    ) -> tuple[str, str, pa.Table, np.ndarray, np.ndarray | None]:
         """``(version, bundle source, query row, int32 candidate rows, their retrieval logits or
         None)``; ``n=None``: no retrieval. The logits give the Ranker the offline order
         (``RecommendPipeline.final_order``).
@@ -173,8 +193,13 @@ class Retriever:
 class Ranker:
     """Candidate-aware Wide & Deep scoring, batched across concurrent requests."""
 
-    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0, verify_bundle: bool = True,
-                 torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.0,
+        verify_bundle: bool = True,
+        torch_threads: int = 1,
+    ) -> None:
         set_threads(torch_threads)
         self.metrics = ServingMetrics("Ranker")
         self.slot = ModelSlot(verify_bundle, self.metrics)
@@ -191,9 +216,16 @@ class Ranker:
     async def _score(self, jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> list[np.ndarray]:
         return score_jobs(jobs)
 
-    async def rank(self, version: str, path: str, row: pa.Table, rows: np.ndarray, k: int | None,
-                   item_ids: list[Any] | None = None, retrieval: np.ndarray | None = None
-                   ) -> tuple[str, list[tuple[Any, float]]]:
+    async def rank(
+        self,
+        version: str,
+        path: str,
+        row: pa.Table,
+        rows: np.ndarray,
+        k: int | None,
+        item_ids: list[Any] | None = None,
+        retrieval: np.ndarray | None = None,
+    ) -> tuple[str, list[tuple[Any, float]]]:
         """Top-``k`` of ``rows`` (``k=None``: every item, in order; ``item_ids`` given: their rows),
         ordered like offline evaluation when ``retrieval`` logits come with retrieved rows."""
         pipe = await self.slot.version(version, path)
@@ -222,8 +254,9 @@ def score_jobs(jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> li
     return out  # type: ignore[return-value]
 
 
-def ranked(pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int | None,
-           key: np.ndarray | None = None) -> list[tuple[Any, float]]:
+def ranked(
+    pipe: RecommendPipeline, rows: np.ndarray, logits: np.ndarray, k: int | None, key: np.ndarray | None = None
+) -> list[tuple[Any, float]]:
     """``k`` given: the top ``k`` by ``key`` (the final order; default the ranker's logits);
     ``k=None`` (``/v1/rank``): every item in the given order with its ranker score."""
     if k is not None:
@@ -254,8 +287,10 @@ def model_info(pipe: RecommendPipeline) -> dict[str, Any]:
         "bundle_local_path": str(b.path),
         "versions": m.get("versions", {}),
         "feature_space_hash": m["feature_space_hash"],
-        "sources": {k: {kk: vv for kk, vv in v.items() if kk != "meta"} if isinstance(v, dict) else v
-                    for k, v in m.get("sources", {}).items()},
+        "sources": {
+            k: {kk: vv for kk, vv in v.items() if kk != "meta"} if isinstance(v, dict) else v
+            for k, v in m.get("sources", {}).items()
+        },
         "counts": m.get("counts", {}),
         "index": m.get("index", {}),
         "request_fields": {"user_key": pipe.user_key_field, "user": pipe.user_fields, "context": pipe.context_fields},

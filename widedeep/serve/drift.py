@@ -85,7 +85,7 @@ class DriftMonitor:
             cats = self.cats.get(name)
             if cats is not None:
                 lut, last = cats.lut, len(cats.lut) - 1
-                for x in (v if isinstance(v, list) else (v,)):
+                for x in v if isinstance(v, list) else (v,):
                     counts[int(lut[min(max(x, 0), last)])] += 1
             else:
                 counts[self._bin[name](v)] += 1
@@ -121,8 +121,11 @@ class DriftMonitor:
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/model``'s ``drift`` section."""
-        return {"window_requests": self.requests, "window_size": self.block_size * self.blocks,
-                "features": self.drift()}
+        return {
+            "window_requests": self.requests,
+            "window_size": self.block_size * self.blocks,
+            "features": self.drift(),
+        }
 
 
 def _binner(fs: Any, name: str) -> Any:

@@ -14,8 +14,6 @@ a body over ``max_body_bytes`` -> 413; a request the bundle cannot serve (unknow
 field, unknown item, k above the maximum) -> 422 naming the field; overload -> 503.
 """
 
-
-
 import json
 import logging
 import time
@@ -46,17 +44,26 @@ log = logging.getLogger(__name__)
 INGRESS_OPTIONS: dict[str, Any] = {
     "max_ongoing_requests": 32,
     "max_queued_requests": 128,
-    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 12,
-                           "upscale_delay_s": 10, "downscale_delay_s": 60},
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 12,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 60,
+    },
     "ray_actor_options": {"num_cpus": 1},
 }
-_ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-           503: {"model": ErrorResponse}}
+_ERRORS = {
+    400: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
 
 
 def _common_prefix(locs: list[tuple]) -> tuple:
     out = []
-    for parts in zip(*locs, strict=False):   # the common prefix of paths of any lengths
+    for parts in zip(*locs, strict=False):  # the common prefix of paths of any lengths
         if any(p != parts[0] for p in parts):
             break
         out.append(parts[0])
@@ -113,8 +120,13 @@ class BodyLimit:
 
 async def _too_large(send: Any, size: int, limit: int) -> None:
     body = json.dumps({"error": f"body: {size} bytes exceeds the limit of {limit} bytes", "field": "body"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -142,8 +154,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         field = _loc(loc) or "body"
         best = next((e for e in same if e.get("type") == "finite_number"), first)
         msg = f"{field}: {best.get('msg')}"
-    detail = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
-              for e in errors[:20]]
+    detail = [
+        {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+        for e in errors[:20]
+    ]
     return JSONResponse({"error": msg, "field": field, "detail": detail}, status_code=status)
 
 
@@ -222,8 +236,9 @@ class Ingress:
             raise RequestError("body.k", f"must be <= {self.args.max_k} (this deployment's max_k), got {k}")
         return k
 
-    async def _fused(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
-                     ) -> tuple[str, list[tuple[Any, float]]]:
+    async def _fused(
+        self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+    ) -> tuple[str, list[tuple[Any, float]]]:
         pipe = self.slot.get()
         t0 = time.perf_counter()
         try:
@@ -242,11 +257,13 @@ class Ingress:
         self.metrics.stage("rank", rank_ms)
         return pipe.version, ranked(pipe, rows, logits, k, key)
 
-    async def _chain(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
-                     ) -> tuple[str, list[tuple[Any, float]]]:
+    async def _chain(
+        self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+    ) -> tuple[str, list[tuple[Any, float]]]:
         try:
             version, path, row, rows, retrieval = await self.retriever.retrieve.remote(
-                user, context, None if items is not None else self.args.candidates, exclude)
+                user, context, None if items is not None else self.args.candidates, exclude
+            )
             return await self.ranker.rank.remote(version, path, row, rows, k, items, retrieval)
         except BackPressureError as e:
             raise ServingError(f"overloaded: {e}") from None
@@ -256,8 +273,9 @@ class Ingress:
                 raise
             raise _body(re) from None
 
-    async def _run(self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
-                   ) -> tuple[str, list[tuple[Any, float]]]:
+    async def _run(
+        self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
+    ) -> tuple[str, list[tuple[Any, float]]]:
         if self.fused:
             return await self._fused(user, context, k, exclude, items)
         return await self._chain(user, context, k, exclude, items)
@@ -275,8 +293,9 @@ class Ingress:
     async def rank(self, req: RankRequest) -> JSONResponse:
         """Score the given items for the user; scores come back in the given order."""
         if len(req.items) > self.args.max_rank_items:
-            raise RequestError("body.items",
-                               f"at most {self.args.max_rank_items} items per request, got {len(req.items)}")
+            raise RequestError(
+                "body.items", f"at most {self.args.max_rank_items} items per request, got {len(req.items)}"
+            )
         version, items = await self._run(req.user, req.context, None, [], req.items)
         return _scored(items, version)
 
@@ -289,8 +308,10 @@ class Ingress:
         prepares requests: this Ingress when fused, a Retriever in the chain; ``null`` for a
         bundle without a training profile)."""
         info = self.slot.info() if self.fused else await self.ranker.model_info.remote()
-        info["serving"] = {**self.args.model_dump(exclude={"bundle"}),
-                           "oov_rates_this_replica": self.metrics.oov_rates()}
+        info["serving"] = {
+            **self.args.model_dump(exclude={"bundle"}),
+            "oov_rates_this_replica": self.metrics.oov_rates(),
+        }
         info["drift"] = self.drift.info(self.slot.get()) if self.fused else await self.retriever.drift_info.remote()
         return info
 

@@ -105,7 +105,7 @@ class RecommendPipeline:
         self.pair_inputs = sorted({i for f in pair for i in f.inputs})
         self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()
         ordering = bundle.manifest.get("ordering") or {}
-        self.rerank_blend = float(ordering.get("rerank_blend", 0.0))      # older bundles: the ranker alone
+        self.rerank_blend = float(ordering.get("rerank_blend", 0.0))  # older bundles: the ranker alone
         self.temperature = float(ordering.get("temperature", 1.0))
         self._spaces: dict[frozenset[str], Any] = {}
         self._transformed: dict[tuple[Any, ...], tuple[pa.Table, Any]] = {}
@@ -135,7 +135,9 @@ class RecommendPipeline:
     def _check_fields(self, values: Mapping[str, Any], allowed: list[str], where: str, extra: str | None) -> None:
         for name in values:
             if name not in allowed and name != extra:
-                raise RequestError(f"{where}.{name}", f"unknown field; {where} fields are {allowed + ([extra] if extra else [])}")
+                raise RequestError(
+                    f"{where}.{name}", f"unknown field; {where} fields are {allowed + ([extra] if extra else [])}"
+                )
 
     def prepare(self, user: Mapping[str, Any], context: Mapping[str, Any]) -> Query:
         """Raw request fields -> ``Query`` (raises ``RequestError`` naming the field)."""
@@ -146,11 +148,11 @@ class RecommendPipeline:
         key_s = None if key is None else str(key)
         urow = b.user_rows.get(key_s) if key_s is not None else None
         # known user: request fields override the user table; the rest comes from the table
-        todo = [f for f in self.query_base
-                if f.side == "context" or urow is None or self.raw_of[f.name] in user]
+        todo = [f for f in self.query_base if f.side == "context" or urow is None or self.raw_of[f.name] in user]
         names = frozenset(f.name for f in todo)
         values: tuple[Any, ...] | None = tuple(
-            (c, _hashable(user.get(c, context.get(c)))) for c in sorted({self.raw_of[f.name] for f in todo}))
+            (c, _hashable(user.get(c, context.get(c)))) for c in sorted({self.raw_of[f.name] for f in todo})
+        )
         try:
             cached = self._transformed.get((names, values))
         except TypeError:  # an unhashable value: transform it (and fail on it) uncached
@@ -164,8 +166,9 @@ class RecommendPipeline:
         out, info = cached
         return self._finish_query(out, info, key_s, urow, bool([c for c in user if c != self.user_key_field]))
 
-    def _transform(self, todo: list[Any], names: frozenset[str], user: Mapping[str, Any],
-                   context: Mapping[str, Any]) -> tuple[pa.Table, Any]:
+    def _transform(
+        self, todo: list[Any], names: frozenset[str], user: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> tuple[pa.Table, Any]:
         raw: dict[str, pa.Array] = {}
         where = {**{c: f"context.{c}" for c in context}, **{c: f"user.{c}" for c in user}}
         for f in todo:
@@ -176,7 +179,9 @@ class RecommendPipeline:
             try:
                 raw[col] = pa.array([v]) if v is not None else pa.nulls(1)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                raise RequestError(where.get(col, col), f"cannot be read as one value or a list of values of one type: {e}") from None
+                raise RequestError(
+                    where.get(col, col), f"cannot be read as one value or a list of values of one type: {e}"
+                ) from None
         space = self._space_for(names)
         try:
             return space.transform_checked(pa.table(raw) if raw else pa.table({"_": [0]}), require_label=False)
@@ -223,16 +228,19 @@ class RecommendPipeline:
         """Top-``n`` candidate rows (int32), the user's seen items and ``exclude`` removed."""
         return self.retrieve_many([q], n, [exclude])[0]
 
-    def retrieve_many(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    def retrieve_many(
+        self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]
+    ) -> list[np.ndarray]:
         """``retrieve`` for a batch: one index search for all users (the item matrix is read once)."""
         return [rows for rows, _ in self.retrieve_scored(queries, n, excludes)]
 
-    def retrieve_scored(self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]
-                        ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def retrieve_scored(
+        self, queries: Sequence[Query], n: int, excludes: Sequence[np.ndarray | None]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """``(rows int32, retrieval logits or None for a cold user)`` per query (one index search)."""
         b = self.bundle
         lists = []
-        for q, ex in zip(queries, excludes):
+        for q, ex in zip(queries, excludes, strict=False):
             parts = [] if ex is None else [ex]
             if q.user_key is not None and q.user_key in b.seen:
                 parts.append(b.seen[q.user_key])
@@ -242,11 +250,14 @@ class RecommendPipeline:
         indices = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
         cold = np.array([q.vector is None for q in queries])
         dim = b.user_tower.spec.output_dim
-        vecs = np.stack([np.zeros(dim, np.float32) if q.vector is None else q.vector for q in queries]).astype(np.float32)
-        rows, scores = b.generator.candidates_batch(None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)),
-                                                    cold=cold)
+        vecs = np.stack([np.zeros(dim, np.float32) if q.vector is None else q.vector for q in queries]).astype(
+            np.float32
+        )
+        rows, scores = b.generator.candidates_batch(
+            None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)), cold=cold
+        )
         out = []
-        for r, sc, c in zip(rows, scores, cold):
+        for r, sc, c in zip(rows, scores, cold, strict=False):
             keep = r >= 0
             out.append((r[keep].astype(np.int32), None if c else (sc[keep] / self.temperature).astype(np.float32)))
         return out
@@ -257,8 +268,9 @@ class RecommendPipeline:
             return None
         return final_scores(logits, retrieval_logits, self.rerank_blend)
 
-    def serve_batch(self, jobs: Sequence[tuple[Query, np.ndarray | None, np.ndarray | None]], n: int
-                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], float, float]:
+    def serve_batch(
+        self, jobs: Sequence[tuple[Query, np.ndarray | None, np.ndarray | None]], n: int
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], float, float]:
         """Retrieve (jobs without rows) and score a batch of requests:
         ``([(rows, logits, order key or None)], retrieve_ms, rank_ms)``.
 
@@ -271,13 +283,13 @@ class RecommendPipeline:
         retrieval: list[np.ndarray | None] = [None] * len(jobs)
         if todo:
             scored = self.retrieve_scored([jobs[i][0] for i in todo], n, [jobs[i][2] for i in todo])
-            for i, (rows, rl) in zip(todo, scored):
+            for i, (rows, rl) in zip(todo, scored, strict=False):
                 all_rows[i], retrieval[i] = rows, rl
         t1 = time.perf_counter()
-        logits = self.score([(q.part, q.row, r) for (q, _, _), r in zip(jobs, all_rows)])
-        keys = [self.final_order(lg, rl) for lg, rl in zip(logits, retrieval)]
+        logits = self.score([(q.part, q.row, r) for (q, _, _), r in zip(jobs, all_rows, strict=False)])
+        keys = [self.final_order(lg, rl) for lg, rl in zip(logits, retrieval, strict=False)]
         t2 = time.perf_counter()
-        return list(zip(all_rows, logits, keys)), (t1 - t0) * 1e3, (t2 - t1) * 1e3  # type: ignore[arg-type]
+        return list(zip(all_rows, logits, keys, strict=False)), (t1 - t0) * 1e3, (t2 - t1) * 1e3  # type: ignore[arg-type]
 
     # -- rank ----------------------------------------------------------------------------------
     def item_rows(self, item_ids: Sequence[Any], field: str = "items") -> np.ndarray:
@@ -296,11 +308,17 @@ class RecommendPipeline:
         (``only_pairs``: just the pair crosses, for the precomputed-catalog path)."""
         idx = pa.array(rows.astype(np.int64, copy=False))
         items = self.bundle.items
-        cols = {} if only_pairs else {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
+        cols = (
+            {} if only_pairs else {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
+        )
         if self.pair_space is not None:
             zeros = pa.array(np.zeros(len(rows), dtype=np.int64))
-            comps = {c: (cols[c] if c in cols else items.column(c).take(idx)) if c in items.column_names
-                     else q_row.column(c).take(zeros) for c in self.pair_inputs}
+            comps = {
+                c: (cols[c] if c in cols else items.column(c).take(idx))
+                if c in items.column_names
+                else q_row.column(c).take(zeros)
+                for c in self.pair_inputs
+            }
             crossed = self.pair_space.add_crosses(pa.table(comps))
             for name in self.pair_names:
                 cols[name] = crossed.column(name)
@@ -310,22 +328,27 @@ class RecommendPipeline:
         """Logits for a batch of ``(query part, query row, candidate rows)``: one MLP call for all."""
         ranker = self.bundle.ranker
         if self.precomputed:
-            pairs = [self.candidate_table(row, rows, only_pairs=True) if self.pair_space is not None else None
-                     for _, row, rows in queries]
+            pairs = [
+                self.candidate_table(row, rows, only_pairs=True) if self.pair_space is not None else None
+                for _, row, rows in queries
+            ]
             return ranker.score_rows([p for p, _, _ in queries], [rows for _, _, rows in queries], pairs)
         tables = [self.candidate_table(row, rows) for _, row, rows in queries]
         return ranker.score([p for p, _, _ in queries], tables)
 
-    def top_k(self, rows: np.ndarray, logits: np.ndarray, k: int, key: np.ndarray | None = None) -> list[tuple[Any, float]]:
+    def top_k(
+        self, rows: np.ndarray, logits: np.ndarray, k: int, key: np.ndarray | None = None
+    ) -> list[tuple[Any, float]]:
         """The ``k`` best of ``rows`` by ``key`` (``final_order``; default the ranker's logits), each
         with the ranker's score (probability for binary tasks)."""
         order = np.argsort(-(logits if key is None else key), kind="stable")[:k]
         scores = self.bundle.ranker.predict(logits[order])
         keys = self.bundle.item_keys[rows[order]]
-        return [(k_.item() if hasattr(k_, "item") else k_, float(s)) for k_, s in zip(keys, scores)]
+        return [(k_.item() if hasattr(k_, "item") else k_, float(s)) for k_, s in zip(keys, scores, strict=False)]
 
-    def recommend(self, user: Mapping[str, Any], context: Mapping[str, Any], k: int, n: int,
-                  exclude: Sequence[Any] = ()) -> list[tuple[Any, float]]:
+    def recommend(
+        self, user: Mapping[str, Any], context: Mapping[str, Any], k: int, n: int, exclude: Sequence[Any] = ()
+    ) -> list[tuple[Any, float]]:
         """The whole request in one call (the in-process reference the benchmark times)."""
         q = self.prepare(user, context)
         ((rows, logits, key),), _, _ = self.serve_batch([(q, None, self.exclude_rows(exclude) if exclude else None)], n)

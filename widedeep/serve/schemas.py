@@ -8,7 +8,7 @@ against ``AppArgs``, with the same kind of message.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,9 +21,9 @@ from pydantic import (
 )
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
-Scalar = Union[StrictStr, StrictInt, FiniteFloat, StrictBool]
-Value = Union[Scalar, list[Scalar], None]
-ItemId = Union[StrictStr, StrictInt]
+Scalar = StrictStr | StrictInt | FiniteFloat | StrictBool
+Value = Scalar | list[Scalar] | None
+ItemId = StrictStr | StrictInt
 Fields = Annotated[dict[str, Value], Field(max_length=256)]
 
 
@@ -34,9 +34,17 @@ class _Strict(BaseModel):
 class RecommendRequest(_Strict):
     """``POST /v1/recommend``: candidates are retrieved for the user and ranked."""
 
-    user: Fields = Field(default_factory=dict, description="the user key (the spec's user_key column) and/or raw user features; request fields override the bundle's user table")
+    user: Fields = Field(
+        default_factory=dict,
+        description=(
+            "the user key (the spec's user_key column) and/or raw user features; "
+            "request fields override the bundle's user table"
+        ),
+    )
     context: Fields = Field(default_factory=dict, description="raw context features (device, time, ...)")
-    k: StrictInt | None = Field(default=None, ge=1, description="number of items to return (default: the app's default_k)")
+    k: StrictInt | None = Field(
+        default=None, ge=1, description="number of items to return (default: the app's default_k)"
+    )
     exclude: list[ItemId] = Field(default_factory=list, max_length=10_000, description="item ids never to return")
 
 
@@ -83,8 +91,10 @@ class AppArgs(_Strict):
     the edited config) swaps the model in place through ``reconfigure``, without a restart.
     """
 
-    bundle: str = Field(description="serving bundle (widedeep export): a directory readable on every node, or a "
-                        "URI (s3://, gs://, file://, ...) that each node copies to a local cache and verifies")
+    bundle: str = Field(
+        description="serving bundle (widedeep export): a directory readable on every node, or a "
+        "URI (s3://, gs://, file://, ...) that each node copies to a local cache and verifies"
+    )
     candidates: int = Field(500, ge=1, le=100_000, description="N: candidates retrieved and ranked per request")
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
@@ -97,11 +107,20 @@ class AppArgs(_Strict):
         "(retrieval and ranking scale on their own, e.g. rankers on GPU nodes)",
     )
     max_batch_size: int = Field(16, ge=1, description="@serve.batch size of ranking")
-    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0, description="how long a batch waits to fill (0: take what is queued)")
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per replica (replicas, not threads, are the unit of scale)")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0.0, le=1.0, description="how long a batch waits to fill (0: take what is queued)"
+    )
+    torch_threads: int = Field(
+        1, ge=1, description="intra-op threads per replica (replicas, not threads, are the unit of scale)"
+    )
     verify_bundle: bool = Field(True, description="check the bundle's file hashes on load")
-    drift_window: int = Field(2048, ge=8, le=1_000_000, description="requests in each replica's sliding window of "
-                              "feature drift against the bundle's training profile (GET /v1/model, drift gauges)")
+    drift_window: int = Field(
+        2048,
+        ge=8,
+        le=1_000_000,
+        description="requests in each replica's sliding window of "
+        "feature drift against the bundle's training profile (GET /v1/model, drift gauges)",
+    )
 
     @model_validator(mode="after")
     def _k_range(self) -> AppArgs:

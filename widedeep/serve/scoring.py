@@ -95,8 +95,10 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
     """
 
     def tables(infos: Sequence[Any]) -> list[TableInfo]:
-        return [TableInfo(t.name, t.column, int(t.num_rows), int(t.dim), t.pooling, bool(t.multivalent), t.side)
-                for t in infos]
+        return [
+            TableInfo(t.name, t.column, int(t.num_rows), int(t.dim), t.pooling, bool(t.multivalent), t.side)
+            for t in infos
+        ]
 
     tensors: dict[str, torch.Tensor] = {}
     has_wide = model.wide_tbe is not None
@@ -128,7 +130,9 @@ def extract_ranker(model: Any, fs: Any) -> tuple[RankerSpec, dict[str, torch.Ten
         feature_space_hash=str(fs.content_hash),
         wide_tables=tables(model.wide_tables) if has_wide else [],
         deep_tables=tables(model.deep_tables) if has_deep else [],
-        dense=[DenseSpec(c, fs.feature_side(c)) for c in model.dense_columns] if has_deep or numeric_linear is not None else [],
+        dense=[DenseSpec(c, fs.feature_side(c)) for c in model.dense_columns]
+        if has_deep or numeric_linear is not None
+        else [],
         n_linear=len(linears),
         activation=str(model.cfg.activation),
         has_wide=has_wide,
@@ -289,8 +293,9 @@ class CandidateScorer:
         width = self.spec.numeric_width()
         return self._encode(x, dense) @ w[[j * width + c for j, _ in dense for c in range(width)]]
 
-    def _deep_input(self, table: pa.Table, tables: list[tuple[int, TableInfo]], x: torch.Tensor,
-                    dense: list[tuple[int, str]]) -> torch.Tensor:
+    def _deep_input(
+        self, table: pa.Table, tables: list[tuple[int, TableInfo]], x: torch.Tensor, dense: list[tuple[int, str]]
+    ) -> torch.Tensor:
         parts = [_pool(self.t[f"deep.{i}"], table, t) for i, t in tables]
         if dense:
             parts.append(self._encode(x, dense))
@@ -304,7 +309,9 @@ class CandidateScorer:
         wide = torch.zeros(())
         x = self._dense(query, self.dense_q)
         if self.spec.has_wide:
-            wide = (self._wide_sum(query, self.wide_q, 1) + self._numeric_wide(x, self.dense_q))[0] + self.t["wide.bias"][0]
+            wide = (self._wide_sum(query, self.wide_q, 1) + self._numeric_wide(x, self.dense_q))[0] + self.t[
+                "wide.bias"
+            ][0]
         hidden = torch.zeros(self.hidden_dim)
         if self.spec.has_deep:
             hidden = (self._deep_input(query, self.deep_q, x, self.dense_q) @ self.w1_q)[0] + self.b1
@@ -322,12 +329,17 @@ class CandidateScorer:
             return [np.zeros(0, dtype=np.float32) for _ in sizes]
         cand = candidates[0] if len(candidates) == 1 else pa.concat_tables(candidates)
         x = self._dense(cand, self.dense_c)
-        wide = self._wide_sum(cand, self.wide_c, total) + self._numeric_wide(x, self.dense_c) if self.spec.has_wide else None
+        wide = (
+            self._wide_sum(cand, self.wide_c, total) + self._numeric_wide(x, self.dense_c)
+            if self.spec.has_wide
+            else None
+        )
         hidden = self._deep_input(cand, self.deep_c, x, self.dense_c) @ self.w1_c if self.spec.has_deep else None
         return self._finish(queries, sizes, wide, hidden)
 
-    def _finish(self, queries: Sequence[QueryPart], sizes: list[int], wide: torch.Tensor | None,
-                hidden: torch.Tensor | None) -> list[np.ndarray]:
+    def _finish(
+        self, queries: Sequence[QueryPart], sizes: list[int], wide: torch.Tensor | None, hidden: torch.Tensor | None
+    ) -> list[np.ndarray]:
         """Add each request's query part to its candidates' parts and run the MLP above layer 1."""
         total = sum(sizes)
         seg = torch.tensor(sizes, dtype=torch.int64)
@@ -372,8 +384,9 @@ class CandidateScorer:
         self.item_hidden = torch.cat(hidden_parts) if hidden_parts else None
 
     @torch.no_grad()
-    def score_rows(self, queries: Sequence[QueryPart], rows: Sequence[np.ndarray],
-                   pairs: Sequence[pa.Table | None]) -> list[np.ndarray]:
+    def score_rows(
+        self, queries: Sequence[QueryPart], rows: Sequence[np.ndarray], pairs: Sequence[pa.Table | None]
+    ) -> list[np.ndarray]:
         """``score`` for catalog rows (after ``attach_catalog``): item parts are gathered, only the
         pair columns (``pairs``, one table per request, or None without pair features) are looked up."""
         sizes = [len(r) for r in rows]

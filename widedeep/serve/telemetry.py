@@ -53,26 +53,48 @@ class ServingMetrics:
 
     def __init__(self, deployment: str) -> None:
         self.deployment = deployment
-        self.latency = Histogram("widedeep_serve_stage_latency_ms", description="latency of one serving stage",
-                                 boundaries=_LATENCY_BOUNDARIES, tag_keys=("stage",))
-        self.candidates = Histogram("widedeep_serve_candidates", description="candidates retrieved per request",
-                                    boundaries=_CANDIDATE_BOUNDARIES)
-        self.ids = Counter("widedeep_serve_feature_ids_total", description="ids transformed from requests",
-                           tag_keys=("feature",))
-        self.oov = Counter("widedeep_serve_feature_oov_total", description="out-of-vocabulary ids in requests",
-                           tag_keys=("feature",))
-        self.load_failures = Counter("widedeep_serve_model_load_failures_total",
-                                     description="bundles that failed to load while a model was being served "
-                                     "(the replica kept serving its current version)")
-        self.psi = Gauge("widedeep_serve_feature_psi", description="population stability index of a numeric "
-                         "feature in the replica's request window against the training data", tag_keys=("feature",))
-        self.oov_rate = Gauge("widedeep_serve_feature_oov_rate", description="out-of-vocabulary share of a feature's "
-                              "ids in the replica's request window", tag_keys=("feature",))
-        self.top_shift = Gauge("widedeep_serve_feature_top_shift", description="total variation distance between "
-                               "the training and the request window's distribution over a feature's top values",
-                               tag_keys=("feature",))
-        self.window = Gauge("widedeep_serve_drift_window_requests",
-                            description="requests in the replica's drift window")
+        self.latency = Histogram(
+            "widedeep_serve_stage_latency_ms",
+            description="latency of one serving stage",
+            boundaries=_LATENCY_BOUNDARIES,
+            tag_keys=("stage",),
+        )
+        self.candidates = Histogram(
+            "widedeep_serve_candidates",
+            description="candidates retrieved per request",
+            boundaries=_CANDIDATE_BOUNDARIES,
+        )
+        self.ids = Counter(
+            "widedeep_serve_feature_ids_total", description="ids transformed from requests", tag_keys=("feature",)
+        )
+        self.oov = Counter(
+            "widedeep_serve_feature_oov_total", description="out-of-vocabulary ids in requests", tag_keys=("feature",)
+        )
+        self.load_failures = Counter(
+            "widedeep_serve_model_load_failures_total",
+            description="bundles that failed to load while a model was being served "
+            "(the replica kept serving its current version)",
+        )
+        self.psi = Gauge(
+            "widedeep_serve_feature_psi",
+            description="population stability index of a numeric "
+            "feature in the replica's request window against the training data",
+            tag_keys=("feature",),
+        )
+        self.oov_rate = Gauge(
+            "widedeep_serve_feature_oov_rate",
+            description="out-of-vocabulary share of a feature's ids in the replica's request window",
+            tag_keys=("feature",),
+        )
+        self.top_shift = Gauge(
+            "widedeep_serve_feature_top_shift",
+            description="total variation distance between "
+            "the training and the request window's distribution over a feature's top values",
+            tag_keys=("feature",),
+        )
+        self.window = Gauge(
+            "widedeep_serve_drift_window_requests", description="requests in the replica's drift window"
+        )
         self._totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def stage(self, stage: str, ms: float) -> None:

@@ -35,8 +35,8 @@ class TowerSpec:
     tables: list[TableInfo]
     dense: list[str]
     n_linear: int
-    output_dim: int             # of the search vector (the MLP's output, + 1 with append_one)
-    append_one: bool = False    # a popularity prior is folded into the item vectors: user vectors end with a 1
+    output_dim: int  # of the search vector (the MLP's output, + 1 with append_one)
+    append_one: bool = False  # a popularity prior is folded into the item vectors: user vectors end with a 1
 
     def to_json(self) -> str:
         return json.dumps({"format": TOWER_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
@@ -60,15 +60,25 @@ def extract_user_tower(model: Any, fs: Any) -> tuple[TowerSpec, dict[str, torch.
     for i, (column, num_rows, pooling, multi) in enumerate(feats.tables):
         w = tower.tbe.table_weight(i).detach().clone()
         tensors[f"table.{i}"] = w
-        tables.append(TableInfo(f"user/{column}", column, int(num_rows), int(w.shape[1]),
-                                pooling if pooling in ("sum", "mean") else "sum", bool(multi),
-                                "user" if column == HISTORY_COLUMN else fs.feature_side(column)))
+        tables.append(
+            TableInfo(
+                f"user/{column}",
+                column,
+                int(num_rows),
+                int(w.shape[1]),
+                pooling if pooling in ("sum", "mean") else "sum",
+                bool(multi),
+                "user" if column == HISTORY_COLUMN else fs.feature_side(column),
+            )
+        )
     linears = [x for x in tower.mlp if isinstance(x, torch.nn.Linear)]
     for j, lin in enumerate(linears):
         tensors[f"mlp.{j}.weight"] = lin.weight.detach().clone()
         tensors[f"mlp.{j}.bias"] = lin.bias.detach().clone()
-    one = bool(m.cfg.popularity_prior)     # see TwoTowerConfig.popularity_prior / search_vectors
-    spec = TowerSpec(str(fs.content_hash), tables, list(feats.dense), len(linears), int(linears[-1].out_features) + one, one)
+    one = bool(m.cfg.popularity_prior)  # see TwoTowerConfig.popularity_prior / search_vectors
+    spec = TowerSpec(
+        str(fs.content_hash), tables, list(feats.dense), len(linears), int(linears[-1].out_features) + one, one
+    )
     return spec, {k: v.contiguous() for k, v in tensors.items()}
 
 

@@ -64,8 +64,11 @@ def prepare_criteo(out: Path, rows: int, valid_rows: int, files: int, seed: int 
         pt = fs.transform(t)
         bounds = np.linspace(0, pt.num_rows, (files if name == "train" else 1) + 1).astype(int)
         for i in range(len(bounds) - 1):
-            pq.write_table(pt.slice(bounds[i], bounds[i + 1] - bounds[i]), out / name / f"part-{i:05d}.parquet",
-                           row_group_size=16384)
+            pq.write_table(
+                pt.slice(bounds[i], bounds[i + 1] - bounds[i]),
+                out / name / f"part-{i:05d}.parquet",
+                row_group_size=16384,
+            )
     (out / "feature_space.json").write_text(fs.to_json())
     return out
 
@@ -96,8 +99,9 @@ class PlainWideDeep(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         b = batch.batch_size
-        wide = sum(e(v, o).squeeze(1) for e, (v, o) in zip(self.wide, self._per_table(batch.wide, len(self.wide), b)))
-        deep = [e(v, o) for e, (v, o) in zip(self.deep, self._per_table(batch.deep, len(self.deep), b))]
+        wide_in = self._per_table(batch.wide, len(self.wide), b)
+        wide = sum(e(v, o).squeeze(1) for e, (v, o) in zip(self.wide, wide_in, strict=True))
+        deep = [e(v, o) for e, (v, o) in zip(self.deep, self._per_table(batch.deep, len(self.deep), b), strict=False)]
         x = torch.cat([*deep, batch.dense], dim=1)
         return wide + self.bias + self.mlp(x).squeeze(1)
 
@@ -116,8 +120,17 @@ def _time_steps(step: Any, batches: list[Any], warmup: int, steps: int, repeats:
 
 
 def run_bench(
-    *, rows: int, batch_size: int, hidden: list[int], steps: int, repeats: int, warmup: int,
-    workdir: str | None, pipeline: bool, threads: int, buckets: int = 0,
+    *,
+    rows: int,
+    batch_size: int,
+    hidden: list[int],
+    steps: int,
+    repeats: int,
+    warmup: int,
+    workdir: str | None,
+    pipeline: bool,
+    threads: int,
+    buckets: int = 0,
 ) -> dict[str, Any]:
     import pyarrow.dataset as pads
 
@@ -128,13 +141,24 @@ def run_bench(
     torch.set_num_threads(threads)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="widedeep-bench-train-"))
     t0 = time.perf_counter()
-    data = prepare_criteo(work / f"criteo-{rows}-b{buckets}", rows, max(rows // 20, batch_size), files=8, buckets=buckets)
+    data = prepare_criteo(
+        work / f"criteo-{rows}-b{buckets}", rows, max(rows // 20, batch_size), files=8, buckets=buckets
+    )
     log(f"prepared data {data} ({time.perf_counter() - t0:.1f}s)")
     fs = FeatureSpace.load(str(data / "feature_space.json"))
-    overrides = [f"data={data}", f"model.hidden={hidden}", f"batch_size={batch_size}", "epochs=1",
-                 "early_stopping.enabled=false", "shuffle=files", "model.validate_ids=false",
-                 f"eval_batch_size={batch_size * 4}", "log_every_steps=20", "prefetch_batches=4",
-                 f"torch_threads={threads}"]
+    overrides = [
+        f"data={data}",
+        f"model.hidden={hidden}",
+        f"batch_size={batch_size}",
+        "epochs=1",
+        "early_stopping.enabled=false",
+        "shuffle=files",
+        "model.validate_ids=false",
+        f"eval_batch_size={batch_size * 4}",
+        "log_every_steps=20",
+        "prefetch_batches=4",
+        f"torch_threads={threads}",
+    ]
     cfg = load_train_config(None, overrides)
     task = get_task("ranking")
     table = pads.dataset(str(data / "train")).to_table(columns=task.required_columns(fs, cfg))
@@ -169,11 +193,18 @@ def run_bench(
     log(f"(b) plain PyTorch W&D (per-table nn.EmbeddingBag + Adam): {b_rate:,.0f} samples/s")
     table_rows = sum(t.num_rows for t in fs.deep_tables) + sum(t.num_rows for t in fs.wide_tables)
     report: dict[str, Any] = {
-        "config": {"rows": rows, "batch_size": batch_size, "hidden": hidden, "threads": threads,
-                   "tables": {"wide": len(fs.wide_tables), "deep": len(fs.deep_tables)},
-                   "table_rows_total": table_rows, "numeric": len(fs.dense_columns),
-                   "hash_buckets_per_table": buckets or None,
-                   "steps": steps, "repeats": repeats},
+        "config": {
+            "rows": rows,
+            "batch_size": batch_size,
+            "hidden": hidden,
+            "threads": threads,
+            "tables": {"wide": len(fs.wide_tables), "deep": len(fs.deep_tables)},
+            "table_rows_total": table_rows,
+            "numeric": len(fs.dense_columns),
+            "hash_buckets_per_table": buckets or None,
+            "steps": steps,
+            "repeats": repeats,
+        },
         "model_step_samples_per_s": a,
         "plain_torch_samples_per_s": b_rate,
         "speedup_vs_plain": a / b_rate,
@@ -182,17 +213,28 @@ def run_bench(
         from widedeep.train.driver import run_training
 
         del batches, table
-        pcfg = load_train_config(None, [*overrides, "num_workers=1", "cpus_per_worker=1",
-                                        f"storage_path={work / 'runs'}",
-                                        f"run_name=bench-{time.strftime('%Y%m%d-%H%M%S')}"])
+        pcfg = load_train_config(
+            None,
+            [
+                *overrides,
+                "num_workers=1",
+                "cpus_per_worker=1",
+                f"storage_path={work / 'runs'}",
+                f"run_name=bench-{time.strftime('%Y%m%d-%H%M%S')}",
+            ],
+        )
         summary = run_training(pcfg)
         c = float(summary.get("train_samples_per_s_steady") or 0.0)
-        report.update({
-            "pipeline_samples_per_s": c,
-            "pipeline_end_to_end_samples_per_s": summary.get("train_samples_per_s"),
-            "pipeline_wall_seconds": summary.get("wall_seconds"),
-            "pipeline_vs_model_step": c / a,
-        })
-        log(f"(c) widedeep train pipeline (1 worker, streaming Parquet): {c:,.0f} samples/s steady "
-            f"({summary.get('train_samples_per_s') or 0:,.0f} incl. start-up)")
+        report.update(
+            {
+                "pipeline_samples_per_s": c,
+                "pipeline_end_to_end_samples_per_s": summary.get("train_samples_per_s"),
+                "pipeline_wall_seconds": summary.get("wall_seconds"),
+                "pipeline_vs_model_step": c / a,
+            }
+        )
+        log(
+            f"(c) widedeep train pipeline (1 worker, streaming Parquet): {c:,.0f} samples/s steady "
+            f"({summary.get('train_samples_per_s') or 0:,.0f} incl. start-up)"
+        )
     return report

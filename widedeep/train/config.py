@@ -105,8 +105,9 @@ class TrainConfig:
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker: must be >= 0, got {self.cpus_per_worker}")
         if self.checkpoint_every_steps < 0:
-            raise ConfigError("checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), "
-                              f"got {self.checkpoint_every_steps}")
+            raise ConfigError(
+                f"checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), got {self.checkpoint_every_steps}"
+            )
         if self.num_to_keep is not None and self.num_to_keep < 1:
             raise ConfigError(f"num_to_keep: must be >= 1 or null, got {self.num_to_keep}")
         if self.max_failures < -1:

@@ -74,8 +74,9 @@ def build_dataset(cfg: TrainConfig, split: str, columns: list[str], *, train: bo
     if columns:
         ds = ds.select_columns(columns)
     if train and cfg.shuffle == "batches":
-        ds = ds.map_batches(_permute_rows, batch_format="pyarrow", batch_size=cfg.shuffle_window,
-                            fn_kwargs={"seed": cfg.seed})
+        ds = ds.map_batches(
+            _permute_rows, batch_format="pyarrow", batch_size=cfg.shuffle_window, fn_kwargs={"seed": cfg.seed}
+        )
     return ds
 
 
@@ -88,7 +89,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
     name = cfg.run_name or f"widedeep-{time.strftime('%Y%m%d-%H%M%S')}"
     warm = cfg.warm_start_from
-    if warm and tracking.is_registry_uri(warm):   # models:/NAME@ALIAS -> the registered checkpoint
+    if warm and tracking.is_registry_uri(warm):  # models:/NAME@ALIAS -> the registered checkpoint
         warm = tracking.resolve(warm, "checkpoint", cfg.tracking.uri)
     if warm and not _is_uri(warm):
         warm = str(Path(warm).expanduser().resolve())
@@ -144,7 +145,7 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
 
     from widedeep.train import tracking as train_tracking
 
-    run = train_tracking.start(cfg)   # None unless cfg.tracking.enabled
+    run = train_tracking.start(cfg)  # None unless cfg.tracking.enabled
     local_mode = cfg.num_workers == 0
     run_dir = os.path.join(cfg.storage_path, str(cfg.run_name))
     if local_mode and not _is_uri(run_dir):
@@ -179,8 +180,9 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         ),
         datasets=datasets,
     )
-    log(f"run {cfg.run_name}: {cfg.num_workers or 'local-mode'} worker(s), {train_rows:,} train rows, "
-        f"storage {run_dir}")
+    log(
+        f"run {cfg.run_name}: {cfg.num_workers or 'local-mode'} worker(s), {train_rows:,} train rows, storage {run_dir}"
+    )
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
@@ -205,9 +207,15 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         latest = max(best_list, key=lambda cm: (cm[1].get("global_step", 0), cm[1].get("kind") == "epoch"))[0]
     last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
     history = sorted(
-        ({"epoch": mm["epoch"], "train_loss": mm.get("train_loss"),
-          **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()}}
-         for _, mm in best_list if mm.get("kind") == "epoch"),
+        (
+            {
+                "epoch": mm["epoch"],
+                "train_loss": mm.get("train_loss"),
+                **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()},
+            }
+            for _, mm in best_list
+            if mm.get("kind") == "epoch"
+        ),
         key=lambda r: r["epoch"],
     )
     summary: dict[str, Any] = {

@@ -29,7 +29,9 @@ def iter_split(path: str, columns: list[str], batch_size: int) -> Any:
         raise DataError(f"{path}: cannot read prepared Parquet shards: {e}") from e
     missing = [c for c in columns if c not in ds.schema.names]
     if missing:
-        raise DataError(f"{path}: columns {missing} missing (have {ds.schema.names}); was it prepared with this FeatureSpace?")
+        raise DataError(
+            f"{path}: columns {missing} missing (have {ds.schema.names}); was it prepared with this FeatureSpace?"
+        )
     for rb in ds.to_batches(columns=columns, batch_size=batch_size):
         if rb.num_rows:
             yield pa.Table.from_batches([rb])

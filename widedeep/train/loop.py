@@ -221,8 +221,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = TrainState.from_dict(read_meta(d).get("train_state", {}))
         state.resumes.append({"epoch": state.epoch, "global_step": state.global_step})
         if rank == 0:
-            log(f"resumed from checkpoint at epoch {state.epoch} step {state.global_step} "
-                f"(+{state.step_in_epoch} batches into epoch {state.epoch + 1})")
+            log(
+                f"resumed from checkpoint at epoch {state.epoch} step {state.global_step} "
+                f"(+{state.step_in_epoch} batches into epoch {state.epoch + 1})"
+            )
 
     train_model: torch.nn.Module = model
     if distributed:
@@ -259,8 +261,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def valid_batches() -> Iterator[Any]:
         from widedeep.train.sharded_training import empty_batch, lockstep
 
-        batches = (task.collate(t, fs, cfg)
-                   for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world))
+        batches = (
+            task.collate(t, fs, cfg)
+            for t in rank_row_batches(loop_config["valid_dir"], cols, cfg.eval_batch_size, rank, world)
+        )
         # issue 16: sharded lookups are collective: every worker runs as many batches as the busiest
         yield from lockstep(batches, model, lambda: empty_batch(task, fs, cfg, loop_config["valid_dir"], cols), device)
 
@@ -276,7 +280,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if tables_dir is None:
                     ray.train.report(metrics, checkpoint=None)
                 else:
-                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tables_dir), checkpoint_dir_name=name)
+                    ray.train.report(
+                        metrics, checkpoint=Checkpoint.from_directory(tables_dir), checkpoint_dir_name=name
+                    )
             return
         if local_mode:  # local mode keeps checkpoints in memory only: write them in place
             d = Path(loop_config["run_dir"]) / name
@@ -292,8 +298,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             config=loop_config["config"],
             metrics=metrics,
             task=task.name,
-            state={"epoch": state.epoch, "global_step": state.global_step,
-                   "step_in_epoch": state.step_in_epoch, "train_state": asdict(state)},
+            state={
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "step_in_epoch": state.step_in_epoch,
+                "train_state": asdict(state),
+            },
         )
         try:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(d)), checkpoint_dir_name=name)
@@ -339,7 +349,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for batch in it:
             batch = batch_to(batch, device)
             if optimizer is not None and dense_cfg.schedule != "constant":
-                f = lr_factor(dense_cfg.schedule, state.global_step, total_steps, dense_cfg.min_lr_ratio, dense_cfg.warmup_steps)
+                f = lr_factor(
+                    dense_cfg.schedule, state.global_step, total_steps, dense_cfg.min_lr_ratio, dense_cfg.warmup_steps
+                )
                 for g in optimizer.param_groups:
                     g["lr"] = dense_cfg.lr * f
             elif optimizer is not None and dense_cfg.warmup_steps:
@@ -365,15 +377,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 rate = (state.samples - s_last) / max(now - t_last, 1e-9)
                 remaining = (cfg.epochs - epoch - 1) * steps_per_epoch + max(steps_per_epoch - state.step_in_epoch, 0)
                 step_rate = cfg.log_every_steps / max(now - t_last, 1e-9)
-                log(f"epoch {epoch + 1}/{cfg.epochs} step {state.step_in_epoch}/{steps_per_epoch} "
-                    f"loss {loss_sum / max(loss_n, 1):.4f} {rate:,.0f} samples/s ETA {_fmt_eta(remaining / step_rate)}")
+                log(
+                    f"epoch {epoch + 1}/{cfg.epochs} step {state.step_in_epoch}/{steps_per_epoch} "
+                    f"loss {loss_sum / max(loss_n, 1):.4f} {rate:,.0f} samples/s ETA {_fmt_eta(remaining / step_rate)}"
+                )
                 t_last, s_last = now, state.samples
             if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
                 state.train_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                report({"kind": "step", "epoch": epoch, "global_step": state.global_step, "score": STEP_SCORE,
-                        "train_loss": loss_sum / max(loss_n, 1)}, f"step={state.global_step:08d}")
-            if fail_at is not None and not restored_run and state.global_step == fail_at and rank == cfg.debug.fail_rank:
+                report(
+                    {
+                        "kind": "step",
+                        "epoch": epoch,
+                        "global_step": state.global_step,
+                        "score": STEP_SCORE,
+                        "train_loss": loss_sum / max(loss_n, 1),
+                    },
+                    f"step={state.global_step:08d}",
+                )
+            if (
+                fail_at is not None
+                and not restored_run
+                and state.global_step == fail_at
+                and rank == cfg.debug.fail_rank
+            ):
                 log(f"debug.fail_at_step={fail_at}: killing worker pid {os.getpid()} (test hook)")
                 os.kill(os.getpid(), signal.SIGKILL)
         t_end = time.perf_counter()
@@ -382,8 +409,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         v0 = time.perf_counter()
         vm = validate()
         if metric not in vm:
-            raise ConfigError(f"early_stopping.metric: {metric!r} is not a validation metric of task {cfg.task!r} "
-                              f"(it reports {sorted(vm)})")
+            raise ConfigError(
+                f"early_stopping.metric: {metric!r} is not a validation metric of task {cfg.task!r} "
+                f"(it reports {sorted(vm)})"
+            )
         score = float(vm.get(metric, float("nan")))
         if better(score):
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
@@ -398,13 +427,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.history.append(rec)
         if rank == 0:
             shown = " ".join(f"{k} {v:.4f}" for k, v in vm.items() if isinstance(v, float))
-            log(f"epoch {epoch + 1}/{cfg.epochs} done: train loss {rec['train_loss']:.4f} | valid {shown} "
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs} done: train loss {rec['train_loss']:.4f} | valid {shown} "
                 f"| {sps:,.0f} samples/s | validation {time.perf_counter() - v0:.1f}s"
-                + (" | early stop" if state.stopped else ""))
+                + (" | early stop" if state.stopped else "")
+            )
         scored = score if mode == "max" else -score
-        report({"kind": "epoch", "epoch": epoch + 1, "global_step": state.global_step,
-                "score": scored if math.isfinite(scored) else STEP_SCORE, "primary_metric": metric,
-                "train_loss": rec["train_loss"], "train_samples_per_s": sps,
-                "train_samples_per_s_steady": steady, "valid": vm,
-                "best_epoch": state.best_epoch, "stopped": state.stopped},
-               f"epoch={epoch + 1:04d}")
+        report(
+            {
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "global_step": state.global_step,
+                "score": scored if math.isfinite(scored) else STEP_SCORE,
+                "primary_metric": metric,
+                "train_loss": rec["train_loss"],
+                "train_samples_per_s": sps,
+                "train_samples_per_s_steady": steady,
+                "valid": vm,
+                "best_epoch": state.best_epoch,
+                "stopped": state.stopped,
+            },
+            f"epoch={epoch + 1:04d}",
+        )

@@ -88,13 +88,17 @@ class NegativeSampler:
 
     def __init__(self, fs: Any, root: str | Path, power: float) -> None:
         if not fs.item_key:
-            raise ConfigError("task_config.sampled_negatives: needs a FeatureSpace with an item_key (the catalog "
-                              "negatives are drawn from); declare item_key in the spec")
+            raise ConfigError(
+                "task_config.sampled_negatives: needs a FeatureSpace with an item_key (the catalog "
+                "negatives are drawn from); declare item_key in the spec"
+            )
         self.fs = fs
         self.catalog = build_catalog(fs, root, splits=("train",))
         train = load_rows(root, ("train",), [fs.item_key, "label", *([fs.user_key] if fs.user_key else [])])
-        counts = item_popularity(train, fs.item_key, self.catalog.keys, fs.user_key) + 1.0   # add-one: any item can be drawn
-        p = counts ** power
+        counts = (
+            item_popularity(train, fs.item_key, self.catalog.keys, fs.user_key) + 1.0
+        )  # add-one: any item can be drawn
+        p = counts**power
         self.cdf = np.cumsum(p / p.sum())
         self.item_columns = list(self.catalog.table.column_names)
         self.crosses = pair_crosses(fs)

@@ -76,7 +76,7 @@ class RankingTask:
         return self._collator(fs)(table)
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
-        logits = model(batch)   # through a DDP wrapper, if any, so gradients sync
+        logits = model(batch)  # through a DDP wrapper, if any, so gradients sync
         return getattr(model, "module", model).loss(logits, batch.labels)
 
     def eval_outputs(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, np.ndarray]:

@@ -61,7 +61,7 @@ from widedeep.retrieval.popularity import item_counts, item_popularity
 # rising, and rose while it still improved (MovieLens-100k: best-loss epoch 2, best hit@50 epoch 5)
 PRIMARY_METRIC = "hit@50"
 PRIMARY_MODE = "max"
-VALID_TOPK_ROWS = 5000   # valid positives scored against the whole catalog per rank and validation
+VALID_TOPK_ROWS = 5000  # valid positives scored against the whole catalog per rank and validation
 
 
 def retrieval_config(cfg: Any) -> TwoTowerConfig:
@@ -147,7 +147,7 @@ class RetrievalTask:
         cols = [c for c in tower_features(fs, USER_SIDES, "user", tcfg.history).columns if c != HISTORY_COLUMN]
         cols += [fs.item_key, "label"]
         if fs.user_key:
-            cols.append(fs.user_key)      # validation excludes each user's training items
+            cols.append(fs.user_key)  # validation excludes each user's training items
         if tcfg.history:
             has_time = TIME_COLUMN in split_columns(Location.of(str(cfg.data)) / "train")
             cols += [history_source(fs)[0], *([TIME_COLUMN] if has_time else [])]
@@ -166,8 +166,16 @@ class RetrievalTask:
     def collate(self, table: Any, fs: Any, cfg: Any) -> RetrievalBatch:
         """Prepared rows -> a ``RetrievalBatch`` of the positive rows (thread-safe)."""
         if not isinstance(table, pa.Table):
-            table = pa.table({k: (v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(list(v) if getattr(v, "dtype", None) == object else v))
-                              for k, v in dict(table).items()})
+            table = pa.table(
+                {
+                    k: (
+                        v
+                        if isinstance(v, (pa.Array, pa.ChunkedArray))
+                        else pa.array(list(v) if getattr(v, "dtype", None) == np.dtype(object) else v)
+                    )
+                    for k, v in dict(table).items()
+                }
+            )
         tcfg = retrieval_config(cfg)
         key = _data_key(fs, cfg)
         st = self.training_data(fs, cfg)
@@ -175,21 +183,35 @@ class RetrievalTask:
         rows = st.catalog.rows(pos.column(fs.item_key))
         if (rows < 0).any():
             bad = pos.column(fs.item_key)[int(np.flatnonzero(rows < 0)[0])]
-            raise DataError(f"{cfg.data}: item_key {bad} of a batch is not in the item catalog of the train/valid splits")
+            raise DataError(
+                f"{cfg.data}: item_key {bad} of a batch is not in the item catalog of the train/valid splits"
+            )
         with self._lock:
             rng = self._rngs[key]
-            neg = rng.integers(0, st.catalog.n_items, size=tcfg.random_negatives) if tcfg.random_negatives else np.zeros(0, np.int64)
+            neg = (
+                rng.integers(0, st.catalog.n_items, size=tcfg.random_negatives)
+                if tcfg.random_negatives
+                else np.zeros(0, np.int64)
+            )
         ids = np.concatenate([rows, neg]).astype(np.int64)
         item_tab = st.catalog.table.take(pa.array(ids))
         user_feats = tower_features(fs, USER_SIDES, "user", tcfg.history)
         if tcfg.history:
             own = np.asarray(pos.column(history_source(fs)[0]).to_numpy(), dtype=np.int64)
-            before = np.asarray(pos.column(TIME_COLUMN).to_numpy(), dtype=np.int64) if TIME_COLUMN in pos.column_names else None
+            before = (
+                np.asarray(pos.column(TIME_COLUMN).to_numpy(), dtype=np.int64)
+                if TIME_COLUMN in pos.column_names
+                else None
+            )
             pos = with_history(pos, st.histories, pos.column("user_key"), tcfg.history, leave_out=own, before=before)
         item_feats = tower_features(fs, ITEM_SIDES, "item")
         ids_t = torch.from_numpy(ids)
         log_q = log_expected_counts(st.counts, max(len(rows), 1), tcfg.random_negatives, st.catalog.n_items)[ids_t]
-        keys = np.asarray(pos.column(fs.user_key).to_numpy(zero_copy_only=False)) if fs.user_key in pos.column_names else None
+        keys = (
+            np.asarray(pos.column(fs.user_key).to_numpy(zero_copy_only=False))
+            if fs.user_key in pos.column_names
+            else None
+        )
         return RetrievalBatch(tower_input(user_feats, pos), tower_input(item_feats, item_tab), ids_t, log_q, keys, key)
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
@@ -198,23 +220,46 @@ class RetrievalTask:
             raise TypeError("retrieval loss expects a RetrievalBatch (collate first)")
         tcfg = retrieval_config(cfg)
         u, v = model(batch.user, batch.item)
-        return sampled_softmax_loss(u, v, batch.item_ids, batch.log_q if tcfg.logq_correction else None,
-                                    tcfg.temperature, tcfg.remove_accidental_hits)
+        return sampled_softmax_loss(
+            u,
+            v,
+            batch.item_ids,
+            batch.log_q if tcfg.logq_correction else None,
+            tcfg.temperature,
+            tcfg.remove_accidental_hits,
+        )
 
     def eval_outputs(self, model: nn.Module, batch: RetrievalBatch, cfg: Any) -> dict[str, np.ndarray]:
         """Per-batch validation loss sum, in-batch top-1 hits, and per-row full-catalog hit@50 / NDCG@10."""
         n = batch.batch_size
         if n == 0:
-            return {"loss_sum": np.zeros(1), "n": np.zeros(1), "top1": np.zeros(1), "hit50": np.zeros(0), "ndcg10": np.zeros(0)}
+            return {
+                "loss_sum": np.zeros(1),
+                "n": np.zeros(1),
+                "top1": np.zeros(1),
+                "hit50": np.zeros(0),
+                "ndcg10": np.zeros(0),
+            }
         tcfg = retrieval_config(cfg)
         u, v = model(batch.user, batch.item)
-        l = sampled_softmax_loss(u, v, batch.item_ids, batch.log_q if tcfg.logq_correction else None,
-                                 tcfg.temperature, tcfg.remove_accidental_hits)
+        loss = sampled_softmax_loss(
+            u,
+            v,
+            batch.item_ids,
+            batch.log_q if tcfg.logq_correction else None,
+            tcfg.temperature,
+            tcfg.remove_accidental_hits,
+        )
         best = torch.argmax(u @ v.T, dim=1)
-        top1 = (batch.item_ids[best] == batch.item_ids[:n]).sum()   # a duplicate of the positive counts as a hit
+        top1 = (batch.item_ids[best] == batch.item_ids[:n]).sum()  # a duplicate of the positive counts as a hit
         hit, ndcg = self._topk_hits(model, batch, cfg)
-        return {"loss_sum": np.array([float(l) * n]), "n": np.array([float(n)]), "top1": np.array([float(top1)]),
-                "hit50": hit, "ndcg10": ndcg}
+        return {
+            "loss_sum": np.array([float(loss) * n]),
+            "n": np.array([float(n)]),
+            "top1": np.array([float(top1)]),
+            "hit50": hit,
+            "ndcg10": ndcg,
+        }
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], fs: Any, cfg: Any) -> dict[str, float]:
         """Loss and in-batch top-1 over every valid positive; ``hit@50`` / ``ndcg@10`` over the rows
@@ -223,13 +268,18 @@ class RetrievalTask:
         n = float(outputs.get("n", np.zeros(0)).sum())
         hit = outputs.get("hit50", np.zeros(0))
         ndcg = outputs.get("ndcg10", np.zeros(0))
-        return {"loss": float(outputs.get("loss_sum", np.zeros(0)).sum()) / max(n, 1.0),
-                "in_batch_top1": float(outputs.get("top1", np.zeros(0)).sum()) / max(n, 1.0), "num_examples": int(n),
-                "hit@50": float(hit.mean()) if hit.size else float("nan"),
-                "ndcg@10": float(ndcg.mean()) if ndcg.size else float("nan"), "topk_rows": int(hit.size)}
+        return {
+            "loss": float(outputs.get("loss_sum", np.zeros(0)).sum()) / max(n, 1.0),
+            "in_batch_top1": float(outputs.get("top1", np.zeros(0)).sum()) / max(n, 1.0),
+            "num_examples": int(n),
+            "hit@50": float(hit.mean()) if hit.size else float("nan"),
+            "ndcg@10": float(ndcg.mean()) if ndcg.size else float("nan"),
+            "topk_rows": int(hit.size),
+        }
 
-    def _catalog_vectors(self, model: nn.Module, st: RetrievalTrainData, key: tuple[Any, ...],
-                         tcfg: TwoTowerConfig) -> _CatalogVectors:
+    def _catalog_vectors(
+        self, model: nn.Module, st: RetrievalTrainData, key: tuple[Any, ...], tcfg: TwoTowerConfig
+    ) -> _CatalogVectors:
         """Search vectors of the whole catalog, computed once per state of the item tower: the key
         is the data, the model object, the settings that shape the vectors and a fingerprint of
         every item-tower tensor (which changes at every training step)."""
@@ -251,7 +301,7 @@ class RetrievalTask:
         tcfg = retrieval_config(cfg)
         with self._lock:
             st = self._data.get(batch.source) if batch.source is not None else None
-        if st is None:     # a batch this task object did not collate: no catalog to rank against
+        if st is None:  # a batch this task object did not collate: no catalog to rank against
             return np.zeros(0), np.zeros(0)
         cache = self._catalog_vectors(model, st, batch.source, tcfg)
         take = max(0, min(batch.batch_size, VALID_TOPK_ROWS - cache.rows))
@@ -260,10 +310,10 @@ class RetrievalTask:
             return np.zeros(0), np.zeros(0)
         m = getattr(model, "module", model)
         u = search_vectors(tcfg, "user", m.user_embedding(batch.user)[:take].detach().float().cpu().numpy())
-        scores = torch.from_numpy(np.ascontiguousarray(u)) @ cache.vectors.T          # [take, n_items], on the CPU
+        scores = torch.from_numpy(np.ascontiguousarray(u)) @ cache.vectors.T  # [take, n_items], on the CPU
         pos = batch.item_ids[:take].cpu()
         pos_score = scores[torch.arange(take), pos].clone()
-        if st.seen is not None and batch.user_keys is not None:                       # a user's training items
+        if st.seen is not None and batch.user_keys is not None:  # a user's training items
             users, seen = st.seen
             r = key_rows(batch.user_keys[:take], users)
             for i in np.flatnonzero(r >= 0):
@@ -311,14 +361,21 @@ class RetrievalBatch:
     item: TowerInput
     item_ids: torch.Tensor
     log_q: torch.Tensor
-    user_keys: np.ndarray | None = None   # of the positives (validation's seen-item exclusion)
-    source: tuple[Any, ...] | None = None  # key of the RetrievalTrainData it was built from (validation ranks against its catalog)
+    user_keys: np.ndarray | None = None  # of the positives (validation's seen-item exclusion)
+    source: tuple[Any, ...] | None = (
+        None  # key of the RetrievalTrainData it was built from (validation ranks against its catalog)
+    )
 
     @property
     def batch_size(self) -> int:
         return self.user.batch_size
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> RetrievalBatch:
-        return RetrievalBatch(self.user.to(device, non_blocking), self.item.to(device, non_blocking),
-                              self.item_ids.to(device, non_blocking=non_blocking),
-                              self.log_q.to(device, non_blocking=non_blocking), self.user_keys, self.source)
+        return RetrievalBatch(
+            self.user.to(device, non_blocking),
+            self.item.to(device, non_blocking),
+            self.item_ids.to(device, non_blocking=non_blocking),
+            self.log_q.to(device, non_blocking=non_blocking),
+            self.user_keys,
+            self.source,
+        )

@@ -63,8 +63,10 @@ def shard_for_training(model: nn.Module, cfg: TrainConfig, rank: int, world: int
     held = worker_bytes(tables, plan)
     names = plan.sharded_names()
     shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-    msg = (f"sharding: {len(names)} of {len(tables)} tables row-wise over {world} workers ({shown}; rows "
-           f"{cfg.sharding.rows}); table memory per worker {held / _MIB:.1f} MiB (replicated: {replicated / _MIB:.1f} MiB)")
+    msg = (
+        f"sharding: {len(names)} of {len(tables)} tables row-wise over {world} workers ({shown}; rows "
+        f"{cfg.sharding.rows}); table memory per worker {held / _MIB:.1f} MiB (replicated: {replicated / _MIB:.1f} MiB)"
+    )
     return shard_model(model, plan, rank), msg
 
 
@@ -85,7 +87,9 @@ def rank_tables_dir(model: nn.Module, rank: int) -> Iterator[str | None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def lockstep(batches: Iterable[Any], model: nn.Module, make_empty: Callable[[], Any], device: torch.device) -> Iterator[Any]:
+def lockstep(
+    batches: Iterable[Any], model: nn.Module, make_empty: Callable[[], Any], device: torch.device
+) -> Iterator[Any]:
     """``batches``, padded with ``make_empty()`` until every worker's batches are exhausted
     (one all-reduce per batch); ``batches`` unchanged for a model without sharded tables."""
     if not has_sharded_tables(model):

@@ -50,8 +50,9 @@ def start(cfg: Any) -> tuple[str, str] | None:
     if not t.enabled:
         return None
     uri = tracking.tracking_uri(t.uri, cfg.storage_path)
-    run_id = tracking.start_run(uri, t.experiment, str(cfg.run_name), cfg.to_dict(),
-                                tags={"widedeep.task": cfg.task, "widedeep.data": cfg.data})
+    run_id = tracking.start_run(
+        uri, t.experiment, str(cfg.run_name), cfg.to_dict(), tags={"widedeep.task": cfg.task, "widedeep.data": cfg.data}
+    )
     return uri, run_id
 
 
@@ -63,17 +64,35 @@ def finish(cfg: Any, run: tuple[str, str], summary: dict[str, Any], logged_live:
         for h in summary.get("history", []):
             figures = {k: v for k, v in h.items() if k != "epoch"}
             tracking.log_metrics(uri, run_id, figures, step=int(h["epoch"]))
-    best = {f"best_{k}": summary[k] for k in ("auc", "logloss", "accuracy", "calibration", "rmse", "hit@50", "loss")
-            if k in summary}
-    tracking.log_metrics(uri, run_id, {**best, "best_epoch": summary.get("best_epoch") or 0,
-                                       "wall_seconds": summary.get("wall_seconds") or 0})
-    tracking.set_tags(uri, run_id, {"widedeep.checkpoint": summary["checkpoint"],
-                                    "widedeep.latest_checkpoint": summary.get("latest_checkpoint")})
+    best = {
+        f"best_{k}": summary[k]
+        for k in ("auc", "logloss", "accuracy", "calibration", "rmse", "hit@50", "loss")
+        if k in summary
+    }
+    tracking.log_metrics(
+        uri,
+        run_id,
+        {**best, "best_epoch": summary.get("best_epoch") or 0, "wall_seconds": summary.get("wall_seconds") or 0},
+    )
+    tracking.set_tags(
+        uri,
+        run_id,
+        {"widedeep.checkpoint": summary["checkpoint"], "widedeep.latest_checkpoint": summary.get("latest_checkpoint")},
+    )
     out: dict[str, Any] = {"tracking_uri": uri, "run_id": run_id}
     t = cfg.tracking
     if t.register_as:
-        out["registered"] = {"name": t.register_as, "version": tracking.register(
-            uri, t.register_as, summary["checkpoint"], "checkpoint", run_id, tuple(t.aliases or ()),
-            tags={"widedeep.task": cfg.task})}
+        out["registered"] = {
+            "name": t.register_as,
+            "version": tracking.register(
+                uri,
+                t.register_as,
+                summary["checkpoint"],
+                "checkpoint",
+                run_id,
+                tuple(t.aliases or ()),
+                tags={"widedeep.task": cfg.task},
+            ),
+        }
     tracking.end_run(uri, run_id)
     return out

@@ -25,7 +25,9 @@ def _tbe_modules(model: nn.Module) -> dict[str, Any]:
     return {name: m for name, m in model.named_modules() if hasattr(m, "layout") and hasattr(m, "table_weight")}
 
 
-def _row_map(fs_new: Any, fs_old: Any, column: str, rows_new: int, rows_old: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _row_map(
+    fs_new: Any, fs_old: Any, column: str, rows_new: int, rows_old: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(new_rows, old_rows) index pairs to copy, or None when the table cannot be mapped."""
     try:
         vn, vo = fs_new.vocabulary(column), fs_old.vocabulary(column)
@@ -84,7 +86,11 @@ def warm_start(model: nn.Module, fs_new: Any, ckpt_path: str) -> str:
             tn.table_weight(t_new)[rn] = to.table_weight(t_old)[ro.cpu()].to(tn.weight.device, tn.weight.dtype)
             st_new, st_old = tn.optimizer_state(), to.optimizer_state()
             for key, buf in st_new.items():
-                if key not in st_old or type(tn.optimizer) is not type(to.optimizer) or tn.optimizer.kind != to.optimizer.kind:
+                if (
+                    key not in st_old
+                    or type(tn.optimizer) is not type(to.optimizer)
+                    or tn.optimizer.kind != to.optimizer.kind
+                ):
                     continue
                 src = st_old[key]
                 if key == "adagrad_sum":
@@ -104,5 +110,6 @@ def warm_start(model: nn.Module, fs_new: Any, ckpt_path: str) -> str:
         if p.requires_grad and q is not None and q.shape == p.shape:
             p.copy_(q.to(p.device, p.dtype))
             dense_done += 1
-    return (f"{tables_done} tables mapped ({copied_rows} rows), {tables_skipped} skipped, "
-            f"{dense_done} dense tensors copied")
+    return (
+        f"{tables_done} tables mapped ({copied_rows} rows), {tables_skipped} skipped, {dense_done} dense tensors copied"
+    )
