@@ -145,18 +145,74 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         raise DataError(f"{work}: holds the report of an earlier retrain; choose a new --out")
     st = _Stages()
     serving = st.run("read the serving model", lambda: ServingModel.of(opts.serving))
-    run = None
-    if opts.tracking_uri:
-        run = (
-            opts.tracking_uri,
-            tracking.start_run(
-                opts.tracking_uri,
-                "widedeep-retrain",
-                f"retrain-{work.name}",
-                {"config": cfg.to_dict(), "inputs": list(opts.inputs), "serving": serving.bundle},
-                tags={"widedeep.parent_version": serving.version},
-            ),
+    run = _start_tracking(opts, work, serving)
+    win = _prepare_window(st, opts, work, serving)
+    runs = work / "runs"
+    ranker = st.run(
+        "train the ranker (warm start)",
+        lambda: _train(cfg.ranker_job, cfg.ranker_set, win.window, runs, "ranker", serving.ranker, opts.tracking_uri),
+    )
+    retriever = st.run(
+        "train the retriever (warm start)",
+        lambda: _train(
+            cfg.retriever_job, cfg.retriever_set, win.window, runs, "retriever", serving.retriever, opts.tracking_uri
+        ),
+    )
+    cand = (ranker["checkpoint"], retriever["checkpoint"])
+    figures = st.run("measure candidate and serving model", lambda: _measure(cfg, serving, win, *cand))
+    reference = serving.profile or profile_split(serving.fs, Location.of(serving.data) / "train")
+    checks, drift = gate(
+        cfg.gate,
+        window=figures["window"],
+        previous=figures["previous"],
+        topk_scores=figures["topk"],
+        reference_profile=reference,
+        window_profile=figures["window_profile"],
+        candidate_weights_finite=figures["weights_finite"],
+    )
+    report = _report(opts, serving, win, checks, drift, figures, ranker, retriever)
+    if report["failed_checks"]:
+        log.error(
+            "retrain: REFUSED, failed checks: %s; serving keeps model %s",
+            ", ".join(report["failed_checks"]),
+            serving.version,
         )
+    else:
+        _accept(st, opts, work, serving, win, report)
+    report["seconds"] = st.seconds
+    if run is not None:
+        report["mlflow"] = _track(run, report, opts.register_as)
+    write_report(work / "report.json", report)
+    return report
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The new window prepared with the serving FeatureSpace extended, and the rows both models score."""
+
+    window: Location  # WINDOW/{train,valid,test} in the candidate's FeatureSpace
+    manifest: dict[str, Any]
+    fs: FeatureSpace  # the candidate's (extended) FeatureSpace
+    as_serving: Location  # the window's train/test as the serving model sees them
+    prev_test: Location  # the serving model's own held-out slice
+    prev_as_candidate: Location  # that slice as the candidate sees it
+
+
+def _start_tracking(opts: RetrainOptions, work: Location, serving: ServingModel) -> tuple[str, str] | None:
+    if not opts.tracking_uri:
+        return None
+    run_id = tracking.start_run(
+        opts.tracking_uri,
+        "widedeep-retrain",
+        f"retrain-{work.name}",
+        {"config": opts.config.to_dict(), "inputs": list(opts.inputs), "serving": serving.bundle},
+        tags={"widedeep.parent_version": serving.version},
+    )
+    return opts.tracking_uri, run_id
+
+
+def _prepare_window(st: _Stages, opts: RetrainOptions, work: Location, serving: ServingModel) -> _Window:
+    cfg = opts.config
     window = work / "window"
     manifest = st.run(
         "prepare the window with the serving FeatureSpace extended",
@@ -176,53 +232,47 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         "remap the serving model's held-out slice to the candidate's FeatureSpace",
         lambda: remap_split(prev_test, serving.fs, cand_fs, work / "serving-holdout-as-candidate"),
     )
-    runs = work / "runs"
-    ranker = st.run(
-        "train the ranker (warm start)",
-        lambda: _train(cfg.ranker_job, cfg.ranker_set, window, runs, "ranker", serving.ranker, opts.tracking_uri),
-    )
-    retriever = st.run(
-        "train the retriever (warm start)",
-        lambda: _train(
-            cfg.retriever_job, cfg.retriever_set, window, runs, "retriever", serving.retriever, opts.tracking_uri
-        ),
-    )
-    cand_ranker, cand_retriever = ranker["checkpoint"], retriever["checkpoint"]
+    return _Window(window, manifest, cand_fs, as_serving, prev_test, prev_as_cand)
 
-    def measure() -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "window": {
-                "candidate": pointwise(cand_ranker, str(window / "test")),
-                "serving": pointwise(serving.ranker, str(as_serving / "test")),
-            },
-            "previous": {
-                "candidate": pointwise(cand_ranker, str(prev_as_cand)),
-                "serving": pointwise(serving.ranker, str(prev_test)),
-            },
-            "topk": None,
+
+def _measure(
+    cfg: RetrainConfig, serving: ServingModel, win: _Window, cand_ranker: str, cand_retriever: str
+) -> dict[str, Any]:
+    """Candidate and serving model on the same rows: the window's and the serving model's hold-outs."""
+    out: dict[str, Any] = {
+        "window": {
+            "candidate": pointwise(cand_ranker, str(win.window / "test")),
+            "serving": pointwise(serving.ranker, str(win.as_serving / "test")),
+        },
+        "previous": {
+            "candidate": pointwise(cand_ranker, str(win.prev_as_candidate)),
+            "serving": pointwise(serving.ranker, str(win.prev_test)),
+        },
+        "topk": None,
+    }
+    if cfg.gate.topk_metric is not None:
+        out["topk"] = {
+            "candidate": topk(cand_retriever, cand_ranker, str(win.window / "test"), cfg.gate.topk_users),
+            "serving": topk(serving.retriever, serving.ranker, str(win.as_serving / "test"), cfg.gate.topk_users),
         }
-        if cfg.gate.topk_metric is not None:
-            out["topk"] = {
-                "candidate": topk(cand_retriever, cand_ranker, str(window / "test"), cfg.gate.topk_users),
-                "serving": topk(serving.retriever, serving.ranker, str(as_serving / "test"), cfg.gate.topk_users),
-            }
-        out["weights_finite"] = weights_finite(cand_ranker)
-        out["window_profile"] = profile_split(serving.fs, as_serving / "train")
-        return out
+    out["weights_finite"] = weights_finite(cand_ranker)
+    out["window_profile"] = profile_split(serving.fs, win.as_serving / "train")
+    return out
 
-    figures = st.run("measure candidate and serving model", measure)
-    reference = serving.profile or profile_split(serving.fs, Location.of(serving.data) / "train")
-    checks, drift = gate(
-        cfg.gate,
-        window=figures["window"],
-        previous=figures["previous"],
-        topk_scores=figures["topk"],
-        reference_profile=reference,
-        window_profile=figures["window_profile"],
-        candidate_weights_finite=figures["weights_finite"],
-    )
+
+def _report(
+    opts: RetrainOptions,
+    serving: ServingModel,
+    win: _Window,
+    checks: list[Any],
+    drift: dict[str, Any],
+    figures: dict[str, Any],
+    ranker: dict[str, Any],
+    retriever: dict[str, Any],
+) -> dict[str, Any]:
     failed = [c.name for c in checks if not c.passed]
-    report: dict[str, Any] = {
+    splits = ("train", "valid", "test")
+    return {
         "kind": REPORT_KIND,
         "passed": not failed,
         "failed_checks": failed,
@@ -238,74 +288,73 @@ def retrain(opts: RetrainOptions) -> dict[str, Any]:
         },
         "window": {
             "inputs": list(opts.inputs),
-            "prepared": str(window),
-            "split": cfg.split,
-            "rows": {s: manifest["splits"][s]["rows"] for s in ("train", "valid", "test")},
-            "label_rate": {s: manifest["splits"][s]["label_rate"] for s in ("train", "valid", "test")},
-            "new_values": cand_fs.fit_info.get("window", {}).get("new_values", {}),
-            "feature_space_hash": cand_fs.content_hash,
+            "prepared": str(win.window),
+            "split": opts.config.split,
+            "rows": {s: win.manifest["splits"][s]["rows"] for s in splits},
+            "label_rate": {s: win.manifest["splits"][s]["label_rate"] for s in splits},
+            "new_values": win.fs.fit_info.get("window", {}).get("new_values", {}),
+            "feature_space_hash": win.fs.content_hash,
         },
         "candidate": {
-            "ranker": cand_ranker,
-            "retriever": cand_retriever,
+            "ranker": ranker["checkpoint"],
+            "retriever": retriever["checkpoint"],
             "train": {"ranker": _summary(ranker), "retriever": _summary(retriever)},
         },
         "metrics": {k: figures[k] for k in ("window", "previous", "topk")},
-        "config": cfg.to_dict(),
+        "config": opts.config.to_dict(),
         "bundle": None,
         "swap": None,
     }
-    if failed:
-        log.error("retrain: REFUSED, failed checks: %s; serving keeps model %s", ", ".join(failed), serving.version)
-    else:
-        lineage = {
-            "parent": {
-                "bundle": serving.bundle,
-                "model_version": serving.version,
-                "feature_space_hash": serving.fs.content_hash,
-            },
-            "window": report["window"],
-            "checks": report["checks"],
-            "drift": drift,
-            "created_by": "widedeep retrain",
-        }
-        out = opts.bundle_out or str(work / "bundle")
-        bundle = st.run(
-            "export the bundle",
-            lambda: export_from_checkpoints(
-                cand_ranker,
-                cand_retriever,
-                out,
-                data=str(window),
-                index_kind=cfg.bundle_index,
-                version=opts.version,
-                lineage=lineage,
+
+
+def _accept(
+    st: _Stages, opts: RetrainOptions, work: Location, serving: ServingModel, win: _Window, report: dict[str, Any]
+) -> None:
+    """Export the accepted candidate with its lineage and, given a serve address, swap it in."""
+    lineage = {
+        "parent": {
+            "bundle": serving.bundle,
+            "model_version": serving.version,
+            "feature_space_hash": serving.fs.content_hash,
+        },
+        "window": report["window"],
+        "checks": report["checks"],
+        "drift": report["drift"],
+        "created_by": "widedeep retrain",
+    }
+    out = opts.bundle_out or str(work / "bundle")
+    cand = report["candidate"]
+    bundle = st.run(
+        "export the bundle",
+        lambda: export_from_checkpoints(
+            cand["ranker"],
+            cand["retriever"],
+            out,
+            data=str(win.window),
+            index_kind=opts.config.bundle_index,
+            version=opts.version,
+            lineage=lineage,
+        ),
+    )
+    report["bundle"] = str(bundle)
+    report["model_version"] = read_manifest(str(bundle))["model_version"]
+    if opts.serve_address:
+        report["swap"] = st.run(
+            "swap the live Serve application",
+            lambda: swap_bundle(
+                opts.serve_address,
+                opts.serve_app,
+                str(bundle),
+                expect_version=report["model_version"],
+                url=opts.serve_url,
             ),
         )
-        report["bundle"] = str(bundle)
-        report["model_version"] = read_manifest(str(bundle))["model_version"]
-        if opts.serve_address:
-            report["swap"] = st.run(
-                "swap the live Serve application",
-                lambda: swap_bundle(
-                    opts.serve_address,
-                    opts.serve_app,
-                    str(bundle),
-                    expect_version=report["model_version"],
-                    url=opts.serve_url,
-                ),
-            )
-        log.info(
-            "retrain: PASSED; bundle %s (version %s)%s",
-            bundle,
-            report["model_version"],
-            f", serving in {opts.serve_app}" if report["swap"] else "",
-        )
-    report["seconds"] = st.seconds
-    if run is not None:
-        report["mlflow"] = _track(run, report, opts.register_as)
-    write_report(work / "report.json", report)
-    return report
+    log.info(
+        "retrain: PASSED; bundle %s (version %s)%s",
+        bundle,
+        report["model_version"],
+        f", serving in {opts.serve_app}" if report["swap"] else "",
+    )
 
 
 def _track(run: tuple[str, str], report: dict[str, Any], register_as: str | None) -> dict[str, Any]:

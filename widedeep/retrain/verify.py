@@ -108,6 +108,19 @@ def gate(
     window's held-out slice and on the serving model's own; ``topk_scores``: the same pair of
     ``topk(...)`` results, or None when there is no top-K check.
     """
+    checks = _window_checks(g, window, previous, candidate_weights_finite)
+    checks.append(_serving_holdout_check(g, previous))
+    if topk_scores is not None and g.topk_metric is not None:
+        checks.append(_topk_check(g, topk_scores))
+    drift = compare(reference_profile, window_profile)
+    checks += _drift_checks(g, drift, reference_profile, window_profile)
+    return checks, {f: {k: _r(v) for k, v in d.items()} for f, d in drift.items()}
+
+
+def _window_checks(
+    g: GateConfig, window: dict[str, Any], previous: dict[str, Any], candidate_weights_finite: bool
+) -> list[Check]:
+    """Candidate against serving on the window's held-out slice: finite, AUC, log loss, calibration, spread."""
     c, s = window["candidate"], window["serving"]
     checks = [
         Check(
@@ -146,31 +159,41 @@ def gate(
             "the candidate's predicted probabilities are spread out (not collapsed onto one value)",
         ),
     ]
+    return checks
+
+
+def _serving_holdout_check(g: GateConfig, previous: dict[str, Any]) -> Check:
+    """The candidate must not forget: its AUC on the serving model's own held-out slice."""
     pc, ps = previous["candidate"], previous["serving"]
-    checks.append(
-        Check(
-            "auc_on_serving_holdout",
-            pc["auc"] >= ps["auc"] - g.previous_auc_margin,
-            _r(pc["auc"]),
-            _r(ps["auc"] - g.previous_auc_margin),
-            f"candidate AUC on the serving model's own held-out slice >= serving AUC {ps['auc']:.4f} "
-            f"- {g.previous_auc_margin}",
-        )
+    return Check(
+        "auc_on_serving_holdout",
+        pc["auc"] >= ps["auc"] - g.previous_auc_margin,
+        _r(pc["auc"]),
+        _r(ps["auc"] - g.previous_auc_margin),
+        f"candidate AUC on the serving model's own held-out slice >= serving AUC {ps['auc']:.4f} "
+        f"- {g.previous_auc_margin}",
     )
-    if topk_scores is not None and g.topk_metric is not None:
-        tc, ts = topk_scores["candidate"], topk_scores["serving"]
-        name = g.topk_metric
-        checks.append(
-            Check(
-                f"topk_{name}",
-                tc[name] >= ts[name] - g.topk_margin,
-                _r(tc[name]),
-                _r(ts[name] - g.topk_margin),
-                f"candidate retrieval + ranking {name} on the window's "
-                f"held-out users >= serving {ts[name]:.4f} - {g.topk_margin} ({tc['users']} users)",
-            )
-        )
-    drift = compare(reference_profile, window_profile)
+
+
+def _topk_check(g: GateConfig, topk_scores: dict[str, Any]) -> Check:
+    """Retrieval + ranking top-K of the candidate against serving on the window's held-out users."""
+    tc, ts = topk_scores["candidate"], topk_scores["serving"]
+    name = g.topk_metric
+    return Check(
+        f"topk_{name}",
+        tc[name] >= ts[name] - g.topk_margin,
+        _r(tc[name]),
+        _r(ts[name] - g.topk_margin),
+        f"candidate retrieval + ranking {name} on the window's "
+        f"held-out users >= serving {ts[name]:.4f} - {g.topk_margin} ({tc['users']} users)",
+    )
+
+
+def _drift_checks(
+    g: GateConfig, drift: dict[str, Any], reference_profile: dict[str, Any], window_profile: dict[str, Any]
+) -> list[Check]:
+    """The window's data against the serving model's training data: label rate, numeric PSI, OOV growth."""
+    checks: list[Check] = []
     ref_rate, win_rate = reference_profile.get("label_mean"), window_profile.get("label_mean")
     if ref_rate and win_rate is not None:
         ratio = win_rate / ref_rate
@@ -212,4 +235,4 @@ def gate(
                 f"count as OOV) minus its training rate (worst: {worst})",
             )
         )
-    return checks, {f: {k: _r(v) for k, v in d.items()} for f, d in drift.items()}
+    return checks
