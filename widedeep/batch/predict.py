@@ -55,7 +55,7 @@ class PredictOptions:
     format: str = "auto"
     on_bad_rows: str = "error"
     batch_size: int = 8192
-    unit_rows: int = 262_144
+    unit_rows: int = 131_072
     workers: int = 0  # 0: as many as the cluster's CPUs (GPUs) allow, at most one per unit
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -258,7 +258,9 @@ def predict(opts: PredictOptions) -> dict[str, Any]:
         fn_constructor_kwargs={"opts": opts},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        # one unit per actor at a time: a unit is seconds of work, and an actor that starts first
+        # must not queue units that idle actors could take (Ray Data's default queues 4)
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=opts.cpus_per_worker,
         num_gpus=opts.gpus_per_worker or None,
     )

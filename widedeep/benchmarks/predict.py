@@ -131,7 +131,7 @@ def run_predict_bench(work: Path, cfg: PredictBenchConfig) -> dict[str, Any]:
             keys=("label",),
             format="parquet",
             batch_size=cfg.batch_size,
-            unit_rows=cfg.shard_rows,
+            unit_rows=min(cfg.shard_rows, 131_072),
             workers=cfg.workers,
         )
 

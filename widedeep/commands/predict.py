@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fail on a bad row (default) or skip it and count it in _predict.json (as `widedeep prepare`)",
     )
     p.add_argument("--batch-size", type=int, default=8192, help="rows read, transformed and scored at once")
-    p.add_argument("--unit-rows", type=int, default=262_144, help="rows of Parquet input one task reads")
+    p.add_argument("--unit-rows", type=int, default=131_072, help="rows of Parquet input an actor takes at a time")
     p.add_argument("--workers", type=int, default=0, help="actors in the pool (default: as the cluster allows)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="> 0: score on GPUs (a ranking checkpoint)")
