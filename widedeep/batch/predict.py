@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -59,7 +59,6 @@ class PredictOptions:
     workers: int = 0  # 0: as many as the cluster's CPUs (GPUs) allow, at most one per unit
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.on_bad_rows not in ("error", "skip"):
