@@ -174,3 +174,46 @@ def test_recommend_equals_the_serving_pipeline_for_every_user(ray_session, model
     for user in ("u3", "nobody"):
         mine = got.filter(pc.equal(got.column("user"), user)).sort_by("rank")
         assert mine.column("item").to_pylist() == [w[0] for w in pipe.recommend({"user_id": user}, ctx, k=k, n=n)]
+
+
+def test_csv_rows_that_do_not_parse_fail_or_are_skipped_and_counted(ray_session, adult_path, tmp_path):
+    """A CSV row with a field too many: the reader's error (named file, row) or, with skip, a row
+    counted as ``unparseable row``, as ``prepare`` counts it; the other rows scored as in process."""
+    import pyarrow.csv as pacsv
+    import torch
+
+    from tests.conftest import ROOT
+    from widedeep.batch.predict import predict
+    from widedeep.data.collate import Collator
+    from widedeep.errors import DataError
+    from widedeep.features import load_spec
+    from widedeep.features.fit import fit_tables
+    from widedeep.model.checkpoint import save_checkpoint
+    from widedeep.model.wide_deep import ModelConfig, WideAndDeep
+
+    raw = pq.read_table(adult_path).slice(0, 600)
+    fs = fit_tables(load_spec(ROOT / "platform" / "specs" / "adult.yaml"), [raw])
+    torch.manual_seed(0)
+    model = WideAndDeep(fs, ModelConfig(hidden=[8]), seed=0).eval()
+    for tbe in model.embedding_bags():
+        tbe.weight.data.normal_(0, 0.5)
+    ck = save_checkpoint(
+        tmp_path / "ck", model=model, optimizer=None, feature_space=fs,
+        config={"task": "ranking", "model": {"hidden": [8]}}, metrics={}, task="ranking", state={},
+    )  # fmt: skip
+    path = tmp_path / "adult.csv"
+    pacsv.write_csv(raw, path)
+    lines = path.read_text().splitlines()
+    lines.insert(101, lines[100] + ",EXTRA")  # data row 100 again, with one field too many
+    path.write_text("\n".join(lines) + "\n")
+    opts = {"model": str(ck), "inputs": [str(path)], "keys": ("age", "occupation"), "workers": 1, "format": "csv"}
+    with pytest.raises(DataError, match=r"adult.csv: CSV parse error: .*Expected 15 columns, got 16"):
+        predict(_opts(**opts, out=str(tmp_path / "err")))
+    m = predict(_opts(**opts, out=str(tmp_path / "skip"), on_bad_rows="skip"))
+    assert m["rows_read"] == 601 and m["rows_written"] == 600
+    assert m["skipped_rows"] == {"total": 1, "by_reason": {"unparseable row": 1}}
+    got, _ = _read(tmp_path / "skip")
+    with torch.no_grad():
+        want = model.predict(model(Collator(fs, require_label=False)(fs.transform(raw, require_label=False))))
+    assert got.column("occupation").to_pylist() == raw.column("occupation").to_pylist()
+    np.testing.assert_allclose(got.column("score").to_numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
