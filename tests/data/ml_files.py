@@ -75,10 +75,17 @@ def write_ml1m(d: Path) -> Path:
     return d
 
 
-def write_mllatest(d: Path) -> Path:
+def write_mllatest(d: Path, header: str = "userId,movieId,rating,timestamp", cells: dict | None = None) -> Path:
+    """ml-latest layout. ``header``: the ratings.csv header (a spreadsheet's ``...,timestamp,,,,``
+    adds unnamed columns, written empty in every row); ``cells``: ``{(row, column): text}`` to fill
+    some of those extra columns (0-based data row, 1-based column)."""
     d.mkdir(parents=True, exist_ok=True)
-    ratings = "".join(f"{u},{m},{r}.0,{t}\n" for u, m, r, t in RATINGS)
-    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    extra = header.count(",") - 3
+    lines = []
+    for i, (u, m, r, t) in enumerate(RATINGS):
+        more = [(cells or {}).get((i, c), "") for c in range(5, 5 + extra)]
+        lines.append(",".join([str(u), str(m), f"{r}.0", str(t), *more]) + "\n")
+    (d / "ratings.csv").write_text(header + "\n" + "".join(lines))
     rows = [f'{m},"{t}",{"|".join(g)}\n' for m, (t, g) in MOVIES.items()]
     (d / "movies.csv").write_text(
         "movieId,title,genres\n" + "".join(rows) + '40,"Untitled",(no genres listed)\n', encoding="utf-8"

@@ -111,6 +111,30 @@ def test_movielens_user_time_split_and_time_split(ray_session, tmp_path):
     assert set(tr.column("gender").to_pylist()) == {0}  # all missing -> the OOV id
 
 
+def test_movielens_ratings_csv_with_trailing_unnamed_columns(ray_session, tmp_path):
+    """A ratings.csv saved by a spreadsheet (``userId,movieId,rating,timestamp,,,,``): the unnamed
+    columns empty in every row are ignored and listed in the manifest; anything else is an error
+    naming the file and the column."""
+    spec = load_spec(SPECS / "movielens.yaml")
+    split = "time:timestamp:0.6,0.2,0.2"
+    clean = prepare(spec, PrepareOptions([str(write_mllatest(tmp_path / "clean"))], str(tmp_path / "c"), split=split))
+    assert clean["ignored_columns"] == []
+    d = write_mllatest(tmp_path / "wide", header="userId,movieId,rating,timestamp,,,,")
+    m = prepare(spec, PrepareOptions([str(d)], str(tmp_path / "w"), split=split))
+    assert m["rows_written"] == 15 and m["feature_space_hash"] == clean["feature_space_hash"]
+    assert m["ignored_columns"] == [
+        {"file": str(d / "ratings.csv"), "columns": [5, 6, 7, 8], "reason": "unnamed and empty in every row"}
+    ]
+    for s in ("train", "valid", "test"):
+        assert pq.read_table(tmp_path / "w" / s).equals(pq.read_table(tmp_path / "c" / s))
+    filled = write_mllatest(tmp_path / "filled", header="userId,movieId,rating,timestamp,,,,", cells={(7, 6): "oops"})
+    with pytest.raises(DataError, match=r"filled/ratings.csv: column 6 has no name but holds 'oops' \(data row 8\)"):
+        prepare(spec, PrepareOptions([str(filled)], str(tmp_path / "f"), split=split))
+    named = write_mllatest(tmp_path / "named", header="userId,movieId,rating,timestamp,tag,")
+    with pytest.raises(DataError, match=r"named/ratings.csv: unexpected column\(s\) 'tag' \(column 5\) after"):
+        prepare(spec, PrepareOptions([str(named)], str(tmp_path / "n"), split=split))
+
+
 def test_generate_appstore_and_prepare(ray_session, tmp_path):
     assert (
         main(

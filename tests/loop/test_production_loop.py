@@ -5,7 +5,9 @@ popularity trending): day 1 is prepared, trained (ranker + retriever) and served
 deploy; ``widedeep retrain`` on day 2 passes the verification gate and swaps the live application
 in place while a bounded request loop runs against it (zero failed requests); ``retrain`` on a
 poisoned day 3 (labels flipped) is refused with the failed checks named, and the application keeps
-serving day 2's model. The answers of ``/v1/recommend`` equal in-process scoring of the same bundle.
+serving day 2's model. The answers of ``/v1/recommend`` equal in-process scoring of the same bundle,
+and ``widedeep recommend`` / ``widedeep predict`` with the served bundle equal ``/v1/recommend`` /
+``/v1/rank`` and in-process scoring.
 """
 
 from __future__ import annotations
@@ -247,6 +249,57 @@ def test_recommend_over_http_equals_in_process_scoring(world, served):
         got = r.json()["items"]
         assert [g["item_id"] for g in got] == [w[0] for w in want]
         assert [g["score"] for g in got] == pytest.approx([w[1] for w in want], rel=1e-5)
+
+
+def test_batch_predict_and_recommend_on_the_served_model(world, served):
+    """``widedeep predict`` / ``recommend`` with the bundle being served answer what serving answers."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from widedeep.batch.scorers import load_scorer
+
+    bundle = world / "retrain2" / "bundle"
+    assert _version(served) == "day2"
+    ctx, k = {"hour": 20, "position": 1}, 7
+    assert (
+        _cli(
+            "recommend", "--bundle", str(bundle), "--out", str(world / "rec"), "-k", str(k), "--candidates", "50",
+            "--context", json.dumps(ctx), "--user", "3", "--user", "17", "--user", "123456789", "--workers", "1",
+        )
+        == 0
+    )  # fmt: skip
+    rec = pq.read_table(world / "rec")
+    for user in (3, 17, 123456789):  # the last one is unknown: the cold-start answer
+        r = httpx.post(f"{served}/v1/recommend", json={"user": {"user_id": user}, "context": ctx, "k": k}, timeout=30)
+        assert r.status_code == 200, r.text
+        mine = rec.filter(pc.equal(pc.cast(rec.column("user"), "int64"), user)).sort_by("rank")
+        assert mine.column("item").to_pylist() == [g["item_id"] for g in r.json()["items"]], user
+        assert mine.column("score").to_pylist() == pytest.approx([g["score"] for g in r.json()["items"]], rel=1e-5)
+
+    keys = "user_id,app_id,hour,position"
+    out = world / "pred"
+    assert _cli("predict", "--model", str(bundle), "--input", str(world / "day2"), "--out", str(out),
+                "--keys", keys, "--workers", "1") == 0  # fmt: skip
+    got = pq.read_table(out, columns=[*keys.split(","), "score"])
+    raw = pq.read_table(world / "day2")
+    scorer = load_scorer(str(bundle))
+    want = scorer.scores(scorer.fs.transform(raw, require_label=False))
+    assert got.num_rows == raw.num_rows == ROWS
+    assert got.column("user_id").to_pylist() == raw.column("user_id").to_pylist()
+    np.testing.assert_allclose(got.column("score").to_numpy(), want, rtol=1e-5, atol=1e-6)
+    # and what /v1/rank answers for the same rows (user and context fields from the row, the app from the catalog)
+    user_fields = ("user_id", "user_age", "user_gender", "user_country", "installed_apps")
+    for i in (0, 1, 2, 500, 4000):
+        row = raw.slice(i, 1).to_pylist()[0]
+        body = {
+            "user": {f: row[f] for f in user_fields},
+            "context": {"hour": row["hour"], "position": row["position"]},
+            "items": [row["app_id"]],
+        }
+        r = httpx.post(f"{served}/v1/rank", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["items"][0]["score"] == pytest.approx(float(got.column("score")[i].as_py()), rel=1e-5)
 
 
 def test_poisoned_day3_is_refused_and_serving_keeps_day2(world, served):

@@ -115,3 +115,17 @@ def test_candidate_scoring_matches_model_on_repeated_batch(mode, encoding, linea
     fast = scorer.score_rows([scorer.query_part(u) for u, _ in requests], rows, pairs)
     for g, f in zip(got, fast, strict=True):
         np.testing.assert_allclose(f, g[::-1], rtol=1e-5, atol=1e-6)
+
+    # whole rows, each its own request (``widedeep predict`` with a bundle): one call, same scores
+    fulls = []
+    for user, cand in requests:
+        rep = {
+            name: user.column(name).take(pa.array(np.zeros(cand.num_rows, dtype=np.int64)))
+            for name in user.column_names
+        }
+        fulls.append(pa.table({**rep, **{name: cand.column(name) for name in cand.column_names}}))
+    table = pa.concat_tables(fulls)
+    with torch.no_grad():
+        want = model(collate_prepared(table, fs, require_label=False)).numpy()
+    np.testing.assert_allclose(scorer.score_table(table), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scorer.score_table(table), np.concatenate(got), rtol=1e-5, atol=1e-6)

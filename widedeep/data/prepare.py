@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from widedeep.data.sources import ReadUnit, filesystem, plan_units, read_unit
+from widedeep.data.sources import ReadUnit, filesystem, ignored_columns, plan_units, read_unit
 from widedeep.data.split import SPLITS, SplitSpec, Splitter, parse_split, time_values, user_cutoffs
 from widedeep.errors import DataError, WidedeepError
 from widedeep.features import sketch
@@ -355,6 +355,9 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     fmt, units = plan_units(opts.inputs, fmt, opts.unit_rows)
     columns = needed_columns(spec, split)
     log.info("prepare: %d input unit(s) of format %s; split %s; columns %s", len(units), fmt, opts.split, columns)
+    ignored = ignored_columns(units)
+    for ig in ignored:
+        log.warning("%s: ignoring columns %s (%s)", ig["file"], ig["columns"], ig["reason"])
     ensure_ray()
     t0 = time.perf_counter()
     ofs, root = filesystem(opts.out)
@@ -480,6 +483,7 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         tt["write_s"],
     )
     manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
+    manifest["ignored_columns"] = ignored
     total = time.perf_counter() - t0
     manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     with ofs.open_output_stream(f"{root}/manifest.json") as f:

@@ -446,6 +446,71 @@ def movielens_sides(ratings_path: str) -> tuple[pa.Table | None, pa.Table]:
     return users, movies
 
 
+ML_RATINGS_CSV = ("userId", "movieId", "rating", "timestamp")
+
+
+def csv_header(path: str) -> list[str]:
+    """The column names on the first line of a CSV file (``[]`` for an empty file)."""
+    with _open_stream(path) as s:
+        head = s.read(1 << 20).decode("utf-8", errors="replace")
+    return next(csv.reader([head.splitlines()[0]])) if head.strip() else []
+
+
+def ratings_csv_extra_columns(path: str) -> list[int]:
+    """1-based positions of the unnamed columns after ``userId,movieId,rating,timestamp`` in a
+    MovieLens ``ratings.csv`` (a file saved by a spreadsheet: ``userId,movieId,rating,timestamp,,,,``).
+
+    They are read and must be empty in every row (``_ratings_csv_chunks`` checks), then ignored;
+    ``prepare`` says so in its manifest. Any other header is an error naming the file and columns.
+    """
+    names = csv_header(path)
+    if tuple(names[:4]) != ML_RATINGS_CSV:
+        raise DataError(f"{path}: header starts {names[:4]}, a MovieLens ratings.csv starts {list(ML_RATINGS_CSV)}")
+    named = [f"{n!r} (column {i})" for i, n in enumerate(names[4:], start=5) if n.strip()]
+    if named:
+        raise DataError(
+            f"{path}: unexpected column(s) {', '.join(named)} after {','.join(ML_RATINGS_CSV)}; "
+            "a MovieLens ratings.csv has only these four (unnamed empty trailing columns are ignored)"
+        )
+    return list(range(5, len(names) + 1))
+
+
+def _ratings_csv_chunks(path: str, chunk_rows: int, on_bad_rows: str) -> Iterator[tuple[pa.Table, int]]:
+    """``ratings.csv`` in uniform column names; trailing unnamed columns must be empty, then dropped."""
+    extra = ratings_csv_extra_columns(path)
+    spare = [f"_column_{i}" for i in extra]
+    counter = BadRowCounter(path, on_bad_rows)
+    types: dict[str, pa.DataType] = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64()}
+    types |= {"timestamp": pa.int64(), **{c: pa.string() for c in spare}}
+    ro = pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32), column_names=[*ML_RATINGS_CSV, *spare])
+    ro.skip_rows = 1
+    co = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+    row = 0
+    for t, bad in _stream_csv(path, ro, pacsv.ParseOptions(invalid_row_handler=counter), co, counter):
+        for pos, c in zip(extra, spare, strict=True):
+            filled = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(t.column(c)), ""), False)
+            hit = np.flatnonzero(np.asarray(filled))
+            if len(hit):
+                value = t.column(c)[int(hit[0])].as_py()
+                raise DataError(
+                    f"{path}: column {pos} has no name but holds {value!r} (data row {row + int(hit[0]) + 1}); "
+                    f"only unnamed columns empty in every row are ignored"
+                )
+        row += t.num_rows
+        yield t.select(list(ML_RATINGS_CSV)).rename_columns(["user_id", "movie_id", "rating", "timestamp"]), bad
+
+
+def ignored_columns(units: list[ReadUnit]) -> list[dict[str, Any]]:
+    """Columns the readers drop after checking them empty (for manifests), per input file."""
+    out = []
+    for u in units:
+        if u.format == "movielens" and u.path.rsplit("/", 1)[-1] == "ratings.csv":
+            extra = ratings_csv_extra_columns(u.path)
+            if extra:
+                out.append({"file": u.path, "columns": extra, "reason": "unnamed and empty in every row"})
+    return out
+
+
 def _read_movielens(
     unit: ReadUnit, columns: list[str] | None, chunk_rows: int, on_bad_rows: str
 ) -> Iterator[tuple[pa.Table, int]]:
@@ -453,14 +518,7 @@ def _read_movielens(
     name = path.rsplit("/", 1)[-1]
     users, movies = movielens_sides(path)
     if name == "ratings.csv":
-        counter = BadRowCounter(path, on_bad_rows)
-        types = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
-        ro = pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32))
-        co = pacsv.ConvertOptions(column_types=types)
-        chunks = (
-            (t.rename_columns(["user_id", "movie_id", "rating", "timestamp"]), bad)
-            for t, bad in _stream_csv(path, ro, pacsv.ParseOptions(invalid_row_handler=counter), co, counter)
-        )
+        chunks = _ratings_csv_chunks(path, chunk_rows, on_bad_rows)
     else:
         sep, n = ("\t", 4) if name == "u.data" else ("::", 4)
         cols = _split_lines(path, sep, n)

@@ -337,6 +337,15 @@ class CandidateScorer:
         hidden = self._deep_input(cand, self.deep_c, x, self.dense_c) @ self.w1_c if self.spec.has_deep else None
         return self._finish(queries, sizes, wide, hidden)
 
+    def _upper(self, first: torch.Tensor) -> torch.Tensor:
+        """The MLP above its first layer, from first-layer pre-activations ``[B, H]``: logits ``[B]``."""
+        h = self.act(first)
+        for j in range(1, self.spec.n_linear):
+            h = F.linear(h, self.t[f"mlp.{j}.weight"], self.t[f"mlp.{j}.bias"])
+            if j < self.spec.n_linear - 1:
+                h = self.act(h)
+        return h.reshape(first.shape[0])
+
     def _finish(
         self, queries: Sequence[QueryPart], sizes: list[int], wide: torch.Tensor | None, hidden: torch.Tensor | None
     ) -> list[np.ndarray]:
@@ -350,14 +359,25 @@ class CandidateScorer:
         if self.spec.has_deep:
             assert hidden is not None
             q_hidden = torch.stack([q.hidden for q in queries])  # [R, H]
-            h = self.act(hidden + torch.repeat_interleave(q_hidden, seg, dim=0))
-            for j in range(1, self.spec.n_linear):
-                h = F.linear(h, self.t[f"mlp.{j}.weight"], self.t[f"mlp.{j}.bias"])
-                if j < self.spec.n_linear - 1:
-                    h = self.act(h)
-            logit += h.reshape(total)
+            logit += self._upper(hidden + torch.repeat_interleave(q_hidden, seg, dim=0))
         out = logit.numpy().astype(np.float32)
         return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    @torch.no_grad()
+    def score_table(self, table: pa.Table) -> np.ndarray:
+        """Logits of complete prepared rows, each its own (user, context, item) triple: offline
+        scoring (``widedeep predict`` with a bundle). The same split as a request, both halves per row."""
+        n = table.num_rows
+        xq, xc = self._dense(table, self.dense_q), self._dense(table, self.dense_c)
+        logit = torch.zeros(n)
+        if self.spec.has_wide:
+            logit += self._wide_sum(table, self.wide_q, n) + self._wide_sum(table, self.wide_c, n)
+            logit += self._numeric_wide(xq, self.dense_q) + self._numeric_wide(xc, self.dense_c) + self.t["wide.bias"]
+        if self.spec.has_deep and n:
+            first = self._deep_input(table, self.deep_q, xq, self.dense_q) @ self.w1_q
+            first = first + self._deep_input(table, self.deep_c, xc, self.dense_c) @ self.w1_c + self.b1
+            logit += self._upper(first)
+        return logit.numpy().astype(np.float32)
 
     # -- catalog fast path ------------------------------------------------------------------------
     def pair_columns(self) -> list[str]:
