@@ -179,8 +179,11 @@ def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, 
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = ingest.preserve_order or cfg.shuffle == "none"  # streamed in file order, as cached
+    data_config = None
+    if cfg.shuffle == "none":  # streamed in file order, as cached
+        ingest = DataConfig.default_ingest_options()
+        ingest.preserve_order = True
+        data_config = DataConfig(execution_options=ingest)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": job.spec, "hooks": hooks},
@@ -195,7 +198,7 @@ def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, 
             callbacks=[train_tracking.EpochLogger(*run)] if run is not None and not job.spec.local_mode else None,
         ),
         datasets=job.datasets,
-        dataset_config=DataConfig(execution_options=ingest),
+        dataset_config=data_config,
     )
 
 

@@ -7,12 +7,16 @@ states them).
   .sharded_training``) or nothing; Ray Train merges them under one checkpoint name.
 - V2 keeps only the metrics of reports that carry a checkpoint, so every report whose metrics
   matter (the epoch-end validation) carries one.
-- Checkpoints do not stall training: the worker writes the files to a local temporary directory
-  and hands it over with ``CheckpointUploadMode.ASYNC``; Ray Train copies it to storage in its
-  background upload thread (one at a time, in report order), deletes the local copy once
-  uploaded, and drains the thread before the worker ends. A checkpoint counts once Ray Train has
-  committed it: a worker killed mid-upload resumes from the previous committed one (and writes
-  the lost one again on the way), so no committed checkpoint is ever lost.
+- Checkpoints cost one write: with storage on a file system the workers see (a local path, as
+  Ray Train V2 requires a shared one for several nodes), the worker writes the checkpoint
+  straight into the run directory and reports it without an upload
+  (``CheckpointUploadMode.NO_UPLOAD``), instead of writing a temporary copy that Ray Train then
+  copies. With remote storage (a URI) it writes a temporary directory that Ray Train uploads.
+- No committed checkpoint is lost when a worker is killed: ``checkpoint.json`` is written last (a
+  directory without it is incomplete and never reported), and reports stay synchronous, so once a
+  report returns Ray Train has taken the previous one. Ray Train's asynchronous upload mode is not
+  used: it lets training run ahead of reports the controller has not taken, and a worker killed
+  then resumes from an older checkpoint than the one it reported (or none).
 - Local mode (``num_workers: 0``) keeps no checkpoints of its own: files go straight to the run
   directory.
 """
@@ -61,35 +65,47 @@ class Reporter:
             state=state.checkpoint_state(),
             tables=tables,
         )
-        self._hand_over(m, str(d), name)
+        self._hand_over(m, d, name)
         return time.perf_counter() - t0
 
     def _directory(self, name: str) -> Path:
-        if self.ctx.spec.local_mode:  # local mode keeps checkpoints in memory only: write them in place
-            return Path(self.ctx.spec.run_dir) / name
+        """Where this worker writes checkpoint ``name``: in place in the run directory when it is
+        on a local file system (and in local mode), else a temporary directory to upload."""
+        if self._in_place:
+            d = Path(self.ctx.spec.run_dir) / name
+            d.mkdir(parents=True, exist_ok=True)
+            return d
         return Path(tempfile.mkdtemp(prefix="widedeep-ckpt-"))
 
-    def _hand_over(self, metrics: dict[str, Any], directory: str | None, name: str) -> None:
+    @property
+    def _in_place(self) -> bool:
+        from widedeep.paths import Location
+
+        return self.ctx.spec.local_mode or Location.of(self.ctx.spec.run_dir).is_local
+
+    def _hand_over(self, metrics: dict[str, Any], directory: Path | None, name: str) -> None:
         import ray.train
         from ray.train import Checkpoint, CheckpointUploadMode
 
         if directory is None:
             ray.train.report(metrics, checkpoint=None)
-        elif self.ctx.spec.local_mode:
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=name)
+            return
+        checkpoint = Checkpoint.from_directory(str(directory))
+        if self.ctx.spec.local_mode:
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        elif self._in_place:
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
         else:
             ray.train.report(
-                metrics,
-                checkpoint=Checkpoint.from_directory(directory),
-                checkpoint_dir_name=name,
-                checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-                delete_local_checkpoint_after_upload=True,
+                metrics, checkpoint=checkpoint, checkpoint_dir_name=name, delete_local_checkpoint_after_upload=True
             )
 
     def _report_rank_tables(self, name: str, metrics: dict[str, Any]) -> None:
         """Ranks other than 0: their rows of sharded tables (issue 16), or nothing."""
-        from widedeep.train.sharded_training import write_rank_tables_dir
+        from widedeep.train.sharded_training import rank_has_tables, write_rank_tables_into
 
-        self._hand_over(
-            {**metrics, "checkpoint_name": name}, write_rank_tables_dir(self.parts.model, self.ctx.rank), name
-        )
+        d = None
+        if rank_has_tables(self.parts.model, self.ctx.rank):
+            d = self._directory(name)
+            write_rank_tables_into(d, self.parts.model, self.ctx.rank)
+        self._hand_over({**metrics, "checkpoint_name": name}, d, name)
