@@ -27,7 +27,7 @@ from typing import Any
 
 from widedeep import tracking
 from widedeep.errors import DataError, WidedeepError
-from widedeep.paths import Location, is_uri
+from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.train.config import TrainConfig
 from widedeep.train.hooks import LoopHooks
 from widedeep.train.progress import log
@@ -116,7 +116,7 @@ def _pick_best(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any,
 @dataclass(frozen=True)
 class Job:
     """A training job ready to hand to Ray Train: what every worker gets, and the Ray Data train
-    pipeline when the split is streamed (``None`` when it is cached or a test hook supplies it)."""
+    pipeline when the split is streamed (empty when it is cached or a test hook supplies it)."""
 
     spec: LoopSpec
     datasets: dict[str, Any]
@@ -141,8 +141,8 @@ def plan_job(cfg: TrainConfig, hooks: LoopHooks, started_at: float) -> Job:
     train_dir = _split_path(cfg.data, "train")
     try:
         train_rows, train_bytes = split_size(train_dir, columns)
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"{train_dir}: cannot read prepared Parquet shards: {e}") from e
+    except FS_ERRORS as e:
+        raise DataError(f"{train_dir}: cannot read prepared Parquet shards: {short_error(e)}") from e
     if train_rows == 0:
         raise DataError(f"{train_dir}: no rows")
     ensure_ray()
