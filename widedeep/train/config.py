@@ -60,7 +60,7 @@ class TrainConfig:
     epoch; ``shuffle: none`` keeps file order, ``files`` and ``batches`` both permute every row),
     ``stream`` streams it through Ray Data every epoch (``shuffle`` as described there), ``auto``
     picks ``memory`` when the split's needed columns times the workers fit in
-    ``feed.MEMORY_CACHE_FRACTION`` (a quarter) of the object store, else ``stream``.
+    ``widedeep.train.feed.MEMORY_CACHE_FRACTION`` (a quarter) of the object store, else ``stream``.
     """
 
     data: str

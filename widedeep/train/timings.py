@@ -10,9 +10,9 @@ Definitions (measured on rank 0, wall-clock seconds):
   that ask and counts as the first epoch's data wait.
 - per epoch: ``data_wait_s`` (blocked waiting for the next train batch), ``compute_s`` (the
   steps: forward, backward, optimizer updates, bookkeeping), ``validate_s``, ``checkpoint_s``
-  (writing every checkpoint of the epoch and handing it to Ray Train; the copy to storage runs in
-  the background), ``samples`` (global, all workers) and ``samples_per_s`` =
-  ``samples / (data_wait_s + compute_s)``.
+  (writing the epoch's checkpoints and reporting them to Ray Train; of the epoch-end checkpoint,
+  whose metrics carry this record, the tensor write, the part that grows with the model),
+  ``samples`` (global, all workers) and ``samples_per_s`` = ``samples / (data_wait_s + compute_s)``.
 - ``steady_samples_per_s``: the same rate over every epoch without each epoch's first 10% of
   steps (at least one): what training runs at once the epoch's pipeline is warm.
 """
