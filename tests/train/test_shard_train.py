@@ -3,8 +3,9 @@ trains row-wise sharded with no command-line change; its checkpoint (tables by g
 pieces from every worker) resumes on 1 worker (replicated) and on 3 workers (sharded 3 ways), and
 both end where an uninterrupted 2-worker run ends; export/serving load it into one process.
 
-The deterministic-shards test hook gives every world size the same global batches (the global
-batch, 96 rows, is divisible by 1, 2 and 3), so the runs can be compared by their outputs.
+The ``DeterministicShards`` test hook (``widedeep.train.hooks``) gives every world size the same
+global batches (the global batch, 96 rows, is divisible by 1, 2 and 3), so the runs can be
+compared by their outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from widedeep.errors import WidedeepError
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.train.config import load_train_config
 from widedeep.train.driver import run_training
+from widedeep.train.hooks import DeterministicShards
 
 pytestmark = [pytest.mark.ray, pytest.mark.shard]
 JOB = ROOT / "platform" / "jobs" / "appstore-ranker.yaml"
@@ -34,7 +36,6 @@ COMMON = [
     "epochs=2",
     "eval_batch_size=40",  # 241 valid rows: 2, 2 and 3 batches on 3 workers (lockstep evaluation)
     "early_stopping.enabled=false",
-    "debug.deterministic_shards=true",
     "log_every_steps=10",
     "cpus_per_worker=0.25",
     "torch_threads=1",
@@ -93,8 +94,8 @@ def _meta(ckpt: str) -> dict:
 @pytest.mark.timeout(900)
 def test_train_sharded_on_2_resume_on_1_and_3(ray_session, appstore_tiny, tmp_path):
     data = appstore_tiny
-    full = run_training(_cfg(data, tmp_path / "full", 2))
-    first = run_training(_cfg(data, tmp_path / "a", 2, "epochs=1"))
+    full = run_training(_cfg(data, tmp_path / "full", 2), hooks=DeterministicShards())
+    first = run_training(_cfg(data, tmp_path / "a", 2, "epochs=1"), hooks=DeterministicShards())
 
     meta = _meta(first["latest_checkpoint"])
     plan = meta["tables"]["plan"]
@@ -111,9 +112,9 @@ def test_train_sharded_on_2_resume_on_1_and_3(ray_session, appstore_tiny, tmp_pa
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     # one worker: everything replicated (a budget that fits one worker; 2 MiB would not)
     with pytest.raises(WidedeepError, match=r"memory_budget_mb: the tables need 3\.0 MiB per worker with 1 worker"):
-        run_training(_cfg(data, tmp_path / "b", 1))
-    one = run_training(_cfg(data, tmp_path / "b", 1, "sharding.memory_budget_mb=16"))
-    three = run_training(_cfg(data, tmp_path / "a", 3))
+        run_training(_cfg(data, tmp_path / "b", 1), hooks=DeterministicShards())
+    one = run_training(_cfg(data, tmp_path / "b", 1, "sharding.memory_budget_mb=16"), hooks=DeterministicShards())
+    three = run_training(_cfg(data, tmp_path / "a", 3), hooks=DeterministicShards())
     for run, workers in ((one, 1), (three, 3)):
         st = _meta(run["latest_checkpoint"])["train_state"]
         assert st["resumes"] == [{"epoch": 1, "global_step": first["global_step"]}], (workers, st["resumes"])

@@ -1,8 +1,9 @@
 """End-to-end training on Ray Train (V2) with tiny data: local mode through the CLI, and real
 worker groups for multi-worker equivalence, resume and fault tolerance.
 
-The deterministic-shards test hook makes the global batches identical for any number of
-workers and any restart point, so these tests can compare final weights, not just metrics.
+The ``DeterministicShards`` test hook (``widedeep.train.hooks``) makes the global batches identical
+for any number of workers and any restart point, so these tests can compare final weights, not
+just metrics.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from safetensors.torch import load_file
 from widedeep.cli import main
 from widedeep.train.config import load_train_config
 from widedeep.train.driver import run_training
+from widedeep.train.hooks import DeterministicShards, KillAtStep
 
 pytestmark = pytest.mark.ray
 JOB = Path(__file__).resolve().parents[2] / "platform" / "jobs" / "adult.yaml"
+DETERMINISTIC = DeterministicShards()
 
 # tiny + deterministic: 2,400 train rows, global batch 128 -> 18 steps/epoch
 DET = [
@@ -27,7 +30,6 @@ DET = [
     "epochs=2",
     "eval_batch_size=1024",
     "early_stopping.enabled=false",
-    "debug.deterministic_shards=true",
     "checkpoint_every_steps=5",
     "log_every_steps=5",
     "cpus_per_worker=0.5",
@@ -87,6 +89,13 @@ def test_train_cli_local_mode_then_evaluate(ray_session, adult_small, tmp_path):
     for key in ("auc", "logloss", "accuracy", "calibration", "train_samples_per_s", "checkpoint"):
         assert key in m, key
     assert 0.8 < m["auc"] <= 1.0 and m["train_samples_per_s"] > 0
+    assert m["data_cache"] == "memory"  # data_cache: auto, a small split
+    t = m["timings"]
+    assert 0 < t["ray_start_s"] and len(t["epochs"]) == m["epochs_completed"] == 2
+    for i, e in enumerate(t["epochs"], start=1):
+        assert e["epoch"] == i and e["samples"] == 2400 and e["samples_per_s"] > 0
+        assert all(e[k] > 0 for k in ("data_wait_s", "compute_s", "validate_s", "checkpoint_s")), e
+    assert t["steady_samples_per_s"] > 0
     ck = Path(m["checkpoint"])
     assert ck.is_dir() and (ck / "model.safetensors").exists()
     assert m["best_epoch"] == max(m["history"], key=lambda r: r["valid_auc"])["epoch"]  # restore-best
@@ -100,14 +109,14 @@ def test_train_cli_local_mode_then_evaluate(ray_session, adult_small, tmp_path):
 def baseline(ray_session, adult_small, tmp_path_factory):
     """One uninterrupted 1-worker run (the reference for the tests below)."""
     storage = tmp_path_factory.mktemp("runs")
-    summary = run_training(_cfg(adult_small, storage, "base", "num_workers=1", "batch_size=128"))
+    summary = run_training(_cfg(adult_small, storage, "base", "num_workers=1", "batch_size=128"), hooks=DETERMINISTIC)
     return storage, summary
 
 
 @pytest.mark.slow
 def test_two_workers_match_one_worker_on_the_same_global_batches(baseline, adult_small, tmp_path):
     _, base = baseline
-    two = run_training(_cfg(adult_small, tmp_path, "two", "num_workers=2", "batch_size=64"))
+    two = run_training(_cfg(adult_small, tmp_path, "two", "num_workers=2", "batch_size=64"), hooks=DETERMINISTIC)
     assert two["global_step"] == base["global_step"]
     _assert_same_model(two["latest_checkpoint"], base["latest_checkpoint"], atol=1e-5)
     assert two["auc"] == pytest.approx(base["auc"], abs=1e-5)
@@ -116,10 +125,12 @@ def test_two_workers_match_one_worker_on_the_same_global_batches(baseline, adult
 @pytest.mark.slow
 def test_same_run_name_resumes_from_the_latest_checkpoint(baseline, adult_small, tmp_path):
     _, base = baseline
-    first = run_training(_cfg(adult_small, tmp_path, "again", "num_workers=1", "batch_size=128", "epochs=1"))
+    first = run_training(
+        _cfg(adult_small, tmp_path, "again", "num_workers=1", "batch_size=128", "epochs=1"), hooks=DETERMINISTIC
+    )
     assert first["epochs_completed"] == 1
     mtime = (Path(first["latest_checkpoint"]) / "model.safetensors").stat().st_mtime
-    second = run_training(_cfg(adult_small, tmp_path, "again", "num_workers=1", "batch_size=128"))
+    second = run_training(_cfg(adult_small, tmp_path, "again", "num_workers=1", "batch_size=128"), hooks=DETERMINISTIC)
     assert second["epochs_completed"] == 2
     st = _train_state(second["latest_checkpoint"])
     assert st["resumes"] == [{"epoch": 1, "global_step": first["global_step"]}]  # not from epoch 0
@@ -131,7 +142,8 @@ def test_same_run_name_resumes_from_the_latest_checkpoint(baseline, adult_small,
 def test_killed_worker_resumes_from_last_checkpoint(baseline, adult_small, tmp_path):
     base_storage, base = baseline
     run = run_training(
-        _cfg(adult_small, tmp_path, "ft", "num_workers=1", "batch_size=128", "max_failures=1", "debug.fail_at_step=12")
+        _cfg(adult_small, tmp_path, "ft", "num_workers=1", "batch_size=128", "max_failures=1"),
+        hooks=KillAtStep(step=12, inner=DETERMINISTIC),
     )
     st = _train_state(run["latest_checkpoint"])
     # one restart, mid-epoch, from the latest checkpoint the controller had committed when the
@@ -143,3 +155,15 @@ def test_killed_worker_resumes_from_last_checkpoint(baseline, adult_small, tmp_p
     assert run["global_step"] == base["global_step"]
     assert run["auc"] == pytest.approx(base["auc"], abs=1e-3)
     _assert_same_model(run["latest_checkpoint"], base["latest_checkpoint"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cached_and_streamed_data_train_the_same_model_in_file_order(ray_session, adult_small, tmp_path):
+    """``shuffle: none``: the in-memory split and the Ray Data stream give the same batches, so the
+    same model; with shuffling they differ only in the (seeded) order."""
+    same = ["num_workers=1", "batch_size=128", "shuffle=none", "checkpoint_every_steps=0"]
+    mem = run_training(_cfg(adult_small, tmp_path, "mem", *same, "data_cache=memory"))
+    stream = run_training(_cfg(adult_small, tmp_path, "stream", *same, "data_cache=stream"))
+    assert (mem["data_cache"], stream["data_cache"]) == ("memory", "stream")
+    assert mem["global_step"] == stream["global_step"] == 2 * 19  # 2,400 rows, batch 128: no row dropped
+    _assert_same_model(mem["latest_checkpoint"], stream["latest_checkpoint"], atol=1e-5)

@@ -16,7 +16,6 @@ statistics the manifest needs (rows, label sum, OOV counts, skipped rows).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -215,9 +214,6 @@ def _fit_task(
     return pa.concat_tables(outs)
 
 
-_FS_CACHE: dict[str, FeatureSpace] = {}
-
-
 class _ShardWriter:
     """Writes one split's rows of one unit into part files of at most ``shard_rows`` rows."""
 
@@ -268,12 +264,9 @@ def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None
 def _write_task(
     batch: pa.Table, fs_json: str, splitter: Splitter, columns: list[str], out: str, opts: dict[str, Any]
 ) -> pa.Table:
-    key = hashlib.sha256(fs_json.encode("utf-8")).hexdigest()
-    fspace = _FS_CACHE.get(key)
-    if fspace is None:  # parsed once per worker process, reused by its later tasks
-        fspace = FeatureSpace.from_json(fs_json)
-        _FS_CACHE.clear()
-        _FS_CACHE[key] = fspace
+    # parsed per task (no per-process cache: a task writes a whole read unit, ~1M rows by default,
+    # next to which parsing costs a few percent: 0.04 s vs ~2 s to transform 1M Criteo-shaped rows)
+    fspace = FeatureSpace.from_json(fs_json)
     ofs, root = filesystem(out)
     keep_time = splitter.spec.time_column if splitter.spec.mode != "random" else None
     rows_meta: list[dict[str, Any]] = []

@@ -107,7 +107,23 @@ def save_checkpoint(
     task: str,
     state: Mapping[str, Any],
 ) -> Path:
-    """Write a checkpoint directory (created; files written then renamed into place)."""
+    """Write a checkpoint directory (created): the tensors, then the JSON/YAML that describe them."""
+    p = Path(path)
+    tables = write_checkpoint_tensors(p, model=model, optimizer=optimizer)
+    write_checkpoint_meta(
+        p, feature_space=feature_space, config=config, metrics=metrics, task=task, state=state, tables=tables
+    )
+    return p
+
+
+def write_checkpoint_tensors(
+    path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, Any] | None:
+    """The tensor half of ``save_checkpoint`` (the model and the dense optimizer state, the bulk
+    of a checkpoint's bytes); returns the table layout ``write_checkpoint_meta`` records, if any.
+
+    Split from the metadata so the training loop can time the write and record it in the
+    checkpoint's own metrics (``widedeep.train.timings``)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
@@ -122,6 +138,22 @@ def save_checkpoint(
     opt_t, opt_meta = optimizer_to_files(optimizer)
     save_file(opt_t, str(p / "optimizer.safetensors"))
     (p / "optimizer.json").write_text(json.dumps(opt_meta, indent=1, sort_keys=True))
+    return None if tables is None else tables[0]
+
+
+def write_checkpoint_meta(
+    path: str | Path,
+    *,
+    feature_space: Any,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    task: str,
+    state: Mapping[str, Any],
+    tables: dict[str, Any] | None = None,
+) -> None:
+    """The descriptive half of ``save_checkpoint``; ``checkpoint.json`` last (``read_meta`` and
+    ``is_checkpoint_dir`` treat a directory without it as incomplete)."""
+    p = Path(path)
     (p / "feature_space.json").write_text(feature_space.to_json())
     (p / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=True))
     (p / "metrics.json").write_text(json.dumps(dict(metrics), indent=1, sort_keys=True, default=float))
@@ -133,9 +165,8 @@ def save_checkpoint(
         **dict(state),
     }
     if tables is not None:
-        meta["tables"] = tables[0]
+        meta["tables"] = tables
     (p / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
-    return p
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""The driver side of ``widedeep train``: build the Ray Data pipeline and the TorchTrainer, run
-it, pick the best checkpoint, write the metrics JSON.
+"""The driver side of ``widedeep train``: plan the job (data checks, ``data_cache``), build the
+TorchTrainer, run it, pick the best checkpoint, write the metrics JSON.
 
-The driver never materialises the data: ``read_parquet`` over the prepared shards (only the
-columns the task needs, file order shuffled per epoch, rows permuted inside windows by Ray Data
-tasks) is handed to the trainer, which streams a split of it to each worker.
+The driver never materialises the data. A train split that fits in memory is read by each
+worker itself and kept across epochs (``widedeep.train.feed``); a larger one is streamed:
+``read_parquet`` over the prepared shards (only the columns the task needs, file order shuffled
+per epoch, rows permuted inside windows by Ray Data tasks) is handed to the trainer, which
+streams a split of it to each worker.
 
 Resume is Ray Train V2's: the run directory is ``{storage_path}/{run_name}``, and launching the
 same name again continues from its latest checkpoint (``ray.train.get_checkpoint()`` in the
@@ -19,31 +21,22 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from widedeep import tracking
 from widedeep.errors import DataError, WidedeepError
+from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.train.config import TrainConfig
-from widedeep.train.loop import log
-
-
-def _is_uri(p: str) -> bool:
-    return "://" in p and not p.startswith("file://")
+from widedeep.train.hooks import LoopHooks
+from widedeep.train.progress import log
+from widedeep.train.timings import summarize
+from widedeep.train.worker import LoopSpec
 
 
 def _split_path(data: str, split: str) -> str:
-    return data.rstrip("/") + "/" + split
-
-
-def count_rows(path: str) -> int:
-    """Rows of a Parquet directory from the footers (no data read)."""
-    import pyarrow.dataset as pads
-
-    try:
-        return int(pads.dataset(path, format="parquet").count_rows())
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"{path}: cannot read prepared Parquet shards: {e}") from e
+    return str(Location.of(data) / split)
 
 
 def _permute_rows(table: Any, seed: int = 0) -> Any:
@@ -85,13 +78,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     (and the one a resumed run reads) is unambiguous."""
     import dataclasses
 
-    data = cfg.data if _is_uri(cfg.data) else str(Path(cfg.data).expanduser().resolve())
-    storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
+    data = cfg.data if is_uri(cfg.data) else str(Path(cfg.data).expanduser().resolve())
+    storage = cfg.storage_path if is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
     name = cfg.run_name or f"widedeep-{time.strftime('%Y%m%d-%H%M%S')}"
     warm = cfg.warm_start_from
     if warm and tracking.is_registry_uri(warm):  # models:/NAME@ALIAS -> the registered checkpoint
         warm = tracking.resolve(warm, "checkpoint", cfg.tracking.uri)
-    if warm and not _is_uri(warm):
+    if warm and not is_uri(warm):
         warm = str(Path(warm).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, storage_path=storage, run_name=name, warm_start_from=warm)
 
@@ -120,54 +113,80 @@ def _pick_best(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[Any,
     return max(epochs, key=lambda cm: (cm[1].get("score", -math.inf), -cm[1].get("epoch", 0)))
 
 
-def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[str, Any]:
-    """Run one training job end to end; returns (and optionally writes) the summary metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass(frozen=True)
+class Job:
+    """A training job ready to hand to Ray Train: what every worker gets, and the Ray Data train
+    pipeline when the split is streamed (empty when it is cached or a test hook supplies it)."""
+
+    spec: LoopSpec
+    datasets: dict[str, Any]
+    why_cache: str
+
+
+def plan_job(cfg: TrainConfig, hooks: LoopHooks, started_at: float) -> Job:
+    """Check the prepared data, start Ray, pick ``data_cache`` and build the loop's spec."""
+    import ray
 
     from widedeep.features import FeatureSpace
     from widedeep.ray_runtime import ensure_ray
-    from widedeep.train.loop import train_loop_per_worker
+    from widedeep.train.feed import resolve_data_cache, split_size
     from widedeep.train.tasks import get_task
 
-    cfg = resolve(cfg)
-    if not _is_uri(cfg.data):
-        for part in ("feature_space.json", "train", "valid"):
-            if not (Path(cfg.data) / part).exists():
-                raise DataError(f"{cfg.data}: not a prepared data directory (missing {part}); run `widedeep prepare`")
+    root = Location.of(cfg.data)
+    for part in ("feature_space.json", "train", "valid") if root.is_local else ():
+        if not (root / part).exists():
+            raise DataError(f"{cfg.data}: not a prepared data directory (missing {part}); run `widedeep prepare`")
     fs = FeatureSpace.load(_split_path(cfg.data, "feature_space.json"))
-    task = get_task(cfg.task)
-    columns = task.required_columns(fs, cfg)
-    train_rows = count_rows(_split_path(cfg.data, "train"))
+    columns = get_task(cfg.task).required_columns(fs, cfg)
+    train_dir = _split_path(cfg.data, "train")
+    try:
+        train_rows, train_bytes = split_size(train_dir, columns)
+    except FS_ERRORS as e:
+        raise DataError(f"{train_dir}: cannot read prepared Parquet shards: {short_error(e)}") from e
     if train_rows == 0:
-        raise DataError(f"{cfg.data}/train: no rows")
+        raise DataError(f"{train_dir}: no rows")
     ensure_ray()
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    mode, why = resolve_data_cache(cfg.data_cache, train_bytes, cfg.num_workers, store)
+    run_loc = Location.of(cfg.storage_path) / str(cfg.run_name)
+    local_mode = cfg.num_workers == 0
+    if local_mode and run_loc.is_local:
+        os.makedirs(run_loc.path, exist_ok=True)
+    spec = LoopSpec(
+        config=cfg.to_dict(),
+        feature_space=fs.to_json(),
+        columns=columns,
+        train_rows=train_rows,
+        run_dir=run_loc.path if run_loc.is_local else str(run_loc),
+        train_dir=train_dir,
+        valid_dir=_split_path(cfg.data, "valid"),
+        local_mode=local_mode,
+        data_cache=mode,
+        started_at=started_at,
+    )
+    stream = mode == "stream" and not hooks.replaces_train_data
+    datasets = {"train": build_dataset(cfg, "train", columns, train=True)} if stream else {}
+    return Job(spec, datasets, why)
+
+
+def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, str] | None) -> Any:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     from widedeep.train import tracking as train_tracking
+    from widedeep.train.loop import train_loop_per_worker
 
-    run = train_tracking.start(cfg)  # None unless cfg.tracking.enabled
-    local_mode = cfg.num_workers == 0
-    run_dir = os.path.join(cfg.storage_path, str(cfg.run_name))
-    if local_mode and not _is_uri(run_dir):
-        os.makedirs(run_dir, exist_ok=True)
-    loop_config = {
-        "config": cfg.to_dict(),
-        "feature_space": fs.to_json(),
-        "columns": columns,
-        "train_rows": train_rows,
-        "run_dir": run_dir,
-        "valid_dir": _split_path(cfg.data, "valid"),
-        "local_mode": local_mode,
-    }
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
-    datasets = {}
-    if not cfg.debug.deterministic_shards:
-        datasets = {"train": build_dataset(cfg, "train", columns, train=True)}
-    trainer = TorchTrainer(
+    data_config = None
+    if cfg.shuffle == "none":  # streamed in file order, as cached
+        ingest = DataConfig.default_ingest_options()
+        ingest.preserve_order = True
+        data_config = DataConfig(execution_options=ingest)
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"spec": job.spec, "hooks": hooks},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=cfg.run_name,
@@ -176,13 +195,15 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="score", checkpoint_score_order="max"
             ),
-            callbacks=[train_tracking.EpochLogger(*run)] if run is not None and not local_mode else None,
+            callbacks=[train_tracking.EpochLogger(*run)] if run is not None and not job.spec.local_mode else None,
         ),
-        datasets=datasets,
+        datasets=job.datasets,
+        dataset_config=data_config,
     )
-    log(
-        f"run {cfg.run_name}: {cfg.num_workers or 'local-mode'} worker(s), {train_rows:,} train rows, storage {run_dir}"
-    )
+
+
+def _fit(trainer: Any, cfg: TrainConfig, run: tuple[str, str] | None) -> tuple[Any, float]:
+    """``trainer.fit()`` and its wall time; a failed run ends its tracking run and names itself."""
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
@@ -194,10 +215,58 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         if run is not None:
             tracking.end_run(run[0], run[1], "FAILED")
         raise WidedeepError(f"training run {cfg.run_name} failed: {e}") from e
-    wall = time.perf_counter() - t0
+    return result, time.perf_counter() - t0
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    metrics_out: str | None = None,
+    hooks: LoopHooks | None = None,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """Run one training job end to end; returns (and optionally writes) the summary metrics.
+
+    ``hooks``: callbacks into every worker's loop (``widedeep.train.hooks``; tests pass fault
+    injection here). ``started_at``: ``time.time()`` the run counts its start-up from
+    (``timings.ray_start_s``; default: now)."""
+    from widedeep.train import tracking as train_tracking
+
+    started_at = time.time() if started_at is None else started_at
+    hooks = hooks or LoopHooks()
+    cfg = resolve(cfg)
+    job = plan_job(cfg, hooks, started_at)
+    run = train_tracking.start(cfg)  # None unless cfg.tracking.enabled
+    trainer = _make_trainer(cfg, job, hooks, run)
+    log(
+        f"run {cfg.run_name}: {cfg.num_workers or 'local-mode'} worker(s), {job.spec.train_rows:,} train rows, "
+        f"storage {job.spec.run_dir}; {job.why_cache}"
+    )
+    result, wall = _fit(trainer, cfg, run)
+    summary = summarize_run(cfg, job, result, wall)
+    keys = dict.fromkeys([summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"])
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
+    log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
+    if run is not None:
+        summary["mlflow"] = train_tracking.finish(cfg, run, summary, logged_live=not job.spec.local_mode)
+    if metrics_out:
+        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_out).write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
+    return summary
+
+
+def _reported(result: Any, job: Job) -> list[tuple[Any, dict[str, Any]]]:
+    """(checkpoint, metrics) of every checkpoint the run kept."""
     best_list = list(result.best_checkpoints or [])
-    if not best_list and not _is_uri(run_dir):  # local mode keeps no checkpoint list: read the run dir
-        best_list = scan_checkpoints(run_dir)
+    if not best_list and job.spec.local_mode and Location.of(job.spec.run_dir).is_local:
+        best_list = scan_checkpoints(job.spec.run_dir)  # local mode keeps no checkpoint list: read the run dir
+    return best_list
+
+
+def summarize_run(cfg: TrainConfig, job: Job, result: Any, wall: float) -> dict[str, Any]:
+    """The metrics JSON: the best epoch's validation metrics, where the checkpoints are, the
+    per-epoch history and ``timings`` (``widedeep.train.timings``)."""
+    best_list = _reported(result, job)
     best = _pick_best(best_list)
     if best is None:
         raise WidedeepError(f"training run {cfg.run_name} reported no epoch checkpoint")
@@ -205,20 +274,18 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
     latest = result.checkpoint
     if latest is None and best_list:
         latest = max(best_list, key=lambda cm: (cm[1].get("global_step", 0), cm[1].get("kind") == "epoch"))[0]
-    last_epoch = max((mm for _, mm in best_list if mm.get("kind") == "epoch"), key=lambda mm: mm.get("epoch", 0))
+    epochs = [mm for _, mm in best_list if mm.get("kind") == "epoch"]
+    last_epoch = max(epochs, key=lambda mm: mm.get("epoch", 0))
     history = sorted(
         (
-            {
-                "epoch": mm["epoch"],
-                "train_loss": mm.get("train_loss"),
-                **{f"valid_{k}": v for k, v in mm.get("valid", {}).items()},
-            }
-            for _, mm in best_list
-            if mm.get("kind") == "epoch"
+            {"epoch": mm["epoch"], "train_loss": mm.get("train_loss")}
+            | {f"valid_{k}": v for k, v in mm.get("valid", {}).items()}
+            for mm in epochs
         ),
         key=lambda r: r["epoch"],
     )
-    summary: dict[str, Any] = {
+    timed = last_epoch.get("timings") or {}
+    return {
         **{k: v for k, v in m.get("valid", {}).items()},
         "split": "valid",
         "primary_metric": m.get("primary_metric"),
@@ -229,6 +296,8 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         "train_samples_per_s": last_epoch.get("train_samples_per_s"),
         "train_samples_per_s_steady": last_epoch.get("train_samples_per_s_steady"),
         "wall_seconds": wall,
+        "timings": summarize(timed.get("ray_start_s"), list(timed.get("epochs", []))),
+        "data_cache": job.spec.data_cache,
         "checkpoint": ckpt.path,
         "latest_checkpoint": latest.path if latest is not None else None,
         "run_name": cfg.run_name,
@@ -236,12 +305,3 @@ def run_training(cfg: TrainConfig, *, metrics_out: str | None = None) -> dict[st
         "num_workers": cfg.num_workers,
         "history": history,
     }
-    keys = dict.fromkeys([summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"])
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
-    log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
-    if run is not None:
-        summary["mlflow"] = train_tracking.finish(cfg, run, summary, logged_live=not local_mode)
-    if metrics_out:
-        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_out).write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
-    return summary

@@ -8,7 +8,7 @@ loop keeps one marked call per hook.
   Called on the freshly built model (every worker builds the same initial tables, then keeps its
   rows), before the model moves to its device, before a checkpoint is restored into it (restores
   read only this worker's rows) and after a warm start (which maps whole tables by vocabulary).
-- :func:`rank_tables_dir`: the checkpoint files a worker other than rank 0 writes: its rows of
+- :func:`write_rank_tables_into`: the checkpoint files a worker other than rank 0 writes: its rows of
   every sharded table. Ray Train merges the directories the workers report under one checkpoint
   name; rank 0 writes everything else (``model.checkpoint.save_checkpoint``).
 - :func:`lockstep`: sharded lookups are collective, so every worker must run the same number of
@@ -18,10 +18,8 @@ loop keeps one marked call per hook.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,21 +68,17 @@ def shard_for_training(model: nn.Module, cfg: TrainConfig, rank: int, world: int
     return shard_model(model, plan, rank), msg
 
 
-@contextmanager
-def rank_tables_dir(model: nn.Module, rank: int) -> Iterator[str | None]:
-    """A temporary directory holding worker ``rank``'s table pieces (removed on exit), or
-    ``None`` for rank 0 (its pieces go with the rest of the checkpoint) and unsharded models."""
-    if rank == 0 or not has_sharded_tables(model):
-        yield None
-        return
+def rank_has_tables(model: nn.Module, rank: int) -> bool:
+    """Whether worker ``rank`` writes checkpoint files of its own: its rows of sharded tables
+    (rank 0's pieces go with the rest of the checkpoint)."""
+    return rank != 0 and has_sharded_tables(model)
+
+
+def write_rank_tables_into(directory: str | Path, model: nn.Module, rank: int) -> None:
+    """Write worker ``rank``'s table pieces under ``directory`` (``rank_has_tables`` must hold)."""
     from widedeep.kernels.table_store import write_rank_tables
 
-    tmp = tempfile.mkdtemp(prefix="widedeep-tables-")
-    try:
-        write_rank_tables(tmp, model, rank)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_rank_tables(directory, model, rank)
 
 
 def lockstep(
