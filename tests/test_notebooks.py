@@ -43,8 +43,19 @@ def test_notebook_executes_and_plots(name, nb_workdir, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{name}: no plot rendered"
+    if name == "02_train_evaluate":
+        _check_learning_curves(nb_workdir)
     if name == "04_census":
         _check_census_results(nb_workdir, "".join(o.get("text", "") for o in outputs))
+
+
+def _check_learning_curves(workdir) -> None:
+    """Notebook 02's learning curves plot real series: one validation AUC and log loss per epoch
+    from the run's history (the keys the notebook reads), not empty lines."""
+    hist = json.loads((workdir / "nb-wide_deep.json").read_text())["history"]
+    assert hist, "the training run wrote no per-epoch history"
+    for h in hist:
+        assert 0.5 < h["valid_auc"] <= 1.0 and 0 < h["valid_logloss"] < 1.0, h
 
 
 def _check_census_results(workdir, printed: str) -> None:

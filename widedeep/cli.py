@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                 bench = sub.add_parser("bench", help="benchmarks (each prints its baseline too)")
                 bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
             p = bench_sub.add_parser(name[len(_BENCH_PREFIX) :], help=mod.HELP, description=mod.HELP)
-        else:
-            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        else:  # a module dev_cluster is the command dev-cluster
+            p = sub.add_parser(name.replace("_", "-"), help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -8,6 +8,11 @@ in-process through the same CLI entry point. Which one is decided by ``RAY_ADDRE
 - unset: in-process (a local Ray is started on first use);
 - ``http://head:8265`` (or ``ray://``/``auto``-style addresses converted by Ray): Jobs API.
 
+The job ships the code it runs as a Ray ``py_modules`` package: a copy of the imported
+``widedeep`` package with its platform files inside (``widedeep/_platform``, see
+``widedeep.paths.platform_path``), the same whether widedeep runs from a checkout or from a wheel in
+``site-packages`` (whose parent directory must never be uploaded: it is every installed package).
+
 On a cluster every path in ``argv`` must be visible to the cluster (shared storage or a URI such
 as ``s3://``), as for any Ray job. With token authentication on (the Ray 2.60 default for new
 clusters) export ``RAY_AUTH_MODE=token`` so the client sends ``~/.ray/auth_token``.
@@ -18,17 +23,23 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from widedeep.cli import main
 from widedeep.errors import WidedeepError
+from widedeep.paths import PACKAGED_PLATFORM, platform_path
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-UPLOAD_EXCLUDES = ["notebooks/", "tests/", ".git/", "*.parquet", "widedeep-quickstart/", "notebook-runs/"]
+JOB_ENV_VARS = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 
 
 class JobFailedError(WidedeepError):
@@ -57,10 +68,8 @@ def _submit(addr: str, argv: Sequence[str], timeout_s: float) -> str:
 
     client = JobSubmissionClient(addr)
     entry = "python -m widedeep " + shlex.join(argv)
-    job_id = client.submit_job(
-        entrypoint=entry,
-        runtime_env={"working_dir": str(REPO_ROOT), "excludes": UPLOAD_EXCLUDES},
-    )
+    with tempfile.TemporaryDirectory(prefix="widedeep-job-") as staging:
+        job_id = client.submit_job(entrypoint=entry, runtime_env=job_runtime_env(Path(staging)))
     print(f"submitted {job_id} to {addr}: {entry}", flush=True)
     deadline = time.monotonic() + timeout_s
     shown = 0
@@ -79,3 +88,20 @@ def _submit(addr: str, argv: Sequence[str], timeout_s: float) -> str:
     if status != JobStatus.SUCCEEDED:
         raise JobFailedError(f"job {job_id} ({entry}) ended {status}")
     return job_id
+
+
+def stage_package(staging: Path) -> Path:
+    """A copy of the running ``widedeep`` package under ``staging``, with the platform files inside
+    it (``_platform``) and no bytecode: what a job ships to the cluster."""
+    package = Path(__file__).resolve().parent
+    out = staging / "widedeep"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", PACKAGED_PLATFORM)
+    shutil.copytree(package, out, ignore=skip)
+    shutil.copytree(platform_path(), out / PACKAGED_PLATFORM, ignore=shutil.ignore_patterns("__pycache__"))
+    return out
+
+
+def job_runtime_env(staging: Path) -> dict[str, object]:
+    """The runtime env of a submitted job: the package staged under ``staging`` as ``py_modules``
+    (uploaded by ``submit_job``; the cluster's own dependencies run it) and quiet progress output."""
+    return {"py_modules": [str(stage_package(staging))], "env_vars": dict(JOB_ENV_VARS)}

@@ -45,6 +45,31 @@ def is_uri(location: str | os.PathLike[str] | Location) -> bool:
     return isinstance(location, str) and _URI.match(location) is not None
 
 
+PACKAGED_PLATFORM = "_platform"  # platform/ as shipped inside a built wheel (setup.py copies it there)
+
+
+def platform_path(*parts: str) -> Path:
+    """A file or directory of the project's ``platform/`` tree (job configs, feature specs, the Serve
+    config, deploy files), wherever widedeep runs from.
+
+    A source checkout (editable install, ``PYTHONPATH``) reads ``<checkout>/platform``, so edits
+    apply at once; an installed wheel, where the package sits in ``site-packages`` with no
+    ``platform/`` beside it, reads the copy the build put inside the package
+    (``widedeep/_platform``). ``platform/`` itself never becomes a Python package.
+    """
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    roots = [checkout / "platform"] if (checkout / "pyproject.toml").is_file() else []
+    roots.append(package / PACKAGED_PLATFORM)
+    for root in roots:
+        if root.is_dir():
+            return root.joinpath(*parts)
+    raise WidedeepError(
+        f"platform files not found (looked in {', '.join(map(str, roots))}): install widedeep from a "
+        "wheel built by `pip install .`/`python -m build`, or run it from a source checkout"
+    )
+
+
 def short_error(e: BaseException) -> str:
     """The first line of a file-system error (some, like HDFS's, list dozens of lines)."""
     text = str(e).strip().splitlines()

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from widedeep.errors import WidedeepError
+from widedeep.paths import platform_path
 
 log = logging.getLogger(__name__)
-
-PLATFORM = Path(__file__).resolve().parents[1] / "platform"
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def _stage(i: int, n: int, name: str, fn: Callable[[], Any]) -> Any:
 
 
 def _job(name: str) -> str:
-    p = PLATFORM / "jobs" / name
+    p = platform_path("jobs", name)
     if not p.is_file():
         raise QuickstartError(f"job config {p} is missing (the quickstart uses the checked-in platform/jobs files)")
     return str(p)
@@ -107,7 +106,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
             [
                 "prepare",
                 "--spec",
-                str(PLATFORM / "specs" / "appstore.yaml"),
+                str(platform_path("specs", "appstore.yaml")),
                 "--input",
                 str(raw),
                 "--out",

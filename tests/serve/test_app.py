@@ -439,10 +439,26 @@ def test_chain_pipeline_answers_like_fused_and_ranker_autoscales(serve_app, refe
         assert r.status_code == 200, r.text
         want = reference.recommend(body["user"], body["context"], k=7, n=50, exclude=["i5"])
         assert [x["item_id"] for x in r.json()["items"]] == [w[0] for w in want]
-        rank = serve_app.post("/chain/v1/rank", json={"user": {"user_id": "u1"}, "items": ["i1", "nope"]})
-        assert rank.status_code == 422 and rank.json()["field"] == "body.items[1]"
-        bad = serve_app.post("/chain/v1/recommend", json={"user": {"age": "old"}})
-        assert bad.status_code == 422 and bad.json()["field"] == "body.user.age"
+        # an error raised in the Ranker (unknown item) or the Retriever (bad value) crosses the
+        # deployments as its message alone, exactly what the fused app answers: no remote traceback
+        for path, req in [
+            ("/v1/rank", {"user": {"user_id": "u1"}, "items": ["i1", "nope"]}),
+            ("/v1/recommend", {"user": {"age": "old"}}),
+        ]:
+            chain, fused = serve_app.post("/chain" + path, json=req), serve_app.post(path, json=req)
+            assert chain.status_code == fused.status_code == 422, chain.text
+            assert chain.json() == fused.json(), chain.text
+            assert not any(s in chain.text for s in ("Traceback", "pid=", "ip=", "actor_id", ".py", "Ray")), chain.text
+        assert chain.json()["field"] == "body.user.age"
+        assert serve_app.post("/chain/v1/rank", json={"user": {}, "items": ["nope"]}).json() == {
+            "error": "body.items[0]: unknown item 'nope' (not in the bundle's catalog)",
+            "field": "body.items[0]",
+        }
+        # /healthz reports the version the chain's replicas serve (what /v1/model says)
+        health = serve_app.get("/chain/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json() == {"status": "ok", "model_version": "v1", "versions": {"Retriever": "v1", "Ranker": "v1"}}
+        assert serve_app.get("/chain/v1/model").json()["model_version"] == "v1"
         assert _replicas("chain", "Ranker") == 1
 
         stop, versions, errors = threading.Event(), Counter(), []

@@ -6,7 +6,9 @@ out here (``cluster_config_problems``) and each shown to catch its mistake.
 """
 
 import copy
+import fnmatch
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -53,11 +55,84 @@ def test_cluster_yaml_passes_the_checks_of_ray_up(cluster_cfg, ray_schema):
 
 def test_cluster_yaml_is_a_cpu_head_with_autoscaling_gpu_workers(cluster_cfg):
     types = cluster_cfg["available_node_types"]
-    # CPU head, autoscaling GPU workers, setup installs the package
+    # CPU head, autoscaling GPU workers, each node type installs the package
     assert types[cluster_cfg["head_node_type"]]["resources"].get("GPU", 0) == 0
     gpu = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu and all(t.get("min_workers", 0) < t["max_workers"] for t in gpu)
-    assert any("pip install" in c and "widedeep" in c for c in cluster_cfg["setup_commands"])
+    assert any("pip install" in c and "/home/ubuntu/widedeep" in c for c in cluster_cfg["head_setup_commands"])
+    for t in gpu:
+        assert any("pip install" in c and "/home/ubuntu/widedeep" in c for c in t["worker_setup_commands"])
+
+
+def _commands(cfg: dict, node_type: str) -> list[str]:
+    """What `ray up` runs on a node of ``node_type``: the common setup, then the head's or the
+    node type's own worker setup (which replaces the top-level list)."""
+    t = cfg["available_node_types"][node_type]
+    own = cfg["head_setup_commands"] if node_type == cfg["head_node_type"] else None
+    if own is None:
+        own = t.get("worker_setup_commands", cfg.get("worker_setup_commands", []))
+    return list(cfg.get("setup_commands", [])) + list(own)
+
+
+def test_head_keeps_the_aws_providers_default_setup(cluster_cfg):
+    """A head_setup_commands list replaces the AWS provider's default one, which installs boto3
+    (the autoscaler on the head launches workers with it): its packages must still be installed."""
+    import ray
+
+    defaults = yaml.safe_load((Path(ray.__file__).parent / "autoscaler" / "aws" / "defaults.yaml").read_text())
+    assert cluster_cfg["provider"]["type"] == "aws"
+    head = " ".join(_commands(cluster_cfg, cluster_cfg["head_node_type"]))
+    for cmd in defaults["head_setup_commands"]:
+        for req in re.findall(r"'([A-Za-z0-9_.-]+[<>=!~]=?[^']*)'", cmd):
+            assert f"'{req}'" in head, f"head setup lost the provider default {cmd!r}"
+
+
+def test_gpu_extra_and_cuda_torch_only_on_gpu_nodes(cluster_cfg):
+    for name, t in cluster_cfg["available_node_types"].items():
+        text = " ".join(_commands(cluster_cfg, name))
+        has_gpu = t["resources"].get("GPU", 0) >= 1
+        assert ("[gpu]" in text) == has_gpu, f"{name}: {text}"
+        assert ("requirements-cuda.txt" in text) == has_gpu and ("requirements-cpu.txt" in text) != has_gpu, name
+
+
+def test_workers_get_an_instance_profile_for_object_storage(cluster_cfg):
+    workers = {n: t for n, t in cluster_cfg["available_node_types"].items() if n != cluster_cfg["head_node_type"]}
+    for name, t in workers.items():
+        assert t["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
+
+
+def _excluded(path: str, patterns: list[str]) -> bool:
+    """rsync's matching for the pattern forms cluster.yaml uses: a pattern without ``/`` (or
+    ``**/name``) matches a path component at any depth; ``a/b`` matches from the top."""
+    parts = path.split("/")
+    for pat in patterns:
+        pat = pat.removeprefix("**/")
+        if "/" not in pat:
+            if any(fnmatch.fnmatch(part, pat) for part in parts):
+                return True
+        elif any(fnmatch.fnmatch("/".join(parts[: i + 1]), pat) for i in range(len(parts))):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/lib/python3.11/site-packages/torch/lib.so",
+        "venv/bin/python",
+        "widedeep-quickstart/prepared/x",
+        "notebooks/notebook-runs/appstore/y",
+        ".git/objects/ab",
+        "widedeep/__pycache__/cli.cpython-311.pyc",
+    ],
+)
+def test_rsync_leaves_out_virtualenvs_and_work_dirs(cluster_cfg, path):
+    assert _excluded(path, cluster_cfg["rsync_exclude"])
+
+
+def test_rsync_keeps_the_source(cluster_cfg):
+    for path in ("widedeep/cli.py", "platform/jobs/adult.yaml", "platform/docker/requirements-cpu.txt", "setup.py"):
+        assert not _excluded(path, cluster_cfg["rsync_exclude"]), path
 
 
 def _broken(cfg: dict, change) -> dict:

@@ -54,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from widedeep import tracking
+    from widedeep.paths import platform_path
     from widedeep.retrain.config import load_retrain_config
     from widedeep.retrain.run import RetrainOptions, retrain, write_report
 
-    config = args.config or str(Path(__file__).resolve().parents[2] / "platform" / "jobs" / "retrain-appstore.yaml")
+    config = args.config or str(platform_path("jobs", "retrain-appstore.yaml"))
     cfg = load_retrain_config(config, args.overrides)
     register = args.register or tracking.model_name(args.serving)
     uri = None

@@ -18,8 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from widedeep.data.generate import criteo_like_table
-
-ROOT = Path(__file__).resolve().parents[2]
+from widedeep.paths import platform_path
 
 
 class PeakRSS:
@@ -125,7 +124,7 @@ def run_prepare_bench(work: Path, rows: int, cardinality: int, shard_rows: int, 
     from widedeep.features import load_spec
     from widedeep.ray_runtime import ensure_ray
 
-    spec_path = ROOT / "platform" / "specs" / "criteo.yaml"
+    spec_path = platform_path("specs", "criteo.yaml")
     spec = load_spec(spec_path)
     raw = work / "raw"
     lines = []

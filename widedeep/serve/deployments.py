@@ -160,6 +160,10 @@ class Retriever:
     def check_health(self) -> None:
         self.slot.get()
 
+    async def version(self) -> str:
+        """The model version this replica serves (the chain's ``/healthz``)."""
+        return self.slot.get().version
+
     async def retrieve(
         self, user: dict[str, Any], context: dict[str, Any], n: int | None, exclude: list[Any]
     ) -> tuple[str, str, pa.Table, np.ndarray, np.ndarray | None]:
@@ -211,6 +215,10 @@ class Ranker:
 
     def check_health(self) -> None:
         self.slot.get()
+
+    async def version(self) -> str:
+        """The model version this replica serves (the chain's ``/healthz``)."""
+        return self.slot.get().version
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _score(self, jobs: list[tuple[RecommendPipeline, pa.Table, np.ndarray]]) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ a body over ``max_body_bytes`` -> 413; a request the bundle cannot serve (unknow
 field, unknown item, k above the maximum) -> 422 naming the field; overload -> 503.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -53,6 +54,7 @@ INGRESS_OPTIONS: dict[str, Any] = {
     },
     "ray_actor_options": {"num_cpus": 1},
 }
+HEALTH_TIMEOUT_S = 5.0  # chain /healthz: how long the Retriever and Ranker get to answer
 _ERRORS = {
     400: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
@@ -171,12 +173,28 @@ async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "field": None}, status_code=503)
 
 
+def _remote_cause(e: BaseException) -> BaseException:
+    """The exception another replica raised. A handle call re-raises it wrapped in a ``RayTaskError``
+    that is also an instance of the original class, but whose ``str()`` is the remote traceback
+    (process id, node IP, actor id, file paths): a client must see the original message only."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
 def _as_request_error(e: BaseException) -> RequestError | None:
-    """A RequestError raised in another replica arrives wrapped (RayTaskError); unwrap it."""
-    if isinstance(e, RequestError):
-        return e
-    cause = getattr(e, "cause", None) or e.__cause__
-    return cause if isinstance(cause, RequestError) else None
+    """A RequestError raised here or in another replica, as a plain one carrying only its message."""
+    cause = _remote_cause(e)
+    if not isinstance(cause, RequestError):
+        return None
+    return RequestError(cause.field, cause.message, cause.status)
+
+
+def _as_serving_error(e: BaseException) -> ServingError | None:
+    """A ServingError from another replica (its model could not be loaded), message only."""
+    cause = _remote_cause(e)
+    if not isinstance(cause, ServingError) or isinstance(cause, RequestError):
+        return None
+    return ServingError(*cause.args)
 
 
 def _scored(items: list[tuple[Any, float]], version: str) -> JSONResponse:
@@ -188,6 +206,12 @@ def _body(e: RequestError) -> RequestError:
     if e.field.startswith("body"):
         return e
     return RequestError(f"body.{e.field}", e.message, e.status)
+
+
+async def _awaited(response: Any) -> Any:
+    """A ``DeploymentResponse`` as a coroutine (``asyncio.wait_for`` cancels it on timeout). Defined
+    above ``Ingress``: Serve serializes the class when it is decorated, with the globals it sees then."""
+    return await response
 
 
 @serve.deployment(name="Ingress", **INGRESS_OPTIONS)
@@ -269,9 +293,14 @@ class Ingress:
             raise ServingError(f"overloaded: {e}") from None
         except Exception as e:
             re = _as_request_error(e)
-            if re is None:
-                raise
-            raise _body(re) from None
+            if re is not None:
+                raise _body(re) from None
+            se = _as_serving_error(e)
+            if se is not None:
+                raise se from None
+            # a replica lost with its node, an actor error: its text names hosts, pids and actor ids
+            log.warning("chain request failed downstream: %s", e, exc_info=e)
+            raise ServingError(f"a Retriever or Ranker replica failed ({type(e).__name__}); retry") from None
 
     async def _run(
         self, user: dict, context: dict, k: int | None, exclude: list, items: list | None
@@ -316,7 +345,23 @@ class Ingress:
         return info
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        """200 when a model is loaded (fused) / the Ingress is up (chain)."""
-        version = self.slot.get().version if self.fused else None
-        return {"status": "ok", "model_version": version}
+    async def healthz(self) -> JSONResponse:
+        """200 with the model version served: this replica's (fused), the Ranker's (chain, the version
+        its answers carry; ``versions`` gives both deployments', which differ for a moment during a
+        swap). 503 when no model is loaded, or a chain deployment does not answer within
+        ``HEALTH_TIMEOUT_S`` (its replica lost with a node, say): a health check never hangs."""
+        if self.fused:
+            return JSONResponse({"status": "ok", "model_version": self.slot.get().version})
+        try:
+            ranker, retriever = await asyncio.wait_for(
+                asyncio.gather(_awaited(self.ranker.version.remote()), _awaited(self.retriever.version.remote())),
+                HEALTH_TIMEOUT_S,
+            )
+        except Exception as e:  # a timeout, a lost replica, no model loaded yet: unhealthy, said plainly
+            log.warning("healthz: the Retriever or Ranker did not answer: %r", e, exc_info=e)
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else type(_remote_cause(e)).__name__
+            body = {"status": "unavailable", "model_version": None, "error": f"Retriever/Ranker: {reason}"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "model_version": ranker, "versions": {"Retriever": retriever, "Ranker": ranker}}
+        )
