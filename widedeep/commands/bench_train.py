@@ -36,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workdir", help="keep / reuse the generated and prepared data here")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the Criteo-shaped widedeep train run")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the Criteo-shaped step contenders (cuda: tests/gpu/run.sh)"
+    )
+    parser.add_argument(
+        "--embedding-dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="our tables' weight dtype in the step contender (bf16/fp16 need CUDA: the Triton kernel)",
+    )
     parser.add_argument("--no-adult", action="store_true", help="skip the Adult contenders")
 
 
@@ -69,8 +78,14 @@ def run(args: argparse.Namespace) -> int:
         pipeline_epochs=args.pipeline_epochs,
         buckets=args.buckets,
         adult_input=args.adult_input,
+        device=args.device,
+        embedding_dtype=args.embedding_dtype,
     )
     c = report["criteo"]
+    print(
+        f"criteo step contenders on {c['device']}, our embedding weights {c['embedding_dtype']}, "
+        f"batch {args.batch_size}"
+    )
     lines = [
         f"criteo (a) WideAndDeep step      {c['model_step_samples_per_s']:>12,.0f} samples/s",
         f"criteo (b) fair sparse baseline  {c['fair_baseline_samples_per_s']:>12,.0f} samples/s   "

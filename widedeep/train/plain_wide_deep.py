@@ -52,6 +52,9 @@ class PlainData:
     def take(self, idx: torch.Tensor | slice) -> PlainData:
         return PlainData(self.dense[idx], self.wide[idx], self.deep[idx], self.labels[idx])
 
+    def to(self, device: torch.device | str) -> PlainData:
+        return PlainData(self.dense.to(device), self.wide.to(device), self.deep.to(device), self.labels.to(device))
+
 
 def _groups(tables: list[Any]) -> list[tuple[int, int, int]]:
     """``(first, last, dim)`` of each run of consecutive tables of the same width."""
@@ -153,10 +156,10 @@ class PlainTrainer:
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
 
     @classmethod
-    def build(cls, fs: Any, cfg: Any, *, sparse: bool, seed: int = 0) -> PlainTrainer:
+    def build(cls, fs: Any, cfg: Any, *, sparse: bool, seed: int = 0, device: str = "cpu") -> PlainTrainer:
         torch.manual_seed(seed)
         ple = cfg.model.numeric_bins if cfg.model.numeric_encoding == "ple" else 0
-        m = PlainWideDeep(fs, list(cfg.model.hidden), sparse=sparse, ple_bins=ple, seed=seed)
+        m = PlainWideDeep(fs, list(cfg.model.hidden), sparse=sparse, ple_bins=ple, seed=seed).to(device)
         o = cfg.optim
         if not sparse:
             return cls(m, [torch.optim.Adam(m.parameters(), lr=o.dense.lr)])
@@ -185,7 +188,7 @@ class PlainTrainer:
         with torch.no_grad():
             out = torch.cat([self.model(data.take(slice(s, s + batch_size))) for s in range(0, data.rows, batch_size)])
         self.model.train()
-        return task_metrics("binary", data.labels.numpy(), out.numpy())
+        return task_metrics("binary", data.labels.cpu().numpy(), out.float().cpu().numpy())
 
 
 def train_plain(
