@@ -31,7 +31,12 @@ def test_bench_train_step_contenders_smoke(tmp_path):
     assert main(args) == 0
     r = json.loads(out.read_text())
     c = r["criteo"]
-    for k in ("model_step_samples_per_s", "fair_baseline_samples_per_s", "dense_adam_samples_per_s"):
+    for k in (
+        "model_step_samples_per_s",
+        "fair_baseline_samples_per_s",
+        "dense_adam_samples_per_s",
+        "mlp_only_samples_per_s",
+    ):
         assert c[k] > 0
     auc = c["valid_auc_after_steps"]
     assert auc["steps"] == 3 and auc["valid_rows"] == 1024

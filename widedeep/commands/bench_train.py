@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         f"criteo (c) dense Adam (DeepCTR)  {c['dense_adam_samples_per_s']:>12,.0f} samples/s   "
         f"(a)/(c) = {c['step_vs_dense_adam']:.2f}x",
     ]
+    side = c.get("embedding_side_speedup_vs_fair")
+    lines.append(
+        f"criteo     MLP alone (shared)    {c['mlp_only_samples_per_s']:>12,.0f} samples/s   "
+        f"embedding side alone: (a) vs (b) = {f'{side:.2f}x' if side else 'n/a'}"
+    )
     if "pipeline_samples_per_s" in c:
         lines.append(
             f"criteo (d) widedeep train        {c['pipeline_samples_per_s']:>12,.0f} samples/s   "

@@ -254,6 +254,33 @@ def place_model(model: Any, device: torch.device, embedding_dtype: torch.dtype) 
     return model.to(device)
 
 
+def _mlp_only_step(in_dim: int, cfg: Any, batch_size: int, device: torch.device) -> Callable[[int], Any]:
+    """The part every contender shares: the same MLP, its Adam and the loss on a fixed input.
+    Its time, taken off a contender's step, is what the contender's embedding side costs."""
+    from widedeep.model.mlp import MLP
+
+    g = torch.Generator().manual_seed(0)
+    mlp = MLP(in_dim, list(cfg.model.hidden)).to(device)
+    opt = torch.optim.Adam(mlp.parameters(), lr=cfg.optim.dense.lr)
+    x = torch.rand(batch_size, in_dim, generator=g).to(device)
+    y = (torch.rand(batch_size, generator=g) < 0.25).float().to(device)
+
+    def step(i: int) -> None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(mlp(x).squeeze(1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _side_speedup(per_step: dict[str, float], other: str) -> float | None:
+    """(other's step - the MLP's) / (our step - the MLP's): the embedding sides compared alone;
+    ``None`` when the timing noise leaves no positive difference to divide by."""
+    ours, theirs, mlp = per_step["model_step"], per_step[other], per_step["mlp_only"]
+    return (theirs - mlp) / (ours - mlp) if ours > mlp and theirs > mlp else None
+
+
 def _criteo_cfg(data: Path, batch_size: int, hidden: list[int], threads: int, extra: list[str]) -> Any:
     from widedeep.train.config import load_train_config
 
@@ -315,11 +342,13 @@ def bench_criteo_steps(
 
     fair = PlainTrainer.build(fs, cfg, sparse=True, seed=cfg.seed, device=device)
     dense = PlainTrainer.build(fs, cfg, sparse=False, seed=cfg.seed, device=device)
+    mlp_step = _mlp_only_step(fair.model.mlp.in_dim, cfg, bs, dev)
     per_step = _interleaved(
         {
             "model_step": ours,
             "fair_baseline": lambda i: fair.step(plain_batches[i % n_batches]),
             "dense_adam": lambda i: dense.step(plain_batches[i % n_batches]),
+            "mlp_only": mlp_step,
         },
         warmup,
         steps,
@@ -337,6 +366,9 @@ def bench_criteo_steps(
         "model_step_samples_per_s": rates["model_step"],
         "fair_baseline_samples_per_s": rates["fair_baseline"],
         "dense_adam_samples_per_s": rates["dense_adam"],
+        "mlp_only_samples_per_s": rates["mlp_only"],
+        "embedding_side_speedup_vs_fair": _side_speedup(per_step, "fair_baseline"),
+        "embedding_side_speedup_vs_dense_adam": _side_speedup(per_step, "dense_adam"),
         "step_vs_fair_baseline": rates["model_step"] / rates["fair_baseline"],
         "step_vs_dense_adam": rates["model_step"] / rates["dense_adam"],
         "valid_auc_after_steps": {
