@@ -246,22 +246,50 @@ class _ShardWriter:
             self.writer, self.rows, self.k = None, 0, self.k + 1
 
 
-def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None:
-    """Add this split's out-of-vocabulary and value counts per vocabulary feature."""
+def _write_splits(
+    prepared: pa.Table, assign: np.ndarray, writers: list[_ShardWriter], stats: list[dict[str, Any]], fs: FeatureSpace
+) -> None:
+    """Write each split's rows of a prepared chunk (in their order) and add up its statistics.
+
+    One stable gather groups the rows by split (each split is then a zero-copy slice), and the
+    out-of-vocabulary counts of every split come from one pass over each id column: a chunk is
+    not filtered and scanned once per split."""
+    counts = np.bincount(assign, minlength=len(SPLITS))
+    order = np.argsort(assign, kind="stable")
+    grouped = prepared.take(pa.array(order))
+    label = np.asarray(grouped.column("label").to_numpy(), dtype=np.float64)
+    _count_oov(stats, prepared, assign, fs)
+    start = 0
+    for s, n in enumerate(counts.tolist()):
+        if n:
+            writers[s].write(grouped.slice(start, n))
+            stats[s]["rows"] += n
+            stats[s]["label_sum"] += float(label[start : start + n].sum())
+        start += n
+
+
+def _count_oov(stats: list[dict[str, Any]], prepared: pa.Table, assign: np.ndarray, fspace: FeatureSpace) -> None:
+    """Add each split's out-of-vocabulary and value counts per vocabulary feature (splits that
+    have rows in this chunk only, as if each split's rows were counted on their own)."""
+    present = np.bincount(assign, minlength=len(SPLITS)) > 0
     for name, state in fspace.states.items():
         oov = state.get("oov_id")
         if oov is None:
             continue
-        col = part.column(name)
+        col = prepared.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        owner = assign
         if pa.types.is_list(col.type):
+            lengths = np.asarray(pc.list_value_length(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+            owner = np.repeat(assign, lengths)
             col = pc.list_flatten(col)
-        ids = (
-            np.asarray(col.to_numpy(), dtype=np.int64)
-            if not isinstance(col, pa.ChunkedArray)
-            else np.asarray(col.combine_chunks().to_numpy(), dtype=np.int64)
-        )
-        st["oov"][name] = st["oov"].get(name, 0) + int((ids == oov).sum())
-        st["values"][name] = st["values"].get(name, 0) + len(ids)
+        ids = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+        oov_n = np.bincount(owner[ids == oov], minlength=len(SPLITS))
+        val_n = np.bincount(owner, minlength=len(SPLITS))
+        for s in np.flatnonzero(present).tolist():
+            st = stats[s]
+            st["oov"][name] = st["oov"].get(name, 0) + int(oov_n[s])
+            st["values"][name] = st["values"].get(name, 0) + int(val_n[s])
 
 
 @_errors_as_rows
@@ -305,19 +333,8 @@ def _write_task(
                     reasons[k] = reasons.get(k, 0) + v
             t1 = time.perf_counter()
             timing["transform_s"] += t1 - t0
-            label = np.asarray(prepared.column("label").to_numpy(), dtype=np.float64)
-            for s in range(3):
-                sel = assign == s
-                if not sel.any():
-                    continue
-                part = prepared.filter(pa.array(sel))
-                writers[s].write(part)
-                st = stats[s]
-                st["rows"] += part.num_rows
-                st["label_sum"] += float(label[sel].sum())
-                _count_oov(st, part, fspace)
-            t0 = time.perf_counter()
-            timing["write_s"] += t0 - t1
+            _write_splits(prepared, assign, writers, stats, fspace)
+            timing["write_s"] += time.perf_counter() - t1
         for w in writers:
             w.close()
         timing["task_s"] = time.perf_counter() - timing["task_s"]
