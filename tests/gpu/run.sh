@@ -4,7 +4,11 @@
 # runs the `gpu`-marked tests, then both kernel benchmark configs on CUDA, then the row-wise
 # sharded tables' exactness tests and benchmark (nccl: one GPU per process; on fewer GPUs than
 # processes, gloo over CUDA tensors), and writes OUTDIR/{gpu-tests.log,gpu-tests.xml,
-# shard-tests.log,shard-tests.xml,bench-criteo.json,bench-multihot.json,bench-shard.json,*.log,nvidia-smi.txt}.
+# shard-tests.log,shard-tests.xml,bench-criteo.json,bench-multihot.json,bench-shard.json,
+# bench-train-{fp32,bf16}-{8192,65536}.json,*.log,nvidia-smi.txt}.
+# The training bench (issue 12 item 7): the Criteo-shaped W&D step (our Triton tables in fp32 and
+# bf16 weights) vs the fair sparse baseline and dense Adam, on CUDA, at batch 8192 and 65536,
+# printing samples/s; the 2M-row data set is generated once into OUTDIR/bench-train-data.
 set -uo pipefail
 OUT=${1:?usage: tests/gpu/run.sh OUTDIR}
 mkdir -p "$OUT"
@@ -31,5 +35,14 @@ else shard_dist="--backend gloo --worlds 2,4"; fi
 python3 -m widedeep bench shard --device cuda $shard_dist --scale 4 --batch 4096 --budget-mb 160 \
   --json "$OUT/bench-shard.json" 2>&1 | tee "$OUT/bench-shard.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# W&D training step on CUDA (issue 12 item 7): our tables fp32 and bf16, batch 8192 and 65536
+for dt in fp32 bf16; do
+  for b in 8192 65536; do
+    python3 -m widedeep bench train --device cuda --embedding-dtype "$dt" --batch-size "$b" --rows 2000000 \
+      --no-adult --no-pipeline --threads 4 --workdir "$OUT/bench-train-data" --json "$OUT/bench-train-$dt-$b.json" \
+      2>&1 | tee "$OUT/bench-train-$dt-$b.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
+done
 echo "tests/gpu/run.sh: done (status $status); results in $OUT"
 exit $status

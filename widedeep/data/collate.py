@@ -61,23 +61,20 @@ def _ids_and_lengths(col: Any, name: str, multivalent: bool) -> tuple[np.ndarray
 def _jagged(data: Any, tables: Sequence[_Table], batch_size: int) -> JaggedIds:
     if not tables:
         return JaggedIds(torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
-    values, lengths = [], []
-    all_single = True
+    values: list[np.ndarray] = []
+    lengths: list[np.ndarray | None] = []
     for t in tables:
         v, ln = _ids_and_lengths(_column(data, t.column), t.column, t.multivalent)
         values.append(v)
-        if ln is None:
-            lengths.append(np.ones(batch_size, dtype=np.int64))
-        else:
-            all_single = False
-            lengths.append(ln)
+        lengths.append(ln)
     vals = np.concatenate(values)
-    if all_single:
+    if all(ln is None for ln in lengths):  # one id per bag: offsets are 0..T*B, no lengths to build
         offs = np.arange(len(tables) * batch_size + 1, dtype=np.int64)
     else:
         offs = np.zeros(len(tables) * batch_size + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(lengths), out=offs[1:])
-    return JaggedIds(torch.from_numpy(np.ascontiguousarray(vals)), torch.from_numpy(offs))
+        ones = np.ones(batch_size, dtype=np.int64)
+        np.cumsum(np.concatenate([ones if ln is None else ln for ln in lengths]), out=offs[1:])
+    return JaggedIds(torch.from_numpy(vals), torch.from_numpy(offs))
 
 
 def _column(data: Any, name: str) -> Any:

@@ -242,22 +242,50 @@ class _ShardWriter:
             self.writer, self.rows, self.k = None, 0, self.k + 1
 
 
-def _count_oov(st: dict[str, Any], part: pa.Table, fspace: FeatureSpace) -> None:
-    """Add this split's out-of-vocabulary and value counts per vocabulary feature."""
+def _write_splits(
+    prepared: pa.Table, assign: np.ndarray, writers: list[_ShardWriter], stats: list[dict[str, Any]], fs: FeatureSpace
+) -> None:
+    """Write each split's rows of a prepared chunk (in their order) and add up its statistics.
+
+    One stable gather groups the rows by split (each split is then a zero-copy slice), and the
+    out-of-vocabulary counts of every split come from one pass over each id column: a chunk is
+    not filtered and scanned once per split."""
+    counts = np.bincount(assign, minlength=len(SPLITS))
+    order = np.argsort(assign, kind="stable")
+    grouped = prepared.take(pa.array(order))
+    label = np.asarray(grouped.column("label").to_numpy(), dtype=np.float64)
+    _count_oov(stats, prepared, assign, fs)
+    start = 0
+    for s, n in enumerate(counts.tolist()):
+        if n:
+            writers[s].write(grouped.slice(start, n))
+            stats[s]["rows"] += n
+            stats[s]["label_sum"] += float(label[start : start + n].sum())
+        start += n
+
+
+def _count_oov(stats: list[dict[str, Any]], prepared: pa.Table, assign: np.ndarray, fspace: FeatureSpace) -> None:
+    """Add each split's out-of-vocabulary and value counts per vocabulary feature (splits that
+    have rows in this chunk only, as if each split's rows were counted on their own)."""
+    present = np.bincount(assign, minlength=len(SPLITS)) > 0
     for name, state in fspace.states.items():
         oov = state.get("oov_id")
         if oov is None:
             continue
-        col = part.column(name)
+        col = prepared.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        owner = assign
         if pa.types.is_list(col.type):
+            lengths = np.asarray(pc.list_value_length(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+            owner = np.repeat(assign, lengths)
             col = pc.list_flatten(col)
-        ids = (
-            np.asarray(col.to_numpy(), dtype=np.int64)
-            if not isinstance(col, pa.ChunkedArray)
-            else np.asarray(col.combine_chunks().to_numpy(), dtype=np.int64)
-        )
-        st["oov"][name] = st["oov"].get(name, 0) + int((ids == oov).sum())
-        st["values"][name] = st["values"].get(name, 0) + len(ids)
+        ids = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+        oov_n = np.bincount(owner[ids == oov], minlength=len(SPLITS))
+        val_n = np.bincount(owner, minlength=len(SPLITS))
+        for s in np.flatnonzero(present).tolist():
+            st = stats[s]
+            st["oov"][name] = st["oov"].get(name, 0) + int(oov_n[s])
+            st["values"][name] = st["values"].get(name, 0) + int(val_n[s])
 
 
 @_errors_as_rows
@@ -298,19 +326,8 @@ def _write_task(
                     reasons[k] = reasons.get(k, 0) + v
             t1 = time.perf_counter()
             timing["transform_s"] += t1 - t0
-            label = np.asarray(prepared.column("label").to_numpy(), dtype=np.float64)
-            for s in range(3):
-                sel = assign == s
-                if not sel.any():
-                    continue
-                part = prepared.filter(pa.array(sel))
-                writers[s].write(part)
-                st = stats[s]
-                st["rows"] += part.num_rows
-                st["label_sum"] += float(label[sel].sum())
-                _count_oov(st, part, fspace)
-            t0 = time.perf_counter()
-            timing["write_s"] += t0 - t1
+            _write_splits(prepared, assign, writers, stats, fspace)
+            timing["write_s"] += time.perf_counter() - t1
         for w in writers:
             w.close()
         timing["task_s"] = time.perf_counter() - timing["task_s"]
@@ -353,41 +370,94 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         log.warning("%s: ignoring columns %s (%s)", ig["file"], ig["columns"], ig["reason"])
     ensure_ray()
     t0 = time.perf_counter()
-    ofs, root = filesystem(opts.out)
+    ofs, root = _clear_output(opts.out)
+    splitter = _time_pass(split, units, opts)
+    fspace, read_rows, bad_parse = _fit_pass(spec, split, splitter, units, columns, opts, extend)
+    t_fit = time.perf_counter() - t0
+    log.info(
+        "fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)",
+        read_rows,
+        fspace.fit_info["train_rows"],
+        t_fit,
+        read_rows / max(t_fit, 1e-9),
+    )
+    fs_json = fspace.to_json()
+    with ofs.open_output_stream(f"{root}/feature_space.json") as f:
+        f.write(fs_json.encode("utf-8"))
+    t1 = time.perf_counter()
+    metas = _write_pass(fs_json, dictionary_columns(spec, split), splitter, units, columns, opts)
+    t_write = time.perf_counter() - t1
+    manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
+    manifest["ignored_columns"] = ignored
+    total = time.perf_counter() - t0
+    manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    with ofs.open_output_stream(f"{root}/manifest.json") as f:
+        f.write(manifest_text.encode("utf-8"))
+    log.info(
+        "prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s",
+        read_rows,
+        total,
+        t_fit,
+        t_write,
+        read_rows / max(total, 1e-9),
+        opts.out,
+    )
+    manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
+    return manifest
+
+
+def _clear_output(out: str) -> tuple[pafs.FileSystem, str]:
+    """Create ``OUT/{train,valid,test}`` and delete their old shards: a rerun into the same
+    directory must not leave stale shards behind."""
+    ofs, root = filesystem(out)
     for s in SPLITS:
         ofs.create_dir(f"{root}/{s}", recursive=True)
         old = [i.path for i in ofs.get_file_info(pafs.FileSelector(f"{root}/{s}")) if i.path.endswith(".parquet")]
-        for p in old:  # a rerun into the same directory must not leave stale shards behind
+        for p in old:
             ofs.delete_file(p)
+    return ofs, root
 
-    # pass 0: time cut-offs
-    splitter = Splitter(split, opts.seed)
-    if split.mode != "random":
-        ds = _units_dataset(units).map_batches(
-            _time_task,
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
-        )
-        pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
-        if split.mode == "time":
-            k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
-            if not len(k):
-                raise DataError(f"input is empty: {opts.inputs}")
-            fr = split.fractions
-            cuts = sketch.quantiles(k, c, np.array([fr[0], fr[0] + fr[1]]), _TIME_BITS)
-            splitter = Splitter(split, opts.seed, time_cuts=(float(cuts[0]), float(cuts[1])))
-            log.info("time split cut-offs on %s: valid from %s, test from %s", split.time_column, cuts[0], cuts[1])
-        else:
-            if not pieces or sum(p.num_rows for p in pieces) == 0:
-                raise DataError(f"input is empty: {opts.inputs}")
-            t = pa.concat_tables(pieces)
-            splitter = Splitter(
-                split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions)
-            )
-            log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
 
-    # pass 1: fit on the training split
+def _time_pass(split: SplitSpec, units: list[ReadUnit], opts: PrepareOptions) -> Splitter:
+    """Pass 0 (time splits only): the global time cut-offs, or every user's; the splitter."""
+    if split.mode == "random":
+        return Splitter(split, opts.seed)
+    ds = _units_dataset(units).map_batches(
+        _time_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
+    )
+    pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
+    if split.mode == "time":
+        k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
+        if not len(k):
+            raise DataError(f"input is empty: {opts.inputs}")
+        fr = split.fractions
+        cuts = sketch.quantiles(k, c, np.array([fr[0], fr[0] + fr[1]]), _TIME_BITS)
+        log.info("time split cut-offs on %s: valid from %s, test from %s", split.time_column, cuts[0], cuts[1])
+        return Splitter(split, opts.seed, time_cuts=(float(cuts[0]), float(cuts[1])))
+    if not pieces or sum(p.num_rows for p in pieces) == 0:
+        raise DataError(f"input is empty: {opts.inputs}")
+    t = pa.concat_tables(pieces)
+    splitter = Splitter(
+        split, opts.seed, users=user_cutoffs(t.column("user"), t.column("time").to_numpy(), split.fractions)
+    )
+    log.info("user-time split: cut-offs for %d users", len(splitter.users.users))  # type: ignore[union-attr]
+    return splitter
+
+
+def _fit_pass(
+    spec: FeatureSpec,
+    split: SplitSpec,
+    splitter: Splitter,
+    units: list[ReadUnit],
+    columns: list[str],
+    opts: PrepareOptions,
+    extend: FeatureSpace | None,
+) -> tuple[FeatureSpace, int, int]:
+    """Pass 1: statistics of the train rows, merged on the driver -> (FeatureSpace, rows read,
+    unparseable rows)."""
     acc = Accumulator(spec)
     ds = _units_dataset(units).map_batches(
         _fit_task,
@@ -414,7 +484,6 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         acc._sum("read", "stats_s"),
         t_merge,
     )
-    bad_parse = int(acc._sum("read", "bad_parse"))
     if read_rows == 0:
         raise DataError(f"input is empty: no rows in {opts.inputs}")
     fspace = acc.finish()
@@ -425,26 +494,26 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
             extend.content_hash[:12],
             fspace.fit_info["window"]["new_values"] or "none",
         )
-    t_fit = time.perf_counter() - t0
-    log.info(
-        "fit: %d rows read, %d train rows, %.1fs (%.0f rows/s)",
-        read_rows,
-        fspace.fit_info["train_rows"],
-        t_fit,
-        read_rows / max(t_fit, 1e-9),
-    )
-    fs_json = fspace.to_json()
-    with ofs.open_output_stream(f"{root}/feature_space.json") as f:
-        f.write(fs_json.encode("utf-8"))
+    return fspace, read_rows, int(acc._sum("read", "bad_parse"))
 
-    # pass 2: transform + write
+
+def _write_pass(
+    fs_json: str,
+    dict_columns: list[str],
+    splitter: Splitter,
+    units: list[ReadUnit],
+    columns: list[str],
+    opts: PrepareOptions,
+) -> list[dict[str, Any]]:
+    """Pass 2: every unit read again, transformed and written as its splits' shards; returns the
+    per-(unit, split) metadata the manifest is made of."""
     t1 = time.perf_counter()
     wopts = {
         "shard_rows": opts.shard_rows,
         "row_group_rows": opts.row_group_rows,
         "chunk_rows": opts.chunk_rows,
         "on_bad_rows": opts.on_bad_rows,
-        "dict_columns": dictionary_columns(spec, split),
+        "dict_columns": dict_columns,
     }
     ds = _units_dataset(units).map_batches(
         _write_task,
@@ -452,22 +521,17 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         batch_format="pyarrow",
         fn_kwargs={"fs_json": fs_json, "splitter": splitter, "columns": columns, "out": opts.out, "opts": wopts},
     )
-    metas = []
-    done = 0
+    metas: list[dict[str, Any]] = []
     for batch in _run(ds, "write"):
-        for m in batch.column("blob").to_pylist():
-            metas.append(json.loads(m))
-        done += 1
+        metas.extend(json.loads(m) for m in batch.column("blob").to_pylist())
         rows = sum(m["stats"]["rows"] for m in metas)
-        el = time.perf_counter() - t1
         log.info(
             "write: %d/%d units, %d rows, %.0f rows/s",
             len({m["unit"] for m in metas}),
             len(units),
             rows,
-            rows / max(el, 1e-9),
+            rows / max(time.perf_counter() - t1, 1e-9),
         )
-    t_write = time.perf_counter() - t1
     tt = {k: sum(m.get("timing", {}).get(k, 0.0) for m in metas) for k in ("task_s", "transform_s", "write_s")}
     log.info(
         "write tasks: %.1fs in tasks (%.1fs split+transform, %.1fs Parquet writing, rest reading)",
@@ -475,23 +539,7 @@ def prepare(spec: FeatureSpec, opts: PrepareOptions, extend: FeatureSpace | None
         tt["transform_s"],
         tt["write_s"],
     )
-    manifest = _manifest(spec, fspace, opts, fmt, metas, read_rows, bad_parse, __version__)
-    manifest["ignored_columns"] = ignored
-    total = time.perf_counter() - t0
-    manifest_text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
-    with ofs.open_output_stream(f"{root}/manifest.json") as f:
-        f.write(manifest_text.encode("utf-8"))
-    log.info(
-        "prepare: %d rows in %.1fs (fit %.1fs, transform+write %.1fs): %.0f rows/s -> %s",
-        read_rows,
-        total,
-        t_fit,
-        t_write,
-        read_rows / max(total, 1e-9),
-        opts.out,
-    )
-    manifest["_timing"] = {"fit_s": t_fit, "write_s": t_write, "total_s": total}
-    return manifest
+    return metas
 
 
 def _manifest(

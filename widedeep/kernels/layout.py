@@ -72,6 +72,25 @@ class TableLayout:
                 )
                 first = i
         self.index = {n: i for i, n in enumerate(names)}
+        self._limits: dict[torch.device, torch.Tensor] = {}
+        self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def row_limits(self, device: torch.device) -> torch.Tensor:
+        """int64 ``[T]``: each table's number of rows, on ``device`` (built once per device)."""
+        lim = self._limits.get(device)
+        if lim is None:
+            lim = self._limits[device] = torch.tensor([t.num_rows for t in self.tables], device=device)
+        return lim
+
+    def row_shift(self, run: Run, device: torch.device) -> torch.Tensor:
+        """int64 ``[T_r]``: first row of each of the run's tables counted from the run's first row,
+        on ``device`` (built once per run and device: it is needed every call)."""
+        key = (run.first, device)
+        shift = self._shifts.get(key)
+        if shift is None:
+            rows = [self.row_offsets[t] - run.row_start for t in range(run.first, run.last)]
+            shift = self._shifts[key] = torch.tensor(rows, dtype=torch.int64, device=device)
+        return shift
 
     @property
     def num_tables(self) -> int:
@@ -97,6 +116,10 @@ class TableLayout:
         if not 0 <= t < self.num_tables:
             raise KernelInputError(f"table index {t} out of range: expected 0 <= t < {self.num_tables}")
         return t
+
+
+# Up to this many ids, the id range check is one pass over all tables' ids at once.
+_ONE_PASS_MAX_IDS = 1 << 16
 
 
 def check_inputs(
@@ -168,6 +191,18 @@ def check_inputs(
             )
     if N == 0:
         return B
+    if N <= _ONE_PASS_MAX_IDS:
+        # Small batches: one pass over all ids at once (per-table calls would cost more than the
+        # check); the per-table loop below then only runs to name the first bad id.
+        lim = layout.row_limits(indices.device)
+        if fixed:
+            mn, mx = torch.aminmax(indices.view(T, -1), dim=1)
+            ok = not bool(torch.logical_or(mn < 0, mx >= lim).any())
+        else:
+            lim_per_id = torch.repeat_interleave(lim, offsets[B::B] - offsets[0:-1:B], output_size=N)
+            ok = not bool(torch.logical_or(indices < 0, indices >= lim_per_id).any())
+        if ok:
+            return B
     bounds = offsets[0 :: max(B, 1)].tolist()
     # One pass over each table's ids (min and max), instead of materialising a per-id limit.
     for t, tc in enumerate(layout.tables):

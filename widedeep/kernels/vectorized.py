@@ -88,9 +88,7 @@ def _index_dtype(run: Run) -> torch.dtype:
 
 def _row_shift(layout: TableLayout, run: Run, device: torch.device) -> torch.Tensor:
     """int64 ``[T_r]``: first row of each of the run's tables, counted from the run's first row."""
-    return torch.tensor(
-        [layout.row_offsets[t] - run.row_start for t in range(run.first, run.last)], dtype=torch.int64, device=device
-    )
+    return layout.row_shift(run, device)
 
 
 def split_runs(
