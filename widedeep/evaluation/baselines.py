@@ -1,4 +1,4 @@
-"""The two baselines every retrieval result is compared with: most-popular and item-kNN.
+"""The baselines every retrieval result is compared with: most-popular, item-kNN and EASE.
 
 Both only produce scores; ranking, exclusion of seen items and the metrics are done by the
 same harness as the learned retriever (``widedeep.retrieval.topk.rank_topk``), so the
@@ -8,7 +8,19 @@ Item-kNN is the classic item-based collaborative filter (Sarwar et al. 2001; Des
 Karypis 2004): cosine similarity between the item columns of the binary training
 user x item matrix, each item keeps its ``neighbors`` most similar items, and a user's score
 for item j is the sum of j's similarities to the items in the user's history. Computed with
-torch sparse products in item chunks (never a dense users x items matrix).
+torch sparse products in item chunks (never a dense users x items matrix). With ``shrink`` the
+cosine is shrunk towards 0 for pairs seen together by few users (``co / (|i| |j| + shrink)``,
+Koren 2008's shrinkage): a similarity estimated from 2 co-occurrences is not trusted like one
+from 200.
+
+EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data") is the closed-form
+linear item-item model ``B = argmin ||X - XB||^2 + lambda ||B||^2`` with ``diag(B) = 0``:
+``P = (X^T X + lambda I)^-1``, ``B = I - P / diag(P)`` (column-wise). It is the strongest simple
+baseline on MovieLens-like data. It needs a dense ``items x items`` matrix, so it refuses catalogs
+above ``EASE_MAX_ITEMS`` (``EaseRefused``; 20,000 items = 1.6 GB per float32 matrix, and the fit
+holds about three) instead of exhausting memory. ``EASE.grid`` fits many ``lambda`` values from one
+eigendecomposition of the Gram matrix (``P = Q diag(1 / (w + lambda)) Q^T``), which is how the
+evaluation picks ``lambda`` on the valid split at the cost of one fit.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +36,9 @@ import torch
 from widedeep.retrieval.interactions import CSR
 
 log = logging.getLogger(__name__)
+
+#: the largest catalog EASE fits (its Gram matrix and inverse are dense items x items)
+EASE_MAX_ITEMS = 20_000
 
 
 class MostPopular:
@@ -47,10 +63,14 @@ class ItemKNN:
     Args:
         train: users x items positive interactions (the history the similarities come from).
         neighbors: similar items kept per item (the usual pruning; 0 keeps all).
+        shrink: ``sim = co / (sqrt(|i| |j|) + shrink)``; 0 is the plain cosine.
         chunk: item columns of the co-occurrence matrix computed at once.
     """
 
-    def __init__(self, train: CSR, neighbors: int = 100, chunk: int = 1024) -> None:
+    def __init__(self, train: CSR, neighbors: int = 100, chunk: int = 1024, shrink: float = 0.0) -> None:
+        if shrink < 0:
+            raise ValueError(f"item-kNN: shrink must be >= 0, got {shrink}")
+        self.neighbors, self.shrink = int(neighbors), float(shrink)
         with warnings.catch_warnings():  # torch labels its sparse kernels "beta"; they are exact
             warnings.simplefilter("ignore", UserWarning)
             self._fit(train, neighbors, chunk)
@@ -64,7 +84,7 @@ class ItemKNN:
             torch.stack([i_of, u_of]), torch.ones(train.nnz), (n_items, train.n_rows)
         ).coalesce()
         deg = np.bincount(train.indices, minlength=n_items).astype(np.float32)
-        inv_norm = torch.from_numpy(np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32))
+        norm = torch.from_numpy(np.sqrt(deg).astype(np.float32))
         keep = n_items - 1 if neighbors <= 0 else min(neighbors, max(n_items - 1, 1))
         rows, cols, vals = [], [], []
         for lo in range(0, n_items, chunk):
@@ -75,7 +95,8 @@ class ItemKNN:
                 torch.stack([u_of[m], i_of[m] - lo]), torch.ones(int(m.sum())), (train.n_rows, hi - lo)
             ).coalesce()
             co = torch.sparse.mm(xt, cols_block).to_dense()  # [I, hi-lo]
-            sim = co * inv_norm[:, None] * inv_norm[None, lo:hi]
+            den = norm[:, None] * norm[None, lo:hi] + self.shrink
+            sim = torch.where(den > 0, co / den.clamp_min(1e-12), torch.zeros_like(co))
             sim[torch.arange(lo, hi), torch.arange(hi - lo)] = 0.0  # an item is not its own neighbour
             v, i = torch.topk(sim, keep, dim=0)  # best neighbours of each target item
             nz = v > 0
@@ -105,3 +126,69 @@ class ItemKNN:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse.mm(self.sim_t, hd).T.contiguous()  # (S^T H^T)^T = H S
+
+
+class EaseRefused(ValueError):
+    """The catalog is too large for EASE's dense items x items fit (``EASE_MAX_ITEMS``)."""
+
+
+class EASE:
+    """Steck's EASE: scores ``X_u B`` with the closed-form item-item weights ``B`` (see the module doc).
+
+    Args:
+        train: users x items positive interactions.
+        lam: the L2 weight ``lambda`` (added to the Gram matrix's diagonal).
+    """
+
+    def __init__(self, train: CSR, lam: float) -> None:
+        _check_ease_size(train.n_cols)
+        g = _gram(train)
+        g.diagonal().add_(float(lam))
+        self.b = _ease_weights(torch.linalg.inv(g))
+        self.lam = float(lam)
+
+    @staticmethod
+    def grid(train: CSR, lams: Sequence[float]) -> Iterator[EASE]:
+        """One fitted EASE per ``lambda``, all from one eigendecomposition of ``X^T X``."""
+        _check_ease_size(train.n_cols)
+        w, q = torch.linalg.eigh(_gram(train))
+        for lam in lams:
+            m = EASE.__new__(EASE)
+            m.b = _ease_weights((q / (w + float(lam))) @ q.T)
+            m.lam = float(lam)
+            yield m
+
+    def score(self, history: CSR, lo: int, hi: int) -> torch.Tensor:
+        """Scores ``[hi - lo, n_items]`` of users ``lo..hi-1`` of ``history``: ``X_u B``."""
+        h = history.take_rows(np.arange(lo, hi))
+        x = torch.zeros((hi - lo, self.b.shape[0]), dtype=self.b.dtype)
+        x[torch.from_numpy(h.row_ids()), torch.from_numpy(h.indices)] = 1.0
+        return (x @ self.b).float()
+
+
+def _check_ease_size(n_items: int) -> None:
+    if n_items > EASE_MAX_ITEMS:
+        raise EaseRefused(
+            f"EASE: the catalog has {n_items} items, above EASE_MAX_ITEMS={EASE_MAX_ITEMS} "
+            "(its dense items x items fit would not fit in memory)"
+        )
+
+
+def _gram(train: CSR) -> torch.Tensor:
+    """Dense ``X^T X`` of the binary interaction matrix (float64; float32 above 4,096 items to halve
+    the memory), from a sparse product: no dense users x items matrix."""
+    n = train.n_cols
+    dtype = torch.float64 if n <= 4096 else torch.float32
+    u = torch.from_numpy(train.row_ids())
+    i = torch.from_numpy(train.indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.sparse_coo_tensor(torch.stack([u, i]), torch.ones(train.nnz, dtype=dtype), (train.n_rows, n))
+        return torch.sparse.mm(x.t().coalesce(), x.coalesce()).to_dense()
+
+
+def _ease_weights(p: torch.Tensor) -> torch.Tensor:
+    """``B = I - P diag(1 / diag(P))``: ``B[i, j] = -P[i, j] / P[j, j]``, zero diagonal."""
+    b = -p / torch.diagonal(p)[None, :]
+    b.fill_diagonal_(0.0)
+    return b

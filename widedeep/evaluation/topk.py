@@ -8,8 +8,9 @@ item catalog minus the user's training items is ranked (no sampled negatives):
 - **final**: the top-N candidates re-ranked by the Wide & Deep ranker (user-side prepared
   columns of the user + item-side columns of each candidate from the catalog, pair crosses
   through ``fs.add_crosses``) -> HR@10, NDCG@10, Recall@10, Recall@50;
-- **baselines**, through the same ranking engine and exclusions: most-popular and item-kNN
-  (cosine over the training interaction matrix).
+- **baselines**, through the same ranking engine and exclusions: most-popular, item-kNN
+  (shrunk cosine over the training interaction matrix) and EASE (Steck 2019), their settings
+  chosen on the valid split (``widedeep.evaluation.tuning``).
 
 Definitions: a user's *training items* are every item of their rows in the train split (any
 label: a seen item is never recommended again); their *history* for item-kNN is the train
@@ -34,7 +35,8 @@ import torch
 
 from widedeep.data.collate import Collator
 from widedeep.errors import CheckpointError, DataError
-from widedeep.evaluation.baselines import ItemKNN, MostPopular
+from widedeep.evaluation.baselines import EASE, EaseRefused, ItemKNN, MostPopular
+from widedeep.evaluation.tuning import tune_ease, tune_item_knn
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location
@@ -198,30 +200,47 @@ def rerank(
     return out
 
 
-def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
-    """Most-popular and item-kNN through the same engine, exclusions and metrics."""
-    out: dict[str, dict[str, float]] = {}
+def valid_data(fs: Any, data: EvalData) -> EvalData | None:
+    """The valid split of the evaluated data (where every baseline setting is chosen), or None
+    when the prepared directory has no valid split."""
+    valid = data.root / "valid"
+    if str(data.split_dir) == str(valid):
+        return data
+    return EvalData(fs, valid) if valid.exists() else None
+
+
+def baselines(data: EvalData, k: int, valid: EvalData | None = None) -> dict[str, Any]:
+    """Most-popular, item-kNN and EASE through the same engine, exclusions and metrics.
+
+    Item-kNN's neighbours and shrinkage and EASE's ``lambda`` are chosen on ``valid``
+    (``widedeep.evaluation.tuning``); without a valid split they keep fixed defaults (100
+    neighbours, no shrinkage, ``lambda`` 500) and say so (``selected_on: defaults``). EASE is
+    ``{"skipped": reason}`` above ``EASE_MAX_ITEMS``.
+    """
+    out: dict[str, Any] = {}
     ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
+
+    def run(label: str, score: Any) -> dict[str, float]:
+        rows, _ = rank_topk(score, len(data.users), data.catalog.n_items, k, data.exclude, label=label)
+        return ranking_metrics(rows, data.relevant, ks)
+
     pop = MostPopular(data.popularity)
-    rows, _ = rank_topk(
-        lambda lo, hi: pop.score(data.history, lo, hi),
-        len(data.users),
-        data.catalog.n_items,
-        k,
-        data.exclude,
-        label="most-popular",
-    )
-    out["most_popular"] = ranking_metrics(rows, data.relevant, ks)
-    knn = ItemKNN(data.train_pos)
-    rows, _ = rank_topk(
-        lambda lo, hi: knn.score(data.history, lo, hi),
-        len(data.users),
-        data.catalog.n_items,
-        k,
-        data.exclude,
-        label="item-kNN",
-    )
-    out["item_knn"] = ranking_metrics(rows, data.relevant, ks)
+    out["most_popular"] = run("most-popular", lambda lo, hi: pop.score(data.history, lo, hi))
+    knn_t = tune_item_knn(valid) if valid is not None else None
+    kp = knn_t.params if knn_t else {"neighbors": 100.0, "shrink": 0.0}
+    knn = ItemKNN(data.train_pos, neighbors=int(kp["neighbors"]), shrink=kp["shrink"])
+    out["item_knn"] = run("item-kNN", lambda lo, hi: knn.score(data.history, lo, hi))
+    out["item_knn"] |= knn_t.summary() if knn_t else {"params": kp, "selected_on": "defaults"}
+    try:
+        ease_t = tune_ease(valid) if valid is not None else None
+        lam = ease_t.params["lambda"] if ease_t else 500.0
+        ease = EASE(data.train_pos, lam)
+    except EaseRefused as e:
+        log.warning("%s", e)
+        out["ease"] = {"skipped": str(e)}
+        return out
+    out["ease"] = run("EASE", lambda lo, hi: ease.score(data.history, lo, hi))
+    out["ease"] |= ease_t.summary() if ease_t else {"params": {"lambda": lam}, "selected_on": "defaults"}
     return out
 
 
@@ -255,7 +274,7 @@ def evaluate_topk(
     else:
         result["final"] = _final_subset(ranking_metrics(cand, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False
-    result["baselines"] = baselines(data, max(RETRIEVAL_KS))
+    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid_data(data.fs, data))
     return result
 
 
@@ -267,6 +286,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("most-popular", result["baselines"]["most_popular"]),
         ("item-kNN", result["baselines"]["item_knn"]),
     ]
+    if "recall@10" in result["baselines"].get("ease", {}):
+        rows.append(("EASE", result["baselines"]["ease"]))
     w = max(len(r[0]) for r in rows) + 2
     lines = [
         f"top-K over the full catalog: {result['users']} users, {result['items']} items",
