@@ -35,7 +35,7 @@ def test_ease_matches_closed_form(lam):
 
 
 def test_ease_refuses_catalogs_above_the_limit(monkeypatch):
-    import widedeep.evaluation.baselines as b
+    import widedeep.retrieval.neighbors as b
 
     _, train = _random_train()
     monkeypatch.setattr(b, "EASE_MAX_ITEMS", 10)

@@ -109,7 +109,7 @@ def test_topk_evaluation_merges_sources_chosen_on_valid(tmp_path):
     from widedeep.features import FeatureSpace
     from widedeep.model.build import build_model_from_dict
 
-    d = prepare_synth(tmp_path / "p", n_users=120, n_items=80, rows_per_user=20)
+    d = prepare_synth(tmp_path / "p", n_users=80, n_items=60, rows_per_user=20)
     fs = FeatureSpace.load(d / "feature_space.json")
     ret = build_model_from_dict("retrieval", fs, {"task_config": {"history": 5, "hidden": [], "output_dim": 8}})
     rk = build_model_from_dict("ranking", fs, {})
@@ -127,3 +127,19 @@ def test_topk_evaluation_merges_sources_chosen_on_valid(tmp_path):
     assert sum(shares) == pytest.approx(1.0)
     if r["ordering"]["item_share"] > 0:
         assert r["sources"]["item_to_item"]["candidates_share"] > 0
+
+
+def test_ease_neighbourhood_is_the_pruned_closed_form():
+    from widedeep.retrieval.neighbors import ease_weights
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((50, 20)) < 0.25).astype(np.float64)
+    r, c = np.nonzero(x)
+    train = CSR.from_pairs(r, c, 50, 20)
+    p = np.linalg.inv(x.T @ x + 10.0 * np.eye(20))
+    b = np.eye(20) - p / np.diag(p)[None, :]
+    np.testing.assert_allclose(ease_weights(train, 10.0).numpy(), b, atol=1e-8)
+    nb = ItemNeighbors.fit(train, NeighborSettings(0, 0.0, "ease", 10.0))  # all positive weights kept
+    np.testing.assert_allclose(nb.score(train, 0, 50).numpy(), x @ np.maximum(b, 0.0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="EASE needs lam > 0"):
+        NeighborSettings(10, 0.0, "ease", 0.0)

@@ -24,19 +24,26 @@ evaluation picks ``lambda`` on the valid split at the cost of one fit.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from widedeep.retrieval.interactions import CSR
-from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
+from widedeep.retrieval.neighbors import (
+    EASE_MAX_ITEMS,
+    EaseRefused,
+    ItemNeighbors,
+    NeighborSettings,
+    check_ease_size,
+    ease_weights,
+    gram,
+    weights_from_inverse,
+)
 
 log = logging.getLogger(__name__)
 
-#: the largest catalog EASE fits (its Gram matrix and inverse are dense items x items)
-EASE_MAX_ITEMS = 20_000
+__all__ = ["EASE", "EASE_MAX_ITEMS", "EaseRefused", "ItemKNN", "MostPopular"]
 
 
 class MostPopular:
@@ -76,10 +83,6 @@ class ItemKNN:
         return self.model.score(history, lo, hi)
 
 
-class EaseRefused(ValueError):
-    """The catalog is too large for EASE's dense items x items fit (``EASE_MAX_ITEMS``)."""
-
-
 class EASE:
     """Steck's EASE: scores ``X_u B`` with the closed-form item-item weights ``B`` (see the module doc).
 
@@ -89,20 +92,17 @@ class EASE:
     """
 
     def __init__(self, train: CSR, lam: float) -> None:
-        _check_ease_size(train.n_cols)
-        g = _gram(train)
-        g.diagonal().add_(float(lam))
-        self.b = _ease_weights(torch.linalg.inv(g))
+        self.b = ease_weights(train, lam)
         self.lam = float(lam)
 
     @staticmethod
     def grid(train: CSR, lams: Sequence[float]) -> Iterator[EASE]:
         """One fitted EASE per ``lambda``, all from one eigendecomposition of ``X^T X``."""
-        _check_ease_size(train.n_cols)
-        w, q = torch.linalg.eigh(_gram(train))
+        check_ease_size(train.n_cols)
+        w, q = torch.linalg.eigh(gram(train))
         for lam in lams:
             m = EASE.__new__(EASE)
-            m.b = _ease_weights((q / (w + float(lam))) @ q.T)
+            m.b = weights_from_inverse((q / (w + float(lam))) @ q.T)
             m.lam = float(lam)
             yield m
 
@@ -112,31 +112,3 @@ class EASE:
         x = torch.zeros((hi - lo, self.b.shape[0]), dtype=self.b.dtype)
         x[torch.from_numpy(h.row_ids()), torch.from_numpy(h.indices)] = 1.0
         return (x @ self.b).float()
-
-
-def _check_ease_size(n_items: int) -> None:
-    if n_items > EASE_MAX_ITEMS:
-        raise EaseRefused(
-            f"EASE: the catalog has {n_items} items, above EASE_MAX_ITEMS={EASE_MAX_ITEMS} "
-            "(its dense items x items fit would not fit in memory)"
-        )
-
-
-def _gram(train: CSR) -> torch.Tensor:
-    """Dense ``X^T X`` of the binary interaction matrix (float64; float32 above 4,096 items to halve
-    the memory), from a sparse product: no dense users x items matrix."""
-    n = train.n_cols
-    dtype = torch.float64 if n <= 4096 else torch.float32
-    u = torch.from_numpy(train.row_ids())
-    i = torch.from_numpy(train.indices)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        x = torch.sparse_coo_tensor(torch.stack([u, i]), torch.ones(train.nnz, dtype=dtype), (train.n_rows, n))
-        return torch.sparse.mm(x.t().coalesce(), x.coalesce()).to_dense()
-
-
-def _ease_weights(p: torch.Tensor) -> torch.Tensor:
-    """``B = I - P diag(1 / diag(P))``: ``B[i, j] = -P[i, j] / P[j, j]``, zero diagonal."""
-    b = -p / torch.diagonal(p)[None, :]
-    b.fill_diagonal_(0.0)
-    return b

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from widedeep.evaluation.topk import EvalData, order_by, ranker_logits, retrieve_sourced
-from widedeep.evaluation.tuning import Tuned, tune_item_knn
+from widedeep.evaluation.tuning import EaseRefused, Tuned, tune_ease, tune_item_knn, tune_source
 from widedeep.retrieval.candidates import SourceMix
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
 from widedeep.retrieval.topk import ranking_metrics
@@ -126,18 +126,28 @@ class SourceChoice:
     neighbors: ItemNeighbors
     ordering: Ordering
     knn: Tuned
+    ease: Tuned | None = None
+    source_valid: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return self.ordering.summary() | {"neighbors": self.settings.neighbors, "shrink": self.settings.shrink}
+        s = self.settings
+        source = {"kind": s.kind, "neighbors": s.neighbors, "shrink": s.shrink, "lambda": s.lam}
+        return self.ordering.summary() | {"item_source": source, "item_source_valid": self.source_valid.get("valid")}
 
 
 def choose_sources(
     retriever: Any, ranker: Any | None, ranker_fs: Any | None, valid: EvalData, n: int, temperature: float
 ) -> SourceChoice:
-    """Tune the neighbourhood on ``valid`` (as the item-kNN baseline), fit it on the train split's
-    positives, and choose the merge and order on ``valid``."""
+    """Tune item-kNN and EASE on ``valid`` (as the baselines), build the item-to-item source from
+    the better one (``tune_source``; fitted on the train split's positives), and choose the merge
+    and order on ``valid``."""
     knn = tune_item_knn(valid)
-    settings = NeighborSettings(int(knn.params["neighbors"]), float(knn.params["shrink"]))
+    try:
+        ease = tune_ease(valid)
+    except EaseRefused as e:
+        log.warning("%s: the item-to-item source uses the cosine neighbourhood", e)
+        ease = None
+    settings, source_valid = tune_source(valid, knn, ease)
     neighbors = ItemNeighbors.fit(valid.train_pos, settings)
     ordering = select_ordering(retriever, ranker, ranker_fs, valid, neighbors, n, temperature)
-    return SourceChoice(settings, neighbors, ordering, knn)
+    return SourceChoice(settings, neighbors, ordering, knn, ease, source_valid)

@@ -237,11 +237,17 @@ def valid_data(fs: Any, data: EvalData) -> EvalData | None:
     return EvalData(fs, valid) if valid.exists() else None
 
 
-def baselines(data: EvalData, k: int, valid: EvalData | None = None, knn_t: Tuned | None = None) -> dict[str, Any]:
+def baselines(
+    data: EvalData,
+    k: int,
+    valid: EvalData | None = None,
+    knn_t: Tuned | None = None,
+    ease_t: Tuned | None = None,
+) -> dict[str, Any]:
     """Most-popular, item-kNN and EASE through the same engine, exclusions and metrics.
 
     Item-kNN's neighbours and shrinkage and EASE's ``lambda`` are chosen on ``valid``
-    (``widedeep.evaluation.tuning``; ``knn_t``: item-kNN's choice when already made); without a
+    (``widedeep.evaluation.tuning``; ``knn_t`` / ``ease_t``: choices already made); without a
     valid split they keep fixed defaults (100 neighbours, no shrinkage, ``lambda`` 500) and say
     so (``selected_on: defaults``). EASE is ``{"skipped": reason}`` above ``EASE_MAX_ITEMS``.
     """
@@ -260,7 +266,7 @@ def baselines(data: EvalData, k: int, valid: EvalData | None = None, knn_t: Tune
     out["item_knn"] = run("item-kNN", lambda lo, hi: knn.score(data.history, lo, hi))
     out["item_knn"] |= knn_t.summary() if knn_t else {"params": kp, "selected_on": "defaults"}
     try:
-        ease_t = tune_ease(valid) if valid is not None else None
+        ease_t = ease_t or (tune_ease(valid) if valid is not None else None)
         lam = ease_t.params["lambda"] if ease_t else 500.0
         ease = EASE(data.train_pos, lam)
     except EaseRefused as e:
@@ -337,10 +343,11 @@ def evaluate_topk(
         "retrieval": ranking_metrics(rows, data.relevant, RETRIEVAL_KS),
     }
     valid = valid_data(data.fs, data)
-    knn_t = neighbors = mix = None
+    knn_t = ease_t = neighbors = mix = None
     if valid is not None:
         choice = choose_sources(retriever, ranker, ranker_fs, valid, n_candidates, temperature)
-        knn_t, neighbors, mix, blend = choice.knn, choice.neighbors, choice.ordering.mix, choice.ordering.blend
+        knn_t, ease_t, neighbors = choice.knn, choice.ease, choice.neighbors
+        mix, blend = choice.ordering.mix, choice.ordering.blend
         result["ordering"] = choice.summary()
     cand = retrieve_sourced(retriever, data, n_candidates, neighbors, mix)
     final = None
@@ -355,7 +362,7 @@ def evaluate_topk(
         result["final"] = _final_subset(ranking_metrics(cand.rows, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False
     result["sources"] = source_figures(cand, final, data, n_candidates)
-    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid, knn_t)
+    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid, knn_t, ease_t)
     return result
 
 

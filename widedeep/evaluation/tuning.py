@@ -9,7 +9,9 @@ them is fitted to one data set:
 
 - item-kNN (Sarwar et al. 2001): neighbours kept per item and the shrinkage of the cosine;
 - EASE (Steck 2019): the L2 weight ``lambda``; the paper's best values run from ~100 (small
-  catalogs) to a few thousand (ML-20M, Netflix), so the grid runs over 1..20,000 geometrically.
+  catalogs) to a few thousand (ML-20M, Netflix), so the grid runs over 1..20,000 geometrically;
+- the item-to-item candidate source (``tune_source``): the better of the two, EASE pruned to the
+  neighbours per item that keep it best.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from widedeep.evaluation.baselines import EASE, EaseRefused, ItemKNN
+from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings, ease_weights
 from widedeep.retrieval.topk import rank_topk, ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -90,4 +93,23 @@ def tune_ease(valid: Any) -> Tuned:
     return out
 
 
-__all__ = ["EaseRefused", "Tuned", "tune_ease", "tune_item_knn", "valid_metrics"]
+def tune_source(valid: Any, knn: Tuned, ease: Tuned | None) -> tuple[NeighborSettings, dict[str, Any]]:
+    """The item-to-item source's neighbourhood: the better of the two valid-tuned item-item models
+    by ``SELECT_BY``; for EASE, its weights pruned to the number of neighbours per item that keeps
+    the valid figure best (a candidate source must be sparse to serve)."""
+    if ease is None or ease.valid[SELECT_BY] <= knn.valid[SELECT_BY]:
+        s = NeighborSettings(int(knn.params["neighbors"]), float(knn.params["shrink"]))
+        return s, {"kind": "cosine", "valid": knn.valid}
+    lam = float(ease.params["lambda"])
+    b = ease_weights(valid.train_pos, lam)
+    tried = []
+    for k in KNN_NEIGHBORS:
+        nb = ItemNeighbors.fit(valid.train_pos, NeighborSettings(k, 0.0, "ease", lam), weights=b)
+        m = valid_metrics(valid, lambda lo, hi, nb=nb: nb.score(valid.history, lo, hi), "pruned EASE (valid)")
+        tried.append(({"neighbors": float(k)}, m))
+    best = _best(tried)
+    s = NeighborSettings(int(best.params["neighbors"]), 0.0, "ease", lam)
+    return s, {"kind": "ease", "valid": best.valid, "grid": best.grid}
+
+
+__all__ = ["EaseRefused", "Tuned", "tune_ease", "tune_item_knn", "tune_source", "valid_metrics"]

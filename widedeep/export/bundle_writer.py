@@ -172,7 +172,8 @@ def _write_neighbors(root: Path, nb: ItemNeighbors, n_items: int) -> None:
         raise CheckpointError(f"bundle: the item-to-item source covers {nb.n_items} items, the catalog {n_items}")
     targets, sources, weights = nb.arrays()
     table = pa.table({"target": targets, "source": sources, "weight": weights})
-    meta = {b"neighbors": str(nb.settings.neighbors).encode(), b"shrink": str(nb.settings.shrink).encode()}
+    st = nb.settings
+    meta = {b"neighbors": str(st.neighbors), b"shrink": str(st.shrink), b"kind": st.kind, b"lam": str(st.lam)}
     pq.write_table(table.replace_schema_metadata(meta), root / NEIGHBORS_FILE)
 
 

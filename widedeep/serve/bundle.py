@@ -227,7 +227,8 @@ def _generator(
     t = pq.read_table(path)
     meta = t.schema.metadata or {}
     try:
-        settings = NeighborSettings(int(meta[b"neighbors"]), float(meta[b"shrink"]))
+        kind = meta[b"kind"].decode()
+        settings = NeighborSettings(int(meta[b"neighbors"]), float(meta[b"shrink"]), kind, float(meta[b"lam"]))  # type: ignore[arg-type]
         o = m.get("ordering") or {}
         mix = SourceMix(float(o["item_share"]), float(o["item_weight"]))
     except (KeyError, ValueError) as e:
