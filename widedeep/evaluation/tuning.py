@@ -95,7 +95,7 @@ def tune_ease(valid: Any) -> Tuned:
 
 def tune_source(valid: Any, knn: Tuned, ease: Tuned | None) -> tuple[NeighborSettings, dict[str, Any]]:
     """The item-to-item source's neighbourhood: the better of the two valid-tuned item-item models
-    by ``SELECT_BY``; for EASE, its weights pruned to the number of neighbours per item that keeps
+    by ``SELECT_BY``, EASE with its weights pruned to the number of neighbours per item that keeps
     the valid figure best (a candidate source must be sparse to serve)."""
     if ease is None or ease.valid[SELECT_BY] <= knn.valid[SELECT_BY]:
         s = NeighborSettings(int(knn.params["neighbors"]), float(knn.params["shrink"]))
@@ -108,6 +108,9 @@ def tune_source(valid: Any, knn: Tuned, ease: Tuned | None) -> tuple[NeighborSet
         m = valid_metrics(valid, lambda lo, hi, nb=nb: nb.score(valid.history, lo, hi), "pruned EASE (valid)")
         tried.append(({"neighbors": float(k)}, m))
     best = _best(tried)
+    if best.valid[SELECT_BY] <= knn.valid[SELECT_BY]:  # pruning lost EASE's edge
+        s = NeighborSettings(int(knn.params["neighbors"]), float(knn.params["shrink"]))
+        return s, {"kind": "cosine", "valid": knn.valid, "pruned_ease": best.valid}
     s = NeighborSettings(int(best.params["neighbors"]), 0.0, "ease", lam)
     return s, {"kind": "ease", "valid": best.valid, "grid": best.grid}
 

@@ -16,7 +16,8 @@ Two weightings (``NeighborSettings.kind``):
   that only echo each other. Dense items x items, so refused above ``EASE_MAX_ITEMS``
   (``EaseRefused``); the EASE baseline uses the unpruned weights (``ease_weights``).
 
-Each target item keeps its ``neighbors`` best (positive) history weights (sparse), and a user's
+Each target item keeps its ``neighbors`` best history weights (sparse; cosine: the largest, EASE:
+the largest in absolute value, since its negative weights matter as much), and a user's
 score for item j is the sum of j's weights over the user's items. Computed with torch products in
 item chunks (never a dense users x items matrix).
 """
@@ -146,7 +147,8 @@ def _prune(
     block: Callable[[int, int], torch.Tensor], n_items: int, settings: NeighborSettings, chunk: int
 ) -> torch.Tensor:
     """Sparse ``[target, history]`` weights: each target column ``j`` of ``block(lo, hi)`` (history x
-    targets lo..hi-1) keeps its ``neighbors`` largest positive weights, never itself."""
+    targets lo..hi-1) keeps its ``neighbors`` largest positive weights (EASE: largest in absolute
+    value, signs kept), never itself."""
     t0 = time.monotonic()
     keep = n_items - 1 if settings.neighbors <= 0 else min(settings.neighbors, max(n_items - 1, 1))
     rows, cols, vals = [], [], []
@@ -154,8 +156,13 @@ def _prune(
         hi = min(n_items, lo + chunk)
         sim = block(lo, hi).clone()
         sim[torch.arange(lo, hi), torch.arange(hi - lo)] = 0.0  # an item is not its own neighbour
-        v, i = torch.topk(sim, keep, dim=0)  # best neighbours of each target item
-        nz = v > 0
+        if settings.kind == "ease":  # EASE's negative weights carry as much as its positive ones
+            i = torch.topk(sim.abs(), keep, dim=0).indices
+            v = torch.gather(sim, 0, i)
+            nz = v != 0
+        else:
+            v, i = torch.topk(sim, keep, dim=0)  # best neighbours of each target item
+            nz = v > 0
         tgt = torch.arange(lo, hi).unsqueeze(0).expand_as(i)
         rows.append(i[nz])
         cols.append(tgt[nz])
