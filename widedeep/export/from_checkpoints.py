@@ -152,6 +152,20 @@ def bundle_contents(
     )
 
 
+def _choose_sources(fs: Any, ranker: Any, rt: Any, root: Location) -> SourceChoice | None:
+    """The item-to-item source and order chosen on the valid split, as ``evaluate --task topk``
+    chooses them; None (the index alone) without a valid split with positives."""
+    if not fs.user_key or not (root / "valid").exists():
+        return None
+    try:
+        valid = EvalData(fs, root / "valid")
+    except DataError as e:
+        log.warning("export: no item-to-item source (%s)", e)
+        return None
+    rc = two_tower_config(rt.config.get("task_config"))
+    return choose_sources(rt.model, ranker, fs, valid, rc.candidates, rc.temperature)
+
+
 def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> dict[str, Any]:
     """The distribution profile (``widedeep.features.drift``) of a prepared split, read in batches."""
     loc = Location.of(split)
@@ -228,10 +242,8 @@ def export_from_checkpoints(
     }
     rk.model.eval()
     rt.model.eval()
-    choice = None
-    if (root / "valid").exists() and fs.user_key:
-        rc = two_tower_config(rt.config.get("task_config"))
-        choice = choose_sources(rt.model, rk.model, fs, EvalData(fs, root / "valid"), rc.candidates, rc.temperature)
+    choice = _choose_sources(fs, rk.model, rt, root)
+    if choice is not None:
         sources["candidate_sources"] = choice.summary()
     contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources, choice)
     contents.profile = profile_split(fs, root / "train")

@@ -281,6 +281,7 @@ class CandidateGenerator:
         exclude_keys: Sequence[Any] | None = None,
         exclude_rows: Sequence[int] | None = None,
         filter_seen: bool = True,
+        liked_rows: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates for one user (the online Retriever's call).
 
@@ -292,6 +293,7 @@ class CandidateGenerator:
                 can never be returned anyway).
             exclude_rows: item rows the caller excludes.
             filter_seen: drop the user's seen items.
+            liked_rows: the user's liked item rows (the item-to-item source's query).
 
         Returns:
             ``(rows int64 [<= n], scores float32 [<= n])`` best first (no padding).
@@ -310,7 +312,9 @@ class CandidateGenerator:
         cols = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
         ex = CSR(np.array([0, cols.size], dtype=np.int64), cols.astype(np.int64), self.n_items)
         vec = None if user_vec is None else np.asarray(user_vec, dtype=np.float32).reshape(1, -1)
-        rows, scores = self.candidates_batch(vec, n, ex, cold=np.array([vec is None]))
+        liked = np.unique(np.asarray(liked_rows if liked_rows is not None else [], dtype=np.int64))
+        recent = CSR(np.array([0, liked.size], dtype=np.int64), liked, self.n_items)
+        rows, scores = self.candidates_batch(vec, n, ex, cold=np.array([vec is None]), recent=recent)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
