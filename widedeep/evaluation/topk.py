@@ -370,6 +370,7 @@ def format_table(result: dict[str, Any]) -> str:
     cols = ["recall@10", "recall@50", "recall@100", "recall@500", "hr@10", "ndcg@10"]
     rows = [
         ("retrieval (two-tower)", result["retrieval"]),
+        *([("candidates, merged (no ranker)", result["sources"]["merged"])] if "sources" in result else []),
         (f"retrieval + ranker (top-{result['candidates']})", result["final"]),
         ("most-popular", result["baselines"]["most_popular"]),
         ("item-kNN", result["baselines"]["item_knn"]),
