@@ -3,6 +3,8 @@ share with de-duplication, and per-candidate scores from both measures."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,47 @@ def test_ease_neighbourhood_is_the_pruned_closed_form():
     np.testing.assert_allclose(nb.score(train, 0, 50).numpy(), x @ b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="EASE needs lam > 0"):
         NeighborSettings(10, 0.0, "ease", 0.0)
+
+
+def test_export_serves_the_sources_chosen_on_valid(tmp_path):
+    """``widedeep export`` over prepared data with a valid split chooses the item-to-item source and
+    the order there (as ``evaluate --task topk`` does) and the bundle serves them."""
+    from tests.retrieval.synth import prepare as prepare_synth
+    from widedeep.export.from_checkpoints import export_from_checkpoints
+    from widedeep.features import FeatureSpace
+    from widedeep.model.build import build_model_from_dict
+    from widedeep.model.checkpoint import save_checkpoint
+    from widedeep.serve.bundle import NEIGHBORS_FILE, load_bundle
+    from widedeep.serve.pipeline import RecommendPipeline
+
+    root = prepare_synth(tmp_path / "p", n_users=60, n_items=50, rows_per_user=20)
+    fs = FeatureSpace.load(root / "feature_space.json")
+    ckpts = {}
+    for task, cfg in (
+        ("ranking", {}),
+        ("retrieval", {"task_config": {"hidden": [], "output_dim": 8, "candidates": 50}}),
+    ):
+        model = build_model_from_dict(task, fs, cfg)
+        ckpts[task] = save_checkpoint(
+            tmp_path / task,
+            model=model,
+            optimizer=None,
+            feature_space=fs,
+            config={"data": str(root), "task": task, **cfg},
+            metrics={},
+            task=task,
+            state={},
+        )
+    out = export_from_checkpoints(str(ckpts["ranking"]), str(ckpts["retrieval"]), str(tmp_path / "bundle"))
+    m = json.loads((out / "manifest.json").read_text())
+    chosen = m["sources"]["candidate_sources"]
+    assert chosen["selected_on"] == "valid" and chosen["item_source"]["kind"] in ("cosine", "ease")
+    assert (
+        m["ordering"]["item_share"] == chosen["item_share"] and m["ordering"]["rerank_blend"] == chosen["rerank_blend"]
+    )
+    assert (out / NEIGHBORS_FILE).exists()
+    pipe = RecommendPipeline(load_bundle(out))
+    assert pipe.bundle.generator.neighbors is not None and len(pipe.bundle.liked) == 60
+    user = next(iter(pipe.bundle.liked))
+    got = pipe.recommend({pipe.user_key_field: user}, {}, k=5, n=20)
+    assert len(got) == 5 and not {k for k, _ in got} & {str(pipe.bundle.item_keys[r]) for r in pipe.bundle.seen[user]}
