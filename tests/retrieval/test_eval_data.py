@@ -41,7 +41,7 @@ def test_eval_data_definitions(tmp_path):
         train.filter(pc.equal(train.column("user_key"), u)).column("user_id")[0].as_py() for u in data.users
     ]
     b = baselines(data, 50)
-    assert set(b) == {"most_popular", "item_knn"}
+    assert set(b) == {"most_popular", "item_knn", "ease"}
     assert b["item_knn"]["ndcg@10"] > b["most_popular"]["ndcg@10"]  # the planted segments are learnable
 
 

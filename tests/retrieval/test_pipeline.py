@@ -72,7 +72,7 @@ def test_topk_synthetic_check(pipeline):
     assert run_topk(retriever, ranker, str(tmp / "data" / "test"), str(out)) == 0
     m = json.loads(out.read_text())
     assert set(m) >= {"retrieval", "final", "baselines"}
-    assert set(m["baselines"]) == {"most_popular", "item_knn"}
+    assert set(m["baselines"]) == {"most_popular", "item_knn", "ease"}
     for k in ("recall@10", "recall@50", "recall@100", "recall@500"):
         assert 0.0 <= m["retrieval"][k] <= 1.0
     for k in ("hr@10", "ndcg@10", "recall@10", "recall@50"):

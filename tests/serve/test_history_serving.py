@@ -14,7 +14,7 @@ from tests.retrieval import synth
 COLUMNS = ["user_key", "item_key", "label", "user_id", "country", "app_id", "category"]
 
 
-def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False):
+def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False, choice=None):
     """A bundle of untrained models over synthetic prepared data: ``(pipeline, fs, rows, retriever)``."""
     from widedeep.export.bundle_writer import write_bundle
     from widedeep.export.from_checkpoints import bundle_contents
@@ -39,7 +39,10 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
         with torch.no_grad():
             for p in ranker.parameters():
                 p.normal_(0, 0.5)
-    bundle = write_bundle(tmp_path / "b", bundle_contents(fs, ranker, retriever, rows), index_kind="exact")
+    if callable(choice):
+        choice = choice(rows)
+    contents = bundle_contents(fs, ranker, retriever, rows, choice=choice)
+    bundle = write_bundle(tmp_path / "b", contents, index_kind="exact")
     return RecommendPipeline(load_bundle(bundle)), fs, rows, retriever
 
 
@@ -107,3 +110,60 @@ def test_recommend_orders_like_offline_evaluation(tmp_path):
     # the scores shown are the ranker's probabilities of those items
     by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist(), strict=True))
     np.testing.assert_allclose([s for _, s in got], [by_row[int(r)] for r in want], rtol=1e-6)
+
+
+def test_item_to_item_source_is_served_like_offline_evaluation(tmp_path):
+    """A bundle with the item-to-item source: the served candidates are the offline generator's
+    (index + neighbours queried with the user's liked items, merged by the chosen share and scored
+    with the chosen weight), and the list is ordered by ``final_scores`` with the chosen blend."""
+    from widedeep.evaluation.selection import Ordering, SourceChoice
+    from widedeep.evaluation.tuning import Tuned
+    from widedeep.retrieval.candidates import SOURCE_ITEM_TO_ITEM, CandidateGenerator, SourceMix, final_scores
+    from widedeep.retrieval.data import first_by_key, interactions
+    from widedeep.retrieval.index import ExactIndex, load_index
+    from widedeep.retrieval.interactions import CSR
+    from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
+
+    made = {}
+
+    def choice(rows):
+        items = first_by_key(rows.select(["item_key"]), "item_key")[0]  # the bundle's catalog order
+        users = first_by_key(rows.select(["user_key"]), "user_key")[0]
+        settings = NeighborSettings(10, 2.0)
+        made["nb"] = nb = ItemNeighbors.fit(interactions(rows, "user_key", "item_key", users, items), settings)
+        return SourceChoice(settings, nb, Ordering(SourceMix(0.5, 0.5), 2.0), Tuned({}, {}))
+
+    torch.manual_seed(2)
+    pipe, _, rows, _ = _pipeline(tmp_path, 60, {"temperature": 0.2}, randomize_ranker=True, choice=choice)
+    b = pipe.bundle
+    assert b.manifest["ordering"] == {"rerank_blend": 2.0, "temperature": 0.2, "item_share": 0.5, "item_weight": 0.5}
+    gen = b.generator
+    assert gen.neighbors is not None and gen.mix == SourceMix(0.5, 0.5)
+    ukey = rows.column("user_key")[0].as_py()
+    q = pipe.prepare({pipe.user_key_field: ukey}, {})
+    ((cand, retrieval),) = pipe.retrieve_scored([q], 20, [None])
+
+    # the offline path, from the pieces: the exported neighbours, the index vectors, seen and liked rows
+    vecs = load_index(b.path / "index")[1]
+    liked_rows = b.liked[str(ukey)]
+    assert liked_rows.size > 0
+    offline = CandidateGenerator(
+        ExactIndex(vecs), gen.popularity.numpy(), b.item_keys, neighbors=made["nb"], item_vectors=vecs, mix=gen.mix
+    )
+    seen = b.seen[str(ukey)]
+    c = offline.sourced(
+        q.vector[None, :],
+        20,
+        CSR(np.array([0, seen.size]), np.sort(seen), len(b.item_keys)),
+        recent=CSR(np.array([0, liked_rows.size]), liked_rows, len(b.item_keys)),
+    )
+    assert cand.tolist() == c.rows[0][c.rows[0] >= 0].tolist()
+    np.testing.assert_allclose(retrieval, c.scores[0][: len(cand)] / 0.2, rtol=1e-5)
+    assert (c.sources[0] == SOURCE_ITEM_TO_ITEM).sum() > 0  # the source contributed candidates
+    index_only = ExactIndex(vecs).search(q.vector[None, :], 20, CSR(np.array([0, seen.size]), np.sort(seen), 60))[0]
+    assert set(cand.tolist()) != set(index_only[0][index_only[0] >= 0].tolist())
+
+    (logits,) = pipe.score([(q.part, q.row, cand)])
+    want = cand[np.argsort(-final_scores(logits, retrieval, 2.0), kind="stable")[:10]]
+    got = pipe.recommend({pipe.user_key_field: ukey}, {}, k=10, n=20)
+    assert [k for k, _ in got] == list(b.item_keys[want])

@@ -8,8 +8,9 @@ item catalog minus the user's training items is ranked (no sampled negatives):
 - **final**: the top-N candidates re-ranked by the Wide & Deep ranker (user-side prepared
   columns of the user + item-side columns of each candidate from the catalog, pair crosses
   through ``fs.add_crosses``) -> HR@10, NDCG@10, Recall@10, Recall@50;
-- **baselines**, through the same ranking engine and exclusions: most-popular and item-kNN
-  (cosine over the training interaction matrix).
+- **baselines**, through the same ranking engine and exclusions: most-popular, item-kNN
+  (shrunk cosine over the training interaction matrix) and EASE (Steck 2019), their settings
+  chosen on the valid split (``widedeep.evaluation.tuning``).
 
 Definitions: a user's *training items* are every item of their rows in the train split (any
 label: a seen item is never recommended again); their *history* for item-kNN is the train
@@ -34,11 +35,12 @@ import torch
 
 from widedeep.data.collate import Collator
 from widedeep.errors import CheckpointError, DataError
-from widedeep.evaluation.baselines import ItemKNN, MostPopular
+from widedeep.evaluation.baselines import EASE, EaseRefused, ItemKNN, MostPopular
+from widedeep.evaluation.tuning import Tuned, tune_ease, tune_item_knn
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location
-from widedeep.retrieval.candidates import CandidateGenerator, final_scores
+from widedeep.retrieval.candidates import SOURCE_NAMES, CandidateGenerator, Candidates, SourceMix, final_scores
 from widedeep.retrieval.data import (
     SPLITS,
     Catalog,
@@ -54,8 +56,9 @@ from widedeep.retrieval.data import (
 from widedeep.retrieval.history import Histories, history_columns, with_history
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
+from widedeep.retrieval.neighbors import ItemNeighbors
 from widedeep.retrieval.popularity import item_popularity
-from widedeep.retrieval.topk import rank_topk, ranking_metrics
+from widedeep.retrieval.topk import hit_matrix, rank_topk, ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +137,76 @@ def user_rows(model: Any, data: EvalData) -> pa.Table:
     return with_history(data.user_table, hist, data.users, m.cfg.history)
 
 
-def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows [U, n], scores [U, n], item_vectors)`` of the two-tower retriever for every user."""
+def retrieve_sourced(
+    model: Any, data: EvalData, n: int, neighbors: ItemNeighbors | None = None, mix: SourceMix | None = None
+) -> Candidates:
+    """The candidate stage for every user: the two-tower index, merged with the item-to-item
+    source queried with the user's train positives when ``neighbors`` and ``mix`` are given
+    (the same ``CandidateGenerator`` the online Retriever uses)."""
     t0 = time.monotonic()
     cfg = getattr(model, "module", model).cfg
     popularity = data.popularity.astype(np.float32)
     item_vecs = search_vectors(cfg, "item", embed(model, "item", data.catalog.table), popularity)
     user_vecs = search_vectors(cfg, "user", embed(model, "user", user_rows(model, data)))
-    gen = CandidateGenerator(ExactIndex(item_vecs), popularity, data.catalog.keys, seen=(data.users, data.exclude))
-    rows, scores = gen.candidates_batch(user_vecs, n, data.exclude)
+    gen = CandidateGenerator(
+        ExactIndex(item_vecs),
+        popularity,
+        data.catalog.keys,
+        seen=(data.users, data.exclude),
+        neighbors=neighbors,
+        item_vectors=item_vecs,
+        mix=mix,
+    )
+    c = gen.sourced(user_vecs, n, data.exclude, recent=data.history)
     log.info(
         "retrieval: %d users x %d items ranked in %.1fs", len(data.users), data.catalog.n_items, time.monotonic() - t0
     )
-    return rows, scores, item_vecs
+    return c
+
+
+def retrieve(model: Any, data: EvalData, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows [U, n], scores [U, n], sources [U, n])`` of the two-tower retriever alone."""
+    c = retrieve_sourced(model, data, n)
+    return c.rows, c.scores, c.sources
+
+
+def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users_per_chunk: int = 64) -> np.ndarray:
+    """float64 ``[U, n]`` ranker logits of every candidate (-inf for padding -1)."""
+    user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
+    item_tab = data.catalog.table
+    collator = Collator(rfs, require_label=False)
+    n_users, _n = cand.shape
+    out = np.full(cand.shape, -np.inf, dtype=np.float64)
+    t0 = last = time.monotonic()
+    ranker.eval()
+    for lo in range(0, n_users, users_per_chunk):
+        hi = min(n_users, lo + users_per_chunk)
+        c = cand[lo:hi]
+        valid = c >= 0
+        u_idx = np.repeat(np.arange(lo, hi), valid.sum(1))
+        t = data.user_table.select(user_cols).take(pa.array(u_idx))
+        it = item_tab.take(pa.array(c[valid]))
+        for name in it.column_names:
+            if name not in t.column_names:
+                t = t.append_column(name, it.column(name))
+        t = rfs.add_crosses(t)
+        with torch.no_grad():
+            block = out[lo:hi]
+            block[valid] = ranker(collator(t)).float().numpy()
+        now = time.monotonic()
+        if now - last > 10:
+            rate = hi / (now - t0)
+            log.info("re-ranking: %d/%d users (%.0f users/s, ETA %.0fs)", hi, n_users, rate, (n_users - hi) / rate)
+            last = now
+    return out
+
+
+def order_by(cand: np.ndarray, logits: np.ndarray, retrieval_logits: np.ndarray | None, blend: float) -> np.ndarray:
+    """The candidates of every user in ``final_scores`` order (padding -1 stays last)."""
+    valid = cand >= 0
+    s = np.full(cand.shape, -np.inf, dtype=np.float64)
+    s[valid] = final_scores(logits[valid], None if retrieval_logits is None else retrieval_logits[valid], blend)
+    return np.take_along_axis(cand, np.argsort(-s, axis=1, kind="stable"), 1)
 
 
 def rerank(
@@ -165,64 +225,94 @@ def rerank(
     learned estimate of how likely the user is to engage with the item at all, which a ranker
     trained on impressions (P(label | shown)) does not model.
     """
-    user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
-    item_tab = data.catalog.table
-    collator = Collator(rfs, require_label=False)
-    n_users, _n = cand.shape
-    out = np.full_like(cand, -1)
-    t0 = last = time.monotonic()
-    ranker.eval()
-    for lo in range(0, n_users, users_per_chunk):
-        hi = min(n_users, lo + users_per_chunk)
-        c = cand[lo:hi]
-        valid = c >= 0
-        u_idx = np.repeat(np.arange(lo, hi), valid.sum(1))
-        i_idx = c[valid]
-        t = data.user_table.select(user_cols).take(pa.array(u_idx))
-        it = item_tab.take(pa.array(i_idx))
-        for name in it.column_names:
-            if name not in t.column_names:
-                t = t.append_column(name, it.column(name))
-        t = rfs.add_crosses(t)
-        with torch.no_grad():
-            logits = ranker(collator(t)).float().numpy()
-        s = np.full(c.shape, -np.inf, dtype=np.float64)
-        s[valid] = final_scores(logits, None if retrieval_logits is None else retrieval_logits[lo:hi][valid], blend)
-        order = np.argsort(-s, axis=1, kind="stable")
-        out[lo:hi] = np.take_along_axis(c, order, 1)
-        now = time.monotonic()
-        if now - last > 10:
-            rate = hi / (now - t0)
-            log.info("re-ranking: %d/%d users (%.0f users/s, ETA %.0fs)", hi, n_users, rate, (n_users - hi) / rate)
-            last = now
-    return out
+    return order_by(cand, ranker_logits(ranker, rfs, data, cand, users_per_chunk), retrieval_logits, blend)
 
 
-def baselines(data: EvalData, k: int) -> dict[str, dict[str, float]]:
-    """Most-popular and item-kNN through the same engine, exclusions and metrics."""
-    out: dict[str, dict[str, float]] = {}
+def valid_data(fs: Any, data: EvalData) -> EvalData | None:
+    """The valid split of the evaluated data (where every baseline setting is chosen), or None
+    when the prepared directory has no valid split."""
+    valid = data.root / "valid"
+    if str(data.split_dir) == str(valid):
+        return data
+    return EvalData(fs, valid) if valid.exists() else None
+
+
+def baselines(
+    data: EvalData,
+    k: int,
+    valid: EvalData | None = None,
+    knn_t: Tuned | None = None,
+    ease_t: Tuned | None = None,
+) -> dict[str, Any]:
+    """Most-popular, item-kNN and EASE through the same engine, exclusions and metrics.
+
+    Item-kNN's neighbours and shrinkage and EASE's ``lambda`` are chosen on ``valid``
+    (``widedeep.evaluation.tuning``; ``knn_t`` / ``ease_t``: choices already made); without a
+    valid split they keep fixed defaults (100 neighbours, no shrinkage, ``lambda`` 500) and say
+    so (``selected_on: defaults``). EASE is ``{"skipped": reason}`` above ``EASE_MAX_ITEMS``.
+    """
+    out: dict[str, Any] = {}
     ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
+
+    def run(label: str, score: Any) -> dict[str, float]:
+        rows, _ = rank_topk(score, len(data.users), data.catalog.n_items, k, data.exclude, label=label)
+        return ranking_metrics(rows, data.relevant, ks)
+
     pop = MostPopular(data.popularity)
-    rows, _ = rank_topk(
-        lambda lo, hi: pop.score(data.history, lo, hi),
-        len(data.users),
-        data.catalog.n_items,
-        k,
-        data.exclude,
-        label="most-popular",
-    )
-    out["most_popular"] = ranking_metrics(rows, data.relevant, ks)
-    knn = ItemKNN(data.train_pos)
-    rows, _ = rank_topk(
-        lambda lo, hi: knn.score(data.history, lo, hi),
-        len(data.users),
-        data.catalog.n_items,
-        k,
-        data.exclude,
-        label="item-kNN",
-    )
-    out["item_knn"] = ranking_metrics(rows, data.relevant, ks)
+    out["most_popular"] = run("most-popular", lambda lo, hi: pop.score(data.history, lo, hi))
+    knn_t = knn_t or (tune_item_knn(valid) if valid is not None else None)
+    kp = knn_t.params if knn_t else {"neighbors": 100.0, "shrink": 0.0}
+    knn = ItemKNN(data.train_pos, neighbors=int(kp["neighbors"]), shrink=kp["shrink"])
+    out["item_knn"] = run("item-kNN", lambda lo, hi: knn.score(data.history, lo, hi))
+    out["item_knn"] |= knn_t.summary() if knn_t else {"params": kp, "selected_on": "defaults"}
+    try:
+        ease_t = ease_t or (tune_ease(valid) if valid is not None else None)
+        lam = ease_t.params["lambda"] if ease_t else 500.0
+        ease = EASE(data.train_pos, lam)
+    except EaseRefused as e:
+        log.warning("%s", e)
+        out["ease"] = {"skipped": str(e)}
+        return out
+    out["ease"] = run("EASE", lambda lo, hi: ease.score(data.history, lo, hi))
+    out["ease"] |= ease_t.summary() if ease_t else {"params": {"lambda": lam}, "selected_on": "defaults"}
     return out
+
+
+def source_figures(cand: Candidates, final: np.ndarray | None, data: EvalData, n: int) -> dict[str, Any]:
+    """Per-source figures of the merged candidate list: each source's share of the candidates and
+    of the final top-10, the recall of what each source contributed, and the merged list's own
+    metrics in retrieval-score order."""
+    ks = tuple(x for x in (10, 50, n) if x <= n)
+    out: dict[str, Any] = {"merged": ranking_metrics(cand.rows, data.relevant, ks)}
+    hits = hit_matrix(cand.rows, data.relevant)
+    n_rel = data.relevant.lengths()
+    for code, name in enumerate(SOURCE_NAMES):
+        mine = cand.sources == code
+        if not mine.any():
+            continue
+        out[name] = {
+            "candidates_share": float(mine.sum() / max((cand.rows >= 0).sum(), 1)),
+            f"recall@{n}_contributed": float(np.mean((hits & mine).sum(1) / n_rel)),
+        }
+        if final is not None:
+            top = final[:, :10]
+            pos = _positions(cand.rows, top)
+            src_top = np.where(pos >= 0, np.take_along_axis(cand.sources, np.maximum(pos, 0), 1), -1)
+            out[name]["final_top10_share"] = float((src_top == code).sum() / max((top >= 0).sum(), 1))
+    return out
+
+
+def _positions(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Per user, the column of ``rows`` holding each of ``items`` (-1 when absent)."""
+    n_users, width = rows.shape
+    span = np.int64(max(int(rows.max(initial=0)), int(items.max(initial=0))) + 2)
+    base = np.arange(n_users, dtype=np.int64)[:, None] * span
+    flat = (base + rows + 1).ravel()  # +1: padding -1 stays inside its user's range
+    order = np.argsort(flat, kind="stable")
+    want = (base + items + 1).ravel()
+    at = np.minimum(np.searchsorted(flat[order], want), flat.size - 1)
+    found = (flat[order][at] == want) & (items.ravel() >= 0)
+    return np.where(found, order[at] % width, -1).reshape(items.shape)
 
 
 def evaluate_topk(
@@ -234,9 +324,17 @@ def evaluate_topk(
     blend: float = 0.0,
     temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """All metrics as the JSON document ``run_topk`` writes."""
+    """All metrics as the JSON document ``run_topk`` writes.
+
+    With a valid split, the item-to-item source (item-kNN's valid-tuned neighbourhood) is merged
+    into the candidates and the merge and final order are chosen on valid
+    (``widedeep.evaluation.selection``); without one, the two-tower candidates alone are
+    re-ranked with ``blend``.
+    """
+    from widedeep.evaluation.selection import choose_sources  # selection builds on this module
+
     k = max(max(RETRIEVAL_KS), n_candidates)
-    rows, scores, _ = retrieve(retriever, data, k)
+    rows, _, _ = retrieve(retriever, data, k)
     result: dict[str, Any] = {
         "users": len(data.users),
         "items": int(data.catalog.n_items),
@@ -244,18 +342,27 @@ def evaluate_topk(
         "positives_already_in_train": int(data.dropped_seen_positives),
         "retrieval": ranking_metrics(rows, data.relevant, RETRIEVAL_KS),
     }
-    cand = rows[:, :n_candidates]
+    valid = valid_data(data.fs, data)
+    knn_t = ease_t = neighbors = mix = None
+    if valid is not None:
+        choice = choose_sources(retriever, ranker, ranker_fs, valid, n_candidates, temperature)
+        knn_t, ease_t, neighbors = choice.knn, choice.ease, choice.neighbors
+        mix, blend = choice.ordering.mix, choice.ordering.blend
+        result["ordering"] = choice.summary()
+    cand = retrieve_sourced(retriever, data, n_candidates, neighbors, mix)
+    final = None
     if ranker is not None:
         t0 = time.monotonic()
-        final = rerank(ranker, ranker_fs, data, cand, scores[:, :n_candidates] / temperature, blend)
-        log.info("re-ranked %d x %d candidates in %.1fs", *cand.shape, time.monotonic() - t0)
+        final = rerank(ranker, ranker_fs, data, cand.rows, cand.scores / temperature, blend)
+        log.info("re-ranked %d x %d candidates in %.1fs", *cand.rows.shape, time.monotonic() - t0)
         result["final"] = _final_subset(ranking_metrics(final, data.relevant, FINAL_KS))
         result["final"]["reranked"] = True
         result["final"]["blend"] = float(blend)
     else:
-        result["final"] = _final_subset(ranking_metrics(cand, data.relevant, FINAL_KS))
+        result["final"] = _final_subset(ranking_metrics(cand.rows, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False
-    result["baselines"] = baselines(data, max(RETRIEVAL_KS))
+    result["sources"] = source_figures(cand, final, data, n_candidates)
+    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid, knn_t, ease_t)
     return result
 
 
@@ -263,10 +370,13 @@ def format_table(result: dict[str, Any]) -> str:
     cols = ["recall@10", "recall@50", "recall@100", "recall@500", "hr@10", "ndcg@10"]
     rows = [
         ("retrieval (two-tower)", result["retrieval"]),
+        *([("candidates, merged (no ranker)", result["sources"]["merged"])] if "sources" in result else []),
         (f"retrieval + ranker (top-{result['candidates']})", result["final"]),
         ("most-popular", result["baselines"]["most_popular"]),
         ("item-kNN", result["baselines"]["item_knn"]),
     ]
+    if "recall@10" in result["baselines"].get("ease", {}):
+        rows.append(("EASE", result["baselines"]["ease"]))
     w = max(len(r[0]) for r in rows) + 2
     lines = [
         f"top-K over the full catalog: {result['users']} users, {result['items']} items",

@@ -29,7 +29,8 @@ import widedeep
 from widedeep.errors import CheckpointError
 from widedeep.paths import FS_ERRORS, Location, short_error
 from widedeep.retrieval.index import build_index, save_index
-from widedeep.serve.bundle import POPULARITY
+from widedeep.retrieval.neighbors import ItemNeighbors
+from widedeep.serve.bundle import LIKED, NEIGHBORS_FILE, POPULARITY
 from widedeep.serve.manifest import BUNDLE_FORMAT, file_hashes
 from widedeep.serve.scoring import save_ranker
 from widedeep.serve.towers import save_user_tower
@@ -58,6 +59,10 @@ class BundleContents:
             as ``profile.json``: serving measures its requests' drift against it.
         lineage: how this model came to be (``widedeep retrain``: the parent bundle, the data
             window, the verification checks), recorded in the manifest.
+        neighbors: the item-to-item candidate source (``widedeep.retrieval.neighbors``), written as
+            ``item_neighbors.parquet``; ``ordering`` then carries its ``item_share`` and ``item_weight``.
+        liked: per user of ``seen``, the catalog rows of their positives (what the item-to-item
+            source is queried with), written as the ``liked`` column of ``seen.parquet``.
     """
 
     fs: Any
@@ -73,6 +78,8 @@ class BundleContents:
     ordering: dict[str, float] = field(default_factory=dict)  # {"rerank_blend", "temperature"} of the retriever
     profile: dict[str, Any] | None = None
     lineage: dict[str, Any] | None = None
+    neighbors: ItemNeighbors | None = None
+    liked: list[np.ndarray] | None = None
 
 
 def write_bundle(
@@ -119,7 +126,12 @@ def write_bundle(
             pq.write_table(table.add_column(0, "user_key", pa.array(keys)), tmp / "users.parquet")
         keys, rows = c.seen if c.seen is not None else (np.asarray([], dtype=object), [])
         lists = pa.array([np.asarray(r, dtype=np.int64) for r in rows], type=pa.list_(pa.int64()))
-        pq.write_table(pa.table({"user_key": pa.array(keys), "items": lists}), tmp / "seen.parquet")
+        seen_cols = {"user_key": pa.array(keys), "items": lists}
+        if c.liked is not None:
+            seen_cols[LIKED] = pa.array([np.asarray(r, dtype=np.int64) for r in c.liked], type=pa.list_(pa.int64()))
+        pq.write_table(pa.table(seen_cols), tmp / "seen.parquet")
+        if c.neighbors is not None:
+            _write_neighbors(tmp, c.neighbors, n)
         if c.profile is not None:
             (tmp / "profile.json").write_text(json.dumps(c.profile, sort_keys=True))
         index, info = build_index(c.item_vectors, index_kind, **(index_options or {}))
@@ -153,6 +165,16 @@ def write_bundle(
         raise
     log.info("wrote bundle %s (version %s, %d items) in %.1fs", out, version, n, time.monotonic() - t0)
     return out
+
+
+def _write_neighbors(root: Path, nb: ItemNeighbors, n_items: int) -> None:
+    if nb.n_items != n_items:
+        raise CheckpointError(f"bundle: the item-to-item source covers {nb.n_items} items, the catalog {n_items}")
+    targets, sources, weights = nb.arrays()
+    table = pa.table({"target": targets, "source": sources, "weight": weights})
+    st = nb.settings
+    meta = {b"neighbors": str(st.neighbors), b"shrink": str(st.shrink), b"kind": st.kind, b"lam": str(st.lam)}
+    pq.write_table(table.replace_schema_metadata(meta), root / NEIGHBORS_FILE)
 
 
 def _target(uri: str) -> tuple[Any, str]:

@@ -19,16 +19,18 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from widedeep.errors import CheckpointError, DataError
+from widedeep.evaluation.selection import SourceChoice, choose_sources
+from widedeep.evaluation.topk import EvalData
 from widedeep.export.bundle_writer import BundleContents, check_upload_target, upload_bundle, write_bundle
 from widedeep.features import FeatureSpace
 from widedeep.features.drift import ProfileBuilder, monitored
 from widedeep.features.spec import CrossedFeature
 from widedeep.model.checkpoint import load_checkpoint, read_meta
-from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors
+from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
 from widedeep.retrieval.history import TIME_COLUMN, Histories
-from widedeep.retrieval.interactions import key_rows
+from widedeep.retrieval.interactions import POSITIVE_LABEL_ABOVE, key_rows
 from widedeep.retrieval.popularity import item_popularity
 from widedeep.serve.scoring import extract_ranker
 from widedeep.serve.towers import extract_user_tower
@@ -67,6 +69,7 @@ def bundle_contents(
     rows: pa.Table,
     positives: pa.Table | None = None,
     sources: dict[str, Any] | None = None,
+    choice: SourceChoice | None = None,
 ) -> BundleContents:
     """Assemble a bundle from the two models and prepared rows.
 
@@ -80,6 +83,10 @@ def bundle_contents(
         positives: the train split's rows (``item_key``, ``label``, ``user_key``) popularity is counted on
             (``widedeep.retrieval.popularity``; default: ``rows``).
         sources: provenance for the manifest.
+        choice: the item-to-item source and the merge and order chosen on the valid split
+            (``widedeep.evaluation.selection.choose_sources``, what ``evaluate --task topk``
+            measured); ``None``: the two-tower index alone, ordered with the retriever's
+            ``rerank_blend``.
     """
     if not fs.item_key or "item_key" not in rows.column_names:
         raise DataError("export: the prepared data has no item_key column; serving needs an item catalog")
@@ -94,7 +101,7 @@ def bundle_contents(
     vectors = search_vectors(
         getattr(retriever, "module", retriever).cfg, "item", embed(retriever, "item", items), popularity
     )
-    users = seen = None
+    users = seen = liked = None
     if fs.user_key and "user_key" in rows.column_names:
         ucols = _user_base_columns(fs)
         user_keys, user_rows = first_by_key(rows.select(["user_key", *ucols]), "user_key")
@@ -105,6 +112,14 @@ def bundle_contents(
         u, i = u[order], i[order]
         bounds = np.searchsorted(u, np.arange(len(user_keys) + 1))
         seen = (user_keys, [np.unique(i[bounds[k] : bounds[k + 1]]) for k in range(len(user_keys))])
+        if choice is not None:  # the item-to-item source's query: each user's positives
+            pos = (
+                np.asarray(rows.column("label").to_numpy(zero_copy_only=False), np.float64)[order]
+                > POSITIVE_LABEL_ABOVE
+            )
+            liked = [
+                np.unique(i[bounds[k] : bounds[k + 1]][pos[bounds[k] : bounds[k + 1]]]) for k in range(len(user_keys))
+            ]
     log.info(
         "export: %d items, %d users from %d prepared rows (%.1fs)",
         len(item_keys),
@@ -114,6 +129,12 @@ def bundle_contents(
     )
     rcfg = getattr(retriever, "module", retriever).cfg
     ordering = {"rerank_blend": float(rcfg.rerank_blend), "temperature": float(rcfg.temperature)}
+    if choice is not None:
+        ordering |= {
+            "rerank_blend": float(choice.ordering.blend),
+            "item_share": float(choice.ordering.mix.item_share),
+            "item_weight": float(choice.ordering.mix.item_weight),
+        }
     return BundleContents(
         fs,
         extract_ranker(ranker, fs),
@@ -126,7 +147,23 @@ def bundle_contents(
         seen,
         sources or {},
         ordering,
+        neighbors=None if choice is None else choice.neighbors,
+        liked=liked if choice is not None else None,
     )
+
+
+def _choose_sources(fs: Any, ranker: Any, rt: Any, root: Location) -> SourceChoice | None:
+    """The item-to-item source and order chosen on the valid split, as ``evaluate --task topk``
+    chooses them; None (the index alone) without a valid split with positives."""
+    if not fs.user_key or not (root / "valid").exists():
+        return None
+    try:
+        valid = EvalData(fs, root / "valid")
+    except DataError as e:
+        log.warning("export: no item-to-item source (%s)", e)
+        return None
+    rc = two_tower_config(rt.config.get("task_config"))
+    return choose_sources(rt.model, ranker, fs, valid, rc.candidates, rc.temperature)
 
 
 def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> dict[str, Any]:
@@ -198,14 +235,17 @@ def export_from_checkpoints(
         cols.append(TIME_COLUMN)  # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
     train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else [])])
-    sources = {
+    sources: dict[str, Any] = {
         "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
         "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},
         "data": str(root),
     }
     rk.model.eval()
     rt.model.eval()
-    contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources)
+    choice = _choose_sources(fs, rk.model, rt, root)
+    if choice is not None:
+        sources["candidate_sources"] = choice.summary()
+    contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources, choice)
     contents.profile = profile_split(fs, root / "train")
     contents.lineage = lineage
     if not is_uri(out):

@@ -6,7 +6,11 @@ is measured offline is what is served.
 
 Policy:
 
-- a user the model can place (a user vector) gets the top-N of the item index;
+- a user the model can place (a user vector) gets the top-N of the item index; with an
+  item-to-item source (``ItemNeighbors``, ``SourceMix.item_share > 0``) and a history of liked
+  items, a share of the N comes from that source instead (its best items the user has not
+  seen, de-duplicated against the index's), and every candidate's retrieval score is the index
+  score plus ``SourceMix.item_weight`` x its item-to-item score, whichever source found it;
 - a user it cannot place (cold start: no vector) gets the N most popular items;
 - items the user has already seen are never returned (``filter_seen``), nor items the caller
   excludes (by key or row); N is a parameter; short lists are padded with row -1.
@@ -21,6 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +34,66 @@ import torch
 from widedeep.errors import ConfigError
 from widedeep.retrieval.index import ItemIndex
 from widedeep.retrieval.interactions import CSR, key_rows
-from widedeep.retrieval.topk import rank_topk
+from widedeep.retrieval.neighbors import ItemNeighbors
+from widedeep.retrieval.topk import BLOCK_ELEMS, rank_topk
+
+#: the ``sources`` code of a candidate: which source put it in the list
+SOURCE_INDEX, SOURCE_ITEM_TO_ITEM, SOURCE_POPULARITY = 0, 1, 2
+SOURCE_NAMES = ("two_tower", "item_to_item", "popularity")
+
+
+@dataclass(frozen=True)
+class SourceMix:
+    """How the item-to-item source joins the index (two-tower) source.
+
+    Args:
+        item_share: share of the N candidates of a user with a history taken from the
+            item-to-item source (0 = off); the rest come from the index.
+        item_weight: weight of the item-to-item score in every candidate's retrieval score
+            (index score + item_weight x item-to-item score).
+    """
+
+    item_share: float = 0.0
+    item_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.item_share <= 1.0:
+            raise ConfigError(f"item_share: must be in [0, 1], got {self.item_share}")
+        if self.item_weight < 0:
+            raise ConfigError(f"item_weight: must be >= 0, got {self.item_weight}")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """``rows int64 [U, n]`` (-1 padding), ``scores float32 [U, n]`` best first, and the source
+    code of each candidate (``SOURCE_*``; -1 for padding)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    sources: np.ndarray
+
+
+def merge_first(first: np.ndarray, second: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the distinct items of ``first`` then of ``second`` (-1 = none), cut to ``n``:
+    ``(rows int64 [U, n], from_first bool [U, n])`` (-1 padding)."""
+    cat = np.concatenate([first, second], axis=1)
+    from_first = np.zeros(cat.shape, dtype=bool)
+    from_first[:, : first.shape[1]] = True
+    order = np.argsort(cat, axis=1, kind="stable")  # equal items keep their left-to-right order
+    srt = np.take_along_axis(cat, order, 1)
+    dup_sorted = np.zeros(cat.shape, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.zeros(cat.shape, dtype=bool)
+    np.put_along_axis(dup, order, dup_sorted, 1)
+    ok = (cat >= 0) & ~dup
+    pos = np.cumsum(ok, axis=1) - 1
+    take = ok & (pos < n)
+    rows = np.full((cat.shape[0], n), -1, dtype=np.int64)
+    src = np.zeros((cat.shape[0], n), dtype=bool)
+    r, c = np.nonzero(take)
+    rows[r, pos[r, c]] = cat[r, c]
+    src[r, pos[r, c]] = from_first[r, c]
+    return rows, src
 
 
 def union(a: CSR, b: CSR) -> CSR:
@@ -50,6 +114,10 @@ class CandidateGenerator:
         item_keys: the raw item key of every row.
         seen: items each user has already seen, either ``{user_key: item rows}`` or
             ``(user_keys, CSR)`` with CSR rows aligned to ``user_keys``.
+        neighbors: the item-to-item source (``None``: the index alone).
+        item_vectors: float32 ``[n_items, dim]`` the index's vectors (scores item-to-item
+            candidates by the index's measure); needed with ``neighbors``.
+        mix: how the two sources are merged.
     """
 
     def __init__(
@@ -58,7 +126,18 @@ class CandidateGenerator:
         popularity: np.ndarray,
         item_keys: np.ndarray,
         seen: Mapping[Any, np.ndarray] | tuple[np.ndarray, CSR] | None = None,
+        neighbors: ItemNeighbors | None = None,
+        item_vectors: np.ndarray | None = None,
+        mix: SourceMix | None = None,
     ) -> None:
+        self.neighbors = neighbors
+        self.mix = mix or SourceMix()
+        self.item_vectors = None if item_vectors is None else torch.from_numpy(np.asarray(item_vectors, np.float32))
+        if neighbors is not None and (self.item_vectors is None or neighbors.n_items != index.n_items):
+            raise ConfigError(
+                f"CandidateGenerator: the item-to-item source needs the index's vectors and "
+                f"{index.n_items} items (it has {neighbors.n_items})"
+            )
         if popularity.shape != (index.n_items,) or len(item_keys) != index.n_items:
             raise ConfigError(
                 f"CandidateGenerator: index has {index.n_items} items, popularity "
@@ -98,7 +177,12 @@ class CandidateGenerator:
         return CSR(indptr, sub.indices[keep], self.n_items)
 
     def candidates_batch(
-        self, user_vecs: np.ndarray | None, n: int, exclude: CSR | None = None, cold: np.ndarray | None = None
+        self,
+        user_vecs: np.ndarray | None,
+        n: int,
+        exclude: CSR | None = None,
+        cold: np.ndarray | None = None,
+        recent: CSR | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates for many users at once (offline evaluation uses this directly).
 
@@ -108,10 +192,23 @@ class CandidateGenerator:
             exclude: per-user item rows that must not be returned (seen items and caller
                 exclusions, already merged), CSR with ``U`` rows.
             cold: bool ``[U]``: users without a usable vector (popularity fallback).
+            recent: per-user liked item rows the item-to-item source is queried with (CSR, ``U`` rows).
 
         Returns:
             ``(rows int64 [U, n], scores float32 [U, n])``; cold users' scores are popularity.
         """
+        c = self.sourced(user_vecs, n, exclude, cold, recent)
+        return c.rows, c.scores
+
+    def sourced(
+        self,
+        user_vecs: np.ndarray | None,
+        n: int,
+        exclude: CSR | None = None,
+        cold: np.ndarray | None = None,
+        recent: CSR | None = None,
+    ) -> Candidates:
+        """``candidates_batch`` with the source of every candidate (``Candidates``)."""
         if n <= 0:
             raise ConfigError(f"candidates: n must be positive, got {n}")
         if user_vecs is None and cold is None:
@@ -124,11 +221,13 @@ class CandidateGenerator:
         ex = exclude if exclude is not None else CSR.empty(n_users, self.n_items)
         rows = np.full((n_users, n), -1, dtype=np.int64)
         scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+        sources = np.full((n_users, n), -1, dtype=np.int8)
         warm_idx = np.flatnonzero(~cold)
         cold_idx = np.flatnonzero(cold)
         if warm_idx.size:
-            r, s = self.index.search(user_vecs[warm_idx], n, ex.take_rows(warm_idx))
-            rows[warm_idx], scores[warm_idx] = r, s
+            vecs = np.ascontiguousarray(user_vecs[warm_idx], dtype=np.float32)
+            c = self._warm(vecs, n, ex.take_rows(warm_idx), None if recent is None else recent.take_rows(warm_idx))
+            rows[warm_idx], scores[warm_idx], sources[warm_idx] = c.rows, c.scores, c.sources
         if cold_idx.size:
             pop = self.popularity
             r, s = rank_topk(
@@ -140,7 +239,39 @@ class CandidateGenerator:
                 label="popularity candidates",
             )
             rows[cold_idx], scores[cold_idx] = r, s
-        return rows, scores
+            sources[cold_idx] = np.where(r >= 0, SOURCE_POPULARITY, -1)
+        return Candidates(rows, scores, sources)
+
+    def _warm(self, vecs: np.ndarray, n: int, ex: CSR, recent: CSR | None) -> Candidates:
+        """Index candidates, merged with item-to-item ones when the source and a history exist."""
+        r, s = self.index.search(vecs, n, ex)
+        n_item = round(self.mix.item_share * n)
+        if self.neighbors is None or recent is None or (n_item == 0 and self.mix.item_weight == 0):
+            return Candidates(r, s, np.where(r >= 0, SOURCE_INDEX, -1).astype(np.int8))
+        nb = self.neighbors
+
+        def item_scores(lo: int, hi: int) -> torch.Tensor:
+            sc = nb.score(recent, lo, hi)
+            return sc.masked_fill_(sc <= 0, -torch.inf)  # no shared user with any liked item: not a candidate
+
+        item_rows = (
+            rank_topk(item_scores, len(vecs), self.n_items, n_item, ex, label="item-to-item")[0] if n_item else r[:, :0]
+        )
+        rows, from_item = merge_first(item_rows, r, n)
+        q = torch.from_numpy(vecs)
+        scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+        step = max(1, BLOCK_ELEMS // max(self.n_items, n * q.shape[1], 1))
+        for lo in range(0, len(vecs), step):  # score every candidate by both measures
+            hi = min(len(vecs), lo + step)
+            blk = rows[lo:hi]
+            safe = torch.from_numpy(np.maximum(blk, 0))
+            idx = (q[lo:hi].unsqueeze(1) * self.item_vectors[safe]).sum(-1)
+            i2i = torch.gather(nb.score(recent, lo, hi), 1, safe) if self.mix.item_weight else 0.0
+            scores[lo:hi] = np.where(blk >= 0, (idx + self.mix.item_weight * i2i).numpy(), -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        src = np.where(from_item, SOURCE_ITEM_TO_ITEM, SOURCE_INDEX)
+        rows, scores, src = (np.take_along_axis(a, order, 1) for a in (rows, scores, src))
+        return Candidates(rows, scores, np.where(rows >= 0, src, -1).astype(np.int8))
 
     def candidates(
         self,
@@ -150,6 +281,7 @@ class CandidateGenerator:
         exclude_keys: Sequence[Any] | None = None,
         exclude_rows: Sequence[int] | None = None,
         filter_seen: bool = True,
+        liked_rows: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates for one user (the online Retriever's call).
 
@@ -161,6 +293,7 @@ class CandidateGenerator:
                 can never be returned anyway).
             exclude_rows: item rows the caller excludes.
             filter_seen: drop the user's seen items.
+            liked_rows: the user's liked item rows (the item-to-item source's query).
 
         Returns:
             ``(rows int64 [<= n], scores float32 [<= n])`` best first (no padding).
@@ -179,7 +312,9 @@ class CandidateGenerator:
         cols = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
         ex = CSR(np.array([0, cols.size], dtype=np.int64), cols.astype(np.int64), self.n_items)
         vec = None if user_vec is None else np.asarray(user_vec, dtype=np.float32).reshape(1, -1)
-        rows, scores = self.candidates_batch(vec, n, ex, cold=np.array([vec is None]))
+        liked = np.unique(np.asarray(liked_rows if liked_rows is not None else [], dtype=np.int64))
+        recent = CSR(np.array([0, liked.size], dtype=np.int64), liked, self.n_items)
+        rows, scores = self.candidates_batch(vec, n, ex, cold=np.array([vec is None]), recent=recent)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 

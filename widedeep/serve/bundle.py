@@ -10,7 +10,10 @@
       user_tower.json / .safetensors  the two-tower retriever's user tower (``towers.py``)
       items.parquet            item_key + the item-side PREPARED columns + popularity, in index row order
       users.parquet            (optional) user_key + the user-side prepared columns
-      seen.parquet             user_key + the catalog rows each user has already seen
+      seen.parquet             user_key + the catalog rows each user has already seen (+ ``liked``:
+                               the rows of their positives, the item-to-item source's query)
+      item_neighbors.parquet   (optional) the item-to-item candidate source (``widedeep.retrieval.neighbors``):
+                               target row, source row, weight; merged as the manifest's ``ordering`` says
       profile.json             (optional) the training data's distribution profile (``widedeep.features.drift``):
                                what the replica measures its requests' drift against
       index/                   the item index (``widedeep.retrieval.index`` layout: item vectors, HNSW file)
@@ -33,7 +36,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,9 @@ import pyarrow.parquet as pq
 from widedeep.errors import CheckpointError
 from widedeep.features import FeatureSpace
 from widedeep.paths import is_uri
-from widedeep.retrieval.candidates import CandidateGenerator
+from widedeep.retrieval.candidates import CandidateGenerator, SourceMix
 from widedeep.retrieval.index import load_index
+from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
 from widedeep.serve.bundle_uri import fetch_bundle, read_manifest_bytes
 from widedeep.serve.manifest import parse_manifest, sha256_file
 from widedeep.serve.scoring import CandidateScorer, load_ranker
@@ -54,6 +58,8 @@ from widedeep.serve.towers import load_user_tower
 log = logging.getLogger(__name__)
 
 POPULARITY = "_popularity"  # the items.parquet column of each item's popularity (cold-start candidates)
+LIKED = "liked"  # the seen.parquet column of each user's positive catalog rows
+NEIGHBORS_FILE = "item_neighbors.parquet"
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -102,6 +108,7 @@ class ServingBundle:
     generator: Any  # retrieval.candidates.CandidateGenerator
     source: str = ""  # what it was loaded as (a directory or a URI); ``path`` is the local directory read
     profile: dict[str, Any] | None = None  # profile.json (None: an older bundle, no drift measured)
+    liked: dict[str, np.ndarray] = field(default_factory=dict)  # str(user key) -> positive catalog rows
 
     def __post_init__(self) -> None:
         self.source = self.source or str(self.path)
@@ -155,7 +162,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
     item_keys = np.asarray(items.column("item_key").to_numpy(zero_copy_only=False))
     popularity = items.column(POPULARITY).to_numpy().astype(np.float32)
     items = items.drop_columns(["item_key", POPULARITY]).combine_chunks()
-    idx_keys, _vectors, index, _info = load_index(root / "index")
+    idx_keys, vectors, index, _info = load_index(root / "index")
     if hasattr(index, "threads"):
         # one query per request: hnswlib would otherwise start a thread per core for each search
         index.threads = 1
@@ -171,7 +178,15 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         str(k): np.asarray(v, dtype=np.int64)
         for k, v in zip(st.column("user_key").to_pylist(), st.column("items").to_pylist(), strict=True)
     }
-    generator = CandidateGenerator(index, popularity, item_keys)
+    liked = (
+        {
+            str(k): np.asarray(v, dtype=np.int64)
+            for k, v in zip(st.column("user_key").to_pylist(), st.column(LIKED).to_pylist(), strict=True)
+        }
+        if LIKED in st.column_names
+        else {}
+    )
+    generator = _generator(root, m, index, popularity, item_keys, vectors)
     profile = json.loads((root / "profile.json").read_text()) if (root / "profile.json").exists() else None
     b = ServingBundle(
         root,
@@ -188,6 +203,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         generator,
         source,
         profile,
+        liked,
     )
     log.info(
         "loaded bundle %s (version %s, %d items, %d users) in %.2fs",
@@ -198,3 +214,30 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         time.monotonic() - t0,
     )
     return b
+
+
+def _generator(
+    root: Path, m: dict[str, Any], index: Any, popularity: np.ndarray, item_keys: np.ndarray, vectors: np.ndarray
+) -> CandidateGenerator:
+    """The candidate generator offline evaluation measured: the index, plus the item-to-item source
+    merged as the manifest's ``ordering`` says when the bundle carries one."""
+    path = root / NEIGHBORS_FILE
+    if not path.exists():
+        return CandidateGenerator(index, popularity, item_keys)
+    t = pq.read_table(path)
+    meta = t.schema.metadata or {}
+    try:
+        kind = meta[b"kind"].decode()
+        settings = NeighborSettings(int(meta[b"neighbors"]), float(meta[b"shrink"]), kind, float(meta[b"lam"]))  # type: ignore[arg-type]
+        o = m.get("ordering") or {}
+        mix = SourceMix(float(o["item_share"]), float(o["item_weight"]))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: the item-to-item source lacks its settings ({e})") from None
+    nb = ItemNeighbors.from_arrays(
+        t.column("target").to_numpy(),
+        t.column("source").to_numpy(),
+        t.column("weight").to_numpy(),
+        len(item_keys),
+        settings,
+    )
+    return CandidateGenerator(index, popularity, item_keys, neighbors=nb, item_vectors=vectors, mix=mix)

@@ -5,7 +5,9 @@ Stages (each deployment runs some of them; the fused Ingress runs all)::
     prepare   raw user/context fields -> FeatureSpace transform (the training code path) of the
               query-side features, merged over the known user's row of the bundle's user table;
               query crosses; the query's share of every score (``QueryPart``); the user vector
-    retrieve  user vector -> top-N catalog rows (popularity for cold users), minus seen/excluded
+    retrieve  user vector -> top-N catalog rows (popularity for cold users), minus seen/excluded,
+              merged with the item-to-item source queried with the user's liked items when the
+              bundle carries one (``CandidateGenerator``, as offline evaluation)
     rank      candidate rows -> item-side ids from the catalog + pair crosses (``add_crosses``)
               -> ``CandidateScorer`` (batched across requests) -> top-k
 
@@ -254,13 +256,30 @@ class RecommendPipeline:
             np.float32
         )
         rows, scores = b.generator.candidates_batch(
-            None if cold.all() else vecs, n, CSR(indptr, indices, len(b.item_keys)), cold=cold
+            None if cold.all() else vecs,
+            n,
+            CSR(indptr, indices, len(b.item_keys)),
+            cold=cold,
+            recent=self._liked(queries),
         )
         out = []
         for r, sc, c in zip(rows, scores, cold, strict=False):
             keep = r >= 0
             out.append((r[keep].astype(np.int32), None if c else (sc[keep] / self.temperature).astype(np.float32)))
         return out
+
+    def _liked(self, queries: Sequence[Query]) -> CSR | None:
+        """Each query's positive catalog rows (the item-to-item source's input; unknown users: none)."""
+        b = self.bundle
+        if b.generator.neighbors is None:
+            return None
+        lists = [
+            b.liked.get(q.user_key, np.zeros(0, np.int64)) if q.user_key is not None else np.zeros(0, np.int64)
+            for q in queries
+        ]
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=indptr[1:])
+        return CSR(indptr, np.concatenate(lists).astype(np.int64), len(b.item_keys))
 
     def final_order(self, logits: np.ndarray, retrieval_logits: np.ndarray | None) -> np.ndarray | None:
         """The re-ranked order's key (``final_scores``, as offline evaluation), None: the ranker alone."""
