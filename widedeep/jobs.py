@@ -28,7 +28,18 @@ from widedeep.errors import WidedeepError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-UPLOAD_EXCLUDES = ["notebooks/", "tests/", ".git/", "*.parquet", "widedeep-quickstart/", "notebook-runs/"]
+# gitignore-style patterns (what Ray matches working_dir excludes with); the quickstart's output and a
+# virtualenv in the clone (README's set-up makes ./.venv) would otherwise be uploaded with every job
+UPLOAD_EXCLUDES = [
+    "notebooks/",
+    "tests/",
+    ".git/",
+    "*.parquet",
+    "widedeep-quickstart/",
+    "notebook-runs/",
+    ".venv/",
+    "__pycache__/",
+]
 
 
 class JobFailedError(WidedeepError):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from widedeep.errors import CheckpointError
 from widedeep.retrieval.candidates import CandidateGenerator
 from widedeep.retrieval.index import ExactIndex, HnswIndex, build_index, load_index, recall_vs_exact, save_index
 from widedeep.retrieval.interactions import CSR
@@ -41,6 +44,31 @@ def test_hnsw_agrees_with_exact(tmp_path):
     assert isinstance(idx2, HnswIndex) and info2["kind"] == "hnsw"
     np.testing.assert_array_equal(k2, keys)
     np.testing.assert_array_equal(idx2.search(q, 10)[0], index.search(q, 10)[0])
+    assert (idx2.n_items, idx2.dim) == (3000, 16)
+
+
+def test_hnsw_scores_are_inner_products_best_first():
+    items, q = _vectors(2000, 8), _vectors(30, 8, seed=3)
+    index, _ = build_index(items, "hnsw", recall_queries=q, threads=1)
+    rows, scores = index.search(q, 25)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, items[rows]), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_index_of_another_format_or_kind_is_refused(tmp_path):
+    items = _vectors(400, 8)
+    index, info = build_index(items, "hnsw", recall_queries=items[:20], threads=1)
+    save_index(tmp_path / "idx", np.arange(400), items, index, info)
+    meta_p = tmp_path / "idx" / "index.json"
+    meta = json.loads(meta_p.read_text())
+    for change, msg in (
+        ({"format": 1}, r"built with hnswlib .* re-export"),
+        ({"format": 99}, r"index format 99, this version reads \[1, 2\]"),
+        ({"kind": "ivf"}, r"index kind 'ivf'"),
+    ):
+        meta_p.write_text(json.dumps({**meta, **change}))
+        with pytest.raises(CheckpointError, match=msg):
+            load_index(tmp_path / "idx")
 
 
 def test_auto_index_is_exact_for_small_catalogs():
