@@ -32,7 +32,7 @@ def test_exact_index_matches_brute_force_with_exclusions():
 
 def test_hnsw_agrees_with_exact(tmp_path):
     items, q = _vectors(3000, 16), _vectors(200, 16, seed=2)
-    index, info = build_index(items, "hnsw", recall_k=50, recall_queries=q, threads=1)
+    index, info = build_index(items, "hnsw", recall_k=50, recall_queries=q, threads=1, ef_search=64)
     assert info["recall@50_vs_exact"] >= 0.95
     assert recall_vs_exact(index, ExactIndex(items), q, 50) == pytest.approx(info["recall@50_vs_exact"])
     ex = CSR.from_pairs(np.arange(200), np.argmax(q @ items.T, axis=1), 200, 3000)  # ban each query's best item
@@ -45,6 +45,7 @@ def test_hnsw_agrees_with_exact(tmp_path):
     np.testing.assert_array_equal(k2, keys)
     np.testing.assert_array_equal(idx2.search(q, 10)[0], index.search(q, 10)[0])
     assert (idx2.n_items, idx2.dim) == (3000, 16)
+    assert idx2.ef_search == index.ef_search == info2["ef_search"]  # searches as the measured index did
 
 
 def test_hnsw_scores_are_inner_products_best_first():

@@ -109,7 +109,7 @@ class HnswIndex:
     ) -> None:
         import voyager
 
-        self.ef_search = ef_search
+        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
         self.threads = threads
         if _loaded is not None:
             self.index, self.dim, self.n_items = _loaded, int(_loaded.num_dimensions), int(_loaded.num_elements)
@@ -206,6 +206,9 @@ def build_index(
     if kind == "exact":
         return ExactIndex(vectors), info
     index = HnswIndex(vectors, **hnsw_kwargs)
+    # the search width is a setting of the index, not of the graph file: recorded so a loaded index
+    # searches exactly as the one whose recall was measured
+    info.update(m=index.m, ef_construction=index.ef_construction, ef_search=index.ef_search)
     if recall_queries is None:
         rng = np.random.default_rng(0)
         recall_queries = vectors[rng.choice(n, size=min(n, 1000), replace=False)]
@@ -266,7 +269,7 @@ def load_index(path: str | Path) -> tuple[np.ndarray, np.ndarray, ItemIndex, dic
                 f"{d / HNSW_FILE}: {graph.num_elements} items of dim {graph.num_dimensions}, "
                 f"but item_embeddings.safetensors has {vectors.shape[0]} of dim {vectors.shape[1]}"
             )
-        index: ItemIndex = HnswIndex(None, _loaded=graph)
+        index: ItemIndex = HnswIndex(None, ef_search=int(info["ef_search"]), _loaded=graph)
     else:
         index = ExactIndex(vectors)
     return keys, vectors, index, info
