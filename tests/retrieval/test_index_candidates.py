@@ -54,6 +54,9 @@ def test_hnsw_scores_are_inner_products_best_first():
     rows, scores = index.search(q, 25)
     np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, items[rows]), atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
+    one_rows, one_scores = index.search(q[3:4], 25)  # a single query takes its own path: same answer
+    np.testing.assert_array_equal(one_rows, rows[3:4])
+    np.testing.assert_allclose(one_scores, scores[3:4])
 
 
 def test_index_of_another_format_or_kind_is_refused(tmp_path):

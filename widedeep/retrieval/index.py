@@ -146,7 +146,11 @@ class HnswIndex:
         scores = np.full((n_q, k), -np.inf, dtype=np.float32)
         if n_q == 0 or kq == 0:
             return rows, scores
-        ids, dist = self.index.query(q, k=kq, num_threads=self.threads, query_ef=max(self.ef_search, kq))
+        ef = max(self.ef_search, kq)
+        if n_q == 1:  # one request's query: voyager's single-vector path skips the batch's thread pool
+            ids, dist = self.index.query(q[0], k=kq, query_ef=ef)
+        else:
+            ids, dist = self.index.query(q, k=kq, num_threads=self.threads, query_ef=ef)
         labels = ids.astype(np.int64).reshape(n_q, kq)
         sims = (1.0 - dist).astype(np.float32).reshape(n_q, kq)  # voyager's inner-product distance is 1 - <q, v>
         if exclude is not None and exclude.nnz:
