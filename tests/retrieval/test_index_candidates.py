@@ -48,11 +48,16 @@ def test_hnsw_agrees_with_exact(tmp_path):
     assert idx2.ef_search == index.ef_search == info2["ef_search"]  # searches as the measured index did
 
 
-def test_hnsw_scores_are_inner_products_best_first():
-    items, q = _vectors(2000, 8), _vectors(30, 8, seed=3)
+@pytest.mark.parametrize("unit", [True, False], ids=["unit-norm-items", "any-norm-items"])
+def test_hnsw_scores_are_inner_products_best_first(unit):
+    items, q = _vectors(2000, 8), 3.0 * _vectors(30, 8, seed=3)
+    if not unit:
+        items = items * np.random.default_rng(4).uniform(0.5, 2.0, size=(2000, 1)).astype(np.float32)
     index, _ = build_index(items, "hnsw", recall_queries=q, threads=1)
     rows, scores = index.search(q, 25)
-    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, items[rows]), atol=1e-5)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, items[rows]), atol=1e-4)
+    exact_rows, _ = ExactIndex(items).search(q, 25)
+    assert np.mean([len(set(a) & set(b)) / 25 for a, b in zip(rows, exact_rows, strict=True)]) >= 0.95
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     one_rows, one_scores = index.search(q[3:4], 25)  # a single query takes its own path: same answer
     np.testing.assert_array_equal(one_rows, rows[3:4])
