@@ -11,7 +11,10 @@ and Windows, so ``pip install`` needs no compiler (hnswlib, used before, is a so
 that compiles on install); it keeps MIPS accurate with an order-preserving transform for
 inner product, saves one file that records its space and dimension, and answers batched
 queries multi-threaded. faiss would win for GPU search or billion-scale compressed indexes,
-which we do not need.
+which we do not need. Its cost: on a 100k-item synthetic catalog (dim 32, M=16, ef_construction=100,
+ef_search=600, k=500, one query per call) voyager matched hnswlib's recall@500 (0.99956) but searched
+in 1.06 ms against hnswlib's 0.80 ms (hnswlib compiled on the machine); a faster wheel-only HNSW
+(faiss-cpu, usearch) is worth measuring before catalogs grow.
 
 The approximate index's recall against the exact top-N is measured on sample queries and
 logged when it is built, and stored in ``index.json``.
