@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from widedeep.errors import CheckpointError
 from widedeep.retrieval.candidates import CandidateGenerator
 from widedeep.retrieval.index import ExactIndex, HnswIndex, build_index, load_index, recall_vs_exact, save_index
 from widedeep.retrieval.interactions import CSR
@@ -29,7 +32,7 @@ def test_exact_index_matches_brute_force_with_exclusions():
 
 def test_hnsw_agrees_with_exact(tmp_path):
     items, q = _vectors(3000, 16), _vectors(200, 16, seed=2)
-    index, info = build_index(items, "hnsw", recall_k=50, recall_queries=q, threads=1)
+    index, info = build_index(items, "hnsw", recall_k=50, recall_queries=q, threads=1, ef_search=64)
     assert info["recall@50_vs_exact"] >= 0.95
     assert recall_vs_exact(index, ExactIndex(items), q, 50) == pytest.approx(info["recall@50_vs_exact"])
     ex = CSR.from_pairs(np.arange(200), np.argmax(q @ items.T, axis=1), 200, 3000)  # ban each query's best item
@@ -41,6 +44,40 @@ def test_hnsw_agrees_with_exact(tmp_path):
     assert isinstance(idx2, HnswIndex) and info2["kind"] == "hnsw"
     np.testing.assert_array_equal(k2, keys)
     np.testing.assert_array_equal(idx2.search(q, 10)[0], index.search(q, 10)[0])
+    assert (idx2.n_items, idx2.dim) == (3000, 16)
+    assert idx2.ef_search == index.ef_search == info2["ef_search"]  # searches as the measured index did
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["unit-norm-items", "any-norm-items"])
+def test_hnsw_scores_are_inner_products_best_first(unit):
+    items, q = _vectors(2000, 8), 3.0 * _vectors(30, 8, seed=3)
+    if not unit:
+        items = items * np.random.default_rng(4).uniform(0.5, 2.0, size=(2000, 1)).astype(np.float32)
+    index, _ = build_index(items, "hnsw", recall_queries=q, threads=1)
+    rows, scores = index.search(q, 25)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, items[rows]), atol=1e-4)
+    exact_rows, _ = ExactIndex(items).search(q, 25)
+    assert np.mean([len(set(a) & set(b)) / 25 for a, b in zip(rows, exact_rows, strict=True)]) >= 0.95
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    one_rows, one_scores = index.search(q[3:4], 25)  # a single query takes its own path: same answer
+    np.testing.assert_array_equal(one_rows, rows[3:4])
+    np.testing.assert_allclose(one_scores, scores[3:4])
+
+
+def test_index_of_another_format_or_kind_is_refused(tmp_path):
+    items = _vectors(400, 8)
+    index, info = build_index(items, "hnsw", recall_queries=items[:20], threads=1)
+    save_index(tmp_path / "idx", np.arange(400), items, index, info)
+    meta_p = tmp_path / "idx" / "index.json"
+    meta = json.loads(meta_p.read_text())
+    for change, msg in (
+        ({"format": 1}, r"built with hnswlib .* re-export"),
+        ({"format": 99}, r"index format 99, this version reads \[1, 2\]"),
+        ({"kind": "ivf"}, r"index kind 'ivf'"),
+    ):
+        meta_p.write_text(json.dumps({**meta, **change}))
+        with pytest.raises(CheckpointError, match=msg):
+            load_index(tmp_path / "idx")
 
 
 def test_auto_index_is_exact_for_small_catalogs():

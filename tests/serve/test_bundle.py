@@ -14,7 +14,7 @@ import torch
 from widedeep.errors import CheckpointError
 from widedeep.export.bundle_writer import write_bundle
 from widedeep.serve.bundle import load_bundle
-from widedeep.serve.manifest import sha256_file
+from widedeep.serve.manifest import file_hashes, sha256_file
 from widedeep.serve.pipeline import RecommendPipeline, RequestError
 
 
@@ -51,6 +51,36 @@ def test_mismatched_feature_space_is_refused_naming_both_hashes(bundles, tmp_pat
     with pytest.raises(CheckpointError) as e:
         load_bundle(d)
     assert h1 in str(e.value) and h2 in str(e.value)
+
+
+def _as_written_by_format_1(bundle, dest, kind: str):
+    """A copy of ``bundle`` whose item index is laid out as index format 1 wrote it, manifest consistent.
+
+    Format 1 stored an HNSW graph as hnswlib's ``hnsw.bin``; an exact index was the same files as now.
+    """
+    shutil.copytree(bundle, dest)
+    idx = dest / "index"
+    meta = json.loads((idx / "index.json").read_text())
+    meta.update(format=1, kind=kind)
+    (idx / "index.json").write_text(json.dumps(meta))
+    if kind == "hnsw":
+        (idx / "hnsw.bin").write_bytes(b"an hnswlib graph")
+    m = json.loads((dest / "manifest.json").read_text())
+    m["files"] = file_hashes(dest)
+    (dest / "manifest.json").write_text(json.dumps(m))
+    return dest
+
+
+def test_bundle_with_an_hnswlib_index_is_refused_with_what_to_do(bundles, tmp_path):
+    d = _as_written_by_format_1(bundles[0], tmp_path / "old", "hnsw")
+    with pytest.raises(CheckpointError, match=r"index\.json: this HNSW index was built with hnswlib .* re-export"):
+        load_bundle(d)
+
+
+def test_bundle_with_a_format_1_exact_index_still_loads(bundles, tmp_path):
+    d = _as_written_by_format_1(bundles[0], tmp_path / "old", "exact")
+    b = load_bundle(d)
+    assert b.generator.index.kind == "exact" and b.version == "v1"
 
 
 def test_write_refuses_models_of_another_feature_space(bundles, tmp_path):

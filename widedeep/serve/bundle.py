@@ -164,7 +164,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
     items = items.drop_columns(["item_key", POPULARITY]).combine_chunks()
     idx_keys, vectors, index, _info = load_index(root / "index")
     if hasattr(index, "threads"):
-        # one query per request: hnswlib would otherwise start a thread per core for each search
+        # one query per request: a batched HNSW search would otherwise start a thread per core for each search
         index.threads = 1
     if len(idx_keys) != len(item_keys) or not np.array_equal(idx_keys.astype(str), item_keys.astype(str)):
         raise CheckpointError(f"{root}: index/items.parquet and items.parquet list different items")
