@@ -53,3 +53,16 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     cpus = num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     log.info("starting a local Ray with %d logical CPUs", cpus)
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def compute_cpus() -> float:
+    """CPUs that compute-bound actors should be sized by: the cluster's CPUs, except on a local Ray
+    that ``ensure_ray`` started with more logical CPUs than the machine has cores (the extra ones
+    are for Ray Data's I/O tasks; compute-bound actors beyond the cores only add start-up and
+    time-slicing). Call after ``ensure_ray``."""
+    import ray
+
+    logical = float(ray.cluster_resources().get("CPU", 1))
+    if os.environ.get("RAY_ADDRESS"):
+        return logical
+    return min(logical, float(os.cpu_count() or 1))

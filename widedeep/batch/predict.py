@@ -225,7 +225,10 @@ def _write_manifest(opts: PredictOptions, manifest: dict[str, Any]) -> None:
 
 
 def _workers(opts: PredictOptions, n_units: int) -> int:
+    """The actor pool's size: ``--workers``, else as many as the CPUs (GPUs) fit, one per read unit at most."""
     import ray
+
+    from widedeep.ray_runtime import compute_cpus
 
     if opts.workers:
         return min(opts.workers, n_units)
@@ -235,7 +238,7 @@ def _workers(opts: PredictOptions, n_units: int) -> int:
         if fit < 1:
             raise DataError(f"--gpus-per-worker {opts.gpus_per_worker}: the Ray cluster has no GPU")
     else:
-        fit = int(res.get("CPU", 1) / opts.cpus_per_worker)
+        fit = int(compute_cpus() / opts.cpus_per_worker)
     return max(1, min(fit, n_units))
 
 

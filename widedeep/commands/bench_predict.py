@@ -12,7 +12,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cardinality", type=int, default=200_000, help="distinct values per categorical column")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per scoring batch (both contenders)")
     p.add_argument("--shard-rows", type=int, default=250_000, help="rows per generated Parquet file (= read unit)")
-    p.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per logical CPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Ray actors (default: as widedeep predict: one per CPU core the job may use)",
+    )
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--workdir", default=None, help="where to write data (default: a temp dir, removed after)")
 
