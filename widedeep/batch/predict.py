@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from widedeep.batch.scorers import load_scorer
-from widedeep.data.prepare import raise_task_error, unwrap_error
+from widedeep.data.prepare import iter_task_batches
 from widedeep.data.sources import ReadUnit, filesystem, plan_units, read_unit
 from widedeep.errors import DataError, WidedeepError
 from widedeep.features.spec import CategoricalFeature, feature_column
@@ -267,18 +267,9 @@ def predict(opts: PredictOptions) -> dict[str, Any]:
         num_gpus=opts.gpus_per_worker or None,
     )
     progress = _Progress(units)
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            raise_task_error(batch)
-            for blob in batch.column("blob").to_pylist():
-                progress.add(json.loads(blob))
-    except WidedeepError:
-        raise
-    except Exception as e:
-        inner = unwrap_error(e)
-        if inner is not None:
-            raise type(inner)(str(inner)) from None
-        raise
+    for batch in iter_task_batches(ds):
+        for blob in batch.column("blob").to_pylist():
+            progress.add(json.loads(blob))
     m = _manifest(opts, fmt, progress.stats, time.perf_counter() - t0)
     _write_manifest(opts, m)
     log.info(

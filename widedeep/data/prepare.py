@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +111,9 @@ def _units_dataset(units: list[ReadUnit]):
     return ray.data.from_items([u.to_item() for u in units], override_num_blocks=max(1, len(units)))
 
 
-def _run(ds, what: str):
-    """Iterate a dataset's output batches on the driver, re-raising our errors cleanly."""
+def iter_task_batches(ds: Any) -> Iterator[pa.Table]:
+    """Iterate a dataset's output batches on the driver, re-raising our errors cleanly (a task's
+    ``error`` row, or a widedeep error wrapped by Ray, comes back as itself with its message)."""
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             raise_task_error(batch)
@@ -428,7 +430,7 @@ def _time_pass(split: SplitSpec, units: list[ReadUnit], opts: PrepareOptions) ->
         batch_format="pyarrow",
         fn_kwargs={"split": split, "chunk_rows": opts.chunk_rows, "on_bad_rows": opts.on_bad_rows},
     )
-    pieces = [_from_ipc(b) for batch in _run(ds, "time") for b in batch.column("blob").to_pylist()]
+    pieces = [_from_ipc(b) for batch in iter_task_batches(ds) for b in batch.column("blob").to_pylist()]
     if split.mode == "time":
         k, c = sketch.merge([(p.column("key").to_numpy(), p.column("count").to_numpy()) for p in pieces])
         if not len(k):
@@ -473,7 +475,7 @@ def _fit_pass(
         },
     )
     t_merge = 0.0
-    for batch in _run(ds, "fit"):
+    for batch in iter_task_batches(ds):
         tm = time.perf_counter()
         acc.add(batch)
         t_merge += time.perf_counter() - tm
@@ -522,7 +524,7 @@ def _write_pass(
         fn_kwargs={"fs_json": fs_json, "splitter": splitter, "columns": columns, "out": opts.out, "opts": wopts},
     )
     metas: list[dict[str, Any]] = []
-    for batch in _run(ds, "write"):
+    for batch in iter_task_batches(ds):
         metas.extend(json.loads(m) for m in batch.column("blob").to_pylist())
         rows = sum(m["stats"]["rows"] for m in metas)
         log.info(
