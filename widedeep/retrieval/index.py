@@ -23,8 +23,8 @@ two are level), faiss's 1.39x and usearch's 1.41x of voyager's (both also ship w
 ``HnswIndex.search`` adds 0.07 ms around the call. End to end (a one-off comparison, not kept as
 a tool: one Serve instance with a replica per index, two per library, ABAB rounds of one-client
 load on ``/v1/recommend``), p50 was 8.57 ms with voyager vs 8.60 ms with hnswlib (paired ratio
-0.985) and 8.92 vs 8.96 ms (0.989) in a second run, within the spread between two replicas of
-the same index (0.99-1.01): the 0.03 ms per search is below what a request's p50 resolves.
+0.985); two more runs gave 0.989 and 0.933, each within the spread between two replicas of the
+same index (0.99, 1.005, 0.94): the 0.03 ms per search is below what a request's p50 resolves.
 
 The approximate index's recall against the exact top-N is measured on sample queries and
 logged when it is built, and stored in ``index.json``.
