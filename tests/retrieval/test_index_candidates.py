@@ -64,6 +64,26 @@ def test_hnsw_scores_are_inner_products_best_first(unit):
     np.testing.assert_allclose(one_scores, scores[3:4])
 
 
+def test_hnsw_exclusions_drop_exactly_the_listed_rows_and_keep_the_order():
+    items, q = _vectors(60, 8), _vectors(4, 8, seed=5)
+    index, _ = build_index(items, "hnsw", recall_queries=q, threads=1, ef_search=64)
+    plain_rows, plain_scores = index.search(q, 60)  # the whole catalog, best first
+    # query 0 bans 3 of its results, query 1 none, query 2 its best 20, query 3 rows it ranks last
+    banned = {0: plain_rows[0, [1, 4, 9]], 2: plain_rows[2, :20], 3: plain_rows[3, -2:]}
+    rows_of = np.concatenate([np.full(len(v), i) for i, v in banned.items()])
+    ex = CSR.from_pairs(rows_of, np.concatenate(list(banned.values())), 4, 60)
+    rows, scores = index.search(q, 50, ex)
+    for i in range(4):
+        keep = ~np.isin(plain_rows[i], banned.get(i, []))
+        want_rows, want_scores = plain_rows[i][keep][:50], plain_scores[i][keep][:50]
+        np.testing.assert_array_equal(rows[i, : len(want_rows)], want_rows)
+        np.testing.assert_allclose(scores[i, : len(want_rows)], want_scores)
+        assert (rows[i, len(want_rows) :] == -1).all() and np.isneginf(scores[i, len(want_rows) :]).all()
+    assert (rows[2] == -1).sum() == 10  # 60 items - 20 banned = 40 results for k = 50
+    one_rows, _ = index.search(q[2:3], 50, CSR.from_pairs(np.zeros(20, np.int64), banned[2], 1, 60))
+    np.testing.assert_array_equal(one_rows[0], rows[2])
+
+
 def test_index_of_another_format_or_kind_is_refused(tmp_path):
     items = _vectors(400, 8)
     index, info = build_index(items, "hnsw", recall_queries=items[:20], threads=1)
