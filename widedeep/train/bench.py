@@ -107,9 +107,10 @@ def timed_training(cfg: Any) -> dict[str, Any]:
     """``run_training(cfg)`` timed end to end, Ray start included: wall, the Ray start-up and the
     steady samples/s, from the summary's ``timings`` when present (else from the outside)."""
     from widedeep.ray_runtime import ensure_ray
-    from widedeep.train.driver import count_rows, run_training
+    from widedeep.train.driver import run_training
+    from widedeep.train.feed import split_size
 
-    train_rows = count_rows(str(Path(cfg.data) / "train"))
+    train_rows, _ = split_size(str(Path(cfg.data) / "train"), [])
     t0 = time.perf_counter()
     ensure_ray()
     ray_init = time.perf_counter() - t0
