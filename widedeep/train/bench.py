@@ -262,7 +262,7 @@ def _mlp_only_step(in_dim: int, cfg: Any, batch_size: int, device: torch.device)
 
     g = torch.Generator().manual_seed(0)
     mlp = MLP(in_dim, list(cfg.model.hidden)).to(device)
-    opt = torch.optim.Adam(mlp.parameters(), lr=cfg.optim.dense.lr)
+    opt = cfg.optim.dense.build(list(mlp.parameters()))
     x = torch.rand(batch_size, in_dim, generator=g).to(device)
     y = (torch.rand(batch_size, generator=g) < 0.25).float().to(device)
 
