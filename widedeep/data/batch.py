@@ -137,17 +137,20 @@ class RowTaker:
     (single-valued features), a batch's ids are one ``index_select`` of a ``[T, n, L]`` view."""
 
     def __init__(self, batch: Batch) -> None:
-        self.batch = batch
         n = batch.batch_size
+        self.dense, self.labels = batch.dense, batch.labels  # the ids are kept by the sides only
+        self.ids_per_row = (batch.wide.values.numel() + batch.deep.values.numel()) / max(n, 1)
         self.wide, self.deep = _SideRows(batch.wide, n), _SideRows(batch.deep, n)
 
     @property
     def rows(self) -> int:
-        return self.batch.batch_size
+        return int(self.labels.shape[0])
 
     def take(self, rows: torch.Tensor) -> Batch:
         """Rows ``rows`` (int64 positions) of the batch, as a ``Batch`` of ``len(rows)`` rows."""
-        b = self.batch
         return Batch(
-            b.dense.index_select(0, rows), self.wide.take(rows), self.deep.take(rows), b.labels.index_select(0, rows)
+            self.dense.index_select(0, rows),
+            self.wide.take(rows),
+            self.deep.take(rows),
+            self.labels.index_select(0, rows),
         )
