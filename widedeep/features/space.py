@@ -343,6 +343,13 @@ class FeatureSpace:
     def _indexes(self) -> dict[str, _VocabIndex]:
         return {name: _VocabIndex(st["vocab"]) for name, st in self.states.items() if "vocab" in st}
 
+    def with_lookup_indexes(self) -> FeatureSpace:
+        """This space (``self``) with its vocabulary look-up indexes built now: a pickled copy
+        carries them, so the tasks it is shipped to do not each hash and sort every vocabulary
+        again (Criteo-shaped, 26 vocabularies of up to 200k values)."""
+        self._indexes  # noqa: B018 - built and cached on the object
+        return self
+
     def transform(
         self, table: pa.Table, *, require_label: bool = True, sides: tuple[str, ...] | list[str] | None = None
     ) -> pa.Table:
