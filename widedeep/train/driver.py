@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ from widedeep.train.worker import LoopSpec
 #: (Ray Train's own hang timeout, 10 minutes by default, is unchanged). A value already in the
 #: environment wins; Ray Train propagates it from the driver to its controller.
 CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+def apply_controller_env(environ: MutableMapping[str, str]) -> None:
+    """``CONTROLLER_ENV`` into ``environ``, keeping any value already set there."""
+    for key, value in CONTROLLER_ENV.items():
+        environ.setdefault(key, value)
 
 
 def _split_path(data: str, split: str) -> str:
@@ -186,8 +193,7 @@ def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, 
     from widedeep.train import tracking as train_tracking
     from widedeep.train.loop import train_loop_per_worker
 
-    for key, value in CONTROLLER_ENV.items():  # read by TorchTrainer when it starts the controller
-        os.environ.setdefault(key, value)
+    apply_controller_env(os.environ)  # read by TorchTrainer when it starts the controller
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
