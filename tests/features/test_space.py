@@ -276,3 +276,20 @@ def test_missing_column_names_it():
     fs = fit_tables(spec([{"name": "c"}]), [pa.table({"c": ["a"], "y": [0]})])
     with pytest.raises(DataError, match=r"missing column 'c' \(needed by feature 'c'\)"):
         fs.transform(pa.table({"d": ["a"], "y": [0]}))
+
+
+def test_vocabulary_lookup_matches_a_dict_on_shuffled_values_unknowns_and_nulls():
+    """The look-up searches the batch's hashes in sorted order and scatters the positions back:
+    every value gets its own id, in the batch's order (plain and dictionary-encoded batches)."""
+    from widedeep.features.space import _VocabIndex
+
+    rng = np.random.default_rng(3)
+    vocab = [f"v{i:05d}-{rng.integers(1 << 30)}" for i in range(5000)]
+    index = _VocabIndex(vocab)
+    ids = {v: i for i, v in enumerate(vocab)}
+    values = [vocab[i] for i in rng.integers(0, len(vocab), 20000)] + ["unknown-a", "unknown-b", None] * 50
+    values = [values[i] for i in rng.permutation(len(values))]
+    want = np.array([ids.get(v, len(vocab)) if v is not None else len(vocab) for v in values])
+    arr = pa.array(values, pa.string())
+    assert np.array_equal(index.lookup(arr), want)
+    assert np.array_equal(index.lookup(arr.dictionary_encode()), want)

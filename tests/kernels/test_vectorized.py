@@ -264,3 +264,17 @@ def test_group_paths_agree():
     for rows, grads in results[1:]:
         assert torch.equal(rows, results[0][0])
         torch.testing.assert_close(grads, results[0][1])
+
+
+@pytest.mark.parametrize("path", ["sorted", "dense"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS), ids=str)
+@pytest.mark.parametrize(("min_len", "max_len", "weighted"), [(1, 1, False), (2, 2, True), (0, 4, True)])
+def test_sorted_and_dense_coalescing_match_reference(monkeypatch, path, opt, min_len, max_len, weighted):
+    """Both ways of summing duplicate rows' gradients (a stable sort, or a dense buffer for small
+    runs) give the reference's updates, for one id per bag, a fixed length and varying lengths."""
+    from widedeep.kernels import vectorized
+
+    monkeypatch.setattr(vectorized, "_DENSE_MAX_ROWS_PER_ID", 0 if path == "sorted" else 10**9)
+    train_side_by_side(
+        MIXED, OPTIMIZERS[opt], "vectorized", B=11, steps=3, seed=5, weighted=weighted, max_len=max_len, min_len=min_len
+    )

@@ -70,3 +70,34 @@ def test_collate_rejects_nulls_and_missing_columns(fs):
         Collator(space)(bad)
     with pytest.raises(DataError, match="'x' missing"):
         Collator(space)(prepared.drop_columns(["x"]))
+
+
+def _same_batch(a, b) -> bool:
+    import torch
+
+    return all(
+        torch.equal(x, y)
+        for x, y in (
+            (a.dense, b.dense),
+            (a.labels, b.labels),
+            (a.wide.values, b.wide.values),
+            (a.wide.offsets, b.wide.offsets),
+            (a.deep.values, b.deep.values),
+            (a.deep.offsets, b.deep.offsets),
+        )
+    )
+
+
+@pytest.mark.parametrize("rows", [[2, 0], [3, 1, 1, 0], [], [1]], ids=["two", "repeat", "none", "one"])
+def test_row_taker_equals_collating_the_taken_rows(fs, rows):
+    """A cached split collated once, then rows selected (varying-length multivalent bags, empty
+    bags, one id per bag, int32 storage): the batch the collator builds from those rows."""
+    import torch
+
+    from widedeep.data.batch import RowTaker
+
+    space, prepared = fs
+    taker = RowTaker(Collator(space)(prepared))
+    got = taker.take(torch.tensor(rows, dtype=torch.int64))
+    want = Collator(space)(prepared.take(pa.array(rows, pa.int64())))
+    assert got.wide.values.dtype == torch.int64 and _same_batch(got, want)

@@ -173,3 +173,24 @@ def test_read_split_keeps_file_order(prepared):
     parts = sorted((prepared / "train").glob("*.parquet"))
     expect = pa.concat_tables([pq.read_table(p, columns=["label"]) for p in parts])
     assert table.column("label").to_pylist() == expect.column("label").to_pylist()
+
+
+def test_cached_batches_equal_collating_the_taken_rows(prepared):
+    """The cached split is collated once and each batch selected by rows (``RowTaker``): every
+    batch is exactly what collating those rows of the table gives."""
+    ctx = _ctx(prepared, 0, 1, "batch_size=64")
+    feed = CachedTrainFeed(ctx)
+    table = read_split(ctx.spec.train_dir, ctx.spec.columns)
+    batches = list(feed.batches(1, 0))
+    assert feed._rows is not None  # the ranking task's batches are row selections
+    for got, rows in zip(batches, _rows(feed, 1), strict=True):
+        want = ctx.task.collate(table.take(pa.array(rows)), ctx.fs, ctx.cfg)
+        for x, y in (
+            (got.dense, want.dense),
+            (got.labels, want.labels),
+            (got.wide.values, want.wide.values),
+            (got.wide.offsets, want.wide.offsets),
+            (got.deep.values, want.deep.values),
+            (got.deep.offsets, want.deep.offsets),
+        ):
+            assert torch.equal(x, y)

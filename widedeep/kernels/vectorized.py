@@ -53,6 +53,9 @@ _UPDATE_CHUNK_ELEMS = 1 << 18
 # Pool and sort table by table (on CPU) once a run has at least this many ids per table on
 # average: below it, one call for the whole run beats many small ones.
 _PER_TABLE_MIN_IDS = 16384
+# Sum a run's gradients in a dense [rows, D] buffer instead of sorting its ids when the run has at
+# most this many rows per id of the batch (``_dense_ok``).
+_DENSE_MAX_ROWS_PER_ID = 2
 
 
 def _chunk_rows(dim: int) -> int:
@@ -279,9 +282,48 @@ class CoalescePlan:
         )
 
 
+@dataclass
+class DensePlan:
+    """A small run's row gradients summed into a dense ``[rows, D]`` buffer (``_dense_ok``), and
+    the rows the batch touched; the same ``rows``/``grads`` as a ``CoalescePlan``."""
+
+    rows: torch.Tensor  # int64 [U], sorted, run-global
+    summed: torch.Tensor  # fp32 [run rows, D]
+
+    def grads(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        return self.summed.index_select(0, self.rows[lo:hi])
+
+
+def _dense_ok(run: Run, ri: RunInput) -> bool:
+    """Sum a run's gradients densely instead of sorting its ids: on CPU, when the run has at
+    most ``_DENSE_MAX_ROWS_PER_ID`` rows per id of the batch (small tables, e.g. Adult's: a
+    sort of 3k ids costs ~100 us on one thread, zeroing 3k rows and one ``index_add_`` a few)."""
+    return ri.ids.device.type == "cpu" and run.num_rows <= _DENSE_MAX_ROWS_PER_ID * ri.ids.numel()
+
+
+def _plan_dense(run: Run, ri: RunInput, B: int, bag_grads: torch.Tensor) -> DensePlan:
+    """Each id's bag gradient added into its row, in input position order (the order the sorted
+    plan sums in: a stable sort keeps equal ids in position order), and the touched rows."""
+    if ri.lookup is not None:
+        keys, w = ri.lookup.reshape(-1), ri.lookup_weights
+        L = ri.bag_len
+        g = bag_grads if L == 1 else bag_grads.repeat_interleave(L, dim=0)
+    else:
+        assert ri.keys is not None
+        keys, w = ri.keys, ri.weights
+        g = bag_grads.index_select(0, _bag_row_of_ids(ri, run.num_tables, B))
+    if w is not None:
+        g = g * w.reshape(-1, 1)
+    keys = keys.to(torch.int64)
+    summed = torch.zeros((run.num_rows, run.dim), dtype=torch.float32, device=g.device)
+    summed.index_add_(0, keys, g)
+    rows = torch.bincount(keys, minlength=run.num_rows).nonzero().view(-1)
+    return DensePlan(rows, summed)
+
+
 def plan_coalesce(
     layout: TableLayout, runs: list[RunInput], grad_out: torch.Tensor, B: int
-) -> list[list[CoalescePlan]]:
+) -> list[list[CoalescePlan | DensePlan]]:
     """Per run, the plans to sum duplicate rows' gradients: one for the run, or one per table
     (in table order, so their rows follow each other in order) on the per-table path; none
     for a run without ids.
@@ -289,7 +331,7 @@ def plan_coalesce(
     The bag gradients are read straight from ``grad_out`` viewed as ``[B * T_r, D]`` (bag
     ``(t, b)`` is row ``b * T_r + t``) when the run spans all columns, so no transpose copy.
     """
-    plans: list[list[CoalescePlan]] = []
+    plans: list[list[CoalescePlan | DensePlan]] = []
     for run, ri in zip(layout.runs, runs, strict=True):
         T_r, D = run.num_tables, run.dim
         if ri.ids.numel() == 0:
@@ -303,6 +345,9 @@ def plan_coalesce(
         bag_grads = g.reshape(B * T_r, D)  # a view when the run spans all columns of grad_out
         if ri.per_table:
             plans.append(_plan_per_table(layout, run, ri, B, bag_grads))
+            continue
+        if _dense_ok(run, ri):
+            plans.append([_plan_dense(run, ri, B, bag_grads)])
             continue
         if ri.lookup is not None:
             sorted_keys, sources, w = _group_fixed(run, ri)

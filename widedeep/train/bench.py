@@ -6,7 +6,8 @@ does): ``widedeep train`` end to end in this process (``run_training``, Ray star
 start-up reported apart) vs the plain single-process PyTorch W&D of
 ``widedeep.train.plain_wide_deep`` on the same prepared Parquet, same features, batch, learning
 rates, epochs and early stopping rule. Both report wall time and steady samples/s; the plain
-one runs first so Ray's idle processes do not slow it down.
+one runs before and after ours and the better of its two runs counts (shorter wall, higher
+samples/s), so a load spike on the shared machine never makes the baseline look slower.
 
 ``criteo`` — generated Criteo-shaped data (13 numeric, 26 categorical, fitted vocabularies):
 (a) ``WideAndDeep``'s training step on pre-collated batches, (b) the fair plain baseline (sparse
@@ -107,9 +108,10 @@ def timed_training(cfg: Any) -> dict[str, Any]:
     """``run_training(cfg)`` timed end to end, Ray start included: wall, the Ray start-up and the
     steady samples/s, from the summary's ``timings`` when present (else from the outside)."""
     from widedeep.ray_runtime import ensure_ray
-    from widedeep.train.driver import count_rows, run_training
+    from widedeep.train.driver import run_training
+    from widedeep.train.feed import split_size
 
-    train_rows = count_rows(str(Path(cfg.data) / "train"))
+    train_rows, _ = split_size(str(Path(cfg.data) / "train"), [])
     t0 = time.perf_counter()
     ensure_ray()
     ray_init = time.perf_counter() - t0
@@ -161,26 +163,35 @@ def bench_adult(work: Path, adult_input: str | None, threads: int) -> dict[str, 
     cfg = load_train_config(ROOT / "platform" / "jobs" / "adult.yaml", overrides)
     torch.set_num_threads(threads)
 
-    t0 = time.perf_counter()
-    fs = FeatureSpace.load(str(data / "feature_space.json"))
-    cols = get_task("ranking").required_columns(fs, cfg)
-    train = load_plain(_read_split(data, "train", cols), fs, str(data / "train"))
-    valid = load_plain(_read_split(data, "valid", cols), fs, str(data / "valid"))
-    trainer = PlainTrainer.build(fs, cfg, sparse=True, seed=cfg.seed)
-    es = cfg.early_stopping
-    plain = train_plain(
-        train,
-        valid,
-        trainer,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        patience=es.patience if es.enabled else None,
-    )
-    plain_wall = time.perf_counter() - t0
-    log(f"adult plain PyTorch W&D: {plain_wall:.1f}s wall, {plain['samples_per_s']:,.0f} samples/s")
+    def run_plain() -> tuple[float, dict[str, Any]]:
+        t0 = time.perf_counter()
+        fs = FeatureSpace.load(str(data / "feature_space.json"))
+        cols = get_task("ranking").required_columns(fs, cfg)
+        train = load_plain(_read_split(data, "train", cols), fs, str(data / "train"))
+        valid = load_plain(_read_split(data, "valid", cols), fs, str(data / "valid"))
+        trainer = PlainTrainer.build(fs, cfg, sparse=True, seed=cfg.seed)
+        es = cfg.early_stopping
+        plain = train_plain(
+            train,
+            valid,
+            trainer,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            patience=es.patience if es.enabled else None,
+        )
+        wall = time.perf_counter() - t0
+        log(f"adult plain PyTorch W&D: {wall:.1f}s wall, {plain['samples_per_s']:,.0f} samples/s")
+        return wall, plain
 
+    # plain, ours, plain again: a shared machine's load drifts and spikes over a minute, so ours is
+    # compared with the better of the runs on either side of it (the baseline's best, never its worst)
+    plain_runs = [run_plain()]
     ours = timed_training(cfg)
+    plain_runs.append(run_plain())
+    plain_wall = min(w for w, _ in plain_runs)
+    plain = plain_runs[-1][1]
+    plain_rate = max(p["samples_per_s"] for _, p in plain_runs)
     s = ours["summary"]
     log(
         f"adult widedeep train: {ours['wall_s']:.1f}s wall (Ray start {ours['ray_start_s']:.1f}s), "
@@ -188,7 +199,7 @@ def bench_adult(work: Path, adult_input: str | None, threads: int) -> dict[str, 
     )
     return {
         "data": source,
-        "train_rows": train.rows,
+        "train_rows": ours["samples"] // max(ours["epochs"], 1),
         "batch_size": cfg.batch_size,
         "widedeep_wall_s": ours["wall_s"],
         "ray_start_s": ours["ray_start_s"],
@@ -200,7 +211,9 @@ def bench_adult(work: Path, adult_input: str | None, threads: int) -> dict[str, 
         "widedeep_best_valid_auc": s.get("auc"),
         "widedeep_timings": ours.get("timings"),
         "plain_wall_s": plain_wall,
-        "plain_samples_per_s": plain["samples_per_s"],
+        "plain_samples_per_s": plain_rate,
+        "plain_runs": [{"wall_s": w, "samples_per_s": p["samples_per_s"]} for w, p in plain_runs],
+        "plain_protocol": "plain run before and after widedeep train; wall: the shorter, samples/s: the higher",
         "plain_train_s": plain["train_seconds"],
         "plain_validate_s": plain["validate_seconds"],
         "plain_epochs": plain["epochs"],
@@ -261,7 +274,7 @@ def _mlp_only_step(in_dim: int, cfg: Any, batch_size: int, device: torch.device)
 
     g = torch.Generator().manual_seed(0)
     mlp = MLP(in_dim, list(cfg.model.hidden)).to(device)
-    opt = torch.optim.Adam(mlp.parameters(), lr=cfg.optim.dense.lr)
+    opt = cfg.optim.dense.build(list(mlp.parameters()))
     x = torch.rand(batch_size, in_dim, generator=g).to(device)
     y = (torch.rand(batch_size, generator=g) < 0.25).float().to(device)
 
@@ -305,12 +318,13 @@ def bench_criteo_steps(
     warmup: int,
     steps: int,
     repeats: int,
-    n_batches: int = 8,
+    n_batches: int | None = None,
     device: str = "cpu",
     embedding_dtype: str = "fp32",
 ) -> dict[str, Any]:
-    """(a) our step, (b) the fair sparse baseline, (c) dense Adam, interleaved on the same batches;
-    then each one's validation AUC (same batches, same number of steps). ``device``/
+    """(a) our step, (b) the fair sparse baseline, (c) dense Adam, interleaved on the same batches
+    (``n_batches`` distinct ones, default one per step timed up to 64); then each one's validation
+    AUC (same batches, same number of steps). ``device``/
     ``embedding_dtype`` place our model (``place_model``); the baselines run on the same device
     in fp32 (torch's sparse Adagrad and Adam keep fp32 tables)."""
     from widedeep.features import FeatureSpace
@@ -322,6 +336,9 @@ def bench_criteo_steps(
     task = get_task("ranking")
     cols = task.required_columns(fs, cfg)
     bs = cfg.batch_size
+    # distinct batches for every step timed (up to 64): cycling over a few batches keeps their
+    # table rows in cache, which an epoch over the whole split does not (the pipeline figure)
+    n_batches = n_batches or min(64, warmup + repeats * steps)
     table = _read_split(data, "train", cols, n_batches * bs)
     n_batches = max(1, table.num_rows // bs)
     table = table.slice(0, n_batches * bs)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,22 @@ from widedeep.train.hooks import LoopHooks
 from widedeep.train.progress import log
 from widedeep.train.timings import summarize
 from widedeep.train.worker import LoopSpec
+
+#: Ray Train V2's controller takes a worker's report only when it polls the worker group, every
+#: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (default 2 s), and a worker's ``ray.train.report`` waits
+#: in a one-slot queue until the previous report is taken. With the default, every epoch shorter
+#: than 2 s stalled up to 2 s in its report and the run's end was noticed up to 2 s late (Adult
+#: recipe: 12 of the 21 s after start-up). Polling every 0.1 s costs one small actor call per
+#: worker per poll; a poll a busy worker does not answer in time is carried over, not an error
+#: (Ray Train's own hang timeout, 10 minutes by default, is unchanged). A value already in the
+#: environment wins; Ray Train propagates it from the driver to its controller.
+CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+def apply_controller_env(environ: MutableMapping[str, str]) -> None:
+    """``CONTROLLER_ENV`` into ``environ``, keeping any value already set there."""
+    for key, value in CONTROLLER_ENV.items():
+        environ.setdefault(key, value)
 
 
 def _split_path(data: str, split: str) -> str:
@@ -176,6 +193,7 @@ def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, 
     from widedeep.train import tracking as train_tracking
     from widedeep.train.loop import train_loop_per_worker
 
+    apply_controller_env(os.environ)  # read by TorchTrainer when it starts the controller
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1

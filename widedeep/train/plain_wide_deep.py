@@ -9,8 +9,8 @@ platform around it:
   table's ids shifted by its first row: pytorch-fm's ``FeaturesEmbedding`` trick), so a step
   makes one lookup per side instead of one per feature;
 - sparse gradients with ``torch.optim.Adagrad`` on the tables (only the batch's rows are
-  touched), ``torch.optim.Adam`` on the MLP and the bias; the same MLP (``widedeep.model.mlp``)
-  and the same numeric encoding as the model config (``ple``: piecewise-linear bins).
+  touched), ``torch.optim.Adam`` (fused, as ``widedeep train``'s) on the MLP and the bias; the
+  same MLP (``widedeep.model.mlp``) and the same numeric encoding as the model config (``ple``: piecewise-linear bins).
 
 ``sparse=False`` with one ``Adam`` over every parameter is the other contender: dense
 gradients and Adam state for every table row, every step ("what DeepCTR-Torch and
@@ -33,6 +33,7 @@ from torch import nn
 
 from widedeep.errors import DataError
 from widedeep.model.mlp import MLP
+from widedeep.model.wide_deep import fused_adam_ok
 from widedeep.train.pointwise_metrics import task_metrics
 
 
@@ -170,7 +171,7 @@ class PlainTrainer:
             [
                 torch.optim.Adagrad([m.wide.weight], lr=o.wide.lr),
                 torch.optim.Adagrad([e.weight for e in m.deep], lr=o.embedding.lr),
-                torch.optim.Adam(rest, lr=o.dense.lr),
+                torch.optim.Adam(rest, lr=o.dense.lr, fused=fused_adam_ok(rest)),
             ],
         )
 

@@ -75,6 +75,14 @@ class RankingTask:
             table = self.sampler(fs, cfg).add(table, k, cfg.seed)
         return self._collator(fs)(table)
 
+    def collate_split(self, table: Any, fs: Any, cfg: Any) -> Any | None:
+        """The whole ``table`` as one ``Batch`` when a batch of rows is exactly those rows of it
+        (no sampled negatives), else ``None``: a cached train split is then collated once and
+        each step's batch is an index selection (``widedeep.data.batch.RowTaker``)."""
+        if ranking_config(cfg).sampled_negatives:
+            return None
+        return self._collator(fs)(table)
+
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
         logits = model(batch)  # through a DDP wrapper, if any, so gradients sync
         return getattr(model, "module", model).loss(logits, batch.labels)

@@ -16,6 +16,10 @@ only for the model-specific parts. A task is any object with these members::
     collate(table: pyarrow.Table, fs, cfg) -> batch
         prepared columns -> whatever ``loss`` consumes (must be thread-safe: Ray Data's
         loader threads call it). May return the Arrow table unchanged.
+    collate_split(table, fs, cfg) -> Batch | None   (optional)
+        the whole table collated once, when a batch of rows is exactly those rows of it (a
+        ``widedeep.data.batch.Batch``); ``None`` when batches are not row selections (sampled
+        negatives). The cached train feed then selects rows per step instead of collating.
     loss(model, batch, cfg) -> Tensor (scalar, MEAN over the batch: DDP averages over ranks)
         ``model`` may be the DDP wrapper: call ``model(...)`` for the forward so gradients sync;
         ``unwrap(model)`` gives the underlying module.
