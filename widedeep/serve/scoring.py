@@ -433,5 +433,6 @@ class CandidateScorer:
     def predict(self, logits: np.ndarray) -> np.ndarray:
         """Logits -> the score a client sees (probability for binary tasks)."""
         if self.spec.task == "binary":
-            return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+            # torch's sigmoid is stable for large negative logits (1 / (1 + exp(-x)) overflows in exp)
+            return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
         return logits
