@@ -33,6 +33,25 @@ def run_client(argv: list[str], env: dict[str, str], log: Path, timeout_s: float
     return text
 
 
+def run_clients(runs: list[tuple[list[str], Path]], env: dict[str, str], timeout_s: float = 300.0) -> None:
+    """``run_client`` for several clients at once (independent jobs share the cluster, as users' do)."""
+    procs = []
+    for argv, log in runs:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc, (argv, log) in zip(procs, runs, strict=True):
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert rc == 0, f"`{' '.join(argv)}` exited with {rc} ({log}):\n{log.read_text()[-4000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def ray_list(cluster: DevCluster, kind: str, **filters: str) -> list[dict[str, Any]]:
     """Ray's state API (what ``ray list KIND`` reads; dead actors and nodes included), over HTTP on
     the dashboard with the cluster's token; ``filters`` are ``key=value`` equalities."""

@@ -41,6 +41,7 @@ from tests.cluster.ops import (
     ray_list,
     replicas,
     run_client,
+    run_clients,
     s3_client,
     s3_json,
     s3_keys,
@@ -126,18 +127,9 @@ def stored(cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path, 
         env,
         logs / "prepare.log",
     )
+    # the ranker and the retriever train at the same time, as two jobs of the cluster
     before = {a["actor_id"] for a in ray_list(c, "actors", class_name=TRAIN_WORKER)}
-    ranker_json = logs / "ranker.json"
-    run_client(
-        widedeep(
-            "train", "--config", RANKER_JOB, *_sets(ranker_overrides(c, "ranker")), "--metrics-out", f"{ranker_json}"
-        ),
-        env,
-        logs / "train-ranker.log",
-    )
-    names = node_names(c)
-    ranker_nodes = sorted(names[a["node_id"]] for a in _new_train_workers(c, before))
-    retriever_json = logs / "retriever.json"
+    ranker_json, retriever_json = logs / "ranker.json", logs / "retriever.json"
     retriever = [
         f"data={c.uri('prepared')}",
         f"storage_path={c.uri('runs')}",
@@ -147,28 +139,54 @@ def stored(cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path, 
         "epochs=2",
         "batch_size=256",
     ]
-    run_client(
-        widedeep("train", "--config", RETRIEVER_JOB, *_sets(retriever), "--metrics-out", str(retriever_json)),
+    run_clients(
+        [
+            (
+                widedeep(
+                    "train",
+                    "--config",
+                    RANKER_JOB,
+                    *_sets(ranker_overrides(c, "ranker")),
+                    "--metrics-out",
+                    f"{ranker_json}",
+                ),
+                logs / "train-ranker.log",
+            ),
+            (
+                widedeep("train", "--config", RETRIEVER_JOB, *_sets(retriever), "--metrics-out", f"{retriever_json}"),
+                logs / "train-retriever.log",
+            ),
+        ],
         env,
-        logs / "train-retriever.log",
     )
+    # the Ray Train workers of each job (driver): the ranker's job is the one with 2 workers
+    names = node_names(c)
+    jobs: dict[str, list[str]] = {}
+    for a in _new_train_workers(c, before):
+        jobs.setdefault(a["job_id"], []).append(names[a["node_id"]])
+    assert sorted(len(v) for v in jobs.values()) == [1, 2], jobs
+    ranker_nodes = sorted(next(v for v in jobs.values() if len(v) == 2))
     ranker = json.loads(ranker_json.read_text())
     retriever_ckpt = json.loads(retriever_json.read_text())["checkpoint"]
     bundles = (c.uri("bundles", "v1"), c.uri("bundles", "v2"))
-    for version, ckpt, out in (
-        ("v1", c.uri("runs", "ranker", "epoch=0001"), bundles[0]),
-        ("v2", c.uri("runs", "ranker", "epoch=0002"), bundles[1]),
-    ):
-        run_client(
-            widedeep("export", "--ranker", ckpt, "--retriever", retriever_ckpt, "--out", out, "--version", version),
-            env,
-            logs / f"export-{version}.log",
-        )
+    run_clients(
+        [
+            (
+                widedeep("export", "--ranker", ckpt, "--retriever", retriever_ckpt, "--out", out, "--version", version),
+                logs / f"export-{version}.log",
+            )
+            for version, ckpt, out in (
+                ("v1", c.uri("runs", "ranker", "epoch=0001"), bundles[0]),
+                ("v2", c.uri("runs", "ranker", "epoch=0002"), bundles[1]),
+            )
+        ],
+        env,
+    )
     print(f"\n[cluster] generate, upload, prepare, train ranker + retriever, export x2: {time.monotonic() - t0:.1f}s")
     return Stored(ranker, ranker_nodes, bundles)
 
 
-def test_prepare_train_export_all_in_the_object_store(cluster: DevCluster, stored: Stored, tmp_path):
+def test_prepare_train_export_all_in_the_object_store(cluster: DevCluster, stored: Stored):
     c = cluster
     prepared = s3_keys(c, "prepared/")
     for split in ("train", "valid", "test"):
@@ -187,75 +205,6 @@ def test_prepare_train_export_all_in_the_object_store(cluster: DevCluster, store
     for uri, version in zip(stored.bundles, ("v1", "v2"), strict=True):
         key = uri.removeprefix(f"s3://{c.cfg.bucket}/")
         assert s3_json(c, f"{key}/manifest.json")["model_version"] == version
-
-
-# -- fault (a): a worker node killed during training ---------------------------------------------
-
-
-def _checkpoints(c: DevCluster, run: str) -> set[str]:
-    return {k.split("/")[2] for k in s3_keys(c, f"runs/{run}/") if k.endswith("/checkpoint.json")}
-
-
-def test_worker_node_killed_during_training_resumes_from_its_last_checkpoint(
-    cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path, stored: Stored
-):
-    c, env = cluster, cluster_env
-    run, out, log = "ranker-nodekill", client_logs / "nodekill.json", client_logs / "train-nodekill.log"
-    before = {a["actor_id"] for a in ray_list(c, "actors", class_name=TRAIN_WORKER)}
-    argv = [sys.executable, "-m", "tests.cluster.train_driver", "0.4", "--config", RANKER_JOB]
-    argv += [*_sets(ranker_overrides(c, run)), "--metrics-out", str(out)]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    try:
-        # the slowed first attempt has committed a checkpoint: kill a node that holds one of its workers
-        wait_until(lambda: _checkpoints(c, run), 240, f"a first checkpoint of run {run} ({log})", interval_s=1.0)
-        names = node_names(c)
-        first = _new_train_workers(c, before)
-        placed = sorted(names[a["node_id"]] for a in first if a["state"] == "ALIVE")
-        assert len(placed) == 2 and len(set(placed)) == 2, placed
-        victim = placed[-1]
-        at_kill = _checkpoints(c, run)
-        t_kill = time.monotonic()
-        raylet = c.kill_node(victim)
-        later = wait_until(
-            lambda: _checkpoints(c, run) - at_kill, 300, f"a checkpoint of run {run} after the kill", interval_s=0.5
-        )
-        resumed_s = time.monotonic() - t_kill
-        assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    wall_after_kill = time.monotonic() - t_kill
-    faulted = json.loads(out.read_text())
-    state = s3_json(c, f"runs/{run}/epoch=0002/checkpoint.json")["train_state"]
-    resumes = state["resumes"]
-    # resumed once, from a checkpoint committed before the kill (not from scratch)
-    assert len(resumes) == 1, resumes
-    step = resumes[0]["global_step"]
-    steps_at_kill = {s3_json(c, f"runs/{run}/{n}/checkpoint.json")["train_state"]["global_step"] for n in at_kill}
-    assert max(steps_at_kill) <= step < faulted["global_step"], (resumes, sorted(at_kill))
-    # the restarted workers ran on what remained (the killed node's name never again)
-    names = node_names(c)
-    restarted = [a for a in _new_train_workers(c, before) if a["actor_id"] not in {b["actor_id"] for b in first}]
-    assert restarted and all(names[a["node_id"]] != victim for a in restarted), restarted
-    # the same model as the unbroken run: same steps, same validation metrics
-    base = stored.ranker
-    assert faulted["global_step"] == base["global_step"]
-    assert faulted["auc"] == pytest.approx(base["auc"], abs=1e-3)
-    assert faulted["logloss"] == pytest.approx(base["logloss"], abs=1e-3)
-    print(
-        f"\n[cluster] fault (a) worker node {victim} killed (raylet pid {raylet}) during training: "
-        f"checkpoints committed at the kill {sorted(at_kill)}, resumed from global step {step}, "
-        f"first new checkpoint {sorted(later)} {resumed_s:.1f}s after the kill, run finished "
-        f"{wall_after_kill:.1f}s after it; final valid auc {faulted['auc']:.5f} vs unbroken {base['auc']:.5f} "
-        f"(logloss {faulted['logloss']:.5f} vs {base['logloss']:.5f})"
-    )
-    # a replacement node, as an autoscaler would start one (the serving tests place replicas on it)
-    t0 = time.monotonic()
-    c.start_worker()
-    c.wait_for_nodes(3)
-    print(f"[cluster] replacement worker node up in {time.monotonic() - t0:.1f}s")
 
 
 # -- serving: the chain pipeline from the store, a live swap, a node killed under load ----------
@@ -295,6 +244,11 @@ def _running(c: DevCluster) -> bool:
     return app.get("status") == "RUNNING"
 
 
+def _two_rankers(c: DevCluster) -> bool:
+    running = [r for r in replicas(c, "Ranker") if r["state"] == "RUNNING"]
+    return len(running) == 2 and len({r["node_id"] for r in running}) == 2
+
+
 @dataclass(frozen=True)
 class Serving:
     base: str
@@ -311,6 +265,7 @@ def serving(cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path,
     t0 = time.monotonic()
     _deploy(c, cluster_env, cfg, path)
     wait_until(lambda: _running(c), 300, lambda: f"the recommender app RUNNING: {serve_apps(c)}", interval_s=1.0)
+    wait_until(lambda: _two_rankers(c), 120, lambda: f"2 running Ranker replicas: {replicas(c, 'Ranker')}")
     print(f"\n[cluster] serve deploy (chain, bundle from S3) running in {time.monotonic() - t0:.1f}s")
     yield Serving(f"http://127.0.0.1:{port}", cfg, path)
     subprocess.run(
@@ -431,11 +386,9 @@ def test_node_of_a_ranker_replica_killed_under_load(cluster: DevCluster, cluster
     node = c.start_worker()
     c.wait_for_nodes(3)
 
-    def two_rankers() -> bool:
-        running = [r for r in replicas(c, "Ranker") if r["state"] == "RUNNING"]
-        return len(running) == 2 and len({r["node_id"] for r in running}) == 2
-
-    wait_until(two_rankers, 240, lambda: f"2 running Ranker replicas: {replicas(c, 'Ranker')}", interval_s=1.0)
+    wait_until(
+        lambda: _two_rankers(c), 240, lambda: f"2 running Ranker replicas: {replicas(c, 'Ranker')}", interval_s=1.0
+    )
     back_s = time.monotonic() - t_kill
     time.sleep(2.0)
     outcomes = load.stop()
@@ -473,3 +426,85 @@ def test_node_of_a_ranker_replica_killed_under_load(cluster: DevCluster, cluster
     assert status == 200 and body["versions"]["Ranker"] == body["model_version"], body
     ranker_nodes = {node_names(c)[r["node_id"]] for r in replicas(c, "Ranker") if r["state"] == "RUNNING"}
     assert victim not in ranker_nodes and node.name in ranker_nodes, ranker_nodes
+
+
+# -- fault (a): a worker node killed during training ---------------------------------------------
+
+
+def _checkpoints(c: DevCluster, run: str) -> set[str]:
+    return {k.split("/")[2] for k in s3_keys(c, f"runs/{run}/") if k.endswith("/checkpoint.json")}
+
+
+def test_worker_node_killed_during_training_resumes_from_its_last_checkpoint(
+    cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path, stored: Stored
+):
+    c, env = cluster, cluster_env
+    run, out, log = "ranker-nodekill", client_logs / "nodekill.json", client_logs / "train-nodekill.log"
+    before = {a["actor_id"] for a in ray_list(c, "actors", class_name=TRAIN_WORKER)}
+    argv = [sys.executable, "-m", "tests.cluster.train_driver", "0.4", "--config", RANKER_JOB]
+    argv += [*_sets(ranker_overrides(c, run)), "--metrics-out", str(out)]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        # the slowed first attempt has committed a checkpoint: kill a node that holds one of its workers
+        wait_until(lambda: _checkpoints(c, run), 240, f"a first checkpoint of run {run} ({log})", interval_s=1.0)
+        names = node_names(c)
+        first = _new_train_workers(c, before)
+        placed = sorted(names[a["node_id"]] for a in first if a["state"] == "ALIVE")
+        assert len(placed) == 2 and len(set(placed)) == 2, placed
+        victim = placed[-1]
+        at_kill = _checkpoints(c, run)
+        t_kill = time.monotonic()
+        raylet = c.kill_node(victim)
+        t_kill_wall = time.time()
+        first_ids = {a["actor_id"] for a in first}
+
+        def restarted() -> list[dict[str, Any]]:
+            new = [a for a in _new_train_workers(c, before) if a["actor_id"] not in first_ids]
+            return [a for a in new if a["state"] == "ALIVE"]
+
+        wait_until(restarted, 300, "the run's worker group restarted after the kill", interval_s=0.5)
+        restarted_s = time.monotonic() - t_kill
+        assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wall_after_kill = time.monotonic() - t_kill
+    faulted = json.loads(out.read_text())
+    state = s3_json(c, f"runs/{run}/epoch=0002/checkpoint.json")["train_state"]
+    resumes = state["resumes"]
+    # resumed once, from a checkpoint committed before the kill (not from scratch)
+    assert len(resumes) == 1, resumes
+    step = resumes[0]["global_step"]
+    steps_at_kill = {s3_json(c, f"runs/{run}/{n}/checkpoint.json")["train_state"]["global_step"] for n in at_kill}
+    assert max(steps_at_kill) <= step < faulted["global_step"], (resumes, sorted(at_kill))
+    # the first checkpoint the resumed attempt committed (a step past the one it resumed from)
+    stamps = {
+        o["Key"].split("/")[2]: o["LastModified"].timestamp()
+        for o in s3_client(c).list_objects_v2(Bucket=c.cfg.bucket, Prefix=f"runs/{run}/")["Contents"]
+        if o["Key"].endswith("/checkpoint.json")
+    }
+    after_resume = sorted(
+        (t, n)
+        for n, t in stamps.items()
+        if s3_json(c, f"runs/{run}/{n}/checkpoint.json")["train_state"]["global_step"] > step
+    )
+    first_new_s = after_resume[0][0] - t_kill_wall
+    # the restarted workers ran on what remained (the killed node's name never again)
+    names = node_names(c)
+    restarted = [a for a in _new_train_workers(c, before) if a["actor_id"] not in {b["actor_id"] for b in first}]
+    assert restarted and all(names[a["node_id"]] != victim for a in restarted), restarted
+    # the same model as the unbroken run: same steps, same validation metrics
+    base = stored.ranker
+    assert faulted["global_step"] == base["global_step"]
+    assert faulted["auc"] == pytest.approx(base["auc"], abs=1e-3)
+    assert faulted["logloss"] == pytest.approx(base["logloss"], abs=1e-3)
+    print(
+        f"\n[cluster] fault (a) worker node {victim} killed (raylet pid {raylet}) during training: "
+        f"checkpoints listed at the kill {sorted(at_kill)}; worker group restarted on what remained "
+        f"{restarted_s:.1f}s after the kill, resumed from global step {step}, its first checkpoint "
+        f"({after_resume[0][1]}) {first_new_s:.1f}s after the kill, run finished {wall_after_kill:.1f}s after it; "
+        f"final valid auc {faulted['auc']:.5f} vs unbroken {base['auc']:.5f} "
+        f"(logloss {faulted['logloss']:.5f} vs {base['logloss']:.5f})"
+    )

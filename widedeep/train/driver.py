@@ -275,7 +275,11 @@ def checkpoint_location(cfg: TrainConfig, checkpoint: Any) -> str:
     otherwise report ``bucket/runs/NAME/epoch=0002`` without its ``s3://``."""
     if not is_uri(cfg.storage_path):
         return checkpoint.path
-    return str(Location.of(cfg.storage_path) / str(cfg.run_name) / checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = urlsplit(cfg.storage_path)  # no file system call: a URI's query (endpoint options) stays last
+    name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    return urlunsplit(uri._replace(path=f"{uri.path.rstrip('/')}/{cfg.run_name}/{name}"))
 
 
 def summarize_run(cfg: TrainConfig, job: Job, result: Any, wall: float) -> dict[str, Any]:
