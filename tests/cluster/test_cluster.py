@@ -219,14 +219,13 @@ def _serve_config(bundle: str, port: int) -> dict[str, Any]:
     app = cfg["applications"][0]
     app["args"].update(bundle=bundle, candidates=50, default_k=5, max_k=20)
     deployments = {d["name"]: d for d in app["deployments"]}
-    for d in deployments.values():
-        d.pop("autoscaling_config", None)
-        d["num_replicas"] = 1
+    for name, d in deployments.items():  # fixed sizes: autoscaling pinned (min = max)
+        n = 2 if name == "Ranker" else 1
+        d["autoscaling_config"].update(min_replicas=n, max_replicas=n)
     head = {"num_cpus": 0, "resources": {"wd_head": 0.01}}
     deployments["Ingress"]["ray_actor_options"] = head
     deployments["Retriever"].update(ray_actor_options=head, user_config={"bundle": bundle})
     deployments["Ranker"].update(
-        num_replicas=2,
         max_replicas_per_node=1,
         ray_actor_options={"num_cpus": 0, "resources": {"wd_worker": 1}},
         user_config={"bundle": bundle},
