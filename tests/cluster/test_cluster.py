@@ -37,6 +37,7 @@ import yaml
 
 from tests.cluster.ops import (
     Load,
+    Outcome,
     node_names,
     ray_list,
     replicas,
@@ -363,64 +364,78 @@ class HealthPoller:
             self._stop.wait(self.interval_s)
 
 
+def _failure_figures(outcomes: list[Outcome], since: float) -> tuple[list[Outcome], list[Outcome], dict[str, int]]:
+    after = [o for o in outcomes if o.end >= since]
+    failed = [o for o in after if o.status != 200]
+    statuses: dict[str, int] = {}
+    for o in failed:
+        statuses[str(o.status)] = statuses.get(str(o.status), 0) + 1
+    return after, failed, statuses
+
+
 def test_node_of_a_ranker_replica_killed_under_load(cluster: DevCluster, cluster_env: dict[str, str], serving: Serving):
     c, base = cluster, serving.base
     names = node_names(c)
     victim = sorted(names[r["node_id"]] for r in replicas(c, "Ranker") if r["state"] == "RUNNING")[0]
     load = Load(f"{base}/v1/recommend", REQUEST, clients=2).start()
     health = HealthPoller(base).start()
-    time.sleep(3.0)  # steady load first
-    t_kill = time.monotonic()
-    raylet = c.kill_node(victim)
+    try:
+        time.sleep(3.0)  # steady load first
+        t_kill = time.monotonic()
+        raylet = c.kill_node(victim)
 
-    def recovered() -> bool:
-        after = [o for o in list(load.outcomes) if o.start > t_kill]
-        return len(after) >= 20 and all(o.status == 200 for o in after[-20:])
+        def recovered() -> bool:
+            after = [o for o in list(load.outcomes) if o.start > t_kill]
+            return len(after) >= 20 and all(o.status == 200 for o in after[-20:])
 
-    wait_until(recovered, 120, "20 successful requests in a row after the kill", interval_s=0.2)
-    t_recovered = time.monotonic()
-    time.sleep(2.0)
-    # the replica comes back: a replacement node joins, Serve places the missing Ranker replica there
-    t_node = time.monotonic()
-    node = c.start_worker()
-    c.wait_for_nodes(3)
+        wait_until(recovered, 120, "20 successful requests in a row after the kill", interval_s=0.2)
+        t_recovered = time.monotonic()
+        time.sleep(2.0)
+        # phase 1: the surviving Ranker replica alone (no replacement node yet)
+        alone = sorted(list(load.outcomes), key=lambda o: o.start)
+        after, failed, statuses = _failure_figures(alone, t_kill)
+        last_failure = max((o.end for o in failed), default=t_kill)
+        longest = max(o.end - o.start for o in alone)
+        polls = list(health.seen or [])
+        health_after = [p for p in polls if p[0] >= t_kill]
+        print(
+            f"\n[cluster] fault (b) node {victim} (a Ranker replica) killed under load (raylet pid {raylet}): "
+            f"{len(failed)} of {len(after)} requests failed after the kill (status counts {statuses}), the last "
+            f"one ended {last_failure - t_kill:.2f}s after the kill (20 successes in a row by "
+            f"{t_recovered - t_kill:.1f}s); longest request {longest:.2f}s (proxy timeout {PROXY_TIMEOUT_S:g}s); "
+            f"/healthz answered {sum(p[1] is not None for p in health_after)}/{len(health_after)} polls "
+            f"(statuses {sorted({p[1] for p in health_after}, key=str)}, "
+            f"slowest {max((p[2] for p in health_after), default=0.0):.2f}s)"
+        )
+        # once failing stops, every request succeeds on the surviving replica
+        assert all(o.status == 200 for o in alone if o.start > last_failure)
+        # a client error carries a message, never a traceback
+        assert not [o for o in failed if "Traceback" in o.error], failed[:3]
+        # no request outlives the proxy timeout (plus the proxy's own reply time)
+        assert longest <= PROXY_TIMEOUT_S + 5.0, longest
+        # /healthz always answers (200, or 503 while a deployment is unreachable), and quickly
+        assert health_after and all(p[1] in (200, 503) for p in health_after), health_after
+        assert max(p[2] for p in health_after) <= 10.0
 
-    wait_until(
-        lambda: _two_rankers(c), 240, lambda: f"2 running Ranker replicas: {replicas(c, 'Ranker')}", interval_s=1.0
-    )
-    back_s = time.monotonic() - t_kill
-    time.sleep(2.0)
-    outcomes = load.stop()
-    polls = health.stop()
-
-    after = [o for o in outcomes if o.end >= t_kill]
-    failed = [o for o in after if o.status != 200]
-    last_failure = max((o.end for o in failed), default=t_kill)
-    longest = max(o.end - o.start for o in outcomes)
-    statuses: dict[str, int] = {}
-    for o in failed:
-        statuses[str(o.status)] = statuses.get(str(o.status), 0) + 1
-    health_after = [p for p in polls if p[0] >= t_kill]
+        # phase 2: the replica comes back: a replacement node joins, Serve places the missing replica there
+        t_node = time.monotonic()
+        node = c.start_worker()
+        c.wait_for_nodes(3)
+        wait_until(
+            lambda: _two_rankers(c), 240, lambda: f"2 running Ranker replicas: {replicas(c, 'Ranker')}", interval_s=1.0
+        )
+        back_s = time.monotonic() - t_kill
+        time.sleep(2.0)
+    finally:
+        outcomes = load.stop()
+        health.stop()
+    _, failed_later, statuses_later = _failure_figures(outcomes, t_node)
     print(
-        f"\n[cluster] fault (b) node {victim} (a Ranker replica) killed under load (raylet pid {raylet}): "
-        f"{len(failed)} of {len(after)} requests failed after the kill (status counts {statuses}), "
-        f"requests succeed again {last_failure - t_kill:.2f}s after the kill (20 in a row by "
-        f"{t_recovered - t_kill:.1f}s); longest request {longest:.2f}s (proxy timeout {PROXY_TIMEOUT_S:g}s); "
-        f"/healthz answered {sum(p[1] is not None for p in health_after)}/{len(health_after)} polls "
-        f"(statuses {sorted({p[1] for p in health_after}, key=str)}, slowest {max(p[2] for p in health_after):.2f}s); "
-        f"replacement node {node.name} started {t_node - t_kill:.1f}s after the kill, "
-        f"2 Ranker replicas running again {back_s:.1f}s after it"
+        f"[cluster] fault (b) replacement node {node.name} started {t_node - t_kill:.1f}s after the kill; "
+        f"2 Ranker replicas running again {back_s:.1f}s after the kill; "
+        f"{len(failed_later)} requests failed meanwhile {statuses_later}"
     )
-    # failures stop with the surviving replica alone, before any replacement node exists
-    assert last_failure < t_node, (last_failure - t_kill, t_node - t_kill)
-    assert all(o.status == 200 for o in outcomes if o.start > last_failure)
-    # a client error carries a message, never a traceback
-    assert not [o for o in failed if "Traceback" in o.error], failed[:3]
-    # no request outlives the proxy timeout (plus the proxy's own reply time)
-    assert longest <= PROXY_TIMEOUT_S + 5.0, longest
-    # /healthz always answers (200, or 503 while a deployment is unreachable) and quickly; ends healthy
-    assert health_after and all(p[1] in (200, 503) for p in health_after), health_after
-    assert max(p[2] for p in health_after) <= 10.0
+    assert not failed_later, failed_later[:3]
     status, body, _ = _healthz(base)
     assert status == 200 and body["versions"]["Ranker"] == body["model_version"], body
     ranker_nodes = {node_names(c)[r["node_id"]] for r in replicas(c, "Ranker") if r["state"] == "RUNNING"}
