@@ -246,7 +246,7 @@ def _running(c: DevCluster) -> bool:
 
 def _two_rankers(c: DevCluster) -> bool:
     running = [r for r in replicas(c, "Ranker") if r["state"] == "RUNNING"]
-    return len(running) == 2 and len({r["node_id"] for r in running}) == 2
+    return len(running) == 2 and len({r.get("node_id") for r in running}) == 2
 
 
 @dataclass(frozen=True)
@@ -387,7 +387,7 @@ def test_node_of_a_ranker_replica_killed_under_load(cluster: DevCluster, cluster
         killed_s = time.monotonic() - t_kill
 
         def dropped() -> bool:  # Serve's controller no longer counts the replica on the lost node as running
-            return not [r for r in replicas(c, "Ranker") if r["node_id"] == victim_id and r["state"] == "RUNNING"]
+            return not [r for r in replicas(c, "Ranker") if r.get("node_id") == victim_id and r["state"] == "RUNNING"]
 
         wait_until(dropped, 120, f"Serve to drop the Ranker replica of node {victim}", interval_s=0.2)
         noticed_s = time.monotonic() - t_kill
@@ -463,6 +463,9 @@ def test_worker_node_killed_during_training_resumes_from_its_last_checkpoint(
     cluster: DevCluster, cluster_env: dict[str, str], client_logs: Path, stored: Stored
 ):
     c, env = cluster, cluster_env
+    while len([n for n in c.nodes if n != "head"]) < 2:  # 2 worker nodes, whatever ran before
+        c.start_worker()
+    c.wait_for_nodes(3)
     run, out, log = "ranker-nodekill", client_logs / "nodekill.json", client_logs / "train-nodekill.log"
     before = {a["actor_id"] for a in ray_list(c, "actors", class_name=TRAIN_WORKER)}
     argv = [sys.executable, "-m", "tests.cluster.train_driver", "0.4", "--config", RANKER_JOB]
