@@ -270,7 +270,11 @@ class DevCluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        self._stop_group(node.pid)  # `ray start --block` itself, and anything it started since
+        try:  # `ray start --block` itself, and anything in its process group started since
+            os.killpg(node.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._stop_group(node.pid)  # reaps it
         return raylet
 
     @staticmethod
