@@ -9,7 +9,7 @@ S3 server; clients reach them as on a real cluster, through ``RAY_ADDRESS`` and 
 variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), which pyarrow, boto3 and Ray read.
 
 Every process is tracked by its pid and stopped by pid (never by name: other Rays on the machine are
-left alone); a node is "killed" by killing its raylet, which takes the node's workers with it.
+left alone); a node is "killed" as a machine is lost: its raylet and every process under it at once (SIGKILL).
 ``ray start --block`` keeps each node's processes as children of one process, so stopping that
 process group stops the node.
 """
@@ -255,13 +255,26 @@ class DevCluster:
         raise AssertionError("unreachable")
 
     def kill_node(self, name: str) -> int:
-        """Kill a node's raylet with SIGKILL (its workers die with it: a lost machine); returns that pid."""
+        """Lose a node as a machine is lost: SIGKILL its raylet, then every other process of the node
+        (its workers and agents, by the pids found under the node's ``ray start``), so nothing on it
+        finishes a step or answers a request after that instant. Returns the raylet's pid."""
         node = self.nodes.pop(name)
-        raylet = next((p for p in _children(node.pid) if _is_raylet(p)), None)
+        procs = list(_children(node.pid))
+        raylet = next((p for p in procs if _is_raylet(p)), None)
         if raylet is None:
             raise DevClusterError(f"node {name} (pid {node.pid}) has no raylet process")
         os.kill(raylet, signal.SIGKILL)
-        self._stop_group(node.pid)  # the rest of the node (`ray start --block` and its agents)
+        for pid in procs:  # Ray workers outlive their raylet until they notice it is gone
+            if pid != raylet:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        try:  # `ray start --block` itself, and anything in its process group started since
+            os.killpg(node.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._stop_group(node.pid)  # reaps it
         return raylet
 
     @staticmethod

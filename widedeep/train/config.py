@@ -39,6 +39,7 @@ class EarlyStoppingConfig:
 
 
 DATA_CACHE_MODES = ("auto", "memory", "stream")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LEGACY_DEBUG_KEY = "debug"
 
 
@@ -48,8 +49,12 @@ class TrainConfig:
 
     ``batch_size`` is per worker (the global batch is ``batch_size * num_workers``);
     ``num_workers: 0`` runs the loop in the driver (Ray Train local mode: no resume, no fault
-    tolerance; for quick experiments). ``storage_path/run_name`` is the run directory: the same
-    name resumes. ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
+    tolerance; for quick experiments). ``placement_strategy`` and ``label_selector`` place the
+    workers on a cluster (Ray Train's ``ScalingConfig``): ``SPREAD`` puts them on different nodes
+    where it can (one lost node then takes one worker, not all), ``label_selector`` limits them to
+    nodes with those labels (``{"ray.io/node-group": "gpu"}``; ``"!head"`` negates, ``"in(a,b)"``
+    lists). ``storage_path/run_name`` is the run directory: the same name resumes.
+    ``checkpoint_every_steps`` adds mid-epoch checkpoints to the epoch-end ones;
     ``num_to_keep`` prunes by validation score (the latest is always kept). ``sharding``: which
     embedding tables are split by rows across the workers (``widedeep.kernels.sharding``; by
     default all replicated unless they exceed ``sharding.memory_budget_mb``). ``tracking``: log the
@@ -74,6 +79,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    label_selector: dict[str, str] = field(default_factory=dict)
     checkpoint_every_steps: int = 0
     num_to_keep: int | None = None
     storage_path: str = "~/widedeep_runs"
@@ -99,6 +106,13 @@ class TrainConfig:
             raise ConfigError(f"num_workers: must be >= 0 (0 = local mode in the driver), got {self.num_workers}")
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker: must be >= 0, got {self.cpus_per_worker}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"placement_strategy: must be one of {list(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}"
+            )
+        for key, value in self.label_selector.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key or not value:
+                raise ConfigError(f"label_selector: keys and values must be non-empty strings, got {key!r}: {value!r}")
         if self.checkpoint_every_steps < 0:
             raise ConfigError(
                 f"checkpoint_every_steps: must be >= 0 (0 = only at epoch ends), got {self.checkpoint_every_steps}"

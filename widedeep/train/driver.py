@@ -205,7 +205,13 @@ def _make_trainer(cfg: TrainConfig, job: Job, hooks: LoopHooks, run: tuple[str, 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": job.spec, "hooks": hooks},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
+            label_selector=dict(cfg.label_selector) or None,
+        ),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=cfg.storage_path,
@@ -281,6 +287,19 @@ def _reported(result: Any, job: Job) -> list[tuple[Any, dict[str, Any]]]:
     return best_list
 
 
+def checkpoint_location(cfg: TrainConfig, checkpoint: Any) -> str:
+    """Where a reported checkpoint is, as the user can pass it on (``widedeep export``, ``evaluate``):
+    a Ray ``Checkpoint``'s ``path`` is relative to its file system, so a run stored at a URI would
+    otherwise report ``bucket/runs/NAME/epoch=0002`` without its ``s3://``."""
+    if not is_uri(cfg.storage_path):
+        return checkpoint.path
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = urlsplit(cfg.storage_path)  # no file system call: a URI's query (endpoint options) stays last
+    name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    return urlunsplit(uri._replace(path=f"{uri.path.rstrip('/')}/{cfg.run_name}/{name}"))
+
+
 def summarize_run(cfg: TrainConfig, job: Job, result: Any, wall: float) -> dict[str, Any]:
     """The metrics JSON: the best epoch's validation metrics, where the checkpoints are, the
     per-epoch history and ``timings`` (``widedeep.train.timings``)."""
@@ -316,8 +335,8 @@ def summarize_run(cfg: TrainConfig, job: Job, result: Any, wall: float) -> dict[
         "wall_seconds": wall,
         "timings": summarize(timed.get("ray_start_s"), list(timed.get("epochs", []))),
         "data_cache": job.spec.data_cache,
-        "checkpoint": ckpt.path,
-        "latest_checkpoint": latest.path if latest is not None else None,
+        "checkpoint": checkpoint_location(cfg, ckpt),
+        "latest_checkpoint": checkpoint_location(cfg, latest) if latest is not None else None,
         "run_name": cfg.run_name,
         "storage_path": cfg.storage_path,
         "num_workers": cfg.num_workers,

@@ -12,12 +12,16 @@ The two doubles here are what ``tests/train`` needs to compare runs weight for w
   batches dropped): the global batches are identical for any ``W`` and any restart point.
 - ``KillAtStep``: the worker of one rank SIGKILLs itself right after a global step, only on an
   attempt that did not start from a checkpoint (the fault-tolerance test).
+- ``SlowFreshSteps``: every worker sleeps after each global step of an attempt that did not start
+  from a checkpoint, so a tiny run lasts long enough for a test to kill a whole node mid-run from
+  outside (``tests/cluster``); the attempt that resumes runs at full speed and trains the same model.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,3 +79,24 @@ class KillAtStep(LoopHooks):
 
             log(f"KillAtStep({self.step}): killing worker pid {os.getpid()} (test hook)")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class SlowFreshSteps(LoopHooks):
+    """Sleep ``seconds`` after every global step of an attempt that did not start from a checkpoint."""
+
+    seconds: float
+    inner: LoopHooks | None = None
+
+    @property
+    def replaces_train_data(self) -> bool:  # type: ignore[override]
+        return bool(self.inner and self.inner.replaces_train_data)
+
+    def train_feed(self, ctx: WorkerContext) -> TrainFeed | None:
+        return self.inner.train_feed(ctx) if self.inner else None
+
+    def after_step(self, ctx: WorkerContext, global_step: int, restored: bool) -> None:
+        if self.inner:
+            self.inner.after_step(ctx, global_step, restored)
+        if not restored:
+            time.sleep(self.seconds)
