@@ -56,6 +56,7 @@ from widedeep.retrieval.data import (
 from widedeep.retrieval.history import Histories, history_columns, with_history
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
+from widedeep.retrieval.liked import liked_from
 from widedeep.retrieval.neighbors import ItemNeighbors
 from widedeep.retrieval.popularity import item_popularity
 from widedeep.retrieval.topk import hit_matrix, rank_topk, ranking_metrics
@@ -123,6 +124,17 @@ class EvalData:
         )
         if len(self.users) == 0:
             raise DataError(f"{self.split_dir}: no user has a positive (label > 0.5) row to evaluate")
+        self._liked: dict[str, dict[str, pa.ListArray]] = {}
+
+    def liked(self, fs: Any) -> dict[str, pa.ListArray]:
+        """The evaluated users' liked columns for ``fs``'s history crosses: their latest train
+        positives (what the ranker's history is at serving time for these users)."""
+        got = self._liked.get(fs.content_hash)
+        if got is None:
+            got = self._liked[fs.content_hash] = (
+                liked_from(fs, self.root).columns(self.users) if fs.history_crosses else {}
+            )
+        return got
 
 
 def user_rows(model: Any, data: EvalData) -> pa.Table:
@@ -175,6 +187,7 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
     user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
     item_tab = data.catalog.table
     collator = Collator(rfs, require_label=False)
+    liked = data.liked(rfs)
     n_users, _n = cand.shape
     out = np.full(cand.shape, -np.inf, dtype=np.float64)
     t0 = last = time.monotonic()
@@ -189,6 +202,8 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
         for name in it.column_names:
             if name not in t.column_names:
                 t = t.append_column(name, it.column(name))
+        for name, v in liked.items():  # the history crosses' user side
+            t = t.append_column(name, v.take(pa.array(u_idx)))
         t = rfs.add_crosses(t)
         with torch.no_grad():
             block = out[lo:hi]
