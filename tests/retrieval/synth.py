@@ -83,15 +83,20 @@ def per_user_time_split(t: pa.Table, fractions=(0.8, 0.1, 0.1)) -> dict[str, pa.
     return out
 
 
-def prepare(out: Path, **kw) -> Path:
-    """Write a prepared directory (feature_space.json, {train,valid,test}/part-0.parquet)."""
-    spec = parse_spec(SPEC)
+def prepare(out: Path, spec: dict | None = None, keep_time: bool = False, **kw) -> Path:
+    """Write a prepared directory (feature_space.json, {train,valid,test}/part-0.parquet) of
+    ``spec`` (default ``SPEC``); ``keep_time``: keep the time as a ``timestamp`` column, as the
+    user-time split of ``widedeep prepare`` does."""
+    spec_ = parse_spec(spec or SPEC)
     splits = per_user_time_split(make_log(**kw))
-    fs = fit_tables(spec, [splits["train"]])
+    fs = fit_tables(spec_, [splits["train"]])
     out.mkdir(parents=True, exist_ok=True)
     fs.save(out / "feature_space.json")
     for name, t in splits.items():
         (out / name).mkdir(exist_ok=True)
-        pq.write_table(fs.transform(t), out / name / "part-00000.parquet")
+        prepared = fs.transform(t)
+        if keep_time:
+            prepared = prepared.append_column("timestamp", t.column("ts"))
+        pq.write_table(prepared, out / name / "part-00000.parquet")
     (out / "manifest.json").write_text(json.dumps({"synthetic": True}))
     return out

@@ -81,6 +81,26 @@ def test_topk_synthetic_check(pipeline):
     # the synthetic check: retrieval far above most-popular; ranking improves the top of the list
     assert m["retrieval"]["recall@100"] > 1.2 * m["baselines"]["most_popular"]["recall@100"]
     assert m["final"]["ndcg@10"] > m["retrieval"]["ndcg@10"]
+    sig = m["significance"]
+    assert sig["baseline"] in ("item_knn", "ease") and sig["ci_low"] <= sig["mean_diff"] <= sig["ci_high"]
+    best = m["baselines"][sig["baseline"]]["ndcg@10"]
+    assert sig["mean_diff"] == pytest.approx(m["final"]["ndcg@10"] - best, abs=1e-9)
+
+
+def test_topk_over_seeds_reports_mean_and_std(pipeline):
+    """Several (retriever, ranker) pairs: the report adds each figure's mean and std over them
+    (the same pair twice: std 0 and mean = the single run's)."""
+    from widedeep.evaluation.topk import run_topk
+
+    tmp, ranker, retriever = pipeline
+    out = tmp / "topk-seeds.json"
+    assert run_topk([retriever, retriever], [ranker, ranker], str(tmp / "data" / "test"), str(out)) == 0
+    m = json.loads(out.read_text())
+    s = m["seeds"]
+    assert len(s["checkpoints"]) == 2 and len(s["significance"]) == 2
+    for part in ("final", "retrieval", "merged"):
+        assert s[part]["ndcg@10"]["std"] == 0.0
+    assert s["final"]["ndcg@10"]["mean"] == pytest.approx(m["final"]["ndcg@10"])
 
 
 def test_index_command_embeds_the_catalog(pipeline, tmp_path):

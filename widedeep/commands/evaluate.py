@@ -17,8 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ranking",
         help="ranking: classification metrics of --checkpoint; topk: retrieval + ranking top-K",
     )
-    parser.add_argument("--retriever", help="retriever checkpoint (--task topk)")
-    parser.add_argument("--ranker", help="ranker checkpoint (--task topk; optional: re-ranks the retrieved candidates)")
+    parser.add_argument(
+        "--retriever",
+        action="append",
+        help="retriever checkpoint (--task topk); repeat with --ranker for the same jobs trained with other "
+        "seeds: the report adds each figure's mean and std over the pairs",
+    )
+    parser.add_argument(
+        "--ranker",
+        action="append",
+        help="ranker checkpoint (--task topk; optional: re-ranks the retrieved candidates); one per --retriever",
+    )
     parser.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")
 
 

@@ -36,6 +36,7 @@ import torch
 from widedeep.data.collate import Collator
 from widedeep.errors import CheckpointError, DataError
 from widedeep.evaluation.baselines import EASE, EaseRefused, ItemKNN, MostPopular
+from widedeep.evaluation.significance import paired_bootstrap, seed_summary
 from widedeep.evaluation.tuning import Tuned, tune_ease, tune_item_knn
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
@@ -56,9 +57,10 @@ from widedeep.retrieval.data import (
 from widedeep.retrieval.history import Histories, history_columns, with_history
 from widedeep.retrieval.index import ExactIndex
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
+from widedeep.retrieval.liked import liked_from
 from widedeep.retrieval.neighbors import ItemNeighbors
 from widedeep.retrieval.popularity import item_popularity
-from widedeep.retrieval.topk import hit_matrix, rank_topk, ranking_metrics
+from widedeep.retrieval.topk import hit_matrix, ndcg_per_user, rank_topk, ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,17 @@ class EvalData:
         )
         if len(self.users) == 0:
             raise DataError(f"{self.split_dir}: no user has a positive (label > 0.5) row to evaluate")
+        self._liked: dict[str, dict[str, pa.ListArray]] = {}
+
+    def liked(self, fs: Any) -> dict[str, pa.ListArray]:
+        """The evaluated users' liked columns for ``fs``'s history crosses: their latest train
+        positives (what the ranker's history is at serving time for these users)."""
+        got = self._liked.get(fs.content_hash)
+        if got is None:
+            got = self._liked[fs.content_hash] = (
+                liked_from(fs, self.root).columns(self.users) if fs.history_crosses else {}
+            )
+        return got
 
 
 def user_rows(model: Any, data: EvalData) -> pa.Table:
@@ -175,6 +188,7 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
     user_cols = [c for c in side_columns(rfs, ("user", "context")) if c in data.user_table.column_names]
     item_tab = data.catalog.table
     collator = Collator(rfs, require_label=False)
+    liked = data.liked(rfs)
     n_users, _n = cand.shape
     out = np.full(cand.shape, -np.inf, dtype=np.float64)
     t0 = last = time.monotonic()
@@ -189,6 +203,8 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
         for name in it.column_names:
             if name not in t.column_names:
                 t = t.append_column(name, it.column(name))
+        for name, v in liked.items():  # the history crosses' user side
+            t = t.append_column(name, v.take(pa.array(u_idx)))
         t = rfs.add_crosses(t)
         with torch.no_grad():
             block = out[lo:hi]
@@ -243,6 +259,7 @@ def baselines(
     valid: EvalData | None = None,
     knn_t: Tuned | None = None,
     ease_t: Tuned | None = None,
+    lists: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Most-popular, item-kNN and EASE through the same engine, exclusions and metrics.
 
@@ -250,12 +267,15 @@ def baselines(
     (``widedeep.evaluation.tuning``; ``knn_t`` / ``ease_t``: choices already made); without a
     valid split they keep fixed defaults (100 neighbours, no shrinkage, ``lambda`` 500) and say
     so (``selected_on: defaults``). EASE is ``{"skipped": reason}`` above ``EASE_MAX_ITEMS``.
+    ``lists``: when given, receives each baseline's top-K rows (for paired comparisons).
     """
     out: dict[str, Any] = {}
     ks = tuple(x for x in RETRIEVAL_KS if x <= k) or (k,)
 
     def run(label: str, score: Any) -> dict[str, float]:
         rows, _ = rank_topk(score, len(data.users), data.catalog.n_items, k, data.exclude, label=label)
+        if lists is not None:
+            lists[label] = rows
         return ranking_metrics(rows, data.relevant, ks)
 
     pop = MostPopular(data.popularity)
@@ -362,8 +382,22 @@ def evaluate_topk(
         result["final"] = _final_subset(ranking_metrics(cand.rows, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False
     result["sources"] = source_figures(cand, final, data, n_candidates)
-    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid, knn_t, ease_t)
+    lists: dict[str, np.ndarray] = {}
+    result["baselines"] = baselines(data, max(RETRIEVAL_KS), valid, knn_t, ease_t, lists)
+    result["significance"] = versus_best_baseline(final if final is not None else cand.rows, data, result, lists)
     return result
+
+
+def versus_best_baseline(
+    final: np.ndarray, data: EvalData, result: dict[str, Any], lists: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Paired bootstrap of the per-user NDCG@10 of the final list minus the best baseline's (the
+    baseline with the highest mean NDCG@10 among item-kNN and EASE)."""
+    names = {"item-kNN": "item_knn", "EASE": "ease"}
+    have = [(lab, key) for lab, key in names.items() if lab in lists and "ndcg@10" in result["baselines"][key]]
+    lab, key = max(have, key=lambda x: result["baselines"][x[1]]["ndcg@10"])
+    out = paired_bootstrap(ndcg_per_user(final, data.relevant, 10), ndcg_per_user(lists[lab], data.relevant, 10))
+    return {"metric": "ndcg@10", "baseline": key} | out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -384,11 +418,62 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, m in rows:
         lines.append(name.ljust(w) + "".join((f"{m[c]:.4f}" if c in m else "-").rjust(11) for c in cols))
+    sig = result.get("significance")
+    if sig:
+        lines.append(
+            f"final - {sig['baseline']} NDCG@10 per user: {sig['mean_diff']:+.4f} "
+            f"({100 * sig['level']:.0f}% paired bootstrap CI {sig['ci_low']:+.4f} .. {sig['ci_high']:+.4f}, "
+            f"{sig['users']} users)"
+        )
+    seeds = result.get("seeds")
+    if seeds:
+        n = len(seeds["checkpoints"])
+        for part in ("retrieval", "merged", "final"):
+            figs = ", ".join(f"{m} {v['mean']:.4f} +- {v['std']:.4f}" for m, v in seeds[part].items() if m in cols)
+            lines.append(f"{part} over {n} seeds: {figs}")
     return "\n".join(lines)
 
 
-def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metrics_out: str | None) -> int:
-    """``widedeep evaluate --task topk``: evaluate, print a table, write the metrics JSON."""
+def run_topk(
+    retriever_ckpt: str | list[str], ranker_ckpt: str | list[str] | None, data_dir: str, metrics_out: str | None
+) -> int:
+    """``widedeep evaluate --task topk``: evaluate, print a table, write the metrics JSON.
+
+    Several ``(retriever, ranker)`` pairs (the same job trained with different seeds) are each
+    evaluated the same way; the report is the first pair's, plus ``seeds``: the mean and standard
+    deviation of every figure of the final list, retrieval and the merged candidates over the
+    pairs, and each pair's bootstrap interval against the best baseline.
+    """
+    rets = [retriever_ckpt] if isinstance(retriever_ckpt, str) else list(retriever_ckpt)
+    rks = [ranker_ckpt] if isinstance(ranker_ckpt, str) or ranker_ckpt is None else list(ranker_ckpt)
+    if len(rks) == 1 and len(rets) > 1 and rks[0] is None:
+        rks = rks * len(rets)
+    if len(rks) != len(rets):
+        raise CheckpointError(f"--task topk: {len(rets)} --retriever checkpoint(s) but {len(rks)} --ranker ones")
+    results = [_run_one(rt, rk, data_dir) for rt, rk in zip(rets, rks, strict=True)]
+    result = results[0]
+    if len(results) > 1:
+        result["seeds"] = {
+            part: {m: seed_summary([r[part][m] for r in results]) for m in results[0][part] if "@" in m}
+            for part in ("final", "retrieval")
+        } | {
+            "merged": {
+                m: seed_summary([r["sources"]["merged"][m] for r in results])
+                for m in results[0]["sources"]["merged"]
+                if "@" in m
+            },
+            "significance": [r["significance"] for r in results],
+            "checkpoints": [{"retriever": r["retriever"], "ranker": r["ranker"]} for r in results],
+        }
+    print(format_table(result))
+    if metrics_out:
+        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_out).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _run_one(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str) -> dict[str, Any]:
+    """The report of one (retriever, ranker) pair."""
     ret = load_checkpoint(retriever_ckpt)
     if ret.task != "retrieval":
         raise CheckpointError(f"{retriever_ckpt}: checkpoint task is {ret.task!r}, expected 'retrieval' (--retriever)")
@@ -408,8 +493,4 @@ def run_topk(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str, metric
     result["retriever"] = str(retriever_ckpt)
     result["ranker"] = str(ranker_ckpt) if ranker_ckpt else None
     result["data"] = str(data.split_dir)
-    print(format_table(result))
-    if metrics_out:
-        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_out).write_text(json.dumps(result, indent=2, sort_keys=True))
-    return 0
+    return result

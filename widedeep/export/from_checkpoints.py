@@ -31,6 +31,7 @@ from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
 from widedeep.retrieval.history import TIME_COLUMN, Histories
 from widedeep.retrieval.interactions import POSITIVE_LABEL_ABOVE, key_rows
+from widedeep.retrieval.liked import LikedValues, with_columns
 from widedeep.retrieval.popularity import item_popularity
 from widedeep.serve.scoring import extract_ranker
 from widedeep.serve.towers import extract_user_tower
@@ -106,6 +107,10 @@ def bundle_contents(
         ucols = _user_base_columns(fs)
         user_keys, user_rows = first_by_key(rows.select(["user_key", *ucols]), "user_key")
         users = (user_keys, _with_histories(fs, retriever, user_rows.drop_columns(["user_key"]), user_keys, rows))
+        if fs.history_crosses:  # the history crosses' user side, from the same rows (every split)
+            item_ids = item_rows.select([c for c in item_rows.column_names if c != "item_key"])
+            lv = LikedValues.build(fs, rows, item_ids)
+            users = (users[0], with_columns(users[1], lv.columns(user_keys)))
         u = key_rows(rows.column("user_key"), user_keys)
         i = key_rows(rows.column("item_key"), item_keys)
         order = np.lexsort((i, u))

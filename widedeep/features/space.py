@@ -12,7 +12,9 @@ Id conventions (every id column is int64, local to its feature, ``0 <= id < num_
 - ``hash_buckets: N``: ``stable_hash(value) % N`` (see ``hashing.py``), missing -> ``N``;
   ``num_rows = N + 1``.
 - bucketized: ``i`` = number of boundaries ``<= x``, missing -> ``len(b) + 1``; ``num_rows = len(b) + 2``.
-- crossed: ``combine_ids(component ids) % hash_buckets``; ``num_rows = hash_buckets``.
+- crossed: ``combine_ids(component ids) % hash_buckets``; ``num_rows = hash_buckets``. A history
+  cross (``CrossedFeature.history``) is not a prepared column: ``transform`` leaves it out and
+  ``add_crosses`` computes it once the rows carry their history column (``widedeep.retrieval.liked``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from widedeep.features.spec import (
     MultivalentFeature,
     NumericFeature,
     VocabularyFeature,
+    cross_components,
     feature_column,
+    is_history_cross,
     parse_condition,
     spec_from_dict,
 )
@@ -258,7 +262,7 @@ class FeatureSpace:
         f = self.feature(name)
         if not isinstance(f, CrossedFeature):
             return f.side
-        sides = {self.feature_side(i) for i in f.inputs}
+        sides = {self.feature_side(i) for i in f.inputs} | ({"user"} if f.history else set())
         if len(sides) == 1:
             return sides.pop()
         if "item" in sides or "pair" in sides:
@@ -307,7 +311,7 @@ class FeatureSpace:
         if isinstance(f, MultivalentFeature):
             return True
         if isinstance(f, CrossedFeature):
-            return any(self.is_multivalent(i) for i in f.inputs)
+            return f.history is not None or any(self.is_multivalent(i) for i in f.inputs)
         return False
 
     def raw_input_columns(self, side: str | None = None) -> list[str]:
@@ -328,6 +332,8 @@ class FeatureSpace:
     def output_schema(self, require_label: bool = True) -> pa.Schema:
         fields = []
         for f in self.spec.features:
+            if is_history_cross(f):
+                continue  # not a prepared column (see the module doc)
             if isinstance(f, NumericFeature):
                 fields.append(pa.field(f.name, pa.float32()))
             elif self.is_multivalent(f.name):
@@ -501,15 +507,25 @@ class FeatureSpace:
             return (v - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
         return v
 
+    @property
+    def history_crosses(self) -> list[CrossedFeature]:
+        """The history crosses (``CrossedFeature.history``), in spec order."""
+        return [f for f in self.spec.features if isinstance(f, CrossedFeature) and f.history is not None]
+
     def _selected(self, sides: tuple[str, ...] | list[str] | None) -> list[Feature]:
+        """The features ``transform`` outputs: of ``sides``, never a history cross (no raw column)."""
         if sides is None:
-            return list(self.spec.features)
+            return [f for f in self.spec.features if not is_history_cross(f)]
         bad = set(sides) - {"user", "item", "context", "pair"}
         if bad:
             raise DataError(f"sides: unknown side(s) {sorted(bad)}; expected user, item, context")
         base = [f for f in self.spec.features if not isinstance(f, CrossedFeature) and f.side in sides]
         names = {f.name for f in base}
-        crosses = [f for f in self.spec.features if isinstance(f, CrossedFeature) and set(f.inputs) <= names]
+        crosses = [
+            f
+            for f in self.spec.features
+            if isinstance(f, CrossedFeature) and not is_history_cross(f) and set(f.inputs) <= names
+        ]
         return [f for f in self.spec.features if f in base or f in crosses]
 
     def add_crosses(self, ids: pa.Table, only: list[str] | None = None) -> pa.Table:
@@ -517,17 +533,22 @@ class FeatureSpace:
 
         Components may come from different sources (a request's user ids, a candidate's item
         ids), which is why crosses never look at raw values. A multivalent component makes the
-        cross a list: the cartesian product of the row's component ids.
+        cross a list: the cartesian product of the row's component ids. A history cross reads the
+        row's history column (``liked_column``, most recent first) and keeps at most ``max_pairs``
+        pairs per row, those of the most recent history values.
         """
         out = ids
         for f in self.spec.features:
             if not isinstance(f, CrossedFeature) or (only is not None and f.name not in only):
                 continue
-            missing = [i for i in f.inputs if i not in out.column_names]
+            names = cross_components(f)
+            missing = [i for i in names if i not in out.column_names]
             if missing:
                 raise DataError(f"cross {f.name!r}: component id column(s) {missing} missing; have {out.column_names}")
-            comps = [combine(out.column(i)) for i in f.inputs]
+            comps = [combine(out.column(i)) for i in names]
             arr = cross_ids(comps, f.hash_buckets)
+            if f.history is not None:
+                arr = _first_per_row(arr, f.max_pairs)
             if f.name in out.column_names:
                 out = out.drop_columns([f.name])
             out = out.append_column(f.name, arr)
@@ -680,6 +701,19 @@ def _jagged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         )
         return values, offsets - offsets[0]
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64), np.arange(len(arr) + 1, dtype=np.int64)
+
+
+def _first_per_row(arr: pa.Array, cap: int) -> pa.Array:
+    """The first ``cap`` values of each list of ``arr`` (list<int64>)."""
+    values, offsets = _jagged(arr)
+    lens = np.minimum(np.diff(offsets), cap)
+    if int(lens.sum()) == len(values):
+        return arr
+    new = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=new[1:])
+    row = np.repeat(np.arange(len(lens)), lens)
+    keep = offsets[row] + np.arange(int(new[-1])) - new[row]
+    return pa.ListArray.from_arrays(pa.array(new.astype(np.int32)), pa.array(values[keep], type=pa.int64()))
 
 
 def cross_ids(comps: list[pa.Array], buckets: int) -> pa.Array:

@@ -172,6 +172,14 @@ class CrossedFeature:
 
     Computed from the component features' ids (never raw strings), hashed into ``hash_buckets``.
     With a multivalent component the cross is multivalent (the cartesian product per row).
+
+    A **history cross** (``history: FEATURE``) is the paper's cross-product over sets
+    ("user_installed_app=netflix AND impression_app=pandora"): its first component is the values
+    of the item-side feature ``history`` over the user's latest ``history_cap`` positive items
+    *before* the row (most recent first, distinct), crossed with ``inputs`` of the row's own item
+    (one input is enough). It is not a column of the raw data: prepare leaves it out, and the one
+    transform ``widedeep.retrieval.liked`` computes it at training, evaluation and serving. At
+    most ``max_pairs`` pairs per row are kept (those of the most recent history values).
     """
 
     name: str
@@ -182,11 +190,18 @@ class CrossedFeature:
     deep: bool = False
     dim: int = 8
     combiner: Literal["sum", "mean"] = "sum"
+    history: str | None = None
+    history_cap: int = 20
+    max_pairs: int = 256
 
     def __post_init__(self) -> None:
         _check_common(self.name, self.dim)
-        if len(self.inputs) < 2:
+        if len(self.inputs) < (1 if self.history else 2):
             raise FeatureSpecError(f"inputs: a cross needs at least two features, got {self.inputs}")
+        if self.history_cap < 1:
+            raise FeatureSpecError(f"history_cap: must be >= 1, got {self.history_cap}")
+        if self.max_pairs < 1:
+            raise FeatureSpecError(f"max_pairs: must be >= 1, got {self.max_pairs}")
         if len(set(self.inputs)) != len(self.inputs):
             raise FeatureSpecError(f"inputs: repeated feature in {self.inputs}")
         if self.hash_buckets <= 0:
@@ -298,6 +313,21 @@ class FeatureSpec:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def liked_column(feature: str) -> str:
+    """The column holding a row's history values of ``feature`` (a history cross's first component)."""
+    return f"__liked__.{feature}"
+
+
+def cross_components(f: CrossedFeature) -> list[str]:
+    """The id columns a cross is computed from: the history column first for a history cross."""
+    return [liked_column(f.history), *f.inputs] if f.history else list(f.inputs)
+
+
+def is_history_cross(f: Feature) -> bool:
+    """A cross over the user's history (computed from the logs, never by ``prepare``)."""
+    return isinstance(f, CrossedFeature) and f.history is not None
+
+
 def feature_column(f: Feature) -> str | None:
     """The raw column a feature reads (None for crosses)."""
     if isinstance(f, CrossedFeature):
@@ -352,6 +382,17 @@ def _parse(data: Any) -> FeatureSpec:
                         f"features[{i}].inputs[{j}]: {inp!r} is {comp.kind}; "
                         "crosses take categorical, multivalent or bucketized features"
                     )
+            if f.history is not None:
+                h = feats[names[f.history]] if f.history in names else None
+                if h is None:
+                    raise FeatureSpecError(f"features[{i}].history: unknown feature {f.history!r}")
+                if not isinstance(h, VocabularyFeature) or h.side != "item":
+                    raise FeatureSpecError(
+                        f"features[{i}].history: {f.history!r} must be an item-side categorical or multivalent "
+                        "feature (the history is the values of the items the user liked)"
+                    )
+                if any(isinstance(feats[names[x]], CrossedFeature) for x in f.inputs):
+                    raise FeatureSpecError(f"features[{i}].inputs: a history cross takes no cross as input")
         elif not isinstance(f, NumericFeature) and not (f.wide or f.deep) and not _used_in_cross(f.name, feats):
             raise FeatureSpecError(
                 f"features[{i}]: {f.name!r} feeds neither the wide nor the deep side and no cross uses it"
@@ -369,7 +410,7 @@ def _parse(data: Any) -> FeatureSpec:
 
 
 def _used_in_cross(name: str, feats: list[Feature]) -> bool:
-    return any(isinstance(f, CrossedFeature) and name in f.inputs for f in feats)
+    return any(isinstance(f, CrossedFeature) and (name in f.inputs or f.history == name) for f in feats)
 
 
 def spec_from_dict(d: dict[str, Any]) -> FeatureSpec:

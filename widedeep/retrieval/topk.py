@@ -67,11 +67,22 @@ def ranking_metrics(
         if "hr" in kinds:
             out[f"hr@{k}"] = float(np.mean(n_hit > 0))
         if "ndcg" in kinds:
-            dcg = h @ discounts[:k]
-            idcg = ideal_cum[np.minimum(n_rel, k)]
-            out[f"ndcg@{k}"] = float(np.mean(dcg / idcg))
+            out[f"ndcg@{k}"] = float(np.mean(_ndcg(h, n_rel, k, discounts, ideal_cum)))
     out["users"] = int(n_rel.shape[0])
     return out
+
+
+def _ndcg(h: np.ndarray, n_rel: np.ndarray, k: int, discounts: np.ndarray, ideal_cum: np.ndarray) -> np.ndarray:
+    return (h[:, :k] @ discounts[:k]) / ideal_cum[np.minimum(n_rel, k)]
+
+
+def ndcg_per_user(topk: np.ndarray, relevant: CSR, k: int) -> np.ndarray:
+    """float64 ``[U]`` NDCG@k of every user (the values ``ranking_metrics`` averages), for paired
+    comparisons of two lists over the same users."""
+    n_rel = relevant.lengths()
+    hits = hit_matrix(topk, relevant).astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(topk.shape[1], dtype=np.float64) + 2.0)
+    return _ndcg(hits, n_rel, k, discounts, np.concatenate([[0.0], np.cumsum(discounts)]))
 
 
 ScoreFn = Callable[[int, int], torch.Tensor]

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from widedeep.errors import DataError, ServingError
-from widedeep.features.spec import CrossedFeature, feature_column
+from widedeep.features.spec import CrossedFeature, cross_components, feature_column, liked_column
 from widedeep.model.two_tower import HISTORY_COLUMN
 from widedeep.retrieval.candidates import final_scores
 from widedeep.retrieval.interactions import CSR
@@ -104,7 +104,9 @@ class RecommendPipeline:
         self.query_cross_space = _sub_space(fs, self.query_base + q_cross) if q_cross else None
         self.pair_space = _sub_space(fs, base + pair) if pair else None
         self.pair_names = [f.name for f in pair]
-        self.pair_inputs = sorted({i for f in pair for i in f.inputs})
+        self.pair_inputs = sorted({i for f in pair for i in cross_components(f)})
+        # the history crosses' user side: the user's liked columns, from the bundle's user table
+        self.liked_names = sorted({liked_column(f.history) for f in pair if f.history is not None})
         self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()
         ordering = bundle.manifest.get("ordering") or {}
         self.rerank_blend = float(ordering.get("rerank_blend", 0.0))  # older bundles: the ranker alone
@@ -201,6 +203,10 @@ class RecommendPipeline:
             else:
                 assert b.users is not None and urow is not None
                 cols[f.name] = b.users.column(f.name).slice(urow, 1)
+        for name in self.liked_names:  # an unknown user has no history: empty lists
+            users = b.users
+            known = urow is not None and users is not None and name in users.column_names
+            cols[name] = users.column(name).slice(urow, 1) if known else pa.array([[]], pa.list_(pa.int64()))
         row = pa.table(cols)
         if self.query_cross_space is not None:
             row = self.query_cross_space.add_crosses(row)

@@ -17,6 +17,18 @@ columns from the catalog and recompute the user x item crosses from the componen
 (``FeatureSpace.add_crosses``), the same way serving builds candidate rows. Sampling is seeded
 by the batch's content, so validation and ``widedeep evaluate`` see the same negatives every
 time.
+
+**Retrieval negatives** (``retrieval_negatives``): popularity-drawn items are mostly easy; the
+items a re-ranker must tell apart are the ones retrieval puts high for that user. Each such row
+takes an item drawn uniformly from the top ``retrieval_pool`` of the item-to-item source
+(``widedeep.retrieval.neighbors``: item-kNN neighbourhoods of the train split, the co-occurrence
+source the candidate stage merges) queried with the user's latest positives *before the row*
+(``widedeep.retrieval.history``, causal like the history crosses), leaving out every item the
+user has a train row of (taken or rated: "not taken" is only certain for those never touched).
+The two-tower score itself is not available here: ``topk.sh`` and the job configs train the
+ranker before (and independently of) the retriever, so the retrieval score enters the served
+order through ``final_scores``' blend, chosen on the valid split. Logs with impressions (the
+app-store generator, Criteo) keep their logged negatives: leave both counts at 0 there.
 """
 
 from __future__ import annotations
@@ -28,12 +40,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from widedeep.config import from_dict
 from widedeep.errors import ConfigError, DataError
 from widedeep.features.spec import CrossedFeature
-from widedeep.retrieval.data import build_catalog, load_rows
+from widedeep.paths import Location
+from widedeep.retrieval.data import build_catalog, first_by_key, interactions, load_rows, split_columns
+from widedeep.retrieval.history import TIME_COLUMN, Histories
+from widedeep.retrieval.interactions import CSR, key_rows
+from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
 from widedeep.retrieval.popularity import item_popularity
+from widedeep.retrieval.topk import rank_topk
 
 
 @dataclass(frozen=True)
@@ -45,12 +63,25 @@ class RankingTaskConfig:
             training catalog (0 = off: train on the logged rows only).
         sampling_power: items are drawn with probability proportional to
             ``(positive count + 1) ** sampling_power``.
+        retrieval_negatives: label-0 rows added per row with an item the item-to-item source
+            ranks high for the row's user at the row's time (see the module doc).
+        retrieval_pool: those items are drawn from the source's top ``retrieval_pool``.
+        retrieval_history: the user's latest positives the source is queried with.
     """
 
     sampled_negatives: int = 0
     sampling_power: float = 0.75
+    retrieval_negatives: int = 0
+    retrieval_pool: int = 50
+    retrieval_history: int = 50
 
     def __post_init__(self) -> None:
+        if self.retrieval_negatives < 0:
+            raise ConfigError(f"task_config.retrieval_negatives: must be >= 0, got {self.retrieval_negatives}")
+        if self.retrieval_pool < 1:
+            raise ConfigError(f"task_config.retrieval_pool: must be >= 1, got {self.retrieval_pool}")
+        if self.retrieval_history < 1:
+            raise ConfigError(f"task_config.retrieval_history: must be >= 1, got {self.retrieval_history}")
         if self.sampled_negatives < 0:
             raise ConfigError(f"task_config.sampled_negatives: must be >= 0, got {self.sampled_negatives}")
         if not 0.0 <= self.sampling_power <= 1.0:
@@ -111,20 +142,99 @@ class NegativeSampler:
         """``table`` followed by ``k`` negative rows per row (same columns, label 0)."""
         if k == 0 or table.num_rows == 0:
             return table
+        return pa.concat_tables([table, self.negatives(table, k, seed)])
+
+    def negatives(self, table: pa.Table, k: int, seed: int) -> pa.Table:
+        """The ``k`` popularity-drawn negative rows of every row of ``table``."""
+        rng = np.random.default_rng(_content_seed(table, seed))
+        src = np.repeat(np.arange(table.num_rows), k)
+        return self.negative_rows(table, src, self.sample(len(src), rng))
+
+    def negative_rows(self, table: pa.Table, src: np.ndarray, items: np.ndarray) -> pa.Table:
+        """Rows ``src`` of ``table`` with the catalog rows ``items`` as their item, label 0 (the
+        user x item crosses recomputed), in ``table``'s schema."""
         missing = [c for c in self.item_columns if c not in table.column_names]
         if missing:
             raise DataError(f"sampled negatives: the batch lacks item column(s) {missing}")
-        rng = np.random.default_rng(_content_seed(table, seed))
-        src = np.repeat(np.arange(table.num_rows), k)
-        items = self.catalog.table.take(pa.array(self.sample(len(src), rng)))
+        it = self.catalog.table.take(pa.array(items))
         neg = table.take(pa.array(src))
         for c in self.item_columns:
-            neg = neg.set_column(neg.schema.get_field_index(c), c, items.column(c))
+            neg = neg.set_column(neg.schema.get_field_index(c), c, it.column(c))
         if self.crosses:
             neg = self.fs.add_crosses(neg, only=self.crosses)
         label_type = table.schema.field("label").type
         neg = neg.set_column(neg.schema.get_field_index("label"), "label", pa.array(np.zeros(len(src)), label_type))
-        return pa.concat_tables([table, neg.select(table.column_names).cast(table.schema)])
+        return neg.select(table.column_names).cast(table.schema)
+
+
+class RetrievalNegatives:
+    """Negatives the candidate stage would propose: see the module doc.
+
+    Args:
+        base: the popularity sampler (its catalog, and the fallback for a row whose user has no
+            earlier positive or whose pool is empty).
+        root: the prepared directory (its ``train`` split).
+        cfg: the ranking ``task_config``.
+    """
+
+    def __init__(self, base: NegativeSampler, root: str | Path, cfg: RankingTaskConfig) -> None:
+        fs = base.fs
+        if not fs.user_key:
+            raise ConfigError("task_config.retrieval_negatives: needs a FeatureSpace with a user_key")
+        self.base, self.cfg = base, cfg
+        keys = base.catalog.keys
+        has_time = TIME_COLUMN in split_columns(Location.of(root) / "train")
+        train = load_rows(root, ("train",), ["user_key", fs.item_key, "label", *([TIME_COLUMN] if has_time else [])])
+        rows = key_rows(train.column(fs.item_key), keys)
+        train = train.append_column("__row__", pa.array(rows))
+        self.users = first_by_key(train.select(["user_key"]), "user_key")[0]
+        self.seen = interactions(train, "user_key", fs.item_key, self.users, keys, positives_only=False)
+        pos = interactions(train, "user_key", fs.item_key, self.users, keys, positives_only=True)
+        # item-kNN's standard neighbourhood (100 neighbours, plain cosine): a proxy of what the
+        # candidate stage proposes, not a tuned ranker setting
+        self.neighbors = ItemNeighbors.fit(pos, NeighborSettings(neighbors=100))
+        self.histories = Histories.from_rows(train.filter(pa.array(rows >= 0)), "user_key", "__row__")
+
+    def negatives(self, table: pa.Table, k: int, seed: int) -> pa.Table:
+        """``k`` retrieval negatives per row of ``table``."""
+        n, n_items = table.num_rows, self.base.catalog.n_items
+        users = table.column("user_key")
+        before = (
+            np.asarray(table.column(TIME_COLUMN).to_numpy(), np.int64) if TIME_COLUMN in table.column_names else None
+        )
+        lst = self.histories.lists(users, self.cfg.retrieval_history, before=before)
+        offs = np.asarray(lst.offsets, dtype=np.int64)
+        hist = CSR.from_pairs(
+            np.repeat(np.arange(n, dtype=np.int64), np.diff(offs)),
+            np.asarray(lst.values.to_numpy(), dtype=np.int64),
+            n,
+            n_items,
+        )
+        ur = key_rows(users, self.users)
+        seen = self.seen.take_rows(np.maximum(ur, 0))
+        keep = np.repeat(ur >= 0, seen.lengths())
+        own = key_rows(table.column(self.base.fs.item_key), self.base.catalog.keys)  # a valid row's own item
+        has = own >= 0
+        seen = CSR.from_pairs(
+            np.concatenate([seen.row_ids()[keep], np.flatnonzero(has)]),
+            np.concatenate([seen.indices[keep], own[has]]),
+            n,
+            n_items,
+        )
+
+        def scores(lo: int, hi: int) -> torch.Tensor:
+            sc = self.neighbors.score(hist, lo, hi)
+            return sc.masked_fill_(sc <= 0, -torch.inf)  # no co-occurrence: not a candidate
+
+        pool, psc = rank_topk(scores, n, n_items, self.cfg.retrieval_pool, seen, label="retrieval negatives")
+        valid = (pool >= 0) & np.isfinite(psc)
+        rng = np.random.default_rng(_content_seed(table, seed) ^ 0x5EED)
+        src = np.repeat(np.arange(n), k)
+        cnt = valid.sum(1)[src]
+        pick = np.floor(rng.random(len(src)) * np.maximum(cnt, 1)).astype(np.int64)
+        # the pick-th valid entry of the row (valid entries come first: top-k is best first)
+        items = np.where(cnt > 0, pool[src, np.minimum(pick, pool.shape[1] - 1)], self.base.sample(len(src), rng))
+        return self.base.negative_rows(table, src, items)
 
 
 def _content_seed(table: pa.Table, seed: int) -> int:

@@ -2,7 +2,10 @@
 
 The rows of a batch are the prepared rows (``widedeep.data.collate.Collator``), plus, with
 ``task_config.sampled_negatives``, label-0 rows with items drawn from the training catalog
-(``widedeep.train.negatives``). Validation metrics are the pointwise ones of
+(``widedeep.train.negatives``). With history crosses in the FeatureSpace
+(``CrossedFeature.history``), every row first gets its user's liked columns and the crosses
+(``widedeep.retrieval.liked``): the positives of the train split strictly before the row's
+``timestamp`` (without timestamps: all of them but the row's own item). Validation metrics are the pointwise ones of
 ``widedeep.train.pointwise_metrics`` (AUC and log loss, or RMSE).
 """
 
@@ -18,7 +21,12 @@ from torch import nn
 
 from widedeep.data.collate import Collator
 from widedeep.model.build import build_model
-from widedeep.train.negatives import NegativeSampler, extra_columns, ranking_config
+from widedeep.model.two_tower import history_source
+from widedeep.retrieval.data import split_columns
+from widedeep.retrieval.history import TIME_COLUMN
+from widedeep.retrieval.interactions import positive_rows
+from widedeep.retrieval.liked import LikedValues, liked_from
+from widedeep.train.negatives import NegativeSampler, RetrievalNegatives, extra_columns, ranking_config
 from widedeep.train.pointwise_metrics import task_metrics
 
 
@@ -35,15 +43,58 @@ class RankingTask:
         self._lock = threading.Lock()
         self._collators: dict[str, Collator] = {}
         self._samplers: dict[tuple[str, str, float], NegativeSampler] = {}
+        self._liked: dict[tuple[str, str], LikedValues] = {}
+        self._retrieval: dict[tuple[str, str, float], RetrievalNegatives] = {}
 
     def metric_for(self, fs: Any) -> tuple[str, str]:
         return ("auc", "max") if fs.task == "binary" else ("rmse", "min")
 
     def required_columns(self, fs: Any, cfg: Any) -> list[str]:
-        cols = Collator(fs).columns()
-        if ranking_config(cfg).sampled_negatives:
-            cols = list(dict.fromkeys([*cols, *extra_columns(fs), "label"]))
+        hist = {f.name for f in fs.history_crosses}
+        cols = [c for c in Collator(fs).columns() if c not in hist]  # computed in collate
+        rc = ranking_config(cfg)
+        if rc.sampled_negatives or rc.retrieval_negatives:
+            cols = list(dict.fromkeys([*cols, *extra_columns(fs), "label", *(["item_key"] if fs.item_key else [])]))
+        if rc.retrieval_negatives:
+            cols = list(dict.fromkeys([*cols, "user_key", *self._time(cfg)]))
+        if hist:
+            cols = list(dict.fromkeys([*cols, "user_key", history_source(fs)[0], *self._time(cfg)]))
         return cols
+
+    @staticmethod
+    def _time(cfg: Any) -> list[str]:
+        """``["timestamp"]`` when the train split keeps one (histories are then causal), else ``[]``."""
+        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        return [TIME_COLUMN] if TIME_COLUMN in split_columns(f"{data.rstrip('/')}/train") else []
+
+    def retrieval_negatives(self, fs: Any, cfg: Any) -> RetrievalNegatives:
+        """The retrieval-negative sampler of this data directory (built once; threads share it)."""
+        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        key = (data, str(fs.content_hash), ranking_config(cfg).sampling_power)
+        base = self.sampler(fs, cfg)
+        with self._lock:
+            s = self._retrieval.get(key)
+            if s is None:
+                s = self._retrieval[key] = RetrievalNegatives(base, data, ranking_config(cfg))
+            return s
+
+    def liked(self, fs: Any, cfg: Any) -> LikedValues:
+        """The train split's liked values of this data directory (built once; threads share it)."""
+        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        key = (data, str(fs.content_hash))
+        with self._lock:
+            lv = self._liked.get(key)
+            if lv is None:
+                lv = self._liked[key] = liked_from(fs, data)
+            return lv
+
+    def with_history(self, table: pa.Table, fs: Any, cfg: Any) -> pa.Table:
+        """The batch plus its rows' liked columns and history crosses (causal: see the module doc)."""
+        if TIME_COLUMN in table.column_names:
+            before = np.asarray(table.column(TIME_COLUMN).to_numpy(), dtype=np.int64)
+            return self.liked(fs, cfg).add(fs, table, table.column("user_key"), before=before)
+        own = np.asarray(table.column(history_source(fs)[0]).to_numpy(), dtype=np.int64)
+        return self.liked(fs, cfg).add(fs, table, table.column("user_key"), leave_out=own)
 
     def build_model(self, fs: Any, cfg: Any) -> nn.Module:
         ranking_config(cfg)  # a typo in task_config fails before training starts
@@ -68,11 +119,19 @@ class RankingTask:
             return c
 
     def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
-        k = ranking_config(cfg).sampled_negatives
-        if k:
-            if not isinstance(table, pa.Table):
-                table = pa.table(dict(table))
-            table = self.sampler(fs, cfg).add(table, k, cfg.seed)
+        rc = ranking_config(cfg)
+        k, kr = rc.sampled_negatives, rc.retrieval_negatives
+        if (k or kr or fs.history_crosses) and not isinstance(table, pa.Table):
+            table = pa.table(dict(table))
+        if fs.history_crosses:
+            table = self.with_history(table, fs, cfg)
+        if (k or kr) and table.num_rows:
+            parts = [table]
+            if k:
+                parts.append(self.sampler(fs, cfg).negatives(table, k, cfg.seed))
+            if kr:  # the positives' competitors: what retrieval proposes beside what the user took
+                parts.append(self.retrieval_negatives(fs, cfg).negatives(positive_rows(table), kr, cfg.seed))
+            table = pa.concat_tables(parts)
         return self._collator(fs)(table)
 
     def collate_split(self, table: Any, fs: Any, cfg: Any) -> Any | None:
