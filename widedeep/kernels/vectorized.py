@@ -226,10 +226,16 @@ def _pool_per_table(
     if out is None:
         out = torch.empty((B, T_r * D), dtype=torch.float32, device=weight.device)
     dst = out.view(B, T_r, D)
+    narrow = ri.ids.dtype == torch.int64 and ri.ids.device.type == "cpu" and run.num_rows < 2**31
     start = 0
     for i, n in enumerate(ri.table_counts):
         t = run.first + i
         ids = ri.ids[start : start + n]
+        if narrow:
+            # int32 ids, narrowed table by table while the slice is in cache: FBGEMM's gather
+            # reads half the index bytes (measured on multihot, one thread: the forward's
+            # pooling 49 -> 45 ms with the narrowing included).
+            ids = ids.to(torch.int32)
         psw = None if ri.weights is None else ri.weights[start : start + n]
         if n == 0:
             dst[:, i].zero_()
@@ -241,8 +247,9 @@ def _pool_per_table(
             pooled = F.embedding_bag(ids.view(B, L), w, mode="sum", per_sample_weights=psw)
         else:
             offs = ri.offsets[i * B : (i + 1) * B + 1]
+            offs = offs - start if start else offs
             pooled = F.embedding_bag(
-                ids, w, offs - start if start else offs, mode="sum", per_sample_weights=psw, include_last_offset=True
+                ids, w, offs.to(ids.dtype), mode="sum", per_sample_weights=psw, include_last_offset=True
             )
         if ri.bag_scale is not None:
             torch.mul(pooled, ri.bag_scale[:, i, None], out=dst[:, i])
