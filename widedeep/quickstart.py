@@ -167,7 +167,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     _stage(
         5,
         n,
-        "evaluate: test AUC of the ranker; full-catalog top-K vs most-popular and item-kNN",
+        "evaluate: test AUC of the ranker; full-catalog top-K vs most-popular, item-kNN and EASE",
         lambda: (
             _cli(["evaluate", "--checkpoint", ranker, "--data", str(data / "test"), "--metrics-out", str(eval_json)]),
             _cli(

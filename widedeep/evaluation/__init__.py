@@ -2,7 +2,7 @@
 
 - ``topk``       ``widedeep evaluate --task topk``: retrieval, retrieval + ranking and baselines,
                  through the candidate policy the online Retriever uses (``widedeep.retrieval``)
-- ``baselines``  most-popular and item-kNN
+- ``baselines``  most-popular, item-kNN and EASE
 
 Scoring a split with the training task's own metrics (``widedeep evaluate``) is
 ``widedeep.train.evaluate``: it reuses the training tasks' batches and validation metrics.

@@ -2,7 +2,7 @@
 
 One engine (``rank_topk``) ranks the whole catalog for every user, chunk by chunk, with the
 user's excluded items (training items, caller exclusions) masked out; the learned retriever,
-most-popular and item-kNN all go through it, so their numbers are comparable by construction.
+most-popular, item-kNN and EASE all go through it, so their numbers are comparable by construction.
 
 Metric definitions (averaged over users with at least one relevant item):
 
