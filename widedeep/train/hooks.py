@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,36 +57,11 @@ class DeterministicShards(LoopHooks):
 
 
 @dataclass(frozen=True)
-class KillAtStep(LoopHooks):
-    """SIGKILL the worker of rank ``rank`` right after global step ``step`` of a fresh attempt."""
+class _AfterFreshStep(LoopHooks):
+    """A double that acts after steps of a fresh attempt and otherwise defers to ``inner`` (e.g.
+    ``DeterministicShards``), so the fault doubles combine with the data double."""
 
-    step: int
-    rank: int = 0
-    inner: LoopHooks | None = None  # combine with another double (e.g. ``DeterministicShards``)
-
-    @property
-    def replaces_train_data(self) -> bool:  # type: ignore[override]
-        return bool(self.inner and self.inner.replaces_train_data)
-
-    def train_feed(self, ctx: WorkerContext) -> TrainFeed | None:
-        return self.inner.train_feed(ctx) if self.inner else None
-
-    def after_step(self, ctx: WorkerContext, global_step: int, restored: bool) -> None:
-        if self.inner:
-            self.inner.after_step(ctx, global_step, restored)
-        if not restored and global_step == self.step and ctx.rank == self.rank:
-            from widedeep.train.progress import log
-
-            log(f"KillAtStep({self.step}): killing worker pid {os.getpid()} (test hook)")
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class SlowFreshSteps(LoopHooks):
-    """Sleep ``seconds`` after every global step of an attempt that did not start from a checkpoint."""
-
-    seconds: float
-    inner: LoopHooks | None = None
+    inner: LoopHooks | None = field(default=None, kw_only=True)
 
     @property
     def replaces_train_data(self) -> bool:  # type: ignore[override]
@@ -99,4 +74,32 @@ class SlowFreshSteps(LoopHooks):
         if self.inner:
             self.inner.after_step(ctx, global_step, restored)
         if not restored:
-            time.sleep(self.seconds)
+            self.after_fresh_step(ctx, global_step)
+
+    def after_fresh_step(self, ctx: WorkerContext, global_step: int) -> None:
+        """Called after every step of an attempt that did not start from a checkpoint."""
+
+
+@dataclass(frozen=True)
+class KillAtStep(_AfterFreshStep):
+    """SIGKILL the worker of rank ``rank`` right after global step ``step`` of a fresh attempt."""
+
+    step: int
+    rank: int = 0
+
+    def after_fresh_step(self, ctx: WorkerContext, global_step: int) -> None:
+        if global_step == self.step and ctx.rank == self.rank:
+            from widedeep.train.progress import log
+
+            log(f"KillAtStep({self.step}): killing worker pid {os.getpid()} (test hook)")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class SlowFreshSteps(_AfterFreshStep):
+    """Sleep ``seconds`` after every global step of an attempt that did not start from a checkpoint."""
+
+    seconds: float
+
+    def after_fresh_step(self, ctx: WorkerContext, global_step: int) -> None:
+        time.sleep(self.seconds)
