@@ -111,22 +111,37 @@ def app_details(address: str, name: str = APP) -> dict[str, Any] | None:
     return (ServeSubmissionClient(address).get_serve_details().get("applications") or {}).get(name)
 
 
-def wait_running(address: str, name: str = APP, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Wait until app ``name`` is RUNNING (replicas loaded the bundle); returns its details. A failed
-    deployment raises at once with Serve's message (a bad bundle URI, an import error on the nodes)."""
+def wait_running(
+    address: str, name: str = APP, timeout_s: float = 600.0, *, health_url: str | None = None
+) -> dict[str, Any]:
+    """Wait until app ``name`` is RUNNING (replicas loaded the bundle) and, with ``health_url``, until
+    the proxy routes to it (``GET health_url`` answers 200: the proxy's route table lags the app's
+    status); returns the app's details. A failed deployment raises at once with Serve's message (a
+    bad bundle URI, an import error on the nodes)."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     details: dict[str, Any] | None = None
+    seen = ""
     while time.monotonic() < deadline:
         details = app_details(address, name)
         status = (details or {}).get("status")
-        if status == "RUNNING":
-            return details or {}
         if status == "DEPLOY_FAILED":  # UNHEALTHY can pass (a replica restarting): wait on
             raise ServeDeployError(f"app {name!r} is {status}: {(details or {}).get('message', '')[-2000:]}")
+        if status == "RUNNING":
+            if health_url is None:
+                return details or {}
+            try:
+                r = httpx.get(health_url, timeout=10)
+                if r.status_code == 200:
+                    return details or {}
+                seen = f"{health_url} answered {r.status_code}"
+            except httpx.HTTPError as e:
+                seen = f"{health_url}: {type(e).__name__}"
         time.sleep(1.0)
     raise ServeDeployError(
-        f"app {name!r} not RUNNING after {timeout_s:.0f}s (status {(details or {}).get('status')}: "
-        f"{(details or {}).get('message', '')[-2000:]})"
+        f"app {name!r} not serving after {timeout_s:.0f}s (status {(details or {}).get('status')}: "
+        f"{(details or {}).get('message', '')[-2000:]}; {seen or 'not RUNNING'})"
     )
 
 
