@@ -84,7 +84,14 @@ def test_notebook_runs_its_jobs_on_the_cluster_with_data_in_the_store(
     nb, probe = checks.execute(name, env=nb_env, timeout_s=900, extra=extra)
     wall = time.monotonic() - t0
     new = [j for sid, j in _jobs(c).items() if sid not in before]
-    print(f"\n[cluster] notebook {name} against the cluster: {wall:.1f}s, {len(new)} job(s) through the Jobs API")
+    took = ", ".join(
+        f"{j['entrypoint'].split()[3]} {(j['end_time'] - j['start_time']) / 1e3:.0f}s"
+        for j in sorted(new, key=lambda j: j["start_time"])
+        if j.get("end_time")
+    )
+    print(
+        f"\n[cluster] notebook {name} against the cluster: {wall:.1f}s; {len(new)} job(s) through the Jobs API ({took})"
+    )
 
     # its jobs ran on the cluster, submitted through the Jobs API, reading and writing the store
     commands = sorted(j["entrypoint"].split()[3] for j in new)  # "python -m widedeep <command> ..."
