@@ -15,7 +15,6 @@ removed at the end. Same small sizes as the local run (``WIDEDEEP_NOTEBOOK_SMALL
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -144,4 +143,3 @@ def _check_served_by_the_cluster(c: DevCluster, probe: dict[str, Any], env: dict
     assert "recommender" not in (serve_apps(c).get("applications") or {}), serve_apps(c)
     with pytest.raises(httpx.HTTPError):
         httpx.get(probe["url"] + "/healthz", timeout=5).raise_for_status()
-    assert os.environ.get("RAY_ADDRESS") != c.dashboard  # the test process itself never joined the cluster
