@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
 from widedeep.errors import CheckpointError, DataError
-from widedeep.paths import Location, is_uri
+from widedeep.paths import Location, is_uri, read_json, write_json
 
 
 def test_a_local_path_and_its_file_uri_reach_the_same_files(tmp_path):
@@ -66,3 +67,28 @@ def test_a_uri_pyarrow_cannot_open_raises_the_callers_error_naming_it():
         Location.of("nosuchfs://x/y")
     with pytest.raises(CheckpointError, match="nosuchfs://x/y"):
         Location.of("nosuchfs://x/y", CheckpointError)
+
+
+def test_json_round_trips_through_a_path_and_a_uri_creating_local_parents(tmp_path):
+    """What a job writes with ``--metrics-out`` (a path or a URI) its client reads back with ``read_json``."""
+    doc = {"auc": np.float32(0.75), "history": [{"epoch": 1, "valid_auc": 0.7}]}
+    path, uri = tmp_path / "a" / "b" / "m.json", (tmp_path / "u" / "m.json").as_uri()
+    for where in (path, str(path), uri, Location.of(uri)):
+        write_json(where, doc)
+        back = read_json(where)
+        assert back == {"auc": 0.75, "history": [{"epoch": 1, "valid_auc": 0.7}]}
+    assert path.read_text().startswith('{\n "auc": 0.75')  # sorted keys, indented: readable by people too
+    loc = Location.of(uri)
+    loc.write_text("replaced")
+    assert loc.read_text() == "replaced"
+    loc.delete_file()
+    assert not loc.exists()
+    loc.delete_file()  # already gone: not an error
+
+
+def test_read_json_names_a_missing_or_broken_file(tmp_path):
+    with pytest.raises(DataError, match=rf"^{tmp_path}/missing.json: cannot read"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match=rf"^{(tmp_path / 'bad.json').as_uri()}: not valid JSON"):
+        read_json((tmp_path / "bad.json").as_uri())

@@ -103,7 +103,10 @@ def test_wheel_ships_platform_files_and_jobs_ship_the_package(installed, tmp_pat
     staged = Path(module)
     assert staged.name == "widedeep" and staged.parent == tmp_path / "stage"
     assert (staged / "__init__.py").is_file() and (staged / "_platform" / "specs" / "appstore.yaml").is_file()
-    assert "working_dir" not in out["env"]
+    # the working dir holds the platform files alone (the configs and specs a job's argv names)
+    workdir = Path(out["env"]["working_dir"])
+    assert workdir == tmp_path / "stage" / "job" and [p.name for p in workdir.iterdir()] == ["platform"]
+    assert (workdir / "platform" / "specs" / "appstore.yaml").is_file()
     size = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
     assert size < 20 * 2**20, f"staged package is {size} bytes"
 

@@ -13,8 +13,11 @@ The job ships the code it runs as a Ray ``py_modules`` package: a copy of the im
 ``widedeep.paths.platform_path``), the same whether widedeep runs from a checkout or from a wheel in
 ``site-packages`` (whose parent directory must never be uploaded: it is every installed package).
 
-On a cluster every path in ``argv`` must be visible to the cluster (shared storage or a URI such
-as ``s3://``), as for any Ray job. With token authentication on (the Ray 2.60 default for new
+The job's working directory holds a copy of ``platform/`` too, and an argument naming a file of the
+local ``platform/`` tree (``--spec .../platform/specs/appstore.yaml``) is passed as that copy's
+relative path (``platform/specs/appstore.yaml``): the client's checkout is not on the cluster. Every
+other path in ``argv`` must be visible to the cluster (shared storage or a URI such as ``s3://``),
+as for any Ray job. With token authentication on (the Ray 2.60 default for new
 clusters) export ``RAY_AUTH_MODE=token`` so the client sends ``~/.ray/auth_token``.
 """
 
@@ -67,7 +70,7 @@ def _submit(addr: str, argv: Sequence[str], timeout_s: float) -> str:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(addr)
-    entry = "python -m widedeep " + shlex.join(argv)
+    entry = "python -m widedeep " + shlex.join(cluster_argv(argv))
     with tempfile.TemporaryDirectory(prefix="widedeep-job-") as staging:
         job_id = client.submit_job(entrypoint=entry, runtime_env=job_runtime_env(Path(staging)))
     print(f"submitted {job_id} to {addr}: {entry}", flush=True)
@@ -90,6 +93,20 @@ def _submit(addr: str, argv: Sequence[str], timeout_s: float) -> str:
     return job_id
 
 
+def cluster_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` as a job on a cluster runs it: a file or directory of the local ``platform/`` tree
+    becomes ``platform/<relative path>`` (the copy in the job's working directory, see
+    ``job_runtime_env``); anything else is passed as it is."""
+    root = platform_path().resolve()
+    out = []
+    for arg in argv:
+        p = Path(arg)
+        if p.is_absolute() and p.exists() and p.resolve().is_relative_to(root):
+            arg = str(Path("platform") / p.resolve().relative_to(root))
+        out.append(arg)
+    return out
+
+
 def stage_package(staging: Path) -> Path:
     """A copy of the running ``widedeep`` package under ``staging``, with the platform files inside
     it (``_platform``) and no bytecode: what a job ships to the cluster."""
@@ -103,5 +120,12 @@ def stage_package(staging: Path) -> Path:
 
 def job_runtime_env(staging: Path) -> dict[str, object]:
     """The runtime env of a submitted job: the package staged under ``staging`` as ``py_modules``
-    (uploaded by ``submit_job``; the cluster's own dependencies run it) and quiet progress output."""
-    return {"py_modules": [str(stage_package(staging))], "env_vars": dict(JOB_ENV_VARS)}
+    (uploaded by ``submit_job``; the cluster's own dependencies run it), a working directory holding
+    ``platform/`` (the job configs and specs ``cluster_argv`` points at) and quiet progress output."""
+    workdir = staging / "job"
+    shutil.copytree(platform_path(), workdir / "platform", ignore=shutil.ignore_patterns("__pycache__"))
+    return {
+        "py_modules": [str(stage_package(staging))],
+        "working_dir": str(workdir),
+        "env_vars": dict(JOB_ENV_VARS),
+    }

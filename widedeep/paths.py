@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -175,6 +176,22 @@ class Location:
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Write this file (replacing it); a local parent directory is created first (object stores
+        have no directories to create)."""
+        if self.is_local:
+            self.fs.create_dir(self.parent.path, recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(text.encode(encoding))
+
+    def delete_file(self) -> None:
+        """Remove this file (a missing one is not an error)."""
+        if self.is_file():
+            self.fs.delete_file(self.path)
+
     def download(self, dest: str | os.PathLike[str]) -> Path:
         """Copy this directory (recursively) to the local directory ``dest``; returns ``dest``."""
         pafs.copy_files(
@@ -187,3 +204,30 @@ class Location:
         pafs.copy_files(
             os.fspath(src), self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
         )
+
+
+def read_json(location: str | os.PathLike[str] | Location) -> Any:
+    """The JSON document at a local path or a URI (metrics, manifests, histories a job wrote).
+
+    Why: a notebook or a client reads what a job on a cluster wrote to shared storage
+    (``s3://...``), and the same code must read a local run; errors name the location."""
+    loc = Location.of(location)
+    try:
+        text = loc.read_text()
+    except FS_ERRORS as e:
+        raise DataError(f"{loc}: cannot read ({short_error(e)})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{loc}: not valid JSON ({e})") from None
+
+
+def write_json(location: str | os.PathLike[str] | Location, obj: Any, *, indent: int = 1) -> None:
+    """Write ``obj`` as JSON (sorted keys; numpy and other number types as floats) to a local path or
+    a URI, so ``--metrics-out s3://...`` of a job on a cluster lands where its client reads it."""
+    loc = Location.of(location)
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=float)
+    try:
+        loc.write_text(text)
+    except FS_ERRORS as e:
+        raise DataError(f"{loc}: cannot write ({short_error(e)})") from None

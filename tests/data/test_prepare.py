@@ -160,9 +160,12 @@ def test_generate_appstore_and_prepare(ray_session, tmp_path):
     assert meta["shards"] == 3 and len(list((tmp_path / "raw").glob("part-*.parquet"))) == 3
     oa = meta["oracle_auc"]
     assert oa["full_logit"] > oa["without_planted_cross"] > oa["without_latent_taste"] > 0.5
-    again = generate_appstore(
-        tmp_path / "raw2", rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=50_000
+    (tmp_path / "raw2").mkdir()
+    (tmp_path / "raw2" / "part-00009.parquet").write_bytes(b"stale")  # an older run's shard: replaced
+    again = generate_appstore(  # the same through a URI (a job on a cluster writes to s3://...)
+        (tmp_path / "raw2").as_uri(), rows=3000, users=300, items=100, seed=7, shard_rows=1000, chunk_rows=50_000
     )
+    assert sorted(p.name for p in (tmp_path / "raw2").iterdir())[-1] == "part-00002.parquet"
     assert pq.read_table(tmp_path / "raw").equals(pq.read_table(tmp_path / "raw2"))
     assert again["install_rate"] == meta["install_rate"]
     m = prepare(load_spec(SPECS / "appstore.yaml"), PrepareOptions([str(tmp_path / "raw")], str(tmp_path / "p")))

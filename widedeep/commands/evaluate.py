@@ -43,14 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ConfigError("--checkpoint is required for --task ranking")
     import json
-    from pathlib import Path
 
+    from widedeep.paths import write_json
     from widedeep.train.evaluate import evaluate_split
 
     metrics = evaluate_split(args.checkpoint, args.data, batch_size=args.batch_size)
     text = json.dumps(metrics, indent=1, sort_keys=True, default=float)
     print(text)
     if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(text)
+        write_json(args.metrics_out, metrics)  # a local path or a URI
     return 0

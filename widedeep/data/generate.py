@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from widedeep.features.hashing import hash_ints
+from widedeep.paths import Location
 
 log = logging.getLogger(__name__)
 
@@ -316,10 +317,12 @@ def generate_appstore(
     corrupted window (see the module docstring)."""
     the_day = Day(day, drift, rows)
     bad = parse_poison(poison)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("part-*.parquet"):
-        old.unlink()
+    out = Location.of(out)  # a local directory or a URI (s3://...: a job on a cluster writes to shared storage)
+    if out.is_local:
+        out.fs.create_dir(out.path, recursive=True)
+    for old in out.files(".parquet"):
+        if old.name.startswith("part-"):
+            old.delete_file()
     t0 = time.perf_counter()
     world = make_world(users, items, seed)
     pop = day_popularity(world, the_day, seed)
@@ -333,7 +336,8 @@ def generate_appstore(
         t, z = _chunk(world, written, n, seed, the_day, pop)
         t = _poisoned(t, bad)
         if writer is None:
-            writer = pq.ParquetWriter(out / f"part-{shard:05d}.parquet", t.schema, compression="snappy")
+            part = out / f"part-{shard:05d}.parquet"
+            writer = pq.ParquetWriter(part.path, t.schema, filesystem=part.fs, compression="snappy")
         writer.write_table(t, row_group_size=min(65_536, shard_rows))
         if oracle_rows < 200_000:  # oracle AUCs from the first rows only (constant memory)
             for k in oracle:

@@ -23,7 +23,6 @@ prepared directory (all splits).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from widedeep.evaluation.significance import paired_bootstrap, seed_summary
 from widedeep.evaluation.tuning import Tuned, tune_ease, tune_item_knn
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
-from widedeep.paths import Location
+from widedeep.paths import Location, write_json
 from widedeep.retrieval.candidates import SOURCE_NAMES, CandidateGenerator, Candidates, SourceMix, final_scores
 from widedeep.retrieval.data import (
     SPLITS,
@@ -467,8 +466,7 @@ def run_topk(
         }
     print(format_table(result))
     if metrics_out:
-        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_out).write_text(json.dumps(result, indent=2, sort_keys=True))
+        write_json(metrics_out, result, indent=2)  # a local path or a URI
     return 0
 
 

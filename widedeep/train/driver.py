@@ -28,7 +28,7 @@ from typing import Any
 
 from widedeep import tracking
 from widedeep.errors import DataError, WidedeepError
-from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
+from widedeep.paths import FS_ERRORS, Location, is_uri, short_error, write_json
 from widedeep.train.config import TrainConfig
 from widedeep.train.hooks import LoopHooks
 from widedeep.train.progress import log
@@ -274,8 +274,7 @@ def run_training(
     if run is not None:
         summary["mlflow"] = train_tracking.finish(cfg, run, summary, logged_live=not job.spec.local_mode)
     if metrics_out:
-        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_out).write_text(json.dumps(summary, indent=1, sort_keys=True, default=float))
+        write_json(metrics_out, summary)  # a local path or a URI (a job on a cluster writes to shared storage)
     return summary
 
 
