@@ -39,3 +39,12 @@ def test_checkpoints_of_a_run_stored_at_a_uri_keep_the_scheme():
     assert (
         checkpoint_location(opts, _Checkpoint("b/runs/r1/step=00000010")) == "s3://b/runs/r1/step=00000010?scheme=http"
     )
+
+
+def test_local_mode_refuses_a_storage_uri():
+    """Local mode writes checkpoints in place: a URI storage path would become a local folder named
+    ``s3:``, so the config is refused, naming both keys; workers (or a local path) are accepted."""
+    with pytest.raises(ConfigError, match=r"num_workers: 0 .*storage_path 's3://bucket/runs' is a URI"):
+        load_train_config(None, ["data=/d", "num_workers=0", "storage_path=s3://bucket/runs"])
+    assert load_train_config(None, ["data=/d", "num_workers=1", "storage_path=s3://bucket/runs"]).num_workers == 1
+    assert load_train_config(None, ["data=/d", "num_workers=0", "storage_path=/tmp/runs"]).num_workers == 0

@@ -16,6 +16,7 @@ from widedeep.config import apply_overrides, from_dict, read_yaml, to_dict
 from widedeep.errors import ConfigError
 from widedeep.kernels.sharding import ShardingConfig
 from widedeep.model.wide_deep import ModelConfig, OptimConfig
+from widedeep.paths import is_uri
 from widedeep.tracking import TrackingConfig
 
 
@@ -104,6 +105,13 @@ class TrainConfig:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0 (0 = local mode in the driver), got {self.num_workers}")
+        if self.num_workers == 0 and is_uri(self.storage_path):
+            # Local mode writes its checkpoints in place on this machine (no upload step), so a URI
+            # would become a local folder named after it: refuse rather than lose the checkpoints.
+            raise ConfigError(
+                f"num_workers: 0 (local mode) keeps checkpoints on this machine; storage_path "
+                f"{self.storage_path!r} is a URI: use num_workers >= 1 or a local storage_path"
+            )
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker: must be >= 0, got {self.cpus_per_worker}")
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
