@@ -1,19 +1,24 @@
 """Serving a ranker with history crosses: the bundle's user table carries each user's liked
 columns (``widedeep.retrieval.liked``, over every exported split), and the served logits of the
-candidates are the ranker's on the rows the one transform builds offline."""
+candidates are the ranker's on the rows the one transform builds offline. With candidate scores
+(``widedeep.retrieval.candidate_scores``) the bundle carries their statistics and each candidate
+is scored from them as offline."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 import torch
 
 from tests.retrieval import synth
+from tests.retrieval.test_candidate_scores import SCORE_SPEC
 from tests.retrieval.test_liked import HIST_SPEC
 
 
-def test_served_history_crosses_score_like_the_offline_transform(tmp_path):
+@pytest.mark.parametrize("spec", [HIST_SPEC, SCORE_SPEC], ids=["history-crosses", "candidate-scores"])
+def test_served_history_crosses_score_like_the_offline_transform(tmp_path, spec):
     from widedeep.data.collate import Collator
     from widedeep.export.bundle_writer import write_bundle
     from widedeep.export.from_checkpoints import bundle_contents
@@ -21,13 +26,14 @@ def test_served_history_crosses_score_like_the_offline_transform(tmp_path):
     from widedeep.kernels import OptimizerConfig
     from widedeep.model.two_tower import TwoTower, TwoTowerConfig
     from widedeep.model.wide_deep import WideAndDeep
+    from widedeep.retrieval.candidate_scores import CandidateStats
     from widedeep.retrieval.data import first_by_key, load_rows
     from widedeep.retrieval.liked import LikedValues
     from widedeep.serve.bundle import load_bundle
     from widedeep.serve.pipeline import RecommendPipeline
 
     torch.manual_seed(0)
-    root = synth.prepare(tmp_path / "d", spec=HIST_SPEC, keep_time=True, n_users=30, n_items=50, rows_per_user=12)
+    root = synth.prepare(tmp_path / "d", spec=spec, keep_time=True, n_users=30, n_items=50, rows_per_user=12)
     fs = FeatureSpace.load(root)
     cols = ["user_key", "item_key", "label", "user_id", "country", "app_id", "category", "timestamp"]
     rows = load_rows(root, ("train", "valid", "test"), cols)
@@ -63,6 +69,10 @@ def test_served_history_crosses_score_like_the_offline_transform(tmp_path):
         t = t.append_column(name, v)
     t = fs.add_crosses(t)
     assert any(len(x) for x in t.column("liked_x_app").to_pylist())
+    if spec is SCORE_SPEC:  # the bundle's statistics are those of the exported rows here
+        t = CandidateStats.fit(fs, rows).add(fs, t)
+        assert pipe.bundle.candidate_stats is not None
+        assert len(set(t.column("sim").to_pylist())) > 1 and len(set(t.column("pop").to_pylist())) > 1
     with torch.no_grad():
         want = ranker(Collator(fs, require_label=False)(t)).float().numpy()
     np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-5)

@@ -40,6 +40,7 @@ from widedeep.evaluation.tuning import Tuned, tune_ease, tune_item_knn
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location, write_json
+from widedeep.retrieval.candidate_scores import CandidateStats, candidate_stats_from
 from widedeep.retrieval.candidates import SOURCE_NAMES, CandidateGenerator, Candidates, SourceMix, final_scores
 from widedeep.retrieval.data import (
     SPLITS,
@@ -125,6 +126,7 @@ class EvalData:
         if len(self.users) == 0:
             raise DataError(f"{self.split_dir}: no user has a positive (label > 0.5) row to evaluate")
         self._liked: dict[str, dict[str, pa.ListArray]] = {}
+        self._stats: dict[str, CandidateStats | None] = {}
 
     def liked(self, fs: Any) -> dict[str, pa.ListArray]:
         """The evaluated users' liked columns for ``fs``'s history crosses: their latest train
@@ -135,6 +137,13 @@ class EvalData:
                 liked_from(fs, self.root).columns(self.users) if fs.history_crosses else {}
             )
         return got
+
+    def candidate_stats(self, fs: Any) -> CandidateStats | None:
+        """The candidate scores' statistics for ``fs`` (the train split's, as at training and in a
+        bundle); None without candidate scores."""
+        if fs.content_hash not in self._stats:
+            self._stats[fs.content_hash] = candidate_stats_from(fs, self.root)
+        return self._stats[fs.content_hash]
 
 
 def user_rows(model: Any, data: EvalData) -> pa.Table:
@@ -188,6 +197,7 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
     item_tab = data.catalog.table
     collator = Collator(rfs, require_label=False)
     liked = data.liked(rfs)
+    stats = data.candidate_stats(rfs)
     n_users, _n = cand.shape
     out = np.full(cand.shape, -np.inf, dtype=np.float64)
     t0 = last = time.monotonic()
@@ -205,6 +215,8 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
         for name, v in liked.items():  # the history crosses' user side
             t = t.append_column(name, v.take(pa.array(u_idx)))
         t = rfs.add_crosses(t)
+        if stats is not None:  # retrieval's evidence for each candidate (never a train item: nothing left out)
+            t = stats.add(rfs, t)
         with torch.no_grad():
             block = out[lo:hi]
             block[valid] = ranker(collator(t)).float().numpy()

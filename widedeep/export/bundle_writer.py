@@ -28,9 +28,16 @@ import torch
 import widedeep
 from widedeep.errors import CheckpointError
 from widedeep.paths import FS_ERRORS, Location, short_error
+from widedeep.retrieval.candidate_scores import CandidateStats
 from widedeep.retrieval.index import build_index, save_index
 from widedeep.retrieval.neighbors import ItemNeighbors
-from widedeep.serve.bundle import LIKED, NEIGHBORS_FILE, POPULARITY
+from widedeep.serve.bundle import (
+    CANDIDATE_POPULARITY_FILE,
+    CANDIDATE_STATS_FILE,
+    LIKED,
+    NEIGHBORS_FILE,
+    POPULARITY,
+)
 from widedeep.serve.manifest import BUNDLE_FORMAT, file_hashes
 from widedeep.serve.scoring import save_ranker
 from widedeep.serve.towers import save_user_tower
@@ -63,6 +70,9 @@ class BundleContents:
             ``item_neighbors.parquet``; ``ordering`` then carries its ``item_share`` and ``item_weight``.
         liked: per user of ``seen``, the catalog rows of their positives (what the item-to-item
             source is queried with), written as the ``liked`` column of ``seen.parquet``.
+        candidate_stats: what the ranker's candidate scores are computed from
+            (``widedeep.retrieval.candidate_scores``, the train split's), written as
+            ``candidate_stats.parquet`` and ``candidate_popularity.parquet``.
     """
 
     fs: Any
@@ -80,6 +90,7 @@ class BundleContents:
     lineage: dict[str, Any] | None = None
     neighbors: ItemNeighbors | None = None
     liked: list[np.ndarray] | None = None
+    candidate_stats: CandidateStats | None = None
 
 
 def write_bundle(
@@ -132,6 +143,10 @@ def write_bundle(
         pq.write_table(pa.table(seen_cols), tmp / "seen.parquet")
         if c.neighbors is not None:
             _write_neighbors(tmp, c.neighbors, n)
+        if c.candidate_stats is not None:
+            a = c.candidate_stats.arrays()
+            pq.write_table(pa.table({"key": a["keys"], "co": a["co"]}), tmp / CANDIDATE_STATS_FILE)
+            pq.write_table(pa.table({"popularity": a["popularity"]}), tmp / CANDIDATE_POPULARITY_FILE)
         if c.profile is not None:
             (tmp / "profile.json").write_text(json.dumps(c.profile, sort_keys=True))
         index, info = build_index(c.item_vectors, index_kind, **(index_options or {}))

@@ -28,6 +28,11 @@ from widedeep.features.spec import CrossedFeature
 from widedeep.model.checkpoint import load_checkpoint, read_meta
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
+from widedeep.retrieval.candidate_scores import (
+    CandidateStats,
+    candidate_score_features,
+    score_history,
+)
 from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
 from widedeep.retrieval.history import TIME_COLUMN, Histories
 from widedeep.retrieval.interactions import POSITIVE_LABEL_ABOVE, key_rows
@@ -154,7 +159,19 @@ def bundle_contents(
         ordering,
         neighbors=None if choice is None else choice.neighbors,
         liked=liked if choice is not None else None,
+        candidate_stats=_stats(fs, positives if positives is not None else rows),
     )
+
+
+def _stats(fs: Any, rows: pa.Table) -> CandidateStats | None:
+    """The candidate scores' statistics of ``rows`` (an export from checkpoints passes the train
+    split's, what training and evaluation computed them from)."""
+    if not candidate_score_features(fs):
+        return None
+    id_col = score_history(fs)
+    if id_col not in rows.column_names:
+        raise DataError(f"export: the candidate scores need the rows' item id column {id_col!r}")
+    return CandidateStats.fit(fs, rows).serving()
 
 
 def _choose_sources(fs: Any, ranker: Any, rt: Any, root: Location) -> SourceChoice | None:
@@ -239,7 +256,8 @@ def export_from_checkpoints(
     if TIME_COLUMN in split_columns(root / "train"):
         cols.append(TIME_COLUMN)  # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
-    train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else [])])
+    ids = [score_history(fs)] if candidate_score_features(fs) else []  # the candidate scores' statistics
+    train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else []), *ids])
     sources: dict[str, Any] = {
         "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
         "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},

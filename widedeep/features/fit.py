@@ -26,6 +26,7 @@ from widedeep.features.columns import Problems, column_or_nulls, to_float, to_st
 from widedeep.features.space import FeatureSpace, _filter_raw, label_values, numeric_pre
 from widedeep.features.spec import (
     BucketizedFeature,
+    CandidateScoreFeature,
     CrossedFeature,
     FeatureSpec,
     MultivalentFeature,
@@ -95,7 +96,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
     raw: dict[str, Any] = {}
     nonnull: dict[str, np.ndarray] = {}
     for f in spec.features:
-        if isinstance(f, CrossedFeature):
+        if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
             continue
         c = feature_column(f)
         col = column_or_nulls(table, c, f.optional, f"feature {f.name!r}")
@@ -131,7 +132,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
         ),
     )
     for f in spec.features:
-        if isinstance(f, CrossedFeature):
+        if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
             continue
         v = raw[f.name]
         nn = int(nonnull[f.name].sum())
@@ -190,6 +191,10 @@ class Accumulator:
         for f in spec.features:
             if isinstance(f, CrossedFeature):
                 states[f.name] = {"hash_buckets": f.hash_buckets, "num_rows": f.hash_buckets}
+                continue
+            if isinstance(f, CandidateScoreFeature):  # computed from the logs: fixed buckets
+                b = [float(x) for x in f.boundaries]
+                states[f.name] = {"boundaries": b, "num_rows": len(b) + 1}
                 continue
             key = f"moments/{f.name}" if isinstance(f, NumericFeature) else f"nonnull/{f.name}"
             nonnull = int(self._sum(key, "nonnull" if isinstance(f, NumericFeature) else "n"))

@@ -15,6 +15,9 @@ Id conventions (every id column is int64, local to its feature, ``0 <= id < num_
 - crossed: ``combine_ids(component ids) % hash_buckets``; ``num_rows = hash_buckets``. A history
   cross (``CrossedFeature.history``) is not a prepared column: ``transform`` leaves it out and
   ``add_crosses`` computes it once the rows carry their history column (``widedeep.retrieval.liked``).
+- candidate score (``CandidateScoreFeature``): ``i`` = number of boundaries ``<=`` the score;
+  ``num_rows = len(b) + 1``. Not a prepared column either: ``widedeep.retrieval.candidate_scores``
+  computes it from the history column and the candidate's id.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from widedeep.features.spec import (
     VocabularyFeature,
     cross_components,
     feature_column,
+    is_computed,
     is_history_cross,
     parse_condition,
     spec_from_dict,
@@ -332,7 +336,7 @@ class FeatureSpace:
     def output_schema(self, require_label: bool = True) -> pa.Schema:
         fields = []
         for f in self.spec.features:
-            if is_history_cross(f):
+            if is_computed(f):
                 continue  # not a prepared column (see the module doc)
             if isinstance(f, NumericFeature):
                 fields.append(pa.field(f.name, pa.float32()))
@@ -513,13 +517,18 @@ class FeatureSpace:
         return [f for f in self.spec.features if isinstance(f, CrossedFeature) and f.history is not None]
 
     def _selected(self, sides: tuple[str, ...] | list[str] | None) -> list[Feature]:
-        """The features ``transform`` outputs: of ``sides``, never a history cross (no raw column)."""
+        """The features ``transform`` outputs: of ``sides``, never a history cross or a candidate
+        score (no raw column)."""
         if sides is None:
-            return [f for f in self.spec.features if not is_history_cross(f)]
+            return [f for f in self.spec.features if not is_computed(f)]
         bad = set(sides) - {"user", "item", "context", "pair"}
         if bad:
             raise DataError(f"sides: unknown side(s) {sorted(bad)}; expected user, item, context")
-        base = [f for f in self.spec.features if not isinstance(f, CrossedFeature) and f.side in sides]
+        base = [
+            f
+            for f in self.spec.features
+            if not isinstance(f, CrossedFeature) and not is_computed(f) and f.side in sides
+        ]
         names = {f.name for f in base}
         crosses = [
             f

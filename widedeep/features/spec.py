@@ -210,13 +210,69 @@ class CrossedFeature:
             raise FeatureSpecError(f"hash_buckets: must be < 2**62, got {self.hash_buckets}")
 
 
-Feature = CategoricalFeature | MultivalentFeature | NumericFeature | BucketizedFeature | CrossedFeature
+#: what a ``candidate_score`` feature measures (``widedeep.retrieval.candidate_scores``)
+CANDIDATE_SCORES = ("similarity", "hits", "popularity")
+
+
+@dataclass(frozen=True)
+class CandidateScoreFeature:
+    """A retrieval score of the (user's history, candidate) pair, bucketized: a ranker input.
+
+    The item-to-item source's evidence for the candidate, as the ranker is asked to order the
+    candidates that source (and the two-tower index) propose: ``score`` is
+
+    - ``similarity``: the sum, over the user's history items, of the candidate's cosine with each
+      (co-occurrence among the train split's positives, each item's top neighbours);
+    - ``hits``: how many history items have the candidate among their neighbours;
+    - ``popularity``: the candidate's popularity (``widedeep.retrieval.popularity``).
+
+    The history is the liked column of the history crosses over ``history`` (declare one: the
+    score shares its history and its cap). Not a column of the raw data: prepare leaves it out and
+    the one transform ``widedeep.retrieval.candidate_scores`` computes it at training (for logged
+    rows and for every sampled negative, each with its own item), evaluation and serving. Id ``i``
+    holds scores in ``[b[i-1], b[i])`` of ``boundaries``; always on the pair side.
+    """
+
+    name: str
+    score: Literal["similarity", "hits", "popularity"]
+    history: str
+    boundaries: list[float]
+    kind: Literal["candidate_score"] = "candidate_score"
+    wide: bool = True
+    deep: bool = True
+    dim: int = 4
+
+    @property
+    def side(self) -> str:
+        """Always ``pair``: a function of the user's history and the candidate."""
+        return "pair"
+
+    def __post_init__(self) -> None:
+        _check_common(self.name, self.dim)
+        if self.score not in CANDIDATE_SCORES:
+            raise FeatureSpecError(f"score: must be one of {list(CANDIDATE_SCORES)}, got {self.score!r}")
+        b = list(self.boundaries)
+        if not b or any(not x < y for x, y in itertools.pairwise(b)):
+            raise FeatureSpecError(f"boundaries: must be a non-empty, strictly increasing list, got {b}")
+        if not (self.wide or self.deep):
+            raise FeatureSpecError(f"{self.name!r} feeds neither the wide nor the deep side")
+
+
+Feature = (
+    CategoricalFeature
+    | MultivalentFeature
+    | NumericFeature
+    | BucketizedFeature
+    | CrossedFeature
+    | CandidateScoreFeature
+)
 KINDS: dict[str, type] = {
     "categorical": CategoricalFeature,
     "multivalent": MultivalentFeature,
     "numeric": NumericFeature,
     "bucketized": BucketizedFeature,
     "crossed": CrossedFeature,
+    "candidate_score": CandidateScoreFeature,
 }
 
 _COND_RE = re.compile(r"^\s*([^\s=!<>]+)\s*(==|!=|>=|<=|>|<|\bin\b)\s*(.+?)\s*$")
@@ -328,9 +384,19 @@ def is_history_cross(f: Feature) -> bool:
     return isinstance(f, CrossedFeature) and f.history is not None
 
 
+def is_candidate_score(f: Feature) -> bool:
+    """A retrieval score of the (history, candidate) pair (computed from the logs, never by ``prepare``)."""
+    return isinstance(f, CandidateScoreFeature)
+
+
+def is_computed(f: Feature) -> bool:
+    """Not a prepared column: a history cross or a candidate score (``widedeep.retrieval.liked``)."""
+    return is_history_cross(f) or is_candidate_score(f)
+
+
 def feature_column(f: Feature) -> str | None:
-    """The raw column a feature reads (None for crosses)."""
-    if isinstance(f, CrossedFeature):
+    """The raw column a feature reads (None for crosses and candidate scores)."""
+    if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
         return None
     return f.column or f.name
 
@@ -393,6 +459,18 @@ def _parse(data: Any) -> FeatureSpec:
                     )
                 if any(isinstance(feats[names[x]], CrossedFeature) for x in f.inputs):
                     raise FeatureSpecError(f"features[{i}].inputs: a history cross takes no cross as input")
+        elif isinstance(f, CandidateScoreFeature):
+            crosses = [x for x in feats if isinstance(x, CrossedFeature) and x.history == f.history]
+            if not crosses:
+                raise FeatureSpecError(
+                    f"features[{i}].history: no history cross over {f.history!r}; a candidate score reads the "
+                    "history crosses' liked column (declare a crossed feature with history: " + repr(f.history) + ")"
+                )
+            h = feats[names[f.history]]
+            if not isinstance(h, CategoricalFeature) or h.side != "item":
+                raise FeatureSpecError(
+                    f"features[{i}].history: {f.history!r} must be the item-side categorical feature of the item ids"
+                )
         elif not isinstance(f, NumericFeature) and not (f.wide or f.deep) and not _used_in_cross(f.name, feats):
             raise FeatureSpecError(
                 f"features[{i}]: {f.name!r} feeds neither the wide nor the deep side and no cross uses it"

@@ -12,6 +12,9 @@
       users.parquet            (optional) user_key + the user-side prepared columns
       seen.parquet             user_key + the catalog rows each user has already seen (+ ``liked``:
                                the rows of their positives, the item-to-item source's query)
+      candidate_stats.parquet, candidate_popularity.parquet   (optional) what the ranker's
+                               candidate scores are computed from (``widedeep.retrieval.candidate_scores``):
+                               co-occurrence of (candidate, history item) id pairs, popularity per id
       item_neighbors.parquet   (optional) the item-to-item candidate source (``widedeep.retrieval.neighbors``):
                                target row, source row, weight; merged as the manifest's ``ordering`` says
       profile.json             (optional) the training data's distribution profile (``widedeep.features.drift``):
@@ -47,6 +50,7 @@ import pyarrow.parquet as pq
 from widedeep.errors import CheckpointError
 from widedeep.features import FeatureSpace
 from widedeep.paths import is_uri
+from widedeep.retrieval.candidate_scores import CandidateStats, candidate_score_features
 from widedeep.retrieval.candidates import CandidateGenerator, SourceMix
 from widedeep.retrieval.index import load_index
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
@@ -60,6 +64,8 @@ log = logging.getLogger(__name__)
 POPULARITY = "_popularity"  # the items.parquet column of each item's popularity (cold-start candidates)
 LIKED = "liked"  # the seen.parquet column of each user's positive catalog rows
 NEIGHBORS_FILE = "item_neighbors.parquet"
+CANDIDATE_STATS_FILE = "candidate_stats.parquet"
+CANDIDATE_POPULARITY_FILE = "candidate_popularity.parquet"
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -109,6 +115,7 @@ class ServingBundle:
     source: str = ""  # what it was loaded as (a directory or a URI); ``path`` is the local directory read
     profile: dict[str, Any] | None = None  # profile.json (None: an older bundle, no drift measured)
     liked: dict[str, np.ndarray] = field(default_factory=dict)  # str(user key) -> positive catalog rows
+    candidate_stats: CandidateStats | None = None  # the ranker's candidate scores' statistics
 
     def __post_init__(self) -> None:
         self.source = self.source or str(self.path)
@@ -188,6 +195,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
     )
     generator = _generator(root, m, index, popularity, item_keys, vectors)
     profile = json.loads((root / "profile.json").read_text()) if (root / "profile.json").exists() else None
+    stats = _candidate_stats(root, fs)
     b = ServingBundle(
         root,
         m,
@@ -204,6 +212,7 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         source,
         profile,
         liked,
+        stats,
     )
     log.info(
         "loaded bundle %s (version %s, %d items, %d users) in %.2fs",
@@ -214,6 +223,22 @@ def _load_local(root: Path, verify: bool, source: str) -> ServingBundle:
         time.monotonic() - t0,
     )
     return b
+
+
+def _candidate_stats(root: Path, fs: Any) -> CandidateStats | None:
+    """The candidate scores' statistics; a FeatureSpace with candidate scores needs them."""
+    path = root / CANDIDATE_STATS_FILE
+    if not candidate_score_features(fs):
+        return None
+    if not path.exists():
+        raise CheckpointError(f"{root}: the ranker has candidate scores but the bundle lacks {CANDIDATE_STATS_FILE}")
+    t = pq.read_table(path)
+    pop = pq.read_table(root / CANDIDATE_POPULARITY_FILE).column("popularity").to_numpy()
+    return CandidateStats(
+        np.asarray(t.column("key").to_numpy(), np.int64),
+        np.asarray(t.column("co").to_numpy(), np.float64),
+        np.asarray(pop, np.float64),
+    )
 
 
 def _generator(

@@ -9,7 +9,8 @@ Stages (each deployment runs some of them; the fused Ingress runs all)::
               merged with the item-to-item source queried with the user's liked items when the
               bundle carries one (``CandidateGenerator``, as offline evaluation)
     rank      candidate rows -> item-side ids from the catalog + pair crosses (``add_crosses``)
-              -> ``CandidateScorer`` (batched across requests) -> top-k
+              + the candidate scores (``widedeep.retrieval.candidate_scores``, from the bundle's
+              statistics) -> ``CandidateScorer`` (batched across requests) -> top-k
 
 Only ids move between stages: a 1-row Arrow table of the query's prepared columns and int32
 catalog rows, never raw item features or JSON dicts.
@@ -30,6 +31,7 @@ import pyarrow as pa
 from widedeep.errors import DataError, ServingError
 from widedeep.features.spec import CrossedFeature, cross_components, feature_column, liked_column
 from widedeep.model.two_tower import HISTORY_COLUMN
+from widedeep.retrieval.candidate_scores import candidate_score_features
 from widedeep.retrieval.candidates import final_scores
 from widedeep.retrieval.interactions import CSR
 from widedeep.serve.bundle import ServingBundle
@@ -107,6 +109,8 @@ class RecommendPipeline:
         self.pair_inputs = sorted({i for f in pair for i in cross_components(f)})
         # the history crosses' user side: the user's liked columns, from the bundle's user table
         self.liked_names = sorted({liked_column(f.history) for f in pair if f.history is not None})
+        # the candidate scores: from the same liked column and each candidate's id, as offline
+        self.score_names = [f.name for f in candidate_score_features(fs)]
         self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()
         ordering = bundle.manifest.get("ordering") or {}
         self.rerank_blend = float(ordering.get("rerank_blend", 0.0))  # older bundles: the ranker alone
@@ -119,7 +123,8 @@ class RecommendPipeline:
         self.precomputed = len(bundle.item_keys) * hidden <= PRECOMPUTE_MAX_FLOATS
         if self.precomputed:
             bundle.ranker.attach_catalog(bundle.items)
-        missing = [c for c in self.item_columns if c not in bundle.items.column_names and c not in self.pair_names]
+        computed = {*self.pair_names, *self.score_names}
+        missing = [c for c in self.item_columns if c not in bundle.items.column_names and c not in computed]
         if missing:
             raise ServingError(f"{bundle.path}: items.parquet lacks the ranker's item column(s) {missing}")
 
@@ -333,9 +338,8 @@ class RecommendPipeline:
         (``only_pairs``: just the pair crosses, for the precomputed-catalog path)."""
         idx = pa.array(rows.astype(np.int64, copy=False))
         items = self.bundle.items
-        cols = (
-            {} if only_pairs else {c: items.column(c).take(idx) for c in self.item_columns if c not in self.pair_names}
-        )
+        computed = {*self.pair_names, *self.score_names}
+        cols = {} if only_pairs else {c: items.column(c).take(idx) for c in self.item_columns if c not in computed}
         if self.pair_space is not None:
             zeros = pa.array(np.zeros(len(rows), dtype=np.int64))
             comps = {
@@ -347,6 +351,10 @@ class RecommendPipeline:
             crossed = self.pair_space.add_crosses(pa.table(comps))
             for name in self.pair_names:
                 cols[name] = crossed.column(name)
+            if self.score_names:
+                stats = self.bundle.candidate_stats
+                assert stats is not None  # load_bundle refuses a bundle without them
+                cols |= stats.columns(self.fs, crossed)
         return pa.table(cols)
 
     def score(self, queries: Sequence[tuple[QueryPart, pa.Table, np.ndarray]]) -> list[np.ndarray]:

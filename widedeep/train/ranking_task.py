@@ -5,8 +5,11 @@ The rows of a batch are the prepared rows (``widedeep.data.collate.Collator``), 
 (``widedeep.train.negatives``). With history crosses in the FeatureSpace
 (``CrossedFeature.history``), every row first gets its user's liked columns and the crosses
 (``widedeep.retrieval.liked``): the positives of the train split strictly before the row's
-``timestamp`` (without timestamps: all of them but the row's own item). Validation metrics are the pointwise ones of
-``widedeep.train.pointwise_metrics`` (AUC and log loss, or RMSE).
+``timestamp`` (without timestamps: all of them but the row's own item). With candidate scores
+(``CandidateScoreFeature``), every row of the batch, the logged ones and each sampled negative with
+its own item, then gets them (``widedeep.retrieval.candidate_scores``, each row's own train positive
+left out). Validation metrics are the pointwise ones of ``widedeep.train.pointwise_metrics`` (AUC and
+log loss, or RMSE).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from widedeep.data.collate import Collator
 from widedeep.model.build import build_model
 from widedeep.model.two_tower import history_source
+from widedeep.retrieval.candidate_scores import CandidateStats, candidate_score_features, candidate_stats_from
 from widedeep.retrieval.data import split_columns
 from widedeep.retrieval.history import TIME_COLUMN
 from widedeep.retrieval.interactions import positive_rows
@@ -45,12 +49,13 @@ class RankingTask:
         self._samplers: dict[tuple[str, str, float], NegativeSampler] = {}
         self._liked: dict[tuple[str, str], LikedValues] = {}
         self._retrieval: dict[tuple[str, str, float], RetrievalNegatives] = {}
+        self._stats: dict[tuple[str, str], CandidateStats | None] = {}
 
     def metric_for(self, fs: Any) -> tuple[str, str]:
         return ("auc", "max") if fs.task == "binary" else ("rmse", "min")
 
     def required_columns(self, fs: Any, cfg: Any) -> list[str]:
-        hist = {f.name for f in fs.history_crosses}
+        hist = {f.name for f in fs.history_crosses} | {f.name for f in candidate_score_features(fs)}
         cols = [c for c in Collator(fs).columns() if c not in hist]  # computed in collate
         rc = ranking_config(cfg)
         if rc.sampled_negatives or rc.retrieval_negatives:
@@ -87,6 +92,15 @@ class RankingTask:
             if lv is None:
                 lv = self._liked[key] = liked_from(fs, data)
             return lv
+
+    def candidate_stats(self, fs: Any, cfg: Any) -> CandidateStats | None:
+        """The train split's candidate-score statistics of this data directory (built once; threads share it)."""
+        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        key = (data, str(fs.content_hash))
+        with self._lock:
+            if key not in self._stats:
+                self._stats[key] = candidate_stats_from(fs, data)
+            return self._stats[key]
 
     def with_history(self, table: pa.Table, fs: Any, cfg: Any) -> pa.Table:
         """The batch plus its rows' liked columns and history crosses (causal: see the module doc)."""
@@ -132,14 +146,17 @@ class RankingTask:
             if kr:  # the positives' competitors: what retrieval proposes beside what the user took
                 parts.append(self.retrieval_negatives(fs, cfg).negatives(positive_rows(table), kr, cfg.seed))
             table = pa.concat_tables(parts)
+        stats = self.candidate_stats(fs, cfg)
+        if stats is not None:  # every row with its own item: the negatives' scores are their own
+            table = stats.add(fs, table, users=table.column("user_key"))
         return self._collator(fs)(table)
 
     def collate_split(self, table: Any, fs: Any, cfg: Any) -> Any | None:
         """The whole ``table`` as one ``Batch`` when a batch of rows is exactly those rows of it
         (no sampled negatives), else ``None``: a cached train split is then collated once and
         each step's batch is an index selection (``widedeep.data.batch.RowTaker``)."""
-        if ranking_config(cfg).sampled_negatives:
-            return None
+        if ranking_config(cfg).sampled_negatives or fs.history_crosses or candidate_score_features(fs):
+            return None  # per-batch rows, or columns computed per batch
         return self._collator(fs)(table)
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
