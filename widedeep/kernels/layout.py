@@ -130,17 +130,18 @@ def check_inputs(
     device: torch.device,
     *,
     check_values: bool,
+    check_ids: bool = True,
 ) -> int:
     """Validate the jagged input and return ``B``, the number of bags per table.
 
     Shapes, dtypes and devices are always checked (free: metadata only). With
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
-    decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs one pass over the
-    offsets (a comparison with the expected offsets when every bag has the same length) and
-    one min/max pass per table over the ids (one call per table: measured faster than one
-    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
-    ids and 0.6 ms for multihot's 2.1M. On CUDA it adds ``2 + 2*T`` device-to-host syncs per
-    call, which is why it can be turned off (``validate=False``) once the loader is trusted.
+    decrease (one pass over the offsets: a comparison with the expected offsets when every bag
+    has the same length) and, unless ``check_ids`` is False, every id lies in
+    ``[0, num_rows)`` of ITS table (``check_id_ranges``). ``check_ids=False`` is for a backend
+    that checks the ids itself (the vectorized CPU path: see ``module.py``). On CUDA the
+    checks add ``2 + 2*T`` device-to-host syncs per call, which is why they can be turned off
+    (``validate=False``) once the loader is trusted.
     """
     for name, x in (("indices", indices), ("offsets", offsets)):
         if not isinstance(x, torch.Tensor):
@@ -189,24 +190,56 @@ def check_inputs(
                 f"offsets: not monotone at position {i + 1}: offsets[{i}]={int(offsets[i])} > "
                 f"offsets[{i + 1}]={int(offsets[i + 1])}"
             )
+    if check_ids:
+        check_id_ranges(layout, indices, offsets, B, fixed=fixed)
+    return B
+
+
+def check_id_ranges(
+    layout: TableLayout,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    B: int,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    fixed: bool = False,
+) -> None:
+    """Raise ``KernelInputError`` naming the first id of tables ``first <= t < last`` (default:
+    all) outside ``[0, num_rows)`` of its table. Offsets must already be valid; ``fixed``: every
+    bag holds the same number of ids (the checked offsets say so).
+
+    One min/max pass per table over its ids (one call per table: measured faster than one
+    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
+    ids and 4 ms for multihot's 2.1M. Small batches (up to ``_ONE_PASS_MAX_IDS`` ids) take one
+    pass over all the tables' ids at once instead, and the per-table loop only runs to name a
+    bad id.
+    """
+    last = layout.num_tables if last is None else last
+    T = last - first
+    bounds = offsets[first * B :: max(B, 1)][: T + 1].tolist() if B > 0 else [0] * (T + 1)
+    lo_all, hi_all = bounds[0], bounds[-1]
+    N = hi_all - lo_all
     if N == 0:
-        return B
+        return
     if N <= _ONE_PASS_MAX_IDS:
         # Small batches: one pass over all ids at once (per-table calls would cost more than the
         # check); the per-table loop below then only runs to name the first bad id.
-        lim = layout.row_limits(indices.device)
+        lim = layout.row_limits(indices.device)[first:last]
+        ids = indices[lo_all:hi_all]
         if fixed:
-            mn, mx = torch.aminmax(indices.view(T, -1), dim=1)
+            mn, mx = torch.aminmax(ids.view(T, -1), dim=1)
             ok = not bool(torch.logical_or(mn < 0, mx >= lim).any())
         else:
-            lim_per_id = torch.repeat_interleave(lim, offsets[B::B] - offsets[0:-1:B], output_size=N)
-            ok = not bool(torch.logical_or(indices < 0, indices >= lim_per_id).any())
+            offs = offsets[first * B : last * B + 1]
+            lim_per_id = torch.repeat_interleave(lim, offs[B::B] - offs[0:-1:B], output_size=N)
+            ok = not bool(torch.logical_or(ids < 0, ids >= lim_per_id).any())
         if ok:
-            return B
-    bounds = offsets[0 :: max(B, 1)].tolist()
+            return
     # One pass over each table's ids (min and max), instead of materialising a per-id limit.
-    for t, tc in enumerate(layout.tables):
-        lo, hi = bounds[t], bounds[t + 1]
+    for k in range(T):
+        tc = layout.tables[first + k]
+        lo, hi = bounds[k], bounds[k + 1]
         if hi == lo:
             continue
         mn, mx = torch.aminmax(indices[lo:hi])
@@ -218,4 +251,3 @@ def check_inputs(
             raise KernelInputError(
                 f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: expected 0 <= id < {tc.num_rows}"
             )
-    return B
