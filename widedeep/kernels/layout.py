@@ -74,6 +74,7 @@ class TableLayout:
         self.index = {n: i for i, n in enumerate(names)}
         self._limits: dict[torch.device, torch.Tensor] = {}
         self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._steps: dict[torch.device, tuple[int, int, torch.Tensor]] = {}
 
     def row_limits(self, device: torch.device) -> torch.Tensor:
         """int64 ``[T]``: each table's number of rows, on ``device`` (built once per device)."""
@@ -91,6 +92,15 @@ class TableLayout:
             rows = [self.row_offsets[t] - run.row_start for t in range(run.first, run.last)]
             shift = self._shifts[key] = torch.tensor(rows, dtype=torch.int64, device=device)
         return shift
+
+    def expected_offsets(self, n_ids: int, bag_len: int, device: torch.device) -> torch.Tensor:
+        """int64 ``[n_ids // bag_len + 1]``: ``0, L, 2L, ..., n_ids``, the offsets of bags that all
+        hold ``L = bag_len`` ids. The last one built is kept per device: a training loop asks for
+        the same one every step, and building it costs as much as comparing with it."""
+        kept = self._steps.get(device)
+        if kept is None or kept[0] != n_ids or kept[1] != bag_len:
+            kept = self._steps[device] = (n_ids, bag_len, torch.arange(0, n_ids + 1, bag_len, device=device))
+        return kept[2]
 
     @property
     def num_tables(self) -> int:
@@ -132,7 +142,26 @@ def check_inputs(
     check_values: bool,
     check_ids: bool = True,
 ) -> int:
-    """Validate the jagged input and return ``B``, the number of bags per table.
+    """Validate the jagged input and return ``B``, the number of bags per table (see
+    ``check_inputs_info``)."""
+    return check_inputs_info(
+        layout, indices, offsets, per_sample_weights, device, check_values=check_values, check_ids=check_ids
+    )[0]
+
+
+def check_inputs_info(
+    layout: TableLayout,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None,
+    device: torch.device,
+    *,
+    check_values: bool,
+    check_ids: bool = True,
+) -> tuple[int, int]:
+    """Validate the jagged input; return ``B``, the number of bags per table, and ``L`` when
+    the offsets were checked (``check_values``) and every bag holds ``L >= 1`` ids, else 0
+    (lengths vary, no ids, or not checked), so that a backend need not compare them again.
 
     Shapes, dtypes and devices are always checked (free: metadata only). With
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
@@ -171,7 +200,7 @@ def check_inputs(
         if w.device != device:
             raise KernelInputError(f"per_sample_weights: expected device {device}, got {w.device}")
     if not check_values:
-        return B
+        return B, 0
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
         raise KernelInputError(f"offsets[0]: expected 0, got {first}")
@@ -181,7 +210,7 @@ def check_inputs(
     # one comparison with the expected offsets replaces the difference pass.
     fixed = B > 0 and N > 0 and N % (T * B) == 0
     if fixed:
-        fixed = torch.equal(offsets, torch.arange(0, N + 1, N // (T * B), device=offsets.device))
+        fixed = torch.equal(offsets, layout.expected_offsets(N, N // (T * B), offsets.device))
     if B > 0 and not fixed:
         d = offsets[1:] - offsets[:-1]
         if bool((d < 0).any()):
@@ -192,7 +221,7 @@ def check_inputs(
             )
     if check_ids:
         check_id_ranges(layout, indices, offsets, B, fixed=fixed)
-    return B
+    return B, N // (T * B) if fixed else 0
 
 
 def check_id_ranges(

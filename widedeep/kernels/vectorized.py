@@ -100,8 +100,13 @@ def split_runs(
     offsets: torch.Tensor,
     per_sample_weights: torch.Tensor | None,
     B: int,
+    bag_len: int = 0,
 ) -> list[RunInput]:
-    """Cut a batch into its runs; per run, the run-global ids in the order forward pools them."""
+    """Cut a batch into its runs; per run, the run-global ids in the order forward pools them.
+
+    ``bag_len >= 1``: the caller has checked that every bag holds ``bag_len`` ids
+    (``layout.check_inputs_info``), so the runs' offsets are not compared again.
+    """
     out = []
     bounds = offsets[0 :: max(B, 1)].tolist() if B > 0 else [0] * (layout.num_tables + 1)
     for run in layout.runs:
@@ -112,17 +117,19 @@ def split_runs(
         psw = None if per_sample_weights is None else per_sample_weights[lo:hi]
         counts = [bounds[t + 1] - bounds[t] for t in range(run.first, run.last)]
         n_bags = T_r * B
-        bag_len = -1
-        if n_bags > 0 and n > 0 and n % n_bags == 0:
+        run_len = -1
+        if bag_len > 0 and n_bags > 0:
+            run_len = bag_len
+        elif n_bags > 0 and n > 0 and n % n_bags == 0:
             L = n // n_bags
             if torch.equal(offs, torch.arange(lo, hi + 1, L, device=offs.device)):
-                bag_len = L
-        ri = RunInput(ids, offs, psw, None, bag_len, counts, _per_table(run, ids))
-        if bag_len < 0 and lo:
+                run_len = L
+        ri = RunInput(ids, offs, psw, None, run_len, counts, _per_table(run, ids))
+        if run_len < 0 and lo:
             ri.offsets = offs - lo
         if ri.per_table or n == 0:
             pass  # pooled and sorted table by table: table-local ids are all it needs
-        elif bag_len > 0:
+        elif run_len > 0:
             _bag_major_lookup(layout, run, ri, B)
         else:
             keys = ids
