@@ -106,3 +106,75 @@ def test_duplicate_table_names_and_lookup():
     tbe = TableBatchedEmbeddingBag(TABLES, SGD)
     with pytest.raises(KernelInputError, match=r"no table named 'nope'; tables: \['user', 'item'\]"):
         tbe.table_weight("nope")
+
+
+# Three runs: two tables of dim 4 (the per-table path when forced), one of dim 2 (a one-table
+# run), two of dim 4 again.
+RUNS = [
+    TableConfig("a", 10, 4),
+    TableConfig("b", 5, 4),
+    TableConfig("c", 7, 2),
+    TableConfig("d", 6, 4),
+    TableConfig("e", 3, 4),
+]
+
+
+@pytest.mark.parametrize("per_table", [False, True], ids=["bag-major", "per-table"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["varying", "fixed"])
+@pytest.mark.parametrize(
+    ("pos", "value", "match"),
+    [
+        (3, 5, r"indices\[3\]=5 out of range for table 'b'.*0 <= id < 5"),
+        (4, 7, r"indices\[4\]=7 out of range for table 'c'.*0 <= id < 7"),
+        (5, -1, r"indices\[5\]=-1 is negative \(table 'c'\)"),
+        (-1, 3, r"indices\[(7|9)\]=3 out of range for table 'e'.*0 <= id < 3"),
+        (0, 2**32 + 1, r"indices\[0\]=4294967297 out of range for table 'a'"),
+        (2, -(2**32) + 1, r"indices\[2\]=-4294967295 is negative \(table 'b'\)"),
+    ],
+)
+def test_bad_ids_named_on_every_cpu_path(monkeypatch, per_table, fixed, pos, value, match):
+    """The vectorized CPU path leaves the range check to the gather where it reads one table
+    (per-table pooling, one-table runs) and checks the other runs itself: a bad id is named
+    the same way on every path, including ids that would wrap into range at int32."""
+    from widedeep.kernels import vectorized
+
+    if per_table:
+        monkeypatch.setattr(vectorized, "_PER_TABLE_MIN_IDS", 0)
+    tbe = TableBatchedEmbeddingBag(RUNS, SGD)
+    ref = TableBatchedEmbeddingBag(RUNS, SGD, backend="reference")
+    # B=1: tables a..e hold ids [0:2], [2:4], [4:6], [6:7], [7:8] (varying) or two each (fixed).
+    if fixed:
+        indices = torch.tensor([1, 9, 0, 4, 6, 2, 5, 0, 2, 1])
+        offsets = torch.tensor([0, 2, 4, 6, 8, 10])
+    else:
+        indices = torch.tensor([1, 9, 0, 4, 6, 2, 5, 2])
+        offsets = torch.tensor([0, 2, 4, 6, 7, 8])
+    torch.testing.assert_close(tbe(indices, offsets), ref(indices, offsets))
+    bad = indices.clone()
+    bad[pos] = value
+    for module in (tbe, ref, tbe.eval()):
+        with pytest.raises(KernelInputError, match=match):
+            module(bad, offsets)
+
+
+def test_bad_id_named_at_the_real_per_table_size():
+    """Large enough for the per-table path without forcing it (16384 ids per table): the
+    gather's own check finds the id and it is named like on every other path."""
+    from widedeep.kernels import vectorized
+
+    tables = [TableConfig("x", 100, 4), TableConfig("y", 50, 4)]
+    tbe = TableBatchedEmbeddingBag(tables, OptimizerConfig("rowwise_adagrad", lr=0.1))
+    B, L = 4096, vectorized._PER_TABLE_MIN_IDS // 4096
+    g = torch.Generator().manual_seed(0)
+    indices = torch.cat([torch.randint(0, 100, (B * L,), generator=g), torch.randint(0, 50, (B * L,), generator=g)])
+    offsets = torch.arange(0, 2 * B * L + 1, L)
+    runs = vectorized.split_runs(tbe.layout, indices, offsets, None, B)
+    assert runs[0].per_table and vectorized.gather_checks_ids(tbe.layout.runs[0], runs[0])
+    before = tbe.weight.detach().clone()
+    bad = indices.clone()
+    bad[B * L + 123] = 50
+    with pytest.raises(KernelInputError, match=rf"indices\[{B * L + 123}\]=50 out of range for table 'y'"):
+        tbe(bad, offsets).sum().backward()
+    assert torch.equal(tbe.weight, before)  # nothing updated
+    tbe(indices, offsets).sum().backward()  # the module still works after the error
+    assert not torch.equal(tbe.weight, before)

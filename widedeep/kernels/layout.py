@@ -74,6 +74,7 @@ class TableLayout:
         self.index = {n: i for i, n in enumerate(names)}
         self._limits: dict[torch.device, torch.Tensor] = {}
         self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._steps: dict[torch.device, tuple[int, int, torch.Tensor]] = {}
 
     def row_limits(self, device: torch.device) -> torch.Tensor:
         """int64 ``[T]``: each table's number of rows, on ``device`` (built once per device)."""
@@ -91,6 +92,15 @@ class TableLayout:
             rows = [self.row_offsets[t] - run.row_start for t in range(run.first, run.last)]
             shift = self._shifts[key] = torch.tensor(rows, dtype=torch.int64, device=device)
         return shift
+
+    def expected_offsets(self, n_ids: int, bag_len: int, device: torch.device) -> torch.Tensor:
+        """int64 ``[n_ids // bag_len + 1]``: ``0, L, 2L, ..., n_ids``, the offsets of bags that all
+        hold ``L = bag_len`` ids. The last one built is kept per device: a training loop asks for
+        the same one every step, and building it costs as much as comparing with it."""
+        kept = self._steps.get(device)
+        if kept is None or kept[0] != n_ids or kept[1] != bag_len:
+            kept = self._steps[device] = (n_ids, bag_len, torch.arange(0, n_ids + 1, bag_len, device=device))
+        return kept[2]
 
     @property
     def num_tables(self) -> int:
@@ -130,17 +140,37 @@ def check_inputs(
     device: torch.device,
     *,
     check_values: bool,
+    check_ids: bool = True,
 ) -> int:
-    """Validate the jagged input and return ``B``, the number of bags per table.
+    """Validate the jagged input and return ``B``, the number of bags per table (see
+    ``check_inputs_info``)."""
+    return check_inputs_info(
+        layout, indices, offsets, per_sample_weights, device, check_values=check_values, check_ids=check_ids
+    )[0]
+
+
+def check_inputs_info(
+    layout: TableLayout,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None,
+    device: torch.device,
+    *,
+    check_values: bool,
+    check_ids: bool = True,
+) -> tuple[int, int]:
+    """Validate the jagged input; return ``B``, the number of bags per table, and ``L`` when
+    the offsets were checked (``check_values``) and every bag holds ``L >= 1`` ids, else 0
+    (lengths vary, no ids, or not checked), so that a backend need not compare them again.
 
     Shapes, dtypes and devices are always checked (free: metadata only). With
     ``check_values`` the values are checked too: offsets start at 0, end at ``N`` and never
-    decrease; every id lies in ``[0, num_rows)`` of ITS table. That costs one pass over the
-    offsets (a comparison with the expected offsets when every bag has the same length) and
-    one min/max pass per table over the ids (one call per table: measured faster than one
-    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
-    ids and 0.6 ms for multihot's 2.1M. On CUDA it adds ``2 + 2*T`` device-to-host syncs per
-    call, which is why it can be turned off (``validate=False``) once the loader is trusted.
+    decrease (one pass over the offsets: a comparison with the expected offsets when every bag
+    has the same length) and, unless ``check_ids`` is False, every id lies in
+    ``[0, num_rows)`` of ITS table (``check_id_ranges``). ``check_ids=False`` is for a backend
+    that checks the ids itself (the vectorized CPU path: see ``module.py``). On CUDA the
+    checks add ``2 + 2*T`` device-to-host syncs per call, which is why they can be turned off
+    (``validate=False``) once the loader is trusted.
     """
     for name, x in (("indices", indices), ("offsets", offsets)):
         if not isinstance(x, torch.Tensor):
@@ -170,7 +200,7 @@ def check_inputs(
         if w.device != device:
             raise KernelInputError(f"per_sample_weights: expected device {device}, got {w.device}")
     if not check_values:
-        return B
+        return B, 0
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
         raise KernelInputError(f"offsets[0]: expected 0, got {first}")
@@ -180,7 +210,7 @@ def check_inputs(
     # one comparison with the expected offsets replaces the difference pass.
     fixed = B > 0 and N > 0 and N % (T * B) == 0
     if fixed:
-        fixed = torch.equal(offsets, torch.arange(0, N + 1, N // (T * B), device=offsets.device))
+        fixed = torch.equal(offsets, layout.expected_offsets(N, N // (T * B), offsets.device))
     if B > 0 and not fixed:
         d = offsets[1:] - offsets[:-1]
         if bool((d < 0).any()):
@@ -189,24 +219,56 @@ def check_inputs(
                 f"offsets: not monotone at position {i + 1}: offsets[{i}]={int(offsets[i])} > "
                 f"offsets[{i + 1}]={int(offsets[i + 1])}"
             )
+    if check_ids:
+        check_id_ranges(layout, indices, offsets, B, fixed=fixed)
+    return B, N // (T * B) if fixed else 0
+
+
+def check_id_ranges(
+    layout: TableLayout,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    B: int,
+    first: int = 0,
+    last: int | None = None,
+    *,
+    fixed: bool = False,
+) -> None:
+    """Raise ``KernelInputError`` naming the first id of tables ``first <= t < last`` (default:
+    all) outside ``[0, num_rows)`` of its table. Offsets must already be valid; ``fixed``: every
+    bag holds the same number of ids (the checked offsets say so).
+
+    One min/max pass per table over its ids (one call per table: measured faster than one
+    ``aminmax(dim=1)`` over all tables): on CPU (one thread) about 0.13 ms for criteo's 106k
+    ids and 4 ms for multihot's 2.1M. Small batches (up to ``_ONE_PASS_MAX_IDS`` ids) take one
+    pass over all the tables' ids at once instead, and the per-table loop only runs to name a
+    bad id.
+    """
+    last = layout.num_tables if last is None else last
+    T = last - first
+    bounds = offsets[first * B :: max(B, 1)][: T + 1].tolist() if B > 0 else [0] * (T + 1)
+    lo_all, hi_all = bounds[0], bounds[-1]
+    N = hi_all - lo_all
     if N == 0:
-        return B
+        return
     if N <= _ONE_PASS_MAX_IDS:
         # Small batches: one pass over all ids at once (per-table calls would cost more than the
         # check); the per-table loop below then only runs to name the first bad id.
-        lim = layout.row_limits(indices.device)
+        lim = layout.row_limits(indices.device)[first:last]
+        ids = indices[lo_all:hi_all]
         if fixed:
-            mn, mx = torch.aminmax(indices.view(T, -1), dim=1)
+            mn, mx = torch.aminmax(ids.view(T, -1), dim=1)
             ok = not bool(torch.logical_or(mn < 0, mx >= lim).any())
         else:
-            lim_per_id = torch.repeat_interleave(lim, offsets[B::B] - offsets[0:-1:B], output_size=N)
-            ok = not bool(torch.logical_or(indices < 0, indices >= lim_per_id).any())
+            offs = offsets[first * B : last * B + 1]
+            lim_per_id = torch.repeat_interleave(lim, offs[B::B] - offs[0:-1:B], output_size=N)
+            ok = not bool(torch.logical_or(ids < 0, ids >= lim_per_id).any())
         if ok:
-            return B
-    bounds = offsets[0 :: max(B, 1)].tolist()
+            return
     # One pass over each table's ids (min and max), instead of materialising a per-id limit.
-    for t, tc in enumerate(layout.tables):
-        lo, hi = bounds[t], bounds[t + 1]
+    for k in range(T):
+        tc = layout.tables[first + k]
+        lo, hi = bounds[k], bounds[k + 1]
         if hi == lo:
             continue
         mn, mx = torch.aminmax(indices[lo:hi])
@@ -218,4 +280,3 @@ def check_inputs(
             raise KernelInputError(
                 f"indices[{i}]={int(indices[i])} out of range for table {tc.name!r}: expected 0 <= id < {tc.num_rows}"
             )
-    return B

@@ -233,8 +233,9 @@ class TritonImpl:
     """The Triton kernels behind the module interface (see ``module.py``)."""
 
     @staticmethod
-    def forward(m, indices, offsets, psw, B, save: bool):
-        """Pooled bags; with ``save`` (training) also each id's global row and bag for backward."""
+    def forward(m, indices, offsets, psw, B, save: bool, bag_len: int = 0):
+        """Pooled bags; with ``save`` (training) also each id's global row and bag for backward.
+        ``bag_len`` (the checked length of every bag, see ``layout.check_inputs_info``) is unused."""
         meta = _meta(m)
         T = m.layout.num_tables
         N = indices.numel()
