@@ -132,23 +132,6 @@ class TableLayout:
 _ONE_PASS_MAX_IDS = 1 << 16
 
 
-def check_inputs(
-    layout: TableLayout,
-    indices: torch.Tensor,
-    offsets: torch.Tensor,
-    per_sample_weights: torch.Tensor | None,
-    device: torch.device,
-    *,
-    check_values: bool,
-    check_ids: bool = True,
-) -> int:
-    """Validate the jagged input and return ``B``, the number of bags per table (see
-    ``check_inputs_info``)."""
-    return check_inputs_info(
-        layout, indices, offsets, per_sample_weights, device, check_values=check_values, check_ids=check_ids
-    )[0]
-
-
 def check_inputs_info(
     layout: TableLayout,
     indices: torch.Tensor,

@@ -48,7 +48,7 @@ class TableBatchedEmbeddingBag(nn.Module):
             backend (state and accumulation stay fp32).
         backend: ``"auto"``, ``"reference"``, ``"vectorized"`` or ``"triton"`` (see module doc).
         validate: check input values (id ranges, offsets) on every call; see
-            ``layout.check_inputs`` for the cost. Shapes and dtypes are always checked.
+            ``layout.check_inputs_info`` for the cost. Shapes and dtypes are always checked.
         seed: seed of the weight init (table ``t`` uses ``seed + t``; init runs on CPU so every
             device and every data-parallel replica starts from the same weights).
 
@@ -265,7 +265,7 @@ class _VectorizedImpl:
     def forward(m: TableBatchedEmbeddingBag, indices, offsets, psw, B, save: bool, bag_len: int = 0):
         """``bag_len``: the checked length of every bag (0: unknown, see ``check_inputs_info``).
 
-        On CPU, with ``m.validate``, the ids are checked here instead of in ``check_inputs``:
+        On CPU, with ``m.validate``, the ids are checked here instead of in ``check_inputs_info``:
         ATen's CPU ``embedding_bag`` refuses any id outside the weight it reads (inside the
         gather, free), and where that weight is exactly one table (``gather_checks_ids``) that
         is the table's own range check; the other runs get ``check_id_ranges``. A refused id

@@ -56,7 +56,7 @@ from torch import nn
 from widedeep.errors import ConfigError, KernelInputError
 from widedeep.kernels import vectorized
 from widedeep.kernels.config import OptimizerConfig, TableConfig
-from widedeep.kernels.layout import Run, TableLayout, check_inputs
+from widedeep.kernels.layout import Run, TableLayout, check_inputs_info
 from widedeep.kernels.module import TableBatchedEmbeddingBag
 from widedeep.kernels.sharding import RowRange, ShardingPlan, TablePlan
 from widedeep.kernels.traffic import Traffic
@@ -268,7 +268,7 @@ class ShardedTableBatchedEmbeddingBag(nn.Module):
     ) -> torch.Tensor:
         """Pooled bags ``[B, sum(dims)]`` fp32, exactly like ``TableBatchedEmbeddingBag``."""
         T = self.layout.num_tables
-        B = check_inputs(
+        B, _ = check_inputs_info(
             self.layout, indices, offsets, per_sample_weights, self.weight.device, check_values=self.validate
         )
         parts = []
