@@ -21,29 +21,12 @@ import time
 from typing import Any
 
 from widedeep.errors import ServingError
+from widedeep.serve.deploy import serve_details, submission_client
 
 log = logging.getLogger(__name__)
 
 IMPORT_PATH = "widedeep.serve.app:build_app"
 MODEL_DEPLOYMENTS = {"fused": ("Ingress",), "chain": ("Retriever", "Ranker")}
-
-
-def _client(address: str) -> Any:
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    try:
-        return ServeSubmissionClient(address)
-    except Exception as e:  # connection refused, not a dashboard, an old Ray: say which address
-        raise ServingError(
-            f"{address}: cannot reach a Ray dashboard to manage Serve ({type(e).__name__}: {e})"
-        ) from None
-
-
-def _details(client: Any, address: str) -> dict[str, Any]:
-    try:
-        return client.get_serve_details()
-    except Exception as e:
-        raise ServingError(f"{address}: cannot read the Serve applications ({type(e).__name__}: {e})") from None
 
 
 def _deploy(client: Any, address: str, details: dict[str, Any], apps: list[dict[str, Any]]) -> None:
@@ -86,8 +69,8 @@ def app_config(
 
 def deploy_app(address: str, config: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
     """Deploy (or replace) one application declaratively; waits until it is RUNNING."""
-    client = _client(address)
-    details = _details(client, address)
+    client = submission_client(address)
+    details = serve_details(client, address)
     _deploy(client, address, details, [*_declarative(details, skip=config["name"]), config])
     return _wait_running(client, address, config["name"], None, timeout_s)
 
@@ -96,7 +79,7 @@ def _wait_running(client: Any, address: str, app: str, before: float | None, tim
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        a = _details(client, address).get("applications", {}).get(app)
+        a = serve_details(client, address).get("applications", {}).get(app)
         if a is not None:
             last = a
             fresh = before is None or float(a.get("last_deployed_time_s") or 0) > before
@@ -143,8 +126,8 @@ def swap_bundle(
     naming the replica's ``last_load_error`` if the bundle was refused (the old model then keeps
     serving). Returns what changed.
     """
-    client = _client(address)
-    details = _details(client, address)
+    client = submission_client(address)
+    details = serve_details(client, address)
     a = details.get("applications", {}).get(app)
     if a is None:
         running = sorted(details.get("applications", {}))

@@ -23,11 +23,32 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from widedeep.errors import ConfigError, WidedeepError
+from widedeep.errors import ConfigError, ServingError, WidedeepError
 from widedeep.paths import platform_path
 
 APP = "recommender"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def submission_client(address: str) -> Any:
+    """Ray's client of Serve's REST API on the dashboard at ``address`` (what ``serve deploy`` uses;
+    it sends the cluster's auth token), with an error that names the address."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        return ServeSubmissionClient(address)
+    except Exception as e:  # connection refused, not a dashboard, an old Ray: say which address
+        raise ServingError(
+            f"{address}: cannot reach a Ray dashboard to manage Serve ({type(e).__name__}: {e})"
+        ) from None
+
+
+def serve_details(client: Any, address: str) -> dict[str, Any]:
+    """Serve's details on the cluster (applications, their deployed configs, HTTP options)."""
+    try:
+        return client.get_serve_details()
+    except Exception as e:
+        raise ServingError(f"{address}: cannot read the Serve applications ({type(e).__name__}: {e})") from None
 
 
 class ServeDeployError(WidedeepError):
@@ -93,12 +114,10 @@ def deploy_app(address: str, app: dict[str, Any], *, port: int = 8000, proxy_loc
     """PUT ``app`` (``app_config``) to the cluster's Serve at dashboard ``address``; returns the URL
     of the head's proxy serving it. ``proxy_location``: ``HeadOnly`` (a client queries the head;
     required where nodes share one address, as on ``widedeep dev-cluster``) or ``EveryNode``."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    client = ServeSubmissionClient(address)
+    client = submission_client(address)
     head = proxy_host(address)
     host = "127.0.0.1" if head in _LOOPBACK else "0.0.0.0"  # a local cluster stays off the network
-    config = merged_config(client.get_serve_details(), app, port=port, host=host, proxy_location=proxy_location)
+    config = merged_config(serve_details(client, address), app, port=port, host=host, proxy_location=proxy_location)
     client.deploy_applications(config)
     return f"http://{head}:{port}{app.get('route_prefix', '/').rstrip('/')}"
 
@@ -106,9 +125,8 @@ def deploy_app(address: str, app: dict[str, Any], *, port: int = 8000, proxy_loc
 def app_details(address: str, name: str = APP) -> dict[str, Any] | None:
     """Serve's details of app ``name`` (``status``, ``message``, ``deployments`` with their replicas and
     nodes), or ``None`` when it is not deployed."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    return (ServeSubmissionClient(address).get_serve_details().get("applications") or {}).get(name)
+    client = submission_client(address)
+    return (serve_details(client, address).get("applications") or {}).get(name)
 
 
 def wait_running(
@@ -148,10 +166,8 @@ def wait_running(
 def remove_app(address: str, name: str = APP, timeout_s: float = 120.0) -> None:
     """Take app ``name`` off the cluster, keeping the others; with none left, Serve is shut down
     (``serve shutdown``). Returns once the app is gone."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    client = ServeSubmissionClient(address)
-    details = client.get_serve_details()
+    client = submission_client(address)
+    details = serve_details(client, address)
     apps = details.get("applications") or {}
     if name not in apps:
         return
