@@ -19,23 +19,35 @@ def _pairs(t, pos_only: bool) -> set:
     return set(zip(t.column("user_key").to_pylist(), t.column("item_key").to_pylist(), strict=True))
 
 
+def _csr_items(csr):
+    return zip(csr.row_ids(), csr.indices, strict=True)
+
+
+def _csr_pairs(data, csr) -> set:
+    return {(data.users[r], data.catalog.keys[i]) for r, i in _csr_items(csr)}
+
+
 def test_eval_data_definitions(tmp_path):
     d = prepare_synth(tmp_path / "p", n_users=250, n_items=200, rows_per_user=30)
     fs = FeatureSpace.load(d / "feature_space.json")
-    data = EvalData(fs, d / "test")
-    train, test = pq.read_table(d / "train"), pq.read_table(d / "test")
-    seen = _pairs(train, False)
-    want = {(u, i) for u, i in _pairs(test, True) if (u, i) not in seen}
-    got = {
-        (data.users[r], data.catalog.keys[i])
-        for r, i in zip(data.relevant.row_ids(), data.relevant.indices, strict=True)
-    }
-    assert got == want  # relevant = test positives not seen in train
-    assert set(data.users) == {u for u, _ in want}
-    excl = {
-        (data.users[r], data.catalog.keys[i]) for r, i in zip(data.exclude.row_ids(), data.exclude.indices, strict=True)
-    }
-    assert excl == {(u, i) for u, i in seen if u in set(data.users)}
+    train, valid, test = (pq.read_table(d / s) for s in ("train", "valid", "test"))
+    for split, past in (("valid", [train]), ("test", [train, valid])):  # the known past: every split before
+        data = EvalData(fs, d / split)
+        assert data.known == ("train",) if split == "valid" else ("train", "valid")
+        seen = set().union(*(_pairs(t, False) for t in past))
+        liked = set().union(*(_pairs(t, True) for t in past))
+        evaluated = valid if split == "valid" else test
+        want = {(u, i) for u, i in _pairs(evaluated, True) if (u, i) not in seen}
+        assert _csr_pairs(data, data.relevant) == want  # relevant = the split's positives not seen before
+        assert set(data.users) == {u for u, _ in want}
+        users = set(data.users)
+        assert _csr_pairs(data, data.exclude) == {(u, i) for u, i in seen if u in users}
+        assert _csr_pairs(data, data.history) == {(u, i) for u, i in liked if u in users}
+        # what the models fitted stays the train split's
+        assert {(data.train_users[r], data.catalog.keys[i]) for r, i in _csr_items(data.train_pos)} == _pairs(
+            train, True
+        )
+    assert valid.num_rows and not _pairs(valid, False) <= _pairs(train, False)  # valid adds to the past
     assert data.user_table.num_rows == len(data.users)
     assert data.user_table.column("user_id").to_pylist() == [
         train.filter(pc.equal(train.column("user_key"), u)).column("user_id")[0].as_py() for u in data.users

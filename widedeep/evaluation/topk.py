@@ -12,13 +12,18 @@ item catalog minus the user's training items is ranked (no sampled negatives):
   (shrunk cosine over the training interaction matrix) and EASE (Steck 2019), their settings
   chosen on the valid split (``widedeep.evaluation.tuning``).
 
-Definitions: a user's *training items* are every item of their rows in the train split (any
-label: a seen item is never recommended again); their *history* for item-kNN is the train
-split's positives, and item popularity is ``widedeep.retrieval.popularity``'s (distinct users
-with a positive train row); *relevant* items are the evaluated split's positives that are not
-training items of the user (re-occurrences of a training item can never be recommended, so they
-are counted in ``positives_already_in_train`` and left out). The catalog is every item of the
-prepared directory (all splits).
+Definitions: the *known past* of an evaluated split is every split before it in time
+(``known_splits``: the train split for valid, train and valid for test), what a served request
+at that moment knows (the bundle's user histories hold every logged row). A user's *seen items*
+are every item of their rows in the known past (any label: a seen item is never recommended
+again); their *history* (the item-to-item source's and the baselines' query, the retriever's
+pooled history, the ranker's history crosses) is its positives, for every method alike. What
+the models fitted stays the train split's: the models themselves, item popularity
+(``widedeep.retrieval.popularity``: distinct users with a positive train row), the baselines'
+item-item matrices and the candidate scores' statistics. *Relevant* items are the evaluated
+split's positives that are not seen items of the user (re-occurrences can never be
+recommended, so they are counted in ``positives_already_in_train`` and left out). The catalog is
+every item of the prepared directory (all splits).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from widedeep.retrieval.data import (
     embed,
     first_by_key,
     interactions,
+    load_rows,
     read_split,
     side_columns,
     split_columns,
@@ -73,6 +79,14 @@ def _final_subset(m: dict[str, float]) -> dict[str, float]:
     return {k: m[k] for k in keys if k in m} | {"users": m["users"]}
 
 
+def known_splits(split: str) -> tuple[str, ...]:
+    """The splits before ``split`` in time (``SPLITS`` order; a directory that is not a split of
+    its own knows the train split): a per-user time split puts each user's valid rows after their
+    train rows and before their test rows, so at test time the valid rows are history, as they
+    are for a served request."""
+    return SPLITS[: SPLITS.index(split)] if split in SPLITS[1:] else ("train",)
+
+
 class EvalData:
     """Users, catalog and interaction sets of one evaluation (built once, shared by all methods)."""
 
@@ -87,15 +101,17 @@ class EvalData:
         uk, ik = fs.user_key, fs.item_key
         self.catalog: Catalog = build_catalog(fs, self.root)
         user_cols = side_columns(fs, ("user", "context"))
+        self.known = known_splits(self.split_dir.name)
         train = read_split(self.root / "train", [uk, ik, "label", *user_cols])
+        past = load_rows(self.root, self.known, [uk, ik, "label", *user_cols])
         test = read_split(self.split_dir, [uk, ik, "label", *user_cols])
         test_pos = positive_rows(test)
         items = self.catalog.keys
-        # relevant = the split's positives that are not training items of the user (those are
+        # relevant = the split's positives that are not seen items of the user (those are
         # excluded from every ranking, so they could never be hit)
         cand_users = first_by_key(test_pos.select([uk]), uk)[0]
         rel = interactions(test_pos, uk, ik, cand_users, items, positives_only=False)
-        seen = interactions(train, uk, ik, cand_users, items, positives_only=False)
+        seen = interactions(past, uk, ik, cand_users, items, positives_only=False)
         n = np.int64(len(items))
         keep = ~np.isin(rel.row_ids() * n + rel.indices, seen.row_ids() * n + seen.indices)
         rel = CSR.from_pairs(rel.row_ids()[keep], rel.indices[keep], rel.n_rows, rel.n_cols)
@@ -105,7 +121,7 @@ class EvalData:
         self.relevant = rel.take_rows(np.flatnonzero(has))
         self.exclude = seen.take_rows(np.flatnonzero(has))
         self.train_users = first_by_key(train.select([uk]), uk)[0]
-        self.history = interactions(train, uk, ik, self.users, items, positives_only=True)
+        self.history = interactions(past, uk, ik, self.users, items, positives_only=True)
         self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
         self.popularity = item_popularity(train, ik, items, uk)  # float64 [n_items]
         # the user's features: their train rows first (every user of a per-user time split has
@@ -129,12 +145,12 @@ class EvalData:
         self._stats: dict[str, CandidateStats | None] = {}
 
     def liked(self, fs: Any) -> dict[str, pa.ListArray]:
-        """The evaluated users' liked columns for ``fs``'s history crosses: their latest train
-        positives (what the ranker's history is at serving time for these users)."""
+        """The evaluated users' liked columns for ``fs``'s history crosses: their latest positives
+        of the known past (what the ranker's history is at serving time for these users)."""
         got = self._liked.get(fs.content_hash)
         if got is None:
             got = self._liked[fs.content_hash] = (
-                liked_from(fs, self.root).columns(self.users) if fs.history_crosses else {}
+                liked_from(fs, self.root, self.known).columns(self.users) if fs.history_crosses else {}
             )
         return got
 
@@ -147,14 +163,14 @@ class EvalData:
 
 
 def user_rows(model: Any, data: EvalData) -> pa.Table:
-    """The evaluated users' tower inputs: their features, plus their train-split history when the
-    retriever pools one (``task_config.history``)."""
+    """The evaluated users' tower inputs: their features, plus their history of the known past when
+    the retriever pools one (``task_config.history``)."""
     m = getattr(model, "module", model)
     if HISTORY_COLUMN not in m.user_features.columns:
         return data.user_table
     id_col = history_source(data.fs)[0]
-    train = read_split(data.root / "train", history_columns(split_columns(data.root / "train"), id_col))
-    hist = Histories.from_rows(train, "user_key", id_col)
+    past = load_rows(data.root, data.known, history_columns(split_columns(data.root / "train"), id_col))
+    hist = Histories.from_rows(past, "user_key", id_col)
     return with_history(data.user_table, hist, data.users, m.cfg.history)
 
 
