@@ -199,3 +199,45 @@ def test_evaluation_scores_with_the_known_past_as_the_deep_input(prepared):
         without = ranker(collate(no_hist)).float().numpy().reshape(n_users, 6)  # crosses kept
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not np.allclose(want, without, atol=1e-4)  # the deep history moves the scores
+
+
+def test_warm_start_maps_the_history_table_by_its_history_features_vocabulary(prepared, tmp_path):
+    """A retrain whose item vocabulary changed keeps each item's learnt history row (the table's
+    rows are ids of ``app_id``, so they follow that vocabulary, not row for row)."""
+    import json
+
+    from widedeep.features import FeatureSpace
+    from widedeep.model.checkpoint import save_checkpoint
+    from widedeep.train.config import config_from_dict
+    from widedeep.train.ranking_task import RankingTask
+    from widedeep.train.warm_start import warm_start
+
+    root, fs = prepared
+    cfg = config_from_dict({"data": str(root), "task": "ranking", "model": {"hidden": [8]}})
+    task = RankingTask()
+    torch.manual_seed(0)
+    old = task.build_model(fs, cfg)
+    ck = save_checkpoint(
+        tmp_path / "old",
+        model=old,
+        optimizer=None,
+        feature_space=fs,
+        config=cfg.to_dict(),
+        metrics={},
+        task="ranking",
+        state={},
+    )
+    doc = json.loads(fs.to_json())
+    vocab = list(doc["features"]["app_id"]["vocab"])
+    new_vocab = ["<brand-new>", *vocab[::-1][1:]]
+    doc["features"]["app_id"]["vocab"] = new_vocab
+    doc.pop("content_hash", None)
+    fs_new = FeatureSpace.from_json(json.dumps(doc))
+    torch.manual_seed(1)
+    new = task.build_model(fs_new, cfg)
+    warm_start(new, fs_new, str(ck))
+    w_old = old.deep_tbe.table_weight("deep/liked_apps")
+    w_new = new.deep_tbe.table_weight("deep/liked_apps")
+    for i, v in enumerate(new_vocab[1:], start=1):
+        assert torch.equal(w_new[i], w_old[vocab.index(v)]), v
+    assert torch.equal(w_new[fs.oov_id("app_id")], w_old[fs.oov_id("app_id")])
