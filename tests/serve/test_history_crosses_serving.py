@@ -2,7 +2,8 @@
 columns (``widedeep.retrieval.liked``, over every exported split), and the served logits of the
 candidates are the ranker's on the rows the one transform builds offline. With candidate scores
 (``widedeep.retrieval.candidate_scores``) the bundle carries their statistics and each candidate
-is scored from them as offline."""
+is scored from them as offline. With history features (``kind: history``) the query row's liked
+columns are also the deep part's input, as offline."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import torch
 
 from tests.retrieval import synth
 from tests.retrieval.test_candidate_scores import SCORE_SPEC
+from tests.retrieval.test_history_feature import DEEP_SPEC
 from tests.retrieval.test_liked import HIST_SPEC
 
 
-@pytest.mark.parametrize("spec", [HIST_SPEC, SCORE_SPEC], ids=["history-crosses", "candidate-scores"])
+@pytest.mark.parametrize(
+    "spec", [HIST_SPEC, SCORE_SPEC, DEEP_SPEC], ids=["history-crosses", "candidate-scores", "history-features"]
+)
 def test_served_history_crosses_score_like_the_offline_transform(tmp_path, spec):
     from widedeep.data.collate import Collator
     from widedeep.export.bundle_writer import write_bundle
@@ -76,6 +80,13 @@ def test_served_history_crosses_score_like_the_offline_transform(tmp_path, spec)
     with torch.no_grad():
         want = ranker(Collator(fs, require_label=False)(t)).float().numpy()
     np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-5)
+    if spec is DEEP_SPEC:  # the served match includes the deep history: without it the logits differ
+        assert "__liked__.app_id" in pipe.bundle.ranker.query_columns()
+        empty = pa.array([[]] * t.num_rows, pa.list_(pa.int64()))
+        t = t.set_column(t.column_names.index("__liked__.app_id"), "__liked__.app_id", empty)  # crosses kept
+        with torch.no_grad():
+            without = ranker(Collator(fs, require_label=False)(t)).float().numpy()
+        assert not np.allclose(served, without, atol=1e-4)
 
     # an unknown user (features only) has no history: empty crosses, still served
     out = pipe.recommend({"country": "c0"}, {}, k=5, n=20)

@@ -24,7 +24,7 @@ from widedeep.evaluation.topk import EvalData
 from widedeep.export.bundle_writer import BundleContents, check_upload_target, upload_bundle, write_bundle
 from widedeep.features import FeatureSpace
 from widedeep.features.drift import ProfileBuilder, monitored
-from widedeep.features.spec import CrossedFeature
+from widedeep.features.spec import CrossedFeature, is_computed
 from widedeep.model.checkpoint import load_checkpoint, read_meta
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
@@ -51,7 +51,9 @@ def _side_base_columns(fs: Any, side: str) -> list[str]:
 
 def _user_base_columns(fs: Any) -> list[str]:
     """User-side non-cross prepared columns (what the user table stores; crosses are recomputed)."""
-    return [f.name for f in fs.features if not isinstance(f, CrossedFeature) and f.side == "user"]
+    return [
+        f.name for f in fs.features if not isinstance(f, CrossedFeature) and not is_computed(f) and f.side == "user"
+    ]
 
 
 def _with_histories(fs: Any, retriever: Any, users: pa.Table, user_keys: np.ndarray, rows: pa.Table) -> pa.Table:

@@ -29,6 +29,7 @@ from widedeep.features.spec import (
     CandidateScoreFeature,
     CrossedFeature,
     FeatureSpec,
+    HistoryFeature,
     MultivalentFeature,
     NumericFeature,
     VocabularyFeature,
@@ -96,7 +97,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
     raw: dict[str, Any] = {}
     nonnull: dict[str, np.ndarray] = {}
     for f in spec.features:
-        if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
+        if isinstance(f, (CrossedFeature, CandidateScoreFeature, HistoryFeature)):
             continue
         c = feature_column(f)
         col = column_or_nulls(table, c, f.optional, f"feature {f.name!r}")
@@ -132,7 +133,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
         ),
     )
     for f in spec.features:
-        if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
+        if isinstance(f, (CrossedFeature, CandidateScoreFeature, HistoryFeature)):
             continue
         v = raw[f.name]
         nn = int(nonnull[f.name].sum())
@@ -195,6 +196,9 @@ class Accumulator:
             if isinstance(f, CandidateScoreFeature):  # computed from the logs: fixed buckets
                 b = [float(x) for x in f.boundaries]
                 states[f.name] = {"boundaries": b, "num_rows": len(b) + 1}
+                continue
+            if isinstance(f, HistoryFeature):  # nothing of its own: its ids and size are its history feature's
+                states[f.name] = {}
                 continue
             key = f"moments/{f.name}" if isinstance(f, NumericFeature) else f"nonnull/{f.name}"
             nonnull = int(self._sum(key, "nonnull" if isinstance(f, NumericFeature) else "n"))

@@ -18,6 +18,9 @@ Id conventions (every id column is int64, local to its feature, ``0 <= id < num_
 - candidate score (``CandidateScoreFeature``): ``i`` = number of boundaries ``<=`` the score;
   ``num_rows = len(b) + 1``. Not a prepared column either: ``widedeep.retrieval.candidate_scores``
   computes it from the history column and the candidate's id.
+- history feature (``HistoryFeature``): the ids of its ``history`` feature, read from the liked
+  column ``liked_column(history)`` itself (its deep table's column); ``num_rows`` = that feature's.
+  Not a prepared column: ``widedeep.retrieval.liked`` computes the liked column.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from widedeep.features.spec import (
     CrossedFeature,
     Feature,
     FeatureSpec,
+    HistoryFeature,
     MultivalentFeature,
     NumericFeature,
     VocabularyFeature,
@@ -48,6 +52,7 @@ from widedeep.features.spec import (
     feature_column,
     is_computed,
     is_history_cross,
+    liked_column,
     parse_condition,
     spec_from_dict,
 )
@@ -260,6 +265,9 @@ class FeatureSpace:
             raise KeyError(f"no feature named {name!r}; features: {list(self._features)}") from None
 
     def num_rows(self, name: str) -> int:
+        f = self._features.get(name)
+        if isinstance(f, HistoryFeature):  # ids of its history feature: one id space (and one size)
+            return self.num_rows(f.history)
         return int(self.states[name]["num_rows"])
 
     def feature_side(self, name: str) -> str:
@@ -291,9 +299,11 @@ class FeatureSpace:
             multi = self.is_multivalent(f.name)
             dim = 1 if side_attr == "wide" else f.dim
             pooling = getattr(f, "combiner", "sum") if multi else "sum"
+            # a history feature reads the liked column itself: the history crosses' very values
+            column = liked_column(f.history) if isinstance(f, HistoryFeature) else f.name
             out.append(
                 TableInfo(
-                    f"{prefix}/{f.name}", f.name, self.num_rows(f.name), dim, pooling, multi, self.feature_side(f.name)
+                    f"{prefix}/{f.name}", column, self.num_rows(f.name), dim, pooling, multi, self.feature_side(f.name)
                 )
             )
         return out
@@ -312,7 +322,7 @@ class FeatureSpace:
 
     def is_multivalent(self, name: str) -> bool:
         f = self.feature(name)
-        if isinstance(f, MultivalentFeature):
+        if isinstance(f, (MultivalentFeature, HistoryFeature)):
             return True
         if isinstance(f, CrossedFeature):
             return f.history is not None or any(self.is_multivalent(i) for i in f.inputs)
@@ -515,6 +525,12 @@ class FeatureSpace:
     def history_crosses(self) -> list[CrossedFeature]:
         """The history crosses (``CrossedFeature.history``), in spec order."""
         return [f for f in self.spec.features if isinstance(f, CrossedFeature) and f.history is not None]
+
+    @property
+    def liked_columns(self) -> list[str]:
+        """The liked columns the rows need (``widedeep.retrieval.liked``): the history crosses'
+        user side, which the history features read too (computed, never prepared)."""
+        return sorted({liked_column(f.history) for f in self.history_crosses})
 
     def _selected(self, sides: tuple[str, ...] | list[str] | None) -> list[Feature]:
         """The features ``transform`` outputs: of ``sides``, never a history cross or a candidate

@@ -258,6 +258,55 @@ class CandidateScoreFeature:
             raise FeatureSpecError(f"{self.name!r} feeds neither the wide nor the deep side")
 
 
+@dataclass(frozen=True)
+class HistoryFeature:
+    """The user's set as a deep input: an embedding bag over their latest liked values of ``history``.
+
+    The paper's deep part takes the embeddings of the user's set ("User Installed Apps") next to
+    the impression app (Cheng et al. 2016, Fig. 4); the history crosses give the wide part the same
+    set as memorized (liked, candidate) pairs, this gives the deep part a generalizing summary of it.
+    Its values are the history crosses' liked column over ``history`` (``liked_column(history)``:
+    the values of that item-side feature over the user's latest positives before the row, most
+    recent first, each once), so declare a history cross over ``history``: the feature shares its
+    history and its cap (``history_cap``, when given, must equal the crosses'). Not a column of the
+    raw data: prepare leaves it out and the one transform ``widedeep.retrieval.liked`` computes the
+    column at training (causal), evaluation and serving (from the bundle's user table).
+
+    Deep only, pooled by ``combiner`` over ids of ``history``'s id space (its table has that
+    feature's ``num_rows``, so a vocabulary extended at retrain grows both). Its embedding table is
+    its own, not shared with ``history``'s: the candidate's embedding and a liked item's have
+    different roles (what is scored vs. what the user has), the paper shares nothing explicitly,
+    and a separate table keeps every table one feature's (its own ``dim``, optimizer state and
+    serving side: user, computed once per request). Always on the user side.
+    """
+
+    name: str
+    history: str
+    kind: Literal["history"] = "history"
+    history_cap: int | None = None
+    dim: int = 32
+    combiner: Literal["sum", "mean"] = "mean"
+
+    @property
+    def side(self) -> str:
+        """Always ``user``: a function of the user's past alone."""
+        return "user"
+
+    @property
+    def wide(self) -> bool:
+        """Never wide: the wide part has the history crosses."""
+        return False
+
+    @property
+    def deep(self) -> bool:
+        return True
+
+    def __post_init__(self) -> None:
+        _check_common(self.name, self.dim)
+        if self.history_cap is not None and self.history_cap < 1:
+            raise FeatureSpecError(f"history_cap: must be >= 1, got {self.history_cap}")
+
+
 Feature = (
     CategoricalFeature
     | MultivalentFeature
@@ -265,6 +314,7 @@ Feature = (
     | BucketizedFeature
     | CrossedFeature
     | CandidateScoreFeature
+    | HistoryFeature
 )
 KINDS: dict[str, type] = {
     "categorical": CategoricalFeature,
@@ -273,6 +323,7 @@ KINDS: dict[str, type] = {
     "bucketized": BucketizedFeature,
     "crossed": CrossedFeature,
     "candidate_score": CandidateScoreFeature,
+    "history": HistoryFeature,
 }
 
 _COND_RE = re.compile(r"^\s*([^\s=!<>]+)\s*(==|!=|>=|<=|>|<|\bin\b)\s*(.+?)\s*$")
@@ -390,13 +441,19 @@ def is_candidate_score(f: Feature) -> bool:
 
 
 def is_computed(f: Feature) -> bool:
-    """Not a prepared column: a history cross or a candidate score (``widedeep.retrieval.liked``)."""
-    return is_history_cross(f) or is_candidate_score(f)
+    """Not a prepared column: a history cross, a candidate score or a history feature
+    (``widedeep.retrieval.liked``)."""
+    return is_history_cross(f) or is_candidate_score(f) or isinstance(f, HistoryFeature)
+
+
+def history_features(features: Any) -> list[HistoryFeature]:
+    """The history features (``kind: history``) of a feature list, in order."""
+    return [f for f in features if isinstance(f, HistoryFeature)]
 
 
 def feature_column(f: Feature) -> str | None:
-    """The raw column a feature reads (None for crosses and candidate scores)."""
-    if isinstance(f, (CrossedFeature, CandidateScoreFeature)):
+    """The raw column a feature reads (None for crosses, candidate scores and history features)."""
+    if isinstance(f, (CrossedFeature, CandidateScoreFeature, HistoryFeature)):
         return None
     return f.column or f.name
 
@@ -470,6 +527,19 @@ def _parse(data: Any) -> FeatureSpec:
             if not isinstance(h, CategoricalFeature) or h.side != "item":
                 raise FeatureSpecError(
                     f"features[{i}].history: {f.history!r} must be the item-side categorical feature of the item ids"
+                )
+        elif isinstance(f, HistoryFeature):
+            crosses = [x for x in feats if isinstance(x, CrossedFeature) and x.history == f.history]
+            if not crosses:
+                raise FeatureSpecError(
+                    f"features[{i}].history: no history cross over {f.history!r}; a history feature reads the "
+                    "history crosses' liked column (declare a crossed feature with history: " + repr(f.history) + ")"
+                )
+            cap = crosses[0].history_cap
+            if f.history_cap is not None and f.history_cap != cap:
+                raise FeatureSpecError(
+                    f"features[{i}].history_cap: {f.history_cap} differs from the history crosses' over "
+                    f"{f.history!r} ({cap}); a history feature shares their history (leave it out or give {cap})"
                 )
         elif not isinstance(f, NumericFeature) and not (f.wide or f.deep) and not _used_in_cross(f.name, feats):
             raise FeatureSpecError(

@@ -154,8 +154,9 @@ def tower_features(fs: Any, sides: tuple[str, ...], name: str, history: int = 0)
     ``history > 0`` adds the mean-pooled ``__history__`` table (ids of the item-key feature).
     """
     seen: dict[str, tuple[str, int, str, bool]] = {}
+    liked = set(getattr(fs, "liked_columns", ()))  # the ranker's history features: the tower pools its own
     for t in list(fs.deep_tables) + list(fs.wide_tables):
-        if t.side in sides and t.column not in seen:
+        if t.side in sides and t.column not in seen and t.column not in liked:
             seen[t.column] = (t.column, int(t.num_rows), t.pooling, bool(t.multivalent))
     if history > 0:
         seen[HISTORY_COLUMN] = (HISTORY_COLUMN, history_source(fs)[1], "mean", True)

@@ -24,6 +24,7 @@ import torch
 
 from widedeep.data.batch import JaggedIds
 from widedeep.errors import DataError
+from widedeep.features.spec import is_computed
 from widedeep.model.two_tower import TowerInput
 from widedeep.paths import Location
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
@@ -46,13 +47,14 @@ def split_columns(split: str | Path | Location) -> list[str]:
 
 
 def side_columns(fs: Any, sides: tuple[str, ...]) -> list[str]:
-    """Prepared columns of the given sides: every feature of those sides (cross components too),
+    """Prepared columns of the given sides: every feature of those sides (cross components too;
+    never a computed one, ``is_computed``),
     or, for a FeatureSpace-like object without ``features``, the columns of its tables."""
     cols: dict[str, None] = {}
     feats = getattr(fs, "features", None)
     if feats is not None:
         for f in feats:
-            if fs.feature_side(f.name) in sides:
+            if fs.feature_side(f.name) in sides and not is_computed(f):
                 cols[f.name] = None
         return list(cols)
     for t in list(fs.wide_tables) + list(fs.deep_tables):

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from widedeep.errors import DataError, ServingError
-from widedeep.features.spec import CrossedFeature, cross_components, feature_column, liked_column
+from widedeep.features.spec import CrossedFeature, HistoryFeature, cross_components, feature_column
 from widedeep.model.two_tower import HISTORY_COLUMN
 from widedeep.retrieval.candidate_scores import candidate_score_features
 from widedeep.retrieval.candidates import final_scores
@@ -94,7 +94,7 @@ class RecommendPipeline:
     def __init__(self, bundle: ServingBundle) -> None:
         self.bundle = bundle
         fs = self.fs = bundle.fs
-        base = [f for f in fs.features if not isinstance(f, CrossedFeature)]
+        base = [f for f in fs.features if not isinstance(f, CrossedFeature) and not isinstance(f, HistoryFeature)]
         crosses = [f for f in fs.features if isinstance(f, CrossedFeature)]
         self.query_base = [f for f in base if f.side in QUERY_SIDES]
         self.raw_of = {f.name: feature_column(f) for f in self.query_base}
@@ -108,7 +108,8 @@ class RecommendPipeline:
         self.pair_names = [f.name for f in pair]
         self.pair_inputs = sorted({i for f in pair for i in cross_components(f)})
         # the history crosses' user side: the user's liked columns, from the bundle's user table
-        self.liked_names = sorted({liked_column(f.history) for f in pair if f.history is not None})
+        # (the history features' deep input reads them from the query row too)
+        self.liked_names = fs.liked_columns
         # the candidate scores: from the same liked column and each candidate's id, as offline
         self.score_names = [f.name for f in candidate_score_features(fs)]
         self.tower_history = HISTORY_COLUMN in bundle.user_tower.columns()

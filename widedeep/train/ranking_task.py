@@ -56,6 +56,7 @@ class RankingTask:
 
     def required_columns(self, fs: Any, cfg: Any) -> list[str]:
         hist = {f.name for f in fs.history_crosses} | {f.name for f in candidate_score_features(fs)}
+        hist |= set(fs.liked_columns)  # the history features' input
         cols = [c for c in Collator(fs).columns() if c not in hist]  # computed in collate
         rc = ranking_config(cfg)
         if rc.sampled_negatives or rc.retrieval_negatives:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from widedeep.features.spec import history_features, liked_column
 from widedeep.model.checkpoint import load_checkpoint
 
 
@@ -53,7 +54,10 @@ def _row_map(
 
 
 def _columns_by_table(fs: Any) -> dict[str, str]:
-    return {t.name: t.column for t in [*fs.wide_tables, *fs.deep_tables]}
+    """Table name -> the feature whose vocabulary its rows follow: its column, except a history
+    feature's table (``kind: history``), whose rows are ids of its ``history`` feature."""
+    ids_of = {liked_column(f.history): f.history for f in history_features(fs.features)}
+    return {t.name: ids_of.get(t.column, t.column) for t in [*fs.wide_tables, *fs.deep_tables]}
 
 
 @torch.no_grad()
