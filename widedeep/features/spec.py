@@ -472,6 +472,18 @@ def load_spec(path: str | Path) -> FeatureSpec:
     return parse_spec(read_yaml(path), source=str(path))
 
 
+def _history_crosses(feats: list[Any], i: int, history: str, what: str) -> list[CrossedFeature]:
+    """The history crosses over ``history``, which ``features[i]`` (``what``) reads the liked column
+    of; none is an error naming the field."""
+    crosses = [x for x in feats if isinstance(x, CrossedFeature) and x.history == history]
+    if not crosses:
+        raise FeatureSpecError(
+            f"features[{i}].history: no history cross over {history!r}; {what} reads the history crosses' "
+            f"liked column (declare a crossed feature with history: {history!r})"
+        )
+    return crosses
+
+
 def _parse(data: Any) -> FeatureSpec:
     doc = from_dict(_SpecDoc, data)
     if doc.version != 1:
@@ -517,25 +529,14 @@ def _parse(data: Any) -> FeatureSpec:
                 if any(isinstance(feats[names[x]], CrossedFeature) for x in f.inputs):
                     raise FeatureSpecError(f"features[{i}].inputs: a history cross takes no cross as input")
         elif isinstance(f, CandidateScoreFeature):
-            crosses = [x for x in feats if isinstance(x, CrossedFeature) and x.history == f.history]
-            if not crosses:
-                raise FeatureSpecError(
-                    f"features[{i}].history: no history cross over {f.history!r}; a candidate score reads the "
-                    "history crosses' liked column (declare a crossed feature with history: " + repr(f.history) + ")"
-                )
+            _history_crosses(feats, i, f.history, "a candidate score")
             h = feats[names[f.history]]
             if not isinstance(h, CategoricalFeature) or h.side != "item":
                 raise FeatureSpecError(
                     f"features[{i}].history: {f.history!r} must be the item-side categorical feature of the item ids"
                 )
         elif isinstance(f, HistoryFeature):
-            crosses = [x for x in feats if isinstance(x, CrossedFeature) and x.history == f.history]
-            if not crosses:
-                raise FeatureSpecError(
-                    f"features[{i}].history: no history cross over {f.history!r}; a history feature reads the "
-                    "history crosses' liked column (declare a crossed feature with history: " + repr(f.history) + ")"
-                )
-            cap = crosses[0].history_cap
+            cap = _history_crosses(feats, i, f.history, "a history feature")[0].history_cap
             if f.history_cap is not None and f.history_cap != cap:
                 raise FeatureSpecError(
                     f"features[{i}].history_cap: {f.history_cap} differs from the history crosses' over "
