@@ -102,9 +102,11 @@ class EvalData:
         self.catalog: Catalog = build_catalog(fs, self.root)
         user_cols = side_columns(fs, ("user", "context"))
         self.known = known_splits(self.split_dir.name)
-        train = read_split(self.root / "train", [uk, ik, "label", *user_cols])
-        past = load_rows(self.root, self.known, [uk, ik, "label", *user_cols])
-        test = read_split(self.split_dir, [uk, ik, "label", *user_cols])
+        cols = [uk, ik, "label", *user_cols]
+        # each known split read once: train (the models' fit), then the later ones (known[0] is train)
+        parts = [read_split(self.root / s, cols) for s in self.known if s == "train" or (self.root / s).exists()]
+        train, past = parts[0], pa.concat_tables(parts, promote_options="permissive")
+        test = read_split(self.split_dir, cols)
         test_pos = positive_rows(test)
         items = self.catalog.keys
         # relevant = the split's positives that are not seen items of the user (those are

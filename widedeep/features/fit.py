@@ -97,7 +97,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
     raw: dict[str, Any] = {}
     nonnull: dict[str, np.ndarray] = {}
     for f in spec.features:
-        if isinstance(f, (CrossedFeature, CandidateScoreFeature, HistoryFeature)):
+        if feature_column(f) is None:  # crosses and computed features: no raw column
             continue
         c = feature_column(f)
         col = column_or_nulls(table, c, f.optional, f"feature {f.name!r}")
@@ -133,7 +133,7 @@ def partial_stats(spec: FeatureSpec, table: pa.Table, on_bad_rows: str = "error"
         ),
     )
     for f in spec.features:
-        if isinstance(f, (CrossedFeature, CandidateScoreFeature, HistoryFeature)):
+        if feature_column(f) is None:  # crosses and computed features: no raw column
             continue
         v = raw[f.name]
         nn = int(nonnull[f.name].sum())
