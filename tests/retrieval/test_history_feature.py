@@ -15,6 +15,7 @@ import torch
 
 from tests.retrieval import synth
 from tests.retrieval.test_liked import HIST_SPEC
+from tests.support import with_changed_vocabulary
 from widedeep.errors import FeatureSpecError
 
 DEEP_SPEC = copy.deepcopy(HIST_SPEC)
@@ -204,9 +205,6 @@ def test_evaluation_scores_with_the_known_past_as_the_deep_input(prepared):
 def test_warm_start_maps_the_history_table_by_its_history_features_vocabulary(prepared, tmp_path):
     """A retrain whose item vocabulary changed keeps each item's learnt history row (the table's
     rows are ids of ``app_id``, so they follow that vocabulary, not row for row)."""
-    import json
-
-    from widedeep.features import FeatureSpace
     from widedeep.model.checkpoint import save_checkpoint
     from widedeep.train.config import config_from_dict
     from widedeep.train.ranking_task import RankingTask
@@ -227,12 +225,7 @@ def test_warm_start_maps_the_history_table_by_its_history_features_vocabulary(pr
         task="ranking",
         state={},
     )
-    doc = json.loads(fs.to_json())
-    vocab = list(doc["features"]["app_id"]["vocab"])
-    new_vocab = ["<brand-new>", *vocab[::-1][1:]]
-    doc["features"]["app_id"]["vocab"] = new_vocab
-    doc.pop("content_hash", None)
-    fs_new = FeatureSpace.from_json(json.dumps(doc))
+    vocab, new_vocab, fs_new = with_changed_vocabulary(fs, "app_id")
     torch.manual_seed(1)
     new = task.build_model(fs_new, cfg)
     warm_start(new, fs_new, str(ck))

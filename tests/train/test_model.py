@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support import with_changed_vocabulary
 from widedeep.errors import CheckpointError, ConfigError
 from widedeep.features import FeatureSpace
 from widedeep.model.checkpoint import load_checkpoint, load_state_into, save_checkpoint
@@ -139,13 +140,7 @@ def test_warm_start_maps_rows_by_vocabulary_value(adult_small, tmp_path):
         state={},
     )
     # a new FeatureSpace whose "education" vocabulary is reversed, with its last value replaced
-    doc = json.loads(fs.to_json())
-    st = doc["features"]["education"]
-    vocab = list(st["vocab"])
-    new_vocab = ["<brand-new>", *vocab[::-1][1:]]
-    st["vocab"] = new_vocab
-    doc.pop("content_hash", None)
-    fs_new = FeatureSpace.from_json(json.dumps(doc))
+    vocab, new_vocab, fs_new = with_changed_vocabulary(fs, "education")
     assert fs_new.vocabulary("education") == new_vocab
     torch.manual_seed(1)
     new = task.build_model(fs_new, cfg)
