@@ -184,6 +184,17 @@ class LoadedCheckpoint:
     def task(self) -> str:
         return str(self.meta.get("task", "ranking"))
 
+    @property
+    def fit_splits(self) -> tuple[str, ...]:
+        """The prepared splits the weights were fitted on (``refit.fit_splits`` of the job:
+        ``("train", "valid")`` for a refit, else ``("train",)``)."""
+        return tuple((self.config.get("refit") or {}).get("fit_splits") or ("train",))
+
+    @property
+    def selected_by(self) -> str | None:
+        """The train-only checkpoint whose validation chose a refit's settings (None otherwise)."""
+        return (self.config.get("refit") or {}).get("selected_by")
+
 
 def _localize(path: str | Path | Location) -> tuple[Path, str | None]:
     """A local directory for ``path``; a checkpoint on remote storage is downloaded to a temp dir

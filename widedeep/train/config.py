@@ -39,6 +39,40 @@ class EarlyStoppingConfig:
             raise ConfigError(f"patience: must be >= 0, got {self.patience}")
 
 
+@dataclass(frozen=True)
+class RefitConfig:
+    """Train the result again on every split before the evaluated one, with the settings the
+    valid split chose.
+
+    ``enabled``: after the run (trained on ``train``, its epoch chosen on ``valid``), a second run
+    trains from scratch on ``train`` and ``valid`` for the chosen number of epochs, with no
+    validation (nothing is left to validate on), and is the job's result. It is what a served
+    model is: trained on every logged row up to the day it serves, its settings chosen while a
+    later slice was still held out. Its checkpoints record ``fit_splits`` and ``selected_by`` (the
+    checkpoint whose validation chose the epochs), so evaluation and export choose everything else
+    with ``selected_by`` on valid and fit the rest (popularity, the item-to-item source, the
+    baselines) on the same splits as the model; evaluating it on a split it was trained on is refused.
+
+    ``fit_splits`` and ``selected_by`` are written by the refit run itself (a job sets ``enabled``).
+    """
+
+    enabled: bool = False
+    fit_splits: tuple[str, ...] = ("train",)
+    selected_by: str | None = None
+
+    def __post_init__(self) -> None:
+        allowed = (("train",), ("train", "valid"))
+        if tuple(self.fit_splits) not in allowed:
+            raise ConfigError(f"refit.fit_splits: must be one of {[list(a) for a in allowed]}, got {self.fit_splits!r}")
+        if self.enabled and tuple(self.fit_splits) != ("train",):
+            raise ConfigError("refit.enabled: the run that chooses the epochs trains on the train split only")
+
+    @property
+    def on_valid(self) -> bool:
+        """True for the refit run (trained on the valid split too: it has no validation)."""
+        return "valid" in self.fit_splits
+
+
 DATA_CACHE_MODES = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LEGACY_DEBUG_KEY = "debug"
@@ -98,8 +132,11 @@ class TrainConfig:
     warm_start_from: str | None = None
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    refit: RefitConfig = field(default_factory=RefitConfig)
 
     def __post_init__(self) -> None:
+        if self.refit.on_valid and self.early_stopping.enabled:
+            raise ConfigError("early_stopping.enabled: a run fitted on the valid split has nothing to stop on")
         for key in ("batch_size", "eval_batch_size", "epochs", "log_every_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
