@@ -46,7 +46,7 @@ def _ctx(data, rank: int = 0, world: int = 1, *overrides: str) -> WorkerContext:
         columns=columns,
         train_rows=rows,
         run_dir="unused",
-        train_dir=str(data / "train"),
+        train_dirs=(str(data / "train"),),
         valid_dir=str(data / "valid"),
         local_mode=True,
         data_cache="memory",
@@ -78,7 +78,7 @@ def test_cached_split_reshuffles_every_epoch_reproducibly(prepared):
 def test_cached_batches_are_the_rows_of_the_order(prepared):
     ctx = _ctx(prepared, 0, 1, "batch_size=100", "prefetch_batches=2")
     feed = CachedTrainFeed(ctx)
-    table = read_split(ctx.spec.train_dir, ctx.spec.columns)
+    table = read_split(ctx.spec.train_dirs[0], ctx.spec.columns)
     label = np.asarray(table.column("label").to_numpy(), dtype=np.float32)
     batches = list(feed.batches(3, 0))
     assert len(batches) == feed.steps_per_epoch() == -(-ctx.spec.train_rows // 100)
@@ -115,8 +115,8 @@ def test_valid_rows_are_read_once_and_split_across_ranks(prepared):
 
 def test_auto_caches_what_fits_and_streams_the_rest(prepared):
     ctx = _ctx(prepared)
-    rows, nbytes = split_size(ctx.spec.train_dir, ctx.spec.columns)
-    assert rows == read_split(ctx.spec.train_dir, ctx.spec.columns).num_rows and nbytes > 0
+    rows, nbytes = split_size(ctx.spec.train_dirs[0], ctx.spec.columns)
+    assert rows == read_split(ctx.spec.train_dirs[0], ctx.spec.columns).num_rows and nbytes > 0
     store = nbytes * 2 / MEMORY_CACHE_FRACTION  # room for two workers' copies, not three
     assert resolve_data_cache("auto", nbytes, 2, store)[0] == "memory"
     mode, why = resolve_data_cache("auto", nbytes, 3, store)
@@ -169,7 +169,7 @@ def test_steady_rate_leaves_each_epochs_first_tenth_out():
 
 def test_read_split_keeps_file_order(prepared):
     ctx = _ctx(prepared)
-    table = read_split(ctx.spec.train_dir, ["label"])
+    table = read_split(ctx.spec.train_dirs[0], ["label"])
     parts = sorted((prepared / "train").glob("*.parquet"))
     expect = pa.concat_tables([pq.read_table(p, columns=["label"]) for p in parts])
     assert table.column("label").to_pylist() == expect.column("label").to_pylist()
@@ -180,7 +180,7 @@ def test_cached_batches_equal_collating_the_taken_rows(prepared):
     batch is exactly what collating those rows of the table gives."""
     ctx = _ctx(prepared, 0, 1, "batch_size=64")
     feed = CachedTrainFeed(ctx)
-    table = read_split(ctx.spec.train_dir, ctx.spec.columns)
+    table = read_split(ctx.spec.train_dirs[0], ctx.spec.columns)
     batches = list(feed.batches(1, 0))
     assert feed._rows is not None  # the ranking task's batches are row selections
     for got, rows in zip(batches, _rows(feed, 1), strict=True):

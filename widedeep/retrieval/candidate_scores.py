@@ -183,9 +183,10 @@ class CandidateStats:
         return {"keys": self.keys, "co": self.co, "popularity": self.popularity}
 
 
-def candidate_stats_from(fs: Any, root: str | Location) -> CandidateStats | None:
-    """``CandidateStats`` of the train split of a prepared directory (what training and offline
-    evaluation know); None when the FeatureSpace has no candidate score."""
+def candidate_stats_from(fs: Any, root: str | Location, splits: tuple[str, ...] = ("train",)) -> CandidateStats | None:
+    """``CandidateStats`` of the splits a model is fitted on (the train split; train and valid for
+    a refit) of a prepared directory (what training and offline evaluation know); None when the
+    FeatureSpace has no candidate score."""
     if not candidate_score_features(fs):
         return None
-    return CandidateStats.fit(fs, load_rows(Location.of(root), ("train",), ["user_key", score_history(fs), "label"]))
+    return CandidateStats.fit(fs, load_rows(Location.of(root), splits, ["user_key", score_history(fs), "label"]))

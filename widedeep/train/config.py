@@ -73,6 +73,15 @@ class RefitConfig:
         return "valid" in self.fit_splits
 
 
+def fit_splits(cfg: Any) -> tuple[str, ...]:
+    """The prepared splits a job's model is fitted on (``refit.fit_splits``), from a
+    ``TrainConfig`` or its dict (what a worker's task sees)."""
+    refit = cfg.get("refit") if isinstance(cfg, dict) else cfg.refit
+    if refit is None:
+        return ("train",)
+    return tuple(refit.get("fit_splits", ("train",)) if isinstance(refit, dict) else refit.fit_splits)
+
+
 DATA_CACHE_MODES = ("auto", "memory", "stream")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LEGACY_DEBUG_KEY = "debug"

@@ -13,6 +13,8 @@ loop). Without ``run_name`` every launch gets a fresh, timestamped name.
 
 The result is restore-best: the run's model is the epoch-end checkpoint with the best validation
 metric (every epoch-end report carries one, scored by ``score``), not necessarily the last one.
+A refit run (``TrainConfig.refit``: trained on train and valid, nothing held out) has no
+validation; its epochs are scored by their number, so its result is its last epoch.
 """
 
 from __future__ import annotations
@@ -75,12 +77,13 @@ def _permute_rows(table: Any, seed: int = 0) -> Any:
     return table.take(np.random.default_rng([seed, h, table.num_rows]).permutation(table.num_rows))
 
 
-def build_dataset(cfg: TrainConfig, split: str, columns: list[str], *, train: bool) -> Any:
+def build_dataset(cfg: TrainConfig, splits: tuple[str, ...], columns: list[str], *, train: bool) -> Any:
     import ray.data
     from ray.data import FileShuffleConfig
 
     shuffle = FileShuffleConfig(seed=cfg.seed) if train and cfg.shuffle != "none" else None
-    ds = ray.data.read_parquet(_split_path(cfg.data, split), shuffle=shuffle, file_extensions=["parquet"])
+    paths = [_split_path(cfg.data, s) for s in splits]
+    ds = ray.data.read_parquet(paths if len(paths) > 1 else paths[0], shuffle=shuffle, file_extensions=["parquet"])
     if columns:
         ds = ds.select_columns(columns)
     if train and cfg.shuffle == "batches":
@@ -155,13 +158,16 @@ def plan_job(cfg: TrainConfig, hooks: LoopHooks, started_at: float) -> Job:
             raise DataError(f"{cfg.data}: not a prepared data directory (missing {part}); run `widedeep prepare`")
     fs = FeatureSpace.load(_split_path(cfg.data, "feature_space.json"))
     columns = get_task(cfg.task).required_columns(fs, cfg)
-    train_dir = _split_path(cfg.data, "train")
-    try:
-        train_rows, train_bytes = split_size(train_dir, columns)
-    except FS_ERRORS as e:
-        raise DataError(f"{train_dir}: cannot read prepared Parquet shards: {short_error(e)}") from e
-    if train_rows == 0:
-        raise DataError(f"{train_dir}: no rows")
+    train_dirs = tuple(_split_path(cfg.data, s) for s in cfg.refit.fit_splits)
+    train_rows = train_bytes = 0
+    for d in train_dirs:
+        try:
+            rows, nbytes = split_size(d, columns)
+        except FS_ERRORS as e:
+            raise DataError(f"{d}: cannot read prepared Parquet shards: {short_error(e)}") from e
+        if rows == 0:
+            raise DataError(f"{d}: no rows")
+        train_rows, train_bytes = train_rows + rows, train_bytes + nbytes
     ensure_ray()
     store = float(ray.cluster_resources().get("object_store_memory", 0.0))
     mode, why = resolve_data_cache(cfg.data_cache, train_bytes, cfg.num_workers, store)
@@ -175,14 +181,14 @@ def plan_job(cfg: TrainConfig, hooks: LoopHooks, started_at: float) -> Job:
         columns=columns,
         train_rows=train_rows,
         run_dir=run_loc.path if run_loc.is_local else str(run_loc),
-        train_dir=train_dir,
-        valid_dir=_split_path(cfg.data, "valid"),
+        train_dirs=train_dirs,
+        valid_dir="" if cfg.refit.on_valid else _split_path(cfg.data, "valid"),
         local_mode=local_mode,
         data_cache=mode,
         started_at=started_at,
     )
     stream = mode == "stream" and not hooks.replaces_train_data
-    datasets = {"train": build_dataset(cfg, "train", columns, train=True)} if stream else {}
+    datasets = {"train": build_dataset(cfg, cfg.refit.fit_splits, columns, train=True)} if stream else {}
     return Job(spec, datasets, why)
 
 
@@ -253,12 +259,59 @@ def run_training(
 
     ``hooks``: callbacks into every worker's loop (``widedeep.train.hooks``; tests pass fault
     injection here). ``started_at``: ``time.time()`` the run counts its start-up from
-    (``timings.ray_start_s``; default: now)."""
-    from widedeep.train import tracking as train_tracking
-
+    (``timings.ray_start_s``; default: now). With ``refit.enabled`` the job is two runs
+    (``refit_config``) and the result is the refit's checkpoint (``with_refit``)."""
     started_at = time.time() if started_at is None else started_at
     hooks = hooks or LoopHooks()
     cfg = resolve(cfg)
+    summary = _train_once(cfg, hooks, started_at)
+    if cfg.refit.enabled:
+        refit = _train_once(refit_config(cfg, summary), hooks, time.time())
+        summary = with_refit(summary, refit)
+    if metrics_out:
+        write_json(metrics_out, summary)  # a local path or a URI (a job on a cluster writes to shared storage)
+    return summary
+
+
+def refit_config(cfg: TrainConfig, selection: dict[str, Any]) -> TrainConfig:
+    """The refit run of ``cfg`` (``TrainConfig.refit``): the same job from scratch on train and
+    valid, for the number of epochs the selection run's validation chose, under its own run name
+    (``NAME-refit``: relaunching the job resumes both runs), with no validation."""
+    import dataclasses
+
+    from widedeep.train.config import RefitConfig
+
+    return dataclasses.replace(
+        cfg,
+        run_name=f"{cfg.run_name}-refit",
+        epochs=int(selection["best_epoch"]),
+        early_stopping=dataclasses.replace(cfg.early_stopping, enabled=False),
+        refit=RefitConfig(enabled=False, fit_splits=("train", "valid"), selected_by=selection["checkpoint"]),
+    )
+
+
+def with_refit(selection: dict[str, Any], refit: dict[str, Any]) -> dict[str, Any]:
+    """The metrics JSON of a refit job: the selection run's validation figures (the refit has none
+    to give), the refit's checkpoint as the job's result, and both runs named."""
+    return selection | {
+        "checkpoint": refit["checkpoint"],
+        "latest_checkpoint": refit["latest_checkpoint"],
+        "selection_checkpoint": selection["checkpoint"],
+        "refit": {
+            "fit_splits": ["train", "valid"],
+            "epochs": refit["epochs_completed"],
+            "run_name": refit["run_name"],
+            "wall_seconds": refit["wall_seconds"],
+            "train_samples_per_s": refit["train_samples_per_s"],
+            "timings": refit["timings"],
+        },
+    }
+
+
+def _train_once(cfg: TrainConfig, hooks: LoopHooks, started_at: float) -> dict[str, Any]:
+    """One run (``cfg`` resolved): plan, fit, summarize; its tracking run if enabled."""
+    from widedeep.train import tracking as train_tracking
+
     job = plan_job(cfg, hooks, started_at)
     run = train_tracking.start(cfg)  # None unless cfg.tracking.enabled
     trainer = _make_trainer(cfg, job, hooks, run)
@@ -268,13 +321,17 @@ def run_training(
     )
     result, wall = _fit(trainer, cfg, run)
     summary = summarize_run(cfg, job, result, wall)
-    keys = dict.fromkeys([summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"])
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
-    log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
+    if cfg.refit.on_valid:
+        fitted = " + ".join(cfg.refit.fit_splits)
+        log(f"refit on {fitted}: {summary['epochs_completed']} epochs; checkpoint {summary['checkpoint']}")
+    else:
+        keys = dict.fromkeys(
+            [summary.get("primary_metric") or "auc", "auc", "logloss", "accuracy", "calibration", "rmse"]
+        )
+        shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
+        log(f"best epoch {summary['best_epoch']} (valid {shown}); checkpoint {summary['checkpoint']}")
     if run is not None:
         summary["mlflow"] = train_tracking.finish(cfg, run, summary, logged_live=not job.spec.local_mode)
-    if metrics_out:
-        write_json(metrics_out, summary)  # a local path or a URI (a job on a cluster writes to shared storage)
     return summary
 
 
@@ -323,7 +380,7 @@ def summarize_run(cfg: TrainConfig, job: Job, result: Any, wall: float) -> dict[
     timed = last_epoch.get("timings") or {}
     return {
         **{k: v for k, v in m.get("valid", {}).items()},
-        "split": "valid",
+        "split": "valid" if m.get("valid") else None,
         "primary_metric": m.get("primary_metric"),
         "best_epoch": m.get("epoch"),
         "epochs_completed": last_epoch.get("epoch"),

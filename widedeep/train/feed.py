@@ -105,6 +105,14 @@ def read_split(split_dir: str, columns: list[str]) -> Any:
     return table.combine_chunks()
 
 
+def read_splits(split_dirs: tuple[str, ...] | list[str], columns: list[str]) -> Any:
+    """``read_split`` of several splits, one after the other (a refit's train and valid)."""
+    import pyarrow as pa
+
+    tables = [read_split(d, columns) for d in split_dirs]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+
+
 def rank_row_batches(split_dir: str, columns: list[str], batch_size: int, rank: int, world: int) -> Iterator[Any]:
     """Stream rank ``rank``'s contiguous share of a split (files in name order) as Arrow tables.
 
@@ -261,7 +269,7 @@ class CachedTrainFeed:
         """Read the split once; collate it once too when the task's batches are row selections."""
         if self._table is not None or self._rows is not None:
             return
-        table = read_split(self.ctx.spec.train_dir, self.ctx.spec.columns)
+        table = read_splits(self.ctx.spec.train_dirs, self.ctx.spec.columns)
         collate_split = getattr(self.ctx.task, "collate_split", None)
         whole = collate_split(table, self.ctx.fs, self.ctx.cfg) if collate_split is not None else None
         if isinstance(whole, Batch):

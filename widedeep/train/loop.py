@@ -42,7 +42,7 @@ class Loop:
     ctx: WorkerContext
     parts: ModelParts
     feed: TrainFeed
-    valid: ValidFeed
+    valid: ValidFeed | None  # None for a refit (``LoopSpec.valid_dir`` empty)
     reporter: Reporter
     hooks: LoopHooks
     metric: str
@@ -69,7 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ctx,
         parts,
         feed,
-        ValidFeed(ctx, cached=ctx.spec.data_cache == "memory"),
+        ValidFeed(ctx, cached=ctx.spec.data_cache == "memory") if ctx.spec.valid_dir else None,
         Reporter(ctx, parts),
         hooks,
         metric,
@@ -140,14 +140,17 @@ def end_epoch(loop: Loop, state: TrainState, clock: EpochClock, train_loss: floa
     """Validate, update early stopping, report the epoch-end checkpoint, print the epoch line."""
     ctx, epoch = loop.ctx, state.epoch + 1
     v0 = time.perf_counter()
-    vm = validate(ctx, loop.parts, loop.valid)
+    vm = validate(ctx, loop.parts, loop.valid) if loop.valid is not None else {}
     clock.validate_s = time.perf_counter() - v0
-    if loop.metric not in vm:
+    if loop.valid is None:  # a refit: nothing held out, the latest epoch is the result
+        score = float(epoch) if loop.mode == "max" else -float(epoch)
+    elif loop.metric not in vm:
         raise ConfigError(
             f"early_stopping.metric: {loop.metric!r} is not a validation metric of task {ctx.cfg.task!r} "
             f"(it reports {sorted(vm)})"
         )
-    score = float(vm[loop.metric])
+    else:
+        score = float(vm[loop.metric])
     update_best(state, score, epoch, loop.mode, ctx.cfg.early_stopping)
     state.epoch, state.step_in_epoch = epoch, 0
     state.train_seconds += clock.data_wait_s + clock.compute_s
@@ -176,7 +179,8 @@ def end_epoch(loop: Loop, state: TrainState, clock: EpochClock, train_loss: floa
     loop.reporter.report(f"epoch={epoch:04d}", metrics, state)
     shown = " ".join(f"{k} {v:.4f}" for k, v in vm.items() if isinstance(v, float))
     ctx.log0(
-        f"epoch {epoch}/{ctx.cfg.epochs} done: train loss {train_loss:.4f} | valid {shown} | "
+        f"epoch {epoch}/{ctx.cfg.epochs} done: train loss {train_loss:.4f} | "
+        + (f"valid {shown} | " if vm else "no validation (refit) | ")
         + epoch_line(state.timings[-1])
         + (" | early stop" if state.stopped else "")
     )

@@ -113,19 +113,20 @@ class NegativeSampler:
 
     Args:
         fs: the FeatureSpace.
-        root: the prepared directory (its ``train`` split gives the catalog and the counts).
+        root: the prepared directory (its ``splits`` give the catalog and the counts).
         power: see ``RankingTaskConfig.sampling_power``.
+        splits: the splits the model is fitted on (``widedeep.train.config.fit_splits``).
     """
 
-    def __init__(self, fs: Any, root: str | Path, power: float) -> None:
+    def __init__(self, fs: Any, root: str | Path, power: float, splits: tuple[str, ...] = ("train",)) -> None:
         if not fs.item_key:
             raise ConfigError(
                 "task_config.sampled_negatives: needs a FeatureSpace with an item_key (the catalog "
                 "negatives are drawn from); declare item_key in the spec"
             )
         self.fs = fs
-        self.catalog = build_catalog(fs, root, splits=("train",))
-        train = load_rows(root, ("train",), [fs.item_key, "label", *([fs.user_key] if fs.user_key else [])])
+        self.catalog = build_catalog(fs, root, splits=splits)
+        train = load_rows(root, splits, [fs.item_key, "label", *([fs.user_key] if fs.user_key else [])])
         counts = (
             item_popularity(train, fs.item_key, self.catalog.keys, fs.user_key) + 1.0
         )  # add-one: any item can be drawn
@@ -173,18 +174,21 @@ class RetrievalNegatives:
     Args:
         base: the popularity sampler (its catalog, and the fallback for a row whose user has no
             earlier positive or whose pool is empty).
-        root: the prepared directory (its ``train`` split).
+        root: the prepared directory.
         cfg: the ranking ``task_config``.
+        splits: the splits the model is fitted on (``widedeep.train.config.fit_splits``).
     """
 
-    def __init__(self, base: NegativeSampler, root: str | Path, cfg: RankingTaskConfig) -> None:
+    def __init__(
+        self, base: NegativeSampler, root: str | Path, cfg: RankingTaskConfig, splits: tuple[str, ...] = ("train",)
+    ) -> None:
         fs = base.fs
         if not fs.user_key:
             raise ConfigError("task_config.retrieval_negatives: needs a FeatureSpace with a user_key")
         self.base, self.cfg = base, cfg
         keys = base.catalog.keys
         has_time = TIME_COLUMN in split_columns(Location.of(root) / "train")
-        train = load_rows(root, ("train",), ["user_key", fs.item_key, "label", *([TIME_COLUMN] if has_time else [])])
+        train = load_rows(root, splits, ["user_key", fs.item_key, "label", *([TIME_COLUMN] if has_time else [])])
         rows = key_rows(train.column(fs.item_key), keys)
         train = train.append_column("__row__", pa.array(rows))
         self.users = first_by_key(train.select(["user_key"]), "user_key")[0]

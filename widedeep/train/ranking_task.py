@@ -30,6 +30,7 @@ from widedeep.retrieval.data import split_columns
 from widedeep.retrieval.history import TIME_COLUMN
 from widedeep.retrieval.interactions import positive_rows
 from widedeep.retrieval.liked import LikedValues, liked_from
+from widedeep.train.config import fit_splits
 from widedeep.train.negatives import NegativeSampler, RetrievalNegatives, extra_columns, ranking_config
 from widedeep.train.pointwise_metrics import task_metrics
 
@@ -75,32 +76,32 @@ class RankingTask:
 
     def retrieval_negatives(self, fs: Any, cfg: Any) -> RetrievalNegatives:
         """The retrieval-negative sampler of this data directory (built once; threads share it)."""
-        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
-        key = (data, str(fs.content_hash), ranking_config(cfg).sampling_power)
+        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        key = (data, splits, str(fs.content_hash), ranking_config(cfg).sampling_power)
         base = self.sampler(fs, cfg)
         with self._lock:
             s = self._retrieval.get(key)
             if s is None:
-                s = self._retrieval[key] = RetrievalNegatives(base, data, ranking_config(cfg))
+                s = self._retrieval[key] = RetrievalNegatives(base, data, ranking_config(cfg), splits)
             return s
 
     def liked(self, fs: Any, cfg: Any) -> LikedValues:
-        """The train split's liked values of this data directory (built once; threads share it)."""
-        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
-        key = (data, str(fs.content_hash))
+        """The liked values of the fitted splits of this data directory (built once; threads share it)."""
+        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        key = (data, splits, str(fs.content_hash))
         with self._lock:
             lv = self._liked.get(key)
             if lv is None:
-                lv = self._liked[key] = liked_from(fs, data)
+                lv = self._liked[key] = liked_from(fs, data, splits)
             return lv
 
     def candidate_stats(self, fs: Any, cfg: Any) -> CandidateStats | None:
-        """The train split's candidate-score statistics of this data directory (built once; threads share it)."""
-        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
-        key = (data, str(fs.content_hash))
+        """The fitted splits' candidate-score statistics of this data directory (built once; threads share it)."""
+        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        key = (data, splits, str(fs.content_hash))
         with self._lock:
             if key not in self._stats:
-                self._stats[key] = candidate_stats_from(fs, data)
+                self._stats[key] = candidate_stats_from(fs, data, splits)
             return self._stats[key]
 
     def with_history(self, table: pa.Table, fs: Any, cfg: Any) -> pa.Table:
@@ -117,13 +118,13 @@ class RankingTask:
 
     def sampler(self, fs: Any, cfg: Any) -> NegativeSampler:
         """The negative sampler of this data directory (built once; loader threads share it)."""
-        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
         power = ranking_config(cfg).sampling_power
-        key = (data, str(fs.content_hash), power)
+        key = (data, splits, str(fs.content_hash), power)
         with self._lock:
             s = self._samplers.get(key)
             if s is None:
-                s = self._samplers[key] = NegativeSampler(fs, data, power)
+                s = self._samplers[key] = NegativeSampler(fs, data, power, splits)
             return s
 
     def _collator(self, fs: Any) -> Collator:

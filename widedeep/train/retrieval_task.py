@@ -55,6 +55,7 @@ from widedeep.retrieval.data import (
 from widedeep.retrieval.history import TIME_COLUMN, Histories, history_columns, with_history
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows
 from widedeep.retrieval.popularity import item_counts, item_popularity
+from widedeep.train.config import fit_splits
 
 # model selection (best checkpoint, early stopping) by the full-catalog hit rate on the valid
 # split: the in-batch softmax loss kept falling for an epoch or two after top-K quality stopped
@@ -110,7 +111,7 @@ def _item_tower_fingerprint(model: nn.Module) -> tuple[float, ...]:
 def _data_key(fs: Any, cfg: Any) -> tuple[Any, ...]:
     """Everything ``RetrievalTrainData`` is computed from."""
     tcfg = retrieval_config(cfg)
-    return (str(cfg.data), fs.content_hash, tcfg.train_on, tcfg.history > 0)
+    return (str(cfg.data), fit_splits(cfg), fs.content_hash, tcfg.train_on, tcfg.history > 0)
 
 
 class RetrievalTask:
@@ -327,11 +328,11 @@ class RetrievalTask:
 
 def _read_train_data(fs: Any, cfg: Any) -> RetrievalTrainData:
     """Catalog (train + valid splits), logQ counts, popularity, histories and seen items, from one
-    read of the train split."""
+    read of the splits the model is fitted on (the train split; train and valid for a refit)."""
     root = Location.of(cfg.data)
     tcfg = retrieval_config(cfg)
     catalog = build_catalog(fs, root, splits=("train", "valid"))
-    train = load_rows(root, ("train",), _train_columns(fs, root, tcfg.history > 0))
+    train = load_rows(root, fit_splits(cfg), _train_columns(fs, root, tcfg.history > 0))
     popularity = item_popularity(train, fs.item_key, catalog.keys, fs.user_key)
     # logQ: how often each item occurs among the rows batches are drawn from (rows, not distinct users)
     batch_rows = item_counts(positive_rows(train) if tcfg.train_on == "positives" else train, fs.item_key, catalog.keys)

@@ -35,8 +35,8 @@ class LoopSpec:
     columns: list[str]
     train_rows: int
     run_dir: str
-    train_dir: str
-    valid_dir: str
+    train_dirs: tuple[str, ...]  # the splits the model is fitted on (train; train and valid for a refit)
+    valid_dir: str  # "" when nothing is held out (a refit): no validation, the last epoch is the result
     local_mode: bool
     data_cache: str
     started_at: float
