@@ -1,4 +1,6 @@
-"""``widedeep evaluate``: score a prepared split with a checkpoint (or run the top-K evaluation)."""
+"""``widedeep evaluate``: score a prepared split with a checkpoint (or run the top-K evaluation).
+
+A split a checkpoint was fitted on (``refit.fit_splits``: train, and valid for a refit) is refused."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retriever",
         action="append",
         help="retriever checkpoint (--task topk); repeat with --ranker for the same jobs trained with other "
-        "seeds: the report adds each figure's mean and std over the pairs",
+        "seeds: the report adds each figure's mean and std over the pairs. A refit pair (refit.enabled) is "
+        "evaluated with what it was fitted on, its settings chosen on valid by its refit.selected_by checkpoints",
     )
     parser.add_argument(
         "--ranker",

@@ -8,6 +8,13 @@ and the weight of the retrieval logit against the ranker's log-probability (``bl
 on the valid split's users (train history, train exclusions), never on test, and the same choice
 is what evaluation reports and what a bundle serves.
 
+Who chooses: models fitted on the train split only, whose valid figures are out of sample. For a
+refit pair (``widedeep.train.config.RefitConfig``: fitted on train and valid) those are the
+``selected_by`` checkpoints, the train-only run whose validation chose the refit's epochs
+(``choosers_of``); the choice is then applied to the refit models with the item-to-item source
+fitted again on the refit's splits (``choose_fitted``, the one path of ``evaluate --task topk``
+and of ``widedeep export``).
+
 Cost: the candidate set depends only on the share, so the ranker scores each share's candidates
 once; the weights then only re-order (numpy). The grids are geometric and wide, so no point of
 them is fitted to one data set: a weight of 0 (the source or the retrieval score unused) is
@@ -18,15 +25,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from widedeep.errors import CheckpointError
 from widedeep.evaluation.topk import EvalData, order_by, ranker_logits, retrieve_sourced
 from widedeep.evaluation.tuning import EaseRefused, Tuned, tune_ease, tune_item_knn, tune_source
+from widedeep.model.checkpoint import LoadedCheckpoint, load_checkpoint
 from widedeep.retrieval.candidates import SourceMix
+from widedeep.retrieval.interactions import CSR
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
 from widedeep.retrieval.topk import ranking_metrics
 
@@ -119,8 +129,9 @@ def _metrics(m: dict[str, float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class SourceChoice:
-    """The item-to-item source (its valid-tuned neighbourhood, fitted on the train split) and the
-    merge and order chosen with it on valid: what evaluation reports and a bundle serves."""
+    """The item-to-item source (its valid-tuned neighbourhood, fitted on ``fit_splits``: the train
+    split, or the refit's splits after ``refitted``) and the merge and order chosen with it on
+    valid: what evaluation reports and a bundle serves."""
 
     settings: NeighborSettings
     neighbors: ItemNeighbors
@@ -128,19 +139,31 @@ class SourceChoice:
     knn: Tuned
     ease: Tuned | None = None
     source_valid: dict[str, Any] = field(default_factory=dict)
+    fit_splits: tuple[str, ...] = ("train",)
 
     def summary(self) -> dict[str, Any]:
         s = self.settings
-        source = {"kind": s.kind, "neighbors": s.neighbors, "shrink": s.shrink, "lambda": s.lam}
+        source = {
+            "kind": s.kind,
+            "neighbors": s.neighbors,
+            "shrink": s.shrink,
+            "lambda": s.lam,
+            "fit_splits": list(self.fit_splits),
+        }
         return self.ordering.summary() | {"item_source": source, "item_source_valid": self.source_valid.get("valid")}
+
+    def refitted(self, positives: CSR, fit_splits: tuple[str, ...]) -> SourceChoice:
+        """The same choice with the neighbourhood fitted on ``positives`` (users x catalog items of
+        ``fit_splits``): the settings chosen on valid, the statistics of what the models fitted."""
+        return replace(self, neighbors=ItemNeighbors.fit(positives, self.settings), fit_splits=tuple(fit_splits))
 
 
 def choose_sources(
     retriever: Any, ranker: Any | None, ranker_fs: Any | None, valid: EvalData, n: int, temperature: float
 ) -> SourceChoice:
     """Tune item-kNN and EASE on ``valid`` (as the baselines), build the item-to-item source from
-    the better one (``tune_source``; fitted on the train split's positives), and choose the merge
-    and order on ``valid``."""
+    the better one (``tune_source``; fitted on ``valid``'s fit splits, the train split), and choose
+    the merge and order on ``valid``."""
     knn = tune_item_knn(valid)
     try:
         ease = tune_ease(valid)
@@ -150,4 +173,85 @@ def choose_sources(
     settings, source_valid = tune_source(valid, knn, ease)
     neighbors = ItemNeighbors.fit(valid.train_pos, settings)
     ordering = select_ordering(retriever, ranker, ranker_fs, valid, neighbors, n, temperature)
-    return SourceChoice(settings, neighbors, ordering, knn, ease, source_valid)
+    return SourceChoice(settings, neighbors, ordering, knn, ease, source_valid, valid.fit)
+
+
+@dataclass(frozen=True)
+class Choosers:
+    """The models whose valid figures choose the settings (train-fitted, so valid is out of
+    sample for them). ``checkpoints``: the ``selected_by`` checkpoints of a refit pair (``{"retriever":
+    path, "ranker": path or None}``); None when the evaluated models choose for themselves."""
+
+    retriever: Any
+    ranker: Any | None
+    ranker_fs: Any | None
+    checkpoints: dict[str, str | None] | None = None
+
+
+def fit_splits_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> tuple[str, ...]:
+    """The splits a (retriever, ranker) pair was fitted on; both must say the same (the candidate
+    statistics, popularity and neighbourhood are fitted once, for both)."""
+    fit = ret.fit_splits
+    if rk is not None and rk.fit_splits != fit:
+        raise CheckpointError(
+            f"retriever {ret.path} was fitted on {'+'.join(fit)} but ranker {rk.path} on "
+            f"{'+'.join(rk.fit_splits)} (refit.fit_splits): pair checkpoints fitted on the same splits "
+            "(refit both or neither)"
+        )
+    return fit
+
+
+def _selector(ck: LoadedCheckpoint, role: str, fs: Any) -> LoadedCheckpoint:
+    """The checkpoint that chose ``ck``'s settings, checked: same task and FeatureSpace, train-only."""
+    if ck.selected_by is None:
+        raise CheckpointError(
+            f"{role} {ck.path}: fitted on {'+'.join(ck.fit_splits)} but its config records no "
+            "refit.selected_by: no train-only checkpoint to choose its settings on valid with"
+        )
+    sel = load_checkpoint(ck.selected_by)
+    if sel.task != ck.task:
+        raise CheckpointError(f"{role} {ck.path}: refit.selected_by {ck.selected_by} is a {sel.task!r} checkpoint")
+    if sel.feature_space.content_hash != fs.content_hash:
+        raise CheckpointError(
+            f"{role} {ck.path}: refit.selected_by {ck.selected_by} has FeatureSpace "
+            f"{sel.feature_space.content_hash[:12]}, the evaluated pair {fs.content_hash[:12]}"
+        )
+    if sel.fit_splits != ("train",):
+        raise CheckpointError(
+            f"{role} {ck.path}: refit.selected_by {ck.selected_by} was fitted on {'+'.join(sel.fit_splits)}; "
+            "its valid figures would be in-sample"
+        )
+    return sel
+
+
+def choosers_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> Choosers:
+    """Who chooses for a (retriever, ranker) pair: the pair itself, or for a refit pair (either
+    records ``refit.selected_by``) both ``selected_by`` checkpoints (each checked by ``_selector``)."""
+    fit_splits_of(ret, rk)
+    if ret.selected_by is None and (rk is None or rk.selected_by is None) and ret.fit_splits == ("train",):
+        return Choosers(ret.model, None if rk is None else rk.model, None if rk is None else rk.feature_space)
+    fs = ret.feature_space
+    sel_ret = _selector(ret, "retriever", fs)
+    sel_rk = None if rk is None else _selector(rk, "ranker", fs)
+    return Choosers(
+        sel_ret.model,
+        None if sel_rk is None else sel_rk.model,
+        None if sel_rk is None else sel_rk.feature_space,
+        {"retriever": ret.selected_by, "ranker": None if rk is None else rk.selected_by},
+    )
+
+
+def choose_fitted(
+    choosers: Choosers,
+    valid: EvalData,
+    n: int,
+    temperature: float,
+    fit_splits: tuple[str, ...],
+    positives: CSR,
+) -> SourceChoice:
+    """``choose_sources`` on ``valid`` (train-fitted) with ``choosers``, then, when the served or
+    evaluated models were fitted on other splits (a refit), the item-to-item source fitted again
+    on those splits' ``positives`` (users x ``valid.catalog`` items): the settings are valid's,
+    the statistics are what the models fitted."""
+    choice = choose_sources(choosers.retriever, choosers.ranker, choosers.ranker_fs, valid, n, temperature)
+    return choice if tuple(fit_splits) == valid.fit else choice.refitted(positives, fit_splits)

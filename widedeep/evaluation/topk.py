@@ -17,13 +17,19 @@ Definitions: the *known past* of an evaluated split is every split before it in 
 at that moment knows (the bundle's user histories hold every logged row). A user's *seen items*
 are every item of their rows in the known past (any label: a seen item is never recommended
 again); their *history* (the item-to-item source's and the baselines' query, the retriever's
-pooled history, the ranker's history crosses) is its positives, for every method alike. What
-the models fitted stays the train split's: the models themselves, item popularity
-(``widedeep.retrieval.popularity``: distinct users with a positive train row), the baselines'
-item-item matrices and the candidate scores' statistics. *Relevant* items are the evaluated
-split's positives that are not seen items of the user (re-occurrences can never be
-recommended, so they are counted in ``positives_already_in_train`` and left out). The catalog is
-every item of the prepared directory (all splits).
+pooled history, the ranker's history crosses) is its positives, for every method alike. The
+*fit splits* are the splits the models' weights were fitted on (``LoadedCheckpoint.fit_splits``:
+the train split, or train and valid for a refit, ``widedeep.train.config.RefitConfig``), and
+everything else that is fitted is fitted on the same splits: item popularity
+(``widedeep.retrieval.popularity``: distinct users with a positive row there), the baselines'
+item-item matrices, the item-to-item source's neighbourhood and the candidate scores'
+statistics. Evaluating on a fit split is refused (its figures would be in-sample). The settings
+(the baselines', the source's, the merge and order) are always chosen on the valid split with
+train-fitted models: a refit's ``selected_by`` checkpoints, whose validation chose its epochs
+(``widedeep.evaluation.selection.choosers_of``). *Relevant* items are the evaluated split's
+positives that are not seen items of the user (re-occurrences can never be recommended, so they
+are counted in ``positives_already_in_train`` and left out). The catalog is every item of the
+prepared directory (all splits).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +74,9 @@ from widedeep.retrieval.neighbors import ItemNeighbors
 from widedeep.retrieval.popularity import item_popularity
 from widedeep.retrieval.topk import hit_matrix, ndcg_per_user, rank_topk, ranking_metrics
 
+if TYPE_CHECKING:  # selection builds on this module
+    from widedeep.evaluation.selection import Choosers
+
 log = logging.getLogger(__name__)
 
 RETRIEVAL_KS = (10, 50, 100, 500)
@@ -87,10 +96,32 @@ def known_splits(split: str) -> tuple[str, ...]:
     return SPLITS[: SPLITS.index(split)] if split in SPLITS[1:] else ("train",)
 
 
-class EvalData:
-    """Users, catalog and interaction sets of one evaluation (built once, shared by all methods)."""
+def refuse_in_sample(split: str, fit_splits: tuple[str, ...], fitted_by: str) -> None:
+    """Raise ``CheckpointError`` when ``split`` is one the models were fitted on: their figures
+    there would measure memorization, not what serving sees."""
+    if split in fit_splits:
+        raise CheckpointError(
+            f"{fitted_by}: fitted on the {'+'.join(fit_splits)} split(s), so figures on the {split!r} split "
+            "would be in-sample; evaluate on a split after them (test)"
+        )
 
-    def __init__(self, fs: Any, data_dir: str | Path) -> None:
+
+class EvalData:
+    """Users, catalog and interaction sets of one evaluation (built once, shared by all methods).
+
+    ``fit_splits``: what the evaluated models were fitted on (``LoadedCheckpoint.fit_splits``);
+    popularity, ``train_pos`` / ``train_users`` (the fitted methods' interaction matrix, named for
+    the usual case) and the candidate scores' statistics come from them, the known past (history,
+    exclusions) from ``known_splits``. ``fitted_by`` names the models in the in-sample refusal.
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        data_dir: str | Path | Location,
+        fit_splits: tuple[str, ...] = ("train",),
+        fitted_by: str = "the evaluated models",
+    ) -> None:
         t0 = time.monotonic()
         self.fs = fs
         p = Location.of(data_dir)
@@ -98,14 +129,21 @@ class EvalData:
         self.split_dir = p if p.name in SPLITS and str(p) != str(self.root) else self.root / "test"
         if not fs.user_key or not fs.item_key:
             raise DataError(f"{self.root}: top-K evaluation needs user_key and item_key in the FeatureSpace")
+        self.fit = tuple(fit_splits)
+        if not self.fit or not set(self.fit) <= set(SPLITS):
+            raise CheckpointError(f"{fitted_by}: fit splits {list(self.fit)} are not splits of {list(SPLITS)}")
+        refuse_in_sample(self.split_dir.name, self.fit, fitted_by)
         uk, ik = fs.user_key, fs.item_key
         self.catalog: Catalog = build_catalog(fs, self.root)
         user_cols = side_columns(fs, ("user", "context"))
         self.known = known_splits(self.split_dir.name)
         cols = [uk, ik, "label", *user_cols]
-        # each known split read once: train (the models' fit), then the later ones (known[0] is train)
-        parts = [read_split(self.root / s, cols) for s in self.known if s == "train" or (self.root / s).exists()]
-        train, past = parts[0], pa.concat_tables(parts, promote_options="permissive")
+        # each split read once, in time order: the known past (train, then the later ones that
+        # exist) and the fit splits (every one must exist: the models were fitted on it)
+        read = [s for s in SPLITS if s in self.fit or s == "train" or (s in self.known and (self.root / s).exists())]
+        tables = {s: read_split(self.root / s, cols) for s in read}
+        fit = pa.concat_tables([tables[s] for s in self.fit], promote_options="permissive")
+        past = pa.concat_tables([tables[s] for s in self.known if s in tables], promote_options="permissive")
         test = read_split(self.split_dir, cols)
         test_pos = positive_rows(test)
         items = self.catalog.keys
@@ -122,14 +160,14 @@ class EvalData:
         self.users = cand_users[has]  # users with >= 1 positive
         self.relevant = rel.take_rows(np.flatnonzero(has))
         self.exclude = seen.take_rows(np.flatnonzero(has))
-        self.train_users = first_by_key(train.select([uk]), uk)[0]
+        self.train_users = first_by_key(fit.select([uk]), uk)[0]
         self.history = interactions(past, uk, ik, self.users, items, positives_only=True)
-        self.train_pos = interactions(train, uk, ik, self.train_users, items, positives_only=True)
-        self.popularity = item_popularity(train, ik, items, uk)  # float64 [n_items]
-        # the user's features: their train rows first (every user of a per-user time split has
-        # some), else their rows in the evaluated split
+        self.train_pos = interactions(fit, uk, ik, self.train_users, items, positives_only=True)
+        self.popularity = item_popularity(fit, ik, items, uk)  # float64 [n_items]
+        # the user's features: their rows of the fit splits first (train first: every user of a
+        # per-user time split has some), else their rows in the evaluated split
         both = pa.concat_tables(
-            [train.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive"
+            [fit.select([uk, *user_cols]), test.select([uk, *user_cols])], promote_options="permissive"
         )
         ukeys, urows = first_by_key(both, uk)
         self.user_table = urows.take(pa.array(key_rows(self.users, ukeys)))
@@ -157,10 +195,10 @@ class EvalData:
         return got
 
     def candidate_stats(self, fs: Any) -> CandidateStats | None:
-        """The candidate scores' statistics for ``fs`` (the train split's, as at training and in a
+        """The candidate scores' statistics for ``fs`` (the fit splits', as at training and in a
         bundle); None without candidate scores."""
         if fs.content_hash not in self._stats:
-            self._stats[fs.content_hash] = candidate_stats_from(fs, self.root)
+            self._stats[fs.content_hash] = candidate_stats_from(fs, self.root, self.fit)
         return self._stats[fs.content_hash]
 
 
@@ -372,15 +410,17 @@ def evaluate_topk(
     n_candidates: int,
     blend: float = 0.0,
     temperature: float = 1.0,
+    choosers: Choosers | None = None,
 ) -> dict[str, Any]:
     """All metrics as the JSON document ``run_topk`` writes.
 
     With a valid split, the item-to-item source (item-kNN's valid-tuned neighbourhood) is merged
     into the candidates and the merge and final order are chosen on valid
-    (``widedeep.evaluation.selection``); without one, the two-tower candidates alone are
-    re-ranked with ``blend``.
+    (``widedeep.evaluation.selection``) by ``choosers`` (default: the evaluated models; a refit
+    pair's ``selected_by`` checkpoints), the source then fitted on ``data``'s fit splits; without
+    one, the two-tower candidates alone are re-ranked with ``blend``.
     """
-    from widedeep.evaluation.selection import choose_sources  # selection builds on this module
+    from widedeep.evaluation.selection import Choosers, choose_fitted  # selection builds on this module
 
     k = max(max(RETRIEVAL_KS), n_candidates)
     rows, _, _ = retrieve(retriever, data, k)
@@ -394,7 +434,8 @@ def evaluate_topk(
     valid = valid_data(data.fs, data)
     knn_t = ease_t = neighbors = mix = None
     if valid is not None:
-        choice = choose_sources(retriever, ranker, ranker_fs, valid, n_candidates, temperature)
+        who = choosers or Choosers(retriever, ranker, ranker_fs)
+        choice = choose_fitted(who, valid, n_candidates, temperature, data.fit, data.train_pos)
         knn_t, ease_t, neighbors = choice.knn, choice.ease, choice.neighbors
         mix, blend = choice.ordering.mix, choice.ordering.blend
         result["ordering"] = choice.summary()
@@ -447,6 +488,9 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, m in rows:
         lines.append(name.ljust(w) + "".join((f"{m[c]:.4f}" if c in m else "-").rjust(11) for c in cols))
+    if result.get("selected_by"):  # a refit pair
+        chose = ", ".join(str(v) for v in result["selected_by"].values() if v)
+        lines.append(f"fitted on {'+'.join(result['fit_splits'])}; settings chosen on valid by {chose}")
     sig = result.get("significance")
     if sig:
         lines.append(
@@ -479,7 +523,15 @@ def run_topk(
         rks = rks * len(rets)
     if len(rks) != len(rets):
         raise CheckpointError(f"--task topk: {len(rets)} --retriever checkpoint(s) but {len(rks)} --ranker ones")
-    results = [_run_one(rt, rk, data_dir) for rt, rk in zip(rets, rks, strict=True)]
+    results: list[dict[str, Any]] = []
+    for rt, rk in zip(rets, rks, strict=True):
+        results.append(_run_one(rt, rk, data_dir))
+        if results[-1]["fit_splits"] != results[0]["fit_splits"]:
+            raise CheckpointError(
+                f"--task topk: {rt} was fitted on {'+'.join(results[-1]['fit_splits'])} but {rets[0]} on "
+                f"{'+'.join(results[0]['fit_splits'])}: the seeds' spread is only meaningful over pairs "
+                "trained the same way (refit all or none)"
+            )
     result = results[0]
     if len(results) > 1:
         result["seeds"] = {
@@ -492,7 +544,9 @@ def run_topk(
                 if "@" in m
             },
             "significance": [r["significance"] for r in results],
-            "checkpoints": [{"retriever": r["retriever"], "ranker": r["ranker"]} for r in results],
+            "checkpoints": [
+                {"retriever": r["retriever"], "ranker": r["ranker"], "selected_by": r["selected_by"]} for r in results
+            ],
         }
     print(format_table(result))
     if metrics_out:
@@ -501,12 +555,16 @@ def run_topk(
 
 
 def _run_one(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str) -> dict[str, Any]:
-    """The report of one (retriever, ranker) pair."""
+    """The report of one (retriever, ranker) pair: evaluated with what they were fitted on
+    (``LoadedCheckpoint.fit_splits``), their settings chosen on valid by train-fitted models
+    (themselves, or a refit pair's ``selected_by`` checkpoints)."""
+    from widedeep.evaluation.selection import choosers_of, fit_splits_of  # selection builds on this module
+
     ret = load_checkpoint(retriever_ckpt)
     if ret.task != "retrieval":
         raise CheckpointError(f"{retriever_ckpt}: checkpoint task is {ret.task!r}, expected 'retrieval' (--retriever)")
     fs = ret.feature_space
-    ranker = ranker_fs = None
+    rk = ranker = ranker_fs = None
     if ranker_ckpt:
         rk = load_checkpoint(ranker_ckpt)
         ranker, ranker_fs = rk.model, rk.feature_space
@@ -515,10 +573,15 @@ def _run_one(retriever_ckpt: str, ranker_ckpt: str | None, data_dir: str) -> dic
                 f"ranker {ranker_ckpt} FeatureSpace {ranker_fs.content_hash[:12]} != retriever "
                 f"{retriever_ckpt} FeatureSpace {fs.content_hash[:12]}: train both on the same prepared data"
             )
-    data = EvalData(fs, data_dir)
+    fit = fit_splits_of(ret, rk)
+    names = f"retriever {retriever_ckpt}" + (f" and ranker {ranker_ckpt}" if ranker_ckpt else "")
+    data = EvalData(fs, data_dir, fit, fitted_by=names)
+    choosers = choosers_of(ret, rk)
     rc = two_tower_config(ret.config.get("task_config"))
-    result = evaluate_topk(ret.model, data, ranker, ranker_fs, rc.candidates, rc.rerank_blend, rc.temperature)
+    result = evaluate_topk(ret.model, data, ranker, ranker_fs, rc.candidates, rc.rerank_blend, rc.temperature, choosers)
     result["retriever"] = str(retriever_ckpt)
     result["ranker"] = str(ranker_ckpt) if ranker_ckpt else None
     result["data"] = str(data.split_dir)
+    result["fit_splits"] = list(fit)
+    result["selected_by"] = choosers.checkpoints
     return result

@@ -3,7 +3,8 @@ is a comparison against a weakened one.
 
 Each baseline is fitted on the train split's positives and scored on the valid split's users
 (the same ``EvalData`` definitions, exclusions and engine as the final evaluation); the setting
-with the best ``SELECT_BY`` on valid is the one evaluated on test. The grids span the ranges the
+with the best ``SELECT_BY`` on valid is the one evaluated on test, fitted there on what the
+evaluated models were fitted on (``EvalData.fit``: train and valid for a refit pair). The grids span the ranges the
 literature reports as useful on implicit-feedback data of very different sizes, so no point of
 them is fitted to one data set:
 

@@ -4,6 +4,12 @@ The catalog, the user table, the seen items and popularity all come from PREPARE
 not raw values: an item's prepared columns are a deterministic function of its raw features), so
 the same code builds a bundle from a prepared directory (``export_from_checkpoints``) and from
 in-memory tables (``widedeep.export.synthetic``).
+
+What the models fitted (popularity, the candidate scores' statistics, the item-to-item source, the
+drift profile's reference) comes from the splits the checkpoints were fitted on
+(``LoadedCheckpoint.fit_splits``: train, or train and valid for a refit); the settings are chosen on
+valid by train-fitted models, the same path as ``evaluate --task topk``
+(``widedeep.evaluation.selection.choose_fitted``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from widedeep.errors import CheckpointError, DataError
-from widedeep.evaluation.selection import SourceChoice, choose_sources
+from widedeep.evaluation.selection import SourceChoice, choose_fitted, choosers_of, fit_splits_of
 from widedeep.evaluation.topk import EvalData
 from widedeep.export.bundle_writer import BundleContents, check_upload_target, upload_bundle, write_bundle
 from widedeep.features import FeatureSpace
 from widedeep.features.drift import ProfileBuilder, monitored
 from widedeep.features.spec import CrossedFeature, is_computed
-from widedeep.model.checkpoint import load_checkpoint, read_meta
+from widedeep.model.checkpoint import LoadedCheckpoint, load_checkpoint, read_meta
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import FS_ERRORS, Location, is_uri, short_error
 from widedeep.retrieval.candidate_scores import (
@@ -33,7 +40,16 @@ from widedeep.retrieval.candidate_scores import (
     candidate_score_features,
     score_history,
 )
-from widedeep.retrieval.data import SPLITS, embed, first_by_key, load_rows, side_columns, split_columns
+from widedeep.retrieval.data import (
+    SPLITS,
+    embed,
+    first_by_key,
+    interactions,
+    load_rows,
+    read_split,
+    side_columns,
+    split_columns,
+)
 from widedeep.retrieval.history import TIME_COLUMN, Histories
 from widedeep.retrieval.interactions import POSITIVE_LABEL_ABOVE, key_rows
 from widedeep.retrieval.liked import LikedValues, with_columns
@@ -88,11 +104,12 @@ def bundle_contents(
         rows: prepared rows with ``item_key`` (and ``user_key`` when the spec has one): the
             catalog is every distinct item, the user table every distinct user, and the seen
             items every (user, item) pair in them.
-        positives: the train split's rows (``item_key``, ``label``, ``user_key``) popularity is counted on
-            (``widedeep.retrieval.popularity``; default: ``rows``).
+        positives: the rows of the splits the models were fitted on (``item_key``, ``label``,
+            ``user_key``): popularity (``widedeep.retrieval.popularity``) and the candidate scores'
+            statistics are counted on them (default: ``rows``).
         sources: provenance for the manifest.
         choice: the item-to-item source and the merge and order chosen on the valid split
-            (``widedeep.evaluation.selection.choose_sources``, what ``evaluate --task topk``
+            (``widedeep.evaluation.selection.choose_fitted``, what ``evaluate --task topk``
             measured); ``None``: the two-tower index alone, ordered with the retriever's
             ``rerank_blend``.
     """
@@ -166,8 +183,8 @@ def bundle_contents(
 
 
 def _stats(fs: Any, rows: pa.Table) -> CandidateStats | None:
-    """The candidate scores' statistics of ``rows`` (an export from checkpoints passes the train
-    split's, what training and evaluation computed them from)."""
+    """The candidate scores' statistics of ``rows`` (an export from checkpoints passes its fit
+    splits', what training and evaluation computed them from)."""
     if not candidate_score_features(fs):
         return None
     id_col = score_history(fs)
@@ -176,9 +193,14 @@ def _stats(fs: Any, rows: pa.Table) -> CandidateStats | None:
     return CandidateStats.fit(fs, rows).serving()
 
 
-def _choose_sources(fs: Any, ranker: Any, rt: Any, root: Location) -> SourceChoice | None:
+def _choose_sources(
+    rk: LoadedCheckpoint, rt: LoadedCheckpoint, root: Location, fit_rows: pa.Table
+) -> SourceChoice | None:
     """The item-to-item source and order chosen on the valid split, as ``evaluate --task topk``
-    chooses them; None (the index alone) without a valid split with positives."""
+    chooses them (by the train-fitted models: the checkpoints, or a refit's ``selected_by``), the
+    source fitted on ``fit_rows`` (the checkpoints' fit splits); None (the index alone) without a
+    valid split with positives."""
+    fs = rk.feature_space
     if not fs.user_key or not (root / "valid").exists():
         return None
     try:
@@ -186,22 +208,32 @@ def _choose_sources(fs: Any, ranker: Any, rt: Any, root: Location) -> SourceChoi
     except DataError as e:
         log.warning("export: no item-to-item source (%s)", e)
         return None
+    choosers = choosers_of(rt, rk)
+    users = first_by_key(fit_rows.select(["user_key"]), "user_key")[0]
+    positives = interactions(fit_rows, "user_key", "item_key", users, valid.catalog.keys)
     rc = two_tower_config(rt.config.get("task_config"))
-    return choose_sources(rt.model, ranker, fs, valid, rc.candidates, rc.temperature)
+    return choose_fitted(choosers, valid, rc.candidates, rc.temperature, fit_splits_of(rt, rk), positives)
+
+
+def profile_splits(fs: Any, splits: Sequence[str | Location], batch_rows: int = 65_536) -> dict[str, Any]:
+    """The distribution profile (``widedeep.features.drift``) of the rows of prepared ``splits``
+    together (a bundle's reference: what the models were fitted on), read in batches."""
+    builder = ProfileBuilder(fs)
+    for split in splits:
+        loc = Location.of(split)
+        cols = [c for c in [*monitored(fs), "label"] if c in split_columns(loc)]
+        try:
+            ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
+            for rb in ds.to_batches(columns=cols, batch_size=batch_rows):
+                builder.add(pa.Table.from_batches([rb]))
+        except FS_ERRORS as e:
+            raise DataError(f"{loc}: cannot read prepared Parquet shards ({short_error(e)})") from None
+    return builder.finish()
 
 
 def profile_split(fs: Any, split: str | Location, batch_rows: int = 65_536) -> dict[str, Any]:
     """The distribution profile (``widedeep.features.drift``) of a prepared split, read in batches."""
-    loc = Location.of(split)
-    cols = [c for c in [*monitored(fs), "label"] if c in split_columns(loc)]
-    builder = ProfileBuilder(fs)
-    try:
-        ds = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
-        for rb in ds.to_batches(columns=cols, batch_size=batch_rows):
-            builder.add(pa.Table.from_batches([rb]))
-    except FS_ERRORS as e:
-        raise DataError(f"{loc}: cannot read prepared Parquet shards ({short_error(e)})") from None
-    return builder.finish()
+    return profile_splits(fs, [split], batch_rows)
 
 
 def export_from_checkpoints(
@@ -258,20 +290,25 @@ def export_from_checkpoints(
     if TIME_COLUMN in split_columns(root / "train"):
         cols.append(TIME_COLUMN)  # orders user histories in time
     rows = load_rows(root, SPLITS, cols)
-    ids = [score_history(fs)] if candidate_score_features(fs) else []  # the candidate scores' statistics
-    train = load_rows(root, ("train",), ["item_key", "label", *(["user_key"] if fs.user_key else []), *ids])
+    # what the models fitted: popularity, the candidate scores' statistics, the item-to-item source
+    fit = fit_splits_of(rt, rk)
+    ids = [score_history(fs)] if candidate_score_features(fs) else []
+    fit_cols = ["item_key", "label", *(["user_key"] if fs.user_key else []), *ids]
+    fit_rows = pa.concat_tables([read_split(root / s, fit_cols) for s in fit], promote_options="permissive")
     sources: dict[str, Any] = {
         "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
         "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},
         "data": str(root),
+        "fit_splits": list(fit),
+        "selected_by": {"retriever": rt.selected_by, "ranker": rk.selected_by},
     }
     rk.model.eval()
     rt.model.eval()
-    choice = _choose_sources(fs, rk.model, rt, root)
+    choice = _choose_sources(rk, rt, root, fit_rows)
     if choice is not None:
         sources["candidate_sources"] = choice.summary()
-    contents = bundle_contents(fs, rk.model, rt.model, rows, train, sources, choice)
-    contents.profile = profile_split(fs, root / "train")
+    contents = bundle_contents(fs, rk.model, rt.model, rows, fit_rows, sources, choice)
+    contents.profile = profile_splits(fs, [root / s for s in fit])
     contents.lineage = lineage
     if not is_uri(out):
         return write_bundle(out, contents, index_kind=index_kind, version=version)

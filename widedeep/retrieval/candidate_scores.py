@@ -40,7 +40,7 @@ from widedeep.errors import DataError
 from widedeep.features.spec import CandidateScoreFeature, liked_column
 from widedeep.model.two_tower import history_source
 from widedeep.paths import Location
-from widedeep.retrieval.data import load_rows
+from widedeep.retrieval.data import read_split
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows, unique_keys
 from widedeep.retrieval.liked import _jagged, with_columns
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
@@ -184,9 +184,12 @@ class CandidateStats:
 
 
 def candidate_stats_from(fs: Any, root: str | Location, splits: tuple[str, ...] = ("train",)) -> CandidateStats | None:
-    """``CandidateStats`` of the splits a model is fitted on (the train split; train and valid for
-    a refit) of a prepared directory (what training and offline evaluation know); None when the
-    FeatureSpace has no candidate score."""
+    """``CandidateStats`` of the ``splits`` of a prepared directory: what the model was fitted on
+    (the train split; train and valid for a refit, ``widedeep.train.config.RefitConfig``), what
+    training and offline evaluation know. None when the FeatureSpace has no candidate score; a
+    missing split raises ``DataError`` naming it (statistics over fewer splits than the model
+    fitted would differ from training's)."""
     if not candidate_score_features(fs):
         return None
-    return CandidateStats.fit(fs, load_rows(Location.of(root), splits, ["user_key", score_history(fs), "label"]))
+    loc, cols = Location.of(root), ["user_key", score_history(fs), "label"]
+    return CandidateStats.fit(fs, pa.concat_tables([read_split(loc / s, cols) for s in splits]))

@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 
-from widedeep.errors import DataError
+from widedeep.errors import CheckpointError, DataError
 from widedeep.model.checkpoint import load_checkpoint
+from widedeep.paths import Location
 from widedeep.train.config import config_from_dict
 from widedeep.train.loop import log
 from widedeep.train.tasks import get_task
@@ -59,8 +60,16 @@ def predict_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict
 
 
 def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on the prepared split directory ``data``."""
+    """Metrics of ``checkpoint`` on the prepared split directory ``data``; a split the checkpoint
+    was fitted on (``LoadedCheckpoint.fit_splits``: valid too for a refit) is refused, its figures
+    there would be in-sample."""
     ck = load_checkpoint(checkpoint)
+    split = Location.of(data).name
+    if split in ck.fit_splits:
+        raise CheckpointError(
+            f"{checkpoint}: fitted on the {'+'.join(ck.fit_splits)} split(s), so figures on the {split!r} split "
+            f"({data}) would be in-sample; evaluate on a split after them (test)"
+        )
     t0 = time.perf_counter()
     outputs = _predict(ck, data, batch_size)
     dt = time.perf_counter() - t0
