@@ -48,7 +48,7 @@ from widedeep.errors import CheckpointError, DataError
 from widedeep.evaluation.baselines import EASE, EaseRefused, ItemKNN, MostPopular
 from widedeep.evaluation.significance import paired_bootstrap, seed_summary
 from widedeep.evaluation.tuning import Tuned, tune_ease, tune_item_knn
-from widedeep.model.checkpoint import load_checkpoint
+from widedeep.model.checkpoint import load_checkpoint, refuse_in_sample
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location, write_json
 from widedeep.retrieval.candidate_scores import CandidateStats, candidate_stats_from
@@ -94,16 +94,6 @@ def known_splits(split: str) -> tuple[str, ...]:
     train rows and before their test rows, so at test time the valid rows are history, as they
     are for a served request."""
     return SPLITS[: SPLITS.index(split)] if split in SPLITS[1:] else ("train",)
-
-
-def refuse_in_sample(split: str, fit_splits: tuple[str, ...], fitted_by: str) -> None:
-    """Raise ``CheckpointError`` when ``split`` is one the models were fitted on: their figures
-    there would measure memorization, not what serving sees."""
-    if split in fit_splits:
-        raise CheckpointError(
-            f"{fitted_by}: fitted on the {'+'.join(fit_splits)} split(s), so figures on the {split!r} split "
-            "would be in-sample; evaluate on a split after them (test)"
-        )
 
 
 class EvalData:

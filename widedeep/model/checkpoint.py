@@ -169,6 +169,16 @@ def write_checkpoint_meta(
     (p / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
 
 
+def refuse_in_sample(split: str, fit_splits: tuple[str, ...], fitted_by: str) -> None:
+    """Raise ``CheckpointError`` when ``split`` is one the models were fitted on: their figures
+    there would measure memorization, not what serving sees."""
+    if split in fit_splits:
+        raise CheckpointError(
+            f"{fitted_by}: fitted on the {'+'.join(fit_splits)} split(s), so figures on the {split!r} split "
+            "would be in-sample; evaluate on a split after them (test)"
+        )
+
+
 @dataclass
 class LoadedCheckpoint:
     """What ``load_checkpoint`` returns. ``model`` is on CPU in eval mode."""

@@ -80,7 +80,7 @@ def topk(retriever: str, ranker: str, split: str, max_users: int) -> dict[str, f
     """Retrieval + ranking over the full catalog, the way ``/v1/recommend`` orders its answer
     (``widedeep.evaluation.topk``: candidates, ranker, blend with the retrieval logit)."""
     ret, rk = load_checkpoint(retriever), load_checkpoint(ranker)
-    data = _first_users(EvalData(ret.feature_space, split), max_users)
+    data = _first_users(EvalData(ret.feature_space, split, fit_splits=ret.fit_splits, fitted_by=retriever), max_users)
     rc = two_tower_config(ret.config.get("task_config"))
     rows, scores, _ = retrieve(ret.model, data, max(rc.candidates, max(FINAL_KS)))
     n = max(rc.candidates, max(FINAL_KS))

@@ -45,8 +45,9 @@ class RefitConfig:
     valid split chose.
 
     ``enabled``: after the run (trained on ``train``, its epoch chosen on ``valid``), a second run
-    trains from scratch on ``train`` and ``valid`` for the chosen number of epochs, with no
-    validation (nothing is left to validate on), and is the job's result. It is what a served
+    trains from the same start (scratch, or ``warm_start_from``) on ``train`` and ``valid`` for the
+    chosen number of epochs, with no validation (nothing is left to validate on), and is the job's
+    result. It is what a served
     model is: trained on every logged row up to the day it serves, its settings chosen while a
     later slice was still held out. Its checkpoints record ``fit_splits`` and ``selected_by`` (the
     checkpoint whose validation chose the epochs), so evaluation and export choose everything else

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 
-from widedeep.errors import CheckpointError, DataError
-from widedeep.model.checkpoint import load_checkpoint
+from widedeep.errors import DataError
+from widedeep.model.checkpoint import load_checkpoint, refuse_in_sample
 from widedeep.paths import Location
 from widedeep.train.config import config_from_dict
 from widedeep.train.loop import log
@@ -65,11 +65,7 @@ def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dic
     there would be in-sample."""
     ck = load_checkpoint(checkpoint)
     split = Location.of(data).name
-    if split in ck.fit_splits:
-        raise CheckpointError(
-            f"{checkpoint}: fitted on the {'+'.join(ck.fit_splits)} split(s), so figures on the {split!r} split "
-            f"({data}) would be in-sample; evaluate on a split after them (test)"
-        )
+    refuse_in_sample(split, ck.fit_splits, f"{checkpoint} ({data})")
     t0 = time.perf_counter()
     outputs = _predict(ck, data, batch_size)
     dt = time.perf_counter() - t0
