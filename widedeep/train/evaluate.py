@@ -65,7 +65,7 @@ def evaluate_split(checkpoint: str, data: str, *, batch_size: int = 8192) -> dic
     there would be in-sample."""
     ck = load_checkpoint(checkpoint)
     split = Location.of(data).name
-    refuse_in_sample(split, ck.fit_splits, f"{checkpoint} ({data})")
+    refuse_in_sample(split, ck.fit_splits, str(checkpoint))
     t0 = time.perf_counter()
     outputs = _predict(ck, data, batch_size)
     dt = time.perf_counter() - t0
