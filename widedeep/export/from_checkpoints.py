@@ -46,7 +46,7 @@ from widedeep.retrieval.data import (
     first_by_key,
     interactions,
     load_rows,
-    read_split,
+    read_splits,
     side_columns,
     split_columns,
 )
@@ -294,7 +294,7 @@ def export_from_checkpoints(
     fit = fit_splits_of(rt, rk)
     ids = [score_history(fs)] if candidate_score_features(fs) else []
     fit_cols = ["item_key", "label", *(["user_key"] if fs.user_key else []), *ids]
-    fit_rows = pa.concat_tables([read_split(root / s, fit_cols) for s in fit], promote_options="permissive")
+    fit_rows = read_splits(root, fit, fit_cols)
     sources: dict[str, Any] = {
         "ranker": {"path": str(ranker_path), "meta": rk.meta, "metrics": rk.metrics},
         "retriever": {"path": str(retriever_path), "meta": rt.meta, "metrics": rt.metrics},

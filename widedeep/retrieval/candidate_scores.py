@@ -40,7 +40,7 @@ from widedeep.errors import DataError
 from widedeep.features.spec import CandidateScoreFeature, liked_column
 from widedeep.model.two_tower import history_source
 from widedeep.paths import Location
-from widedeep.retrieval.data import read_split
+from widedeep.retrieval.data import read_splits
 from widedeep.retrieval.interactions import CSR, key_rows, positive_rows, unique_keys
 from widedeep.retrieval.liked import _jagged, with_columns
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
@@ -191,5 +191,4 @@ def candidate_stats_from(fs: Any, root: str | Location, splits: tuple[str, ...] 
     fitted would differ from training's)."""
     if not candidate_score_features(fs):
         return None
-    loc, cols = Location.of(root), ["user_key", score_history(fs), "label"]
-    return CandidateStats.fit(fs, pa.concat_tables([read_split(loc / s, cols) for s in splits]))
+    return CandidateStats.fit(fs, read_splits(root, splits, ["user_key", score_history(fs), "label"]))

@@ -118,6 +118,13 @@ class Catalog:
         return key_rows(keys, self.keys)
 
 
+def read_splits(root: str | Path | Location, splits: tuple[str, ...] | list[str], columns: list[str]) -> pa.Table:
+    """``columns`` of every row of ``splits`` of a prepared directory, each of which must exist
+    (what a model was fitted on: fewer splits would give other statistics than training's)."""
+    root = Location.of(root)
+    return pa.concat_tables([read_split(root / s, columns) for s in splits], promote_options="permissive")
+
+
 def load_rows(root: str | Path | Location, splits: tuple[str, ...], columns: list[str]) -> pa.Table:
     """``columns`` of every row of the given splits of a prepared directory (splits that do not exist are skipped)."""
     root = Location.of(root)

@@ -39,6 +39,10 @@ class EarlyStoppingConfig:
             raise ConfigError(f"patience: must be >= 0, got {self.patience}")
 
 
+#: what a refit run is fitted on (``RefitConfig``)
+REFIT_SPLITS = ("train", "valid")
+
+
 @dataclass(frozen=True)
 class RefitConfig:
     """Train the result again on every split before the evaluated one, with the settings the
@@ -47,12 +51,12 @@ class RefitConfig:
     ``enabled``: after the run (trained on ``train``, its epoch chosen on ``valid``), a second run
     trains from the same start (scratch, or ``warm_start_from``) on ``train`` and ``valid`` for the
     chosen number of epochs, with no validation (nothing is left to validate on), and is the job's
-    result. It is what a served
-    model is: trained on every logged row up to the day it serves, its settings chosen while a
-    later slice was still held out. Its checkpoints record ``fit_splits`` and ``selected_by`` (the
-    checkpoint whose validation chose the epochs), so evaluation and export choose everything else
-    with ``selected_by`` on valid and fit the rest (popularity, the item-to-item source, the
-    baselines) on the same splits as the model; evaluating it on a split it was trained on is refused.
+    result. It is what a served model is: trained on every logged row up to the day it serves, its
+    settings chosen while a later slice was still held out. Its checkpoints record ``fit_splits``
+    and ``selected_by`` (the checkpoint whose validation chose the epochs), so evaluation and
+    export choose everything else with ``selected_by`` on valid and fit the rest (popularity, the
+    item-to-item source, the baselines) on the same splits as the model; evaluating it on a split
+    it was trained on is refused.
 
     ``fit_splits`` and ``selected_by`` are written by the refit run itself (a job sets ``enabled``).
     """
@@ -62,7 +66,7 @@ class RefitConfig:
     selected_by: str | None = None
 
     def __post_init__(self) -> None:
-        allowed = (("train",), ("train", "valid"))
+        allowed = (("train",), REFIT_SPLITS)
         if tuple(self.fit_splits) not in allowed:
             raise ConfigError(f"refit.fit_splits: must be one of {[list(a) for a in allowed]}, got {self.fit_splits!r}")
         if self.enabled and tuple(self.fit_splits) != ("train",):

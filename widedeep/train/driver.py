@@ -31,7 +31,7 @@ from typing import Any
 from widedeep import tracking
 from widedeep.errors import DataError, WidedeepError
 from widedeep.paths import FS_ERRORS, Location, is_uri, short_error, write_json
-from widedeep.train.config import TrainConfig
+from widedeep.train.config import REFIT_SPLITS, RefitConfig, TrainConfig
 from widedeep.train.hooks import LoopHooks
 from widedeep.train.progress import log
 from widedeep.train.timings import summarize
@@ -279,14 +279,12 @@ def refit_config(cfg: TrainConfig, selection: dict[str, Any]) -> TrainConfig:
     (``NAME-refit``: relaunching the job resumes both runs), with no validation."""
     import dataclasses
 
-    from widedeep.train.config import RefitConfig
-
     return dataclasses.replace(
         cfg,
         run_name=f"{cfg.run_name}-refit",
         epochs=int(selection["best_epoch"]),
         early_stopping=dataclasses.replace(cfg.early_stopping, enabled=False),
-        refit=RefitConfig(enabled=False, fit_splits=("train", "valid"), selected_by=selection["checkpoint"]),
+        refit=RefitConfig(enabled=False, fit_splits=REFIT_SPLITS, selected_by=selection["checkpoint"]),
     )
 
 
@@ -298,7 +296,7 @@ def with_refit(selection: dict[str, Any], refit: dict[str, Any]) -> dict[str, An
         "latest_checkpoint": refit["latest_checkpoint"],
         "selection_checkpoint": selection["checkpoint"],
         "refit": {
-            "fit_splits": ["train", "valid"],
+            "fit_splits": list(REFIT_SPLITS),
             "epochs": refit["epochs_completed"],
             "run_name": refit["run_name"],
             "wall_seconds": refit["wall_seconds"],

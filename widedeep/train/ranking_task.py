@@ -35,6 +35,11 @@ from widedeep.train.negatives import NegativeSampler, RetrievalNegatives, extra_
 from widedeep.train.pointwise_metrics import task_metrics
 
 
+def _data_of(cfg: Any) -> str:
+    """The prepared directory of a ``TrainConfig`` or its dict (what a worker's task sees)."""
+    return str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+
+
 class RankingTask:
     """Wide & Deep on a binary or regression label (see ``widedeep.train.tasks.Task``).
 
@@ -71,12 +76,12 @@ class RankingTask:
     @staticmethod
     def _time(cfg: Any) -> list[str]:
         """``["timestamp"]`` when the train split keeps one (histories are then causal), else ``[]``."""
-        data = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data)
+        data = _data_of(cfg)
         return [TIME_COLUMN] if TIME_COLUMN in split_columns(f"{data.rstrip('/')}/train") else []
 
     def retrieval_negatives(self, fs: Any, cfg: Any) -> RetrievalNegatives:
         """The retrieval-negative sampler of this data directory (built once; threads share it)."""
-        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        data, splits = _data_of(cfg), fit_splits(cfg)
         key = (data, splits, str(fs.content_hash), ranking_config(cfg).sampling_power)
         base = self.sampler(fs, cfg)
         with self._lock:
@@ -87,7 +92,7 @@ class RankingTask:
 
     def liked(self, fs: Any, cfg: Any) -> LikedValues:
         """The liked values of the fitted splits of this data directory (built once; threads share it)."""
-        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        data, splits = _data_of(cfg), fit_splits(cfg)
         key = (data, splits, str(fs.content_hash))
         with self._lock:
             lv = self._liked.get(key)
@@ -97,7 +102,7 @@ class RankingTask:
 
     def candidate_stats(self, fs: Any, cfg: Any) -> CandidateStats | None:
         """The fitted splits' candidate-score statistics of this data directory (built once; threads share it)."""
-        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        data, splits = _data_of(cfg), fit_splits(cfg)
         key = (data, splits, str(fs.content_hash))
         with self._lock:
             if key not in self._stats:
@@ -118,7 +123,7 @@ class RankingTask:
 
     def sampler(self, fs: Any, cfg: Any) -> NegativeSampler:
         """The negative sampler of this data directory (built once; loader threads share it)."""
-        data, splits = str(cfg.get("data") if isinstance(cfg, dict) else cfg.data), fit_splits(cfg)
+        data, splits = _data_of(cfg), fit_splits(cfg)
         power = ranking_config(cfg).sampling_power
         key = (data, splits, str(fs.content_hash), power)
         with self._lock:
