@@ -88,6 +88,48 @@ def test_ranking_batches_with_negatives_train(prepared):
     assert plain.batch_size == 32
 
 
+def test_listwise_term_ranks_each_positive_among_its_own_negatives(prepared):
+    """``negative_groups`` reads the layout ``RankingTask.rows`` writes (every group is one user's
+    positive and its negatives), and the loss adds the softmax cross-entropy computed per group
+    by a plain loop."""
+    import torch
+
+    from widedeep.train.negatives import ranking_config
+    from widedeep.train.ranking_task import RankingTask, negative_groups
+
+    root, fs = prepared
+    cfg = _cfg(root, sampled_negatives=2, retrieval_negatives=3, retrieval_pool=5, listwise_weight=0.5)
+    rc = ranking_config(cfg)
+    task = RankingTask()
+    logged = pq.read_table(root / "train" / "part-00000.parquet", columns=task.required_columns(fs, cfg)).slice(0, 40)
+    rows = task.rows(logged, fs, cfg)
+    labels = torch.tensor(rows.column("label").to_numpy(), dtype=torch.float32)
+    pos, neg = negative_groups(labels, rc)
+    is_pos = np.asarray(logged.column("label").to_numpy()) > 0.5
+    assert is_pos.any() and not is_pos.all()
+    assert pos.tolist() == np.flatnonzero(is_pos).tolist() and neg.shape == (int(is_pos.sum()), 5)
+    users = np.asarray(rows.column("user_key").to_numpy())
+    assert (users[neg.numpy()] == users[pos.numpy()][:, None]).all()
+    assert float(labels[neg].sum()) == 0.0 and len(set(neg.flatten().tolist())) == neg.numel()
+    # the loss: log loss + weight x mean over positives of -log softmax(positive | its negatives)
+    batch = task.collate(logged, fs, cfg)
+    assert torch.equal(batch.labels, labels)
+    model = task.build_model(fs, cfg)
+    logits = model(batch).detach()
+    b, k, kr = logged.num_rows, 2, 3
+    terms, p = [], 0
+    for i in range(b):
+        if is_pos[i]:
+            idx = [i, *(b + i * k + j for j in range(k)), *(b * (1 + k) + p * kr + j for j in range(kr))]
+            terms.append(-torch.log_softmax(logits[idx], 0)[0])
+            p += 1
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + 0.5 * torch.stack(terms).mean()
+    torch.testing.assert_close(task.loss(model, batch, cfg).detach(), want)
+    # a layout it does not know is refused, not misread
+    with pytest.raises(RuntimeError, match="negatives per logged row"):
+        negative_groups(labels[:-1], rc)
+
+
 def test_bad_task_config_is_named():
     from widedeep.train.negatives import ranking_config
 
@@ -97,3 +139,7 @@ def test_bad_task_config_is_named():
         ranking_config({"task_config": {"sampling_power": 2.0}})
     with pytest.raises(ConfigError, match="negatives_per_row"):
         ranking_config({"task_config": {"negatives_per_row": 2}})
+    with pytest.raises(ConfigError, match="listwise_weight"):
+        ranking_config({"task_config": {"listwise_weight": -1.0, "sampled_negatives": 1}})
+    with pytest.raises(ConfigError, match="listwise_weight: needs sampled_negatives"):
+        ranking_config({"task_config": {"listwise_weight": 1.0}})

@@ -29,6 +29,14 @@ The two-tower score itself is not available here: ``topk.sh`` and the job config
 ranker before (and independently of) the retriever, so the retrieval score enters the served
 order through ``final_scores``' blend, chosen on the valid split. Logs with impressions (the
 app-store generator, Criteo) keep their logged negatives: leave both counts at 0 there.
+
+**The listwise term** (``listwise_weight``): the log loss scores every row on its own, so it
+spends capacity on calibrating P(positive) across users and contexts, which the served order
+never compares: the ranker only ever orders one user's candidates at one time. Each logged
+positive and its own negatives (same user, same time) form such a list, and the softmax
+cross-entropy of the positive within it (sampled softmax, the objective the two-tower retriever
+trains with) rewards exactly that order. The log loss stays beside it: the logged label-0 rows
+(rated, not liked) belong to no list, and ``final_scores`` reads the logit as a log-probability.
 """
 
 from __future__ import annotations
@@ -67,6 +75,9 @@ class RankingTaskConfig:
             ranks high for the row's user at the row's time (see the module doc).
         retrieval_pool: those items are drawn from the source's top ``retrieval_pool``.
         retrieval_history: the user's latest positives the source is queried with.
+        listwise_weight: weight of the listwise term added to the log loss: per logged
+            positive, the softmax cross-entropy of that row against its own negatives (the
+            module doc says why; 0 = log loss only).
     """
 
     sampled_negatives: int = 0
@@ -74,6 +85,7 @@ class RankingTaskConfig:
     retrieval_negatives: int = 0
     retrieval_pool: int = 50
     retrieval_history: int = 50
+    listwise_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.retrieval_negatives < 0:
@@ -86,6 +98,13 @@ class RankingTaskConfig:
             raise ConfigError(f"task_config.sampled_negatives: must be >= 0, got {self.sampled_negatives}")
         if not 0.0 <= self.sampling_power <= 1.0:
             raise ConfigError(f"task_config.sampling_power: must be in [0, 1], got {self.sampling_power}")
+        if self.listwise_weight < 0:
+            raise ConfigError(f"task_config.listwise_weight: must be >= 0, got {self.listwise_weight}")
+        if self.listwise_weight and not (self.sampled_negatives or self.retrieval_negatives):
+            raise ConfigError(
+                "task_config.listwise_weight: needs sampled_negatives or retrieval_negatives (the list a "
+                "positive is ranked against)"
+            )
 
 
 def ranking_config(cfg: Any) -> RankingTaskConfig:

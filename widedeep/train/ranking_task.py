@@ -8,8 +8,10 @@ The rows of a batch are the prepared rows (``widedeep.data.collate.Collator``), 
 ``timestamp`` (without timestamps: all of them but the row's own item). With candidate scores
 (``CandidateScoreFeature``), every row of the batch, the logged ones and each sampled negative with
 its own item, then gets them (``widedeep.retrieval.candidate_scores``, each row's own train positive
-left out). Validation metrics are the pointwise ones of ``widedeep.train.pointwise_metrics`` (AUC and
-log loss, or RMSE).
+left out). The loss is the log loss, plus, with ``task_config.listwise_weight``, the softmax
+cross-entropy of each logged positive among its own negatives (``listwise_loss``; why:
+``widedeep.train.negatives``). Validation metrics are the pointwise ones of
+``widedeep.train.pointwise_metrics`` (AUC and log loss, or RMSE).
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ import torch
 from torch import nn
 
 from widedeep.data.collate import Collator
+from widedeep.errors import ConfigError
 from widedeep.model.build import build_model
 from widedeep.model.two_tower import history_source
 from widedeep.retrieval.candidate_scores import CandidateStats, candidate_score_features, candidate_stats_from
 from widedeep.retrieval.data import split_columns
 from widedeep.retrieval.history import TIME_COLUMN
-from widedeep.retrieval.interactions import positive_rows
+from widedeep.retrieval.interactions import POSITIVE_LABEL_ABOVE, positive_rows
 from widedeep.retrieval.liked import LikedValues, liked_from
 from widedeep.train.config import fit_splits
-from widedeep.train.negatives import NegativeSampler, RetrievalNegatives, extra_columns, ranking_config
+from widedeep.train.negatives import (
+    NegativeSampler,
+    RankingTaskConfig,
+    RetrievalNegatives,
+    extra_columns,
+    ranking_config,
+)
 from widedeep.train.pointwise_metrics import task_metrics
 
 
@@ -118,7 +127,11 @@ class RankingTask:
         return self.liked(fs, cfg).add(fs, table, table.column("user_key"), leave_out=own)
 
     def build_model(self, fs: Any, cfg: Any) -> nn.Module:
-        ranking_config(cfg)  # a typo in task_config fails before training starts
+        rc = ranking_config(cfg)  # a typo in task_config fails before training starts
+        if rc.listwise_weight and fs.task != "binary":
+            raise ConfigError(
+                f"task_config.listwise_weight: needs a binary label, the FeatureSpace's task is {fs.task!r}"
+            )
         return build_model("ranking", fs, cfg.model, cfg.optim, cfg.task_config, seed=cfg.seed)
 
     def sampler(self, fs: Any, cfg: Any) -> NegativeSampler:
@@ -139,10 +152,13 @@ class RankingTask:
                 c = self._collators[fs.content_hash] = Collator(fs)
             return c
 
-    def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
+    def rows(self, table: Any, fs: Any, cfg: Any) -> pa.Table:
+        """The rows a batch of logged rows is trained on: the logged rows with their history
+        columns, then ``sampled_negatives`` per row, then ``retrieval_negatives`` per positive
+        (``negative_groups`` reads this layout), each with its candidate scores."""
         rc = ranking_config(cfg)
         k, kr = rc.sampled_negatives, rc.retrieval_negatives
-        if (k or kr or fs.history_crosses) and not isinstance(table, pa.Table):
+        if not isinstance(table, pa.Table):
             table = pa.table(dict(table))
         if fs.history_crosses:
             table = self.with_history(table, fs, cfg)
@@ -156,6 +172,12 @@ class RankingTask:
         stats = self.candidate_stats(fs, cfg)
         if stats is not None:  # every row with its own item: the negatives' scores are their own
             table = stats.add(fs, table, users=table.column("user_key"))
+        return table
+
+    def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
+        rc = ranking_config(cfg)
+        if rc.sampled_negatives or rc.retrieval_negatives or fs.history_crosses or candidate_score_features(fs):
+            table = self.rows(table, fs, cfg)
         return self._collator(fs)(table)
 
     def collate_split(self, table: Any, fs: Any, cfg: Any) -> Any | None:
@@ -168,7 +190,11 @@ class RankingTask:
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
         logits = model(batch)  # through a DDP wrapper, if any, so gradients sync
-        return getattr(model, "module", model).loss(logits, batch.labels)
+        loss = getattr(model, "module", model).loss(logits, batch.labels)
+        rc = ranking_config(cfg)
+        if rc.listwise_weight:
+            loss = loss + rc.listwise_weight * listwise_loss(logits, batch.labels, rc)
+        return loss
 
     def eval_outputs(self, model: nn.Module, batch: Any, cfg: Any) -> dict[str, np.ndarray]:
         out = model(batch)
@@ -176,3 +202,32 @@ class RankingTask:
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], fs: Any, cfg: Any) -> dict[str, float]:
         return task_metrics(fs.task, outputs["labels"], outputs["outputs"])
+
+
+def negative_groups(labels: torch.Tensor, rc: RankingTaskConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows of the logged positives ``[P]``, rows of each one's negatives ``[P, k + kr]``) of a
+    batch laid out by ``RankingTask.rows``: B logged rows, then ``k = sampled_negatives`` per
+    logged row (row-major), then ``kr = retrieval_negatives`` per logged positive."""
+    k, kr = rc.sampled_negatives, rc.retrieval_negatives
+    n, p = labels.shape[0], int((labels > POSITIVE_LABEL_ABOVE).sum())
+    b = (n - p * kr) // (1 + k)
+    if b < 0 or b * (1 + k) + p * kr != n or bool((labels[b:] > POSITIVE_LABEL_ABOVE).any()):
+        raise RuntimeError(f"a batch of {n} rows is not {k} + {kr} negatives per logged row and positive")
+    pos = torch.nonzero(labels[:b] > POSITIVE_LABEL_ABOVE).squeeze(1)
+    parts = []
+    if k:
+        parts.append(b + pos.unsqueeze(1) * k + torch.arange(k, device=labels.device))
+    if kr:
+        first = b * (1 + k) + torch.arange(len(pos), device=labels.device).unsqueeze(1) * kr
+        parts.append(first + torch.arange(kr, device=labels.device))
+    return pos, torch.cat(parts, dim=1)
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, rc: RankingTaskConfig) -> torch.Tensor:
+    """Mean over the batch's logged positives of the softmax cross-entropy of the positive among
+    itself and its own negatives (``widedeep.train.negatives`` says why); 0 without positives."""
+    pos, neg = negative_groups(labels, rc)
+    if len(pos) == 0:
+        return logits.sum() * 0.0  # keeps the graph (DDP expects every parameter's gradient)
+    group = torch.cat([logits[pos].unsqueeze(1), logits[neg]], dim=1)
+    return (torch.logsumexp(group, dim=1) - group[:, 0]).mean()
