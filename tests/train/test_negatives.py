@@ -86,6 +86,11 @@ def test_ranking_batches_with_negatives_train(prepared):
     assert torch.isfinite(task.loss(model, batch, cfg))
     plain = task.collate(rows, fs, _cfg(root))
     assert plain.batch_size == 32
+    # a cached split is collated once only when a batch is its logged rows: negatives of either
+    # kind are drawn per batch (retrieval negatives alone were once collated away)
+    assert task.collate_split(rows, fs, _cfg(root)) is not None
+    for tc in ({"sampled_negatives": 2}, {"retrieval_negatives": 1}):
+        assert task.collate_split(rows, fs, _cfg(root, **tc)) is None
 
 
 def test_listwise_term_ranks_each_positive_among_its_own_negatives(prepared):

@@ -174,9 +174,17 @@ class RankingTask:
             table = stats.add(fs, table, users=table.column("user_key"))
         return table
 
-    def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
+    @staticmethod
+    def _rows_per_batch(fs: Any, cfg: Any) -> bool:
+        """Whether a batch's rows are computed from its logged rows (negatives added, or history
+        or candidate-score columns), rather than being those rows as prepared."""
         rc = ranking_config(cfg)
-        if rc.sampled_negatives or rc.retrieval_negatives or fs.history_crosses or candidate_score_features(fs):
+        return bool(
+            rc.sampled_negatives or rc.retrieval_negatives or fs.history_crosses or candidate_score_features(fs)
+        )
+
+    def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
+        if self._rows_per_batch(fs, cfg):
             table = self.rows(table, fs, cfg)
         return self._collator(fs)(table)
 
@@ -184,7 +192,7 @@ class RankingTask:
         """The whole ``table`` as one ``Batch`` when a batch of rows is exactly those rows of it
         (no sampled negatives), else ``None``: a cached train split is then collated once and
         each step's batch is an index selection (``widedeep.data.batch.RowTaker``)."""
-        if ranking_config(cfg).sampled_negatives or fs.history_crosses or candidate_score_features(fs):
+        if self._rows_per_batch(fs, cfg):
             return None  # per-batch rows, or columns computed per batch
         return self._collator(fs)(table)
 
