@@ -190,8 +190,9 @@ class RankingTask:
 
     def collate_split(self, table: Any, fs: Any, cfg: Any) -> Any | None:
         """The whole ``table`` as one ``Batch`` when a batch of rows is exactly those rows of it
-        (no sampled negatives), else ``None``: a cached train split is then collated once and
-        each step's batch is an index selection (``widedeep.data.batch.RowTaker``)."""
+        (``_rows_per_batch`` is false: no negatives drawn, no columns computed per batch), else
+        ``None``: a cached train split is then collated once and each step's batch is an index
+        selection (``widedeep.data.batch.RowTaker``)."""
         if self._rows_per_batch(fs, cfg):
             return None  # per-batch rows, or columns computed per batch
         return self._collator(fs)(table)
