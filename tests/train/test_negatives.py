@@ -135,6 +135,63 @@ def test_listwise_term_ranks_each_positive_among_its_own_negatives(prepared):
         negative_groups(labels[:-1], rc)
 
 
+def test_without_logged_negatives_each_positive_learns_against_its_drawn_negatives(prepared):
+    """``logged_negatives: false``: a batch's logged label-0 rows are not trained on; every
+    logged positive keeps its row and its own drawn negatives (the layout ``negative_groups``
+    reads), and a batch without any positive is a step that changes nothing."""
+    import torch
+
+    from widedeep.train.negatives import ranking_config
+    from widedeep.train.ranking_task import RankingTask, negative_groups
+
+    root, fs = prepared
+    cfg = _cfg(root, sampled_negatives=2, retrieval_negatives=1, retrieval_pool=5, logged_negatives=False)
+    task = RankingTask()
+    logged = pq.read_table(root / "train" / "part-00000.parquet", columns=task.required_columns(fs, cfg)).slice(0, 40)
+    is_pos = np.asarray(logged.column("label").to_numpy()) > 0.5
+    assert is_pos.any() and not is_pos.all()
+    p = int(is_pos.sum())
+    rows = task.rows(logged, fs, cfg)
+    kept = _cfg(root, sampled_negatives=2, retrieval_negatives=1, retrieval_pool=5)
+    assert task.rows(logged, fs, kept).num_rows == 40 * 3 + p  # the default keeps every logged row
+    assert rows.num_rows == p * (1 + 2 + 1)
+    labels = np.asarray(rows.column("label").to_numpy())
+    assert (labels[:p] > 0.5).all() and (labels[p:] == 0).all()
+    positives = logged.filter(pa.array(is_pos))
+    for c in ("user_key", fs.item_key):
+        assert rows.column(c).slice(0, p).to_pylist() == positives.column(c).to_pylist()
+    pos, neg = negative_groups(torch.tensor(labels, dtype=torch.float32), ranking_config(cfg))
+    assert pos.tolist() == list(range(p)) and neg.shape == (p, 3)
+    users = np.asarray(rows.column("user_key").to_numpy())
+    assert (users[neg.numpy()] == users[:p, None]).all()
+    # a batch of logged label-0 rows only: no row to learn from, a zero loss and no update
+    model = task.build_model(fs, cfg)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    empty = task.collate(logged.filter(pa.array(~is_pos)), fs, cfg)
+    assert empty.batch_size == 0
+    loss = task.loss(model, empty, cfg)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_objectives_over_positives_refuse_a_regression_label(tmp_path):
+    """The listwise term and ``logged_negatives: false`` read the label as positive or not:
+    a regression FeatureSpace is refused when the model is built, naming the setting."""
+    from widedeep.features import FeatureSpace
+    from widedeep.train.ranking_task import RankingTask
+
+    spec = dict(synth.SPEC, label={"column": "installed", "task": "regression"})
+    root = synth.prepare(tmp_path / "reg", spec=spec, n_users=20, n_items=10, rows_per_user=10)
+    fs = FeatureSpace.load(root)
+    assert fs.task == "regression"
+    for tc, name in (({"listwise_weight": 1.0}, "listwise_weight"), ({"logged_negatives": False}, "logged_negatives")):
+        with pytest.raises(ConfigError, match=f"task_config.{name}.*needs a binary label"):
+            RankingTask().build_model(fs, _cfg(root, sampled_negatives=1, **tc))
+
+
 def test_bad_task_config_is_named():
     from widedeep.train.negatives import ranking_config
 
@@ -148,3 +205,5 @@ def test_bad_task_config_is_named():
         ranking_config({"task_config": {"listwise_weight": -1.0, "sampled_negatives": 1}})
     with pytest.raises(ConfigError, match="listwise_weight: needs sampled_negatives"):
         ranking_config({"task_config": {"listwise_weight": 1.0}})
+    with pytest.raises(ConfigError, match="logged_negatives: false needs sampled_negatives"):
+        ranking_config({"task_config": {"logged_negatives": False}})

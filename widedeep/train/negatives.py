@@ -37,6 +37,16 @@ positive and its own negatives (same user, same time) form such a list, and the 
 cross-entropy of the positive within it (sampled softmax, the objective the two-tower retriever
 trains with) rewards exactly that order. The log loss stays beside it: the logged label-0 rows
 (rated, not liked) belong to no list, and ``final_scores`` reads the logit as a log-probability.
+
+**Logged label-0 rows** (``logged_negatives``): on a rating log a logged label-0 row is an item
+the user chose to watch and rated low. Kept (the default), the ranker also learns P(liked | rated)
+among the items users choose, and it learns the items most like the ones users take as label 0
+beside the drawn items they never took. The top-K task asks a different question of every
+candidate (will the user take it and like it), and the drawn negatives are exactly the items
+that were not taken: with ``logged_negatives: false`` a batch keeps its logged positives only and
+each is learnt against its own drawn negatives. Needs drawn negatives and a binary label; the AUC
+the job reports on valid (and ``widedeep evaluate`` on test) is then that of the positives
+against their drawn negatives, the rows the ranker is trained on.
 """
 
 from __future__ import annotations
@@ -78,6 +88,9 @@ class RankingTaskConfig:
         listwise_weight: weight of the listwise term added to the log loss: per logged
             positive, the softmax cross-entropy of that row against its own negatives (the
             module doc says why; 0 = log loss only).
+        logged_negatives: keep the logged label-0 rows as training rows; false: a batch keeps
+            its logged positives and learns them against the drawn negatives only (the module
+            doc says when).
     """
 
     sampled_negatives: int = 0
@@ -86,6 +99,7 @@ class RankingTaskConfig:
     retrieval_pool: int = 50
     retrieval_history: int = 50
     listwise_weight: float = 0.0
+    logged_negatives: bool = True
 
     def __post_init__(self) -> None:
         if self.retrieval_negatives < 0:
@@ -104,6 +118,11 @@ class RankingTaskConfig:
             raise ConfigError(
                 "task_config.listwise_weight: needs sampled_negatives or retrieval_negatives (the list a "
                 "positive is ranked against)"
+            )
+        if not self.logged_negatives and not (self.sampled_negatives or self.retrieval_negatives):
+            raise ConfigError(
+                "task_config.logged_negatives: false needs sampled_negatives or retrieval_negatives "
+                "(without logged or drawn negatives every training row is a positive)"
             )
 
 

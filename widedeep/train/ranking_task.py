@@ -132,6 +132,10 @@ class RankingTask:
             raise ConfigError(
                 f"task_config.listwise_weight: needs a binary label, the FeatureSpace's task is {fs.task!r}"
             )
+        if not rc.logged_negatives and fs.task != "binary":
+            raise ConfigError(
+                f"task_config.logged_negatives: false needs a binary label, the FeatureSpace's task is {fs.task!r}"
+            )
         return build_model("ranking", fs, cfg.model, cfg.optim, cfg.task_config, seed=cfg.seed)
 
     def sampler(self, fs: Any, cfg: Any) -> NegativeSampler:
@@ -153,13 +157,16 @@ class RankingTask:
             return c
 
     def rows(self, table: Any, fs: Any, cfg: Any) -> pa.Table:
-        """The rows a batch of logged rows is trained on: the logged rows with their history
-        columns, then ``sampled_negatives`` per row, then ``retrieval_negatives`` per positive
-        (``negative_groups`` reads this layout), each with its candidate scores."""
+        """The rows a batch of logged rows is trained on: the logged rows (their positives only
+        without ``logged_negatives``) with their history columns, then ``sampled_negatives`` per
+        row, then ``retrieval_negatives`` per positive (``negative_groups`` reads this layout),
+        each with its candidate scores."""
         rc = ranking_config(cfg)
         k, kr = rc.sampled_negatives, rc.retrieval_negatives
         if not isinstance(table, pa.Table):
             table = pa.table(dict(table))
+        if not rc.logged_negatives:  # the positives, each against its drawn negatives only
+            table = positive_rows(table)
         if fs.history_crosses:
             table = self.with_history(table, fs, cfg)
         if (k or kr) and table.num_rows:
@@ -199,6 +206,8 @@ class RankingTask:
 
     def loss(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
         logits = model(batch)  # through a DDP wrapper, if any, so gradients sync
+        if not batch.batch_size:  # no row (logged label-0 rows only, ``logged_negatives: false``)
+            return logits.sum()  # 0 with zero gradients: every worker still steps in time
         loss = getattr(model, "module", model).loss(logits, batch.labels)
         rc = ranking_config(cfg)
         if rc.listwise_weight:
