@@ -128,13 +128,15 @@ class RankingTask:
 
     def build_model(self, fs: Any, cfg: Any) -> nn.Module:
         rc = ranking_config(cfg)  # a typo in task_config fails before training starts
-        if rc.listwise_weight and fs.task != "binary":
+        # the settings that read each label as positive or not
+        binary_only = [
+            n
+            for n, on in (("listwise_weight", rc.listwise_weight), ("logged_negatives: false", not rc.logged_negatives))
+            if on
+        ]
+        if binary_only and fs.task != "binary":
             raise ConfigError(
-                f"task_config.listwise_weight: needs a binary label, the FeatureSpace's task is {fs.task!r}"
-            )
-        if not rc.logged_negatives and fs.task != "binary":
-            raise ConfigError(
-                f"task_config.logged_negatives: false needs a binary label, the FeatureSpace's task is {fs.task!r}"
+                f"task_config.{binary_only[0]} needs a binary label, the FeatureSpace's task is {fs.task!r}"
             )
         return build_model("ranking", fs, cfg.model, cfg.optim, cfg.task_config, seed=cfg.seed)
 
