@@ -13,8 +13,8 @@ import pytest
 
 from tests import notebook_checks as checks
 from tests.conftest import ADULT, ROOT
-from tests.support import free_port
 from widedeep.paths import read_json
+from widedeep.ports import free_port
 
 ROWS = 12_000  # the notebooks' size with WIDEDEEP_NOTEBOOK_SMALL=1
 REQUESTS = 60  # notebook 03's latency sample at that size

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.support import free_port, wait_until
+from tests.support import wait_until
+from widedeep.ports import free_port
 
 pytestmark = pytest.mark.slow
 

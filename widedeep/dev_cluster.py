@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from widedeep.errors import WidedeepError
+from widedeep.ports import free_ports
 
 NODE_LABEL = "widedeep.io/node"
 S3_KEY = "testing"  # moto accepts any credentials; these are the dev cluster's
@@ -62,23 +63,14 @@ class Node:
     resources: dict[str, float] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ports() -> list[str]:
-    """Flags giving a node its own free ports: several nodes share this machine's address."""
-    names = [
-        "node-manager-port",
-        "object-manager-port",
-        "metrics-export-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-    ]
-    return [f"--{n}={free_port()}" for n in names]
+_NODE_PORT_FLAGS = (
+    "node-manager-port",
+    "object-manager-port",
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+)
 
 
 def _wait(check, timeout_s: float, what: str, log: Path | None = None) -> None:
@@ -104,11 +96,23 @@ class DevCluster:
         self.workdir = cfg.workdir.resolve()
         self.nodes: dict[str, Node] = {}
         self.s3_pid: int | None = None
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
-        self.s3_port = free_port()
+        self._ports_given: set[int] = set()
+        self.gcs_port, self.dashboard_port, self.s3_port = self._new_ports(3)
         self.token = secrets.token_hex(32)
         self._worker_count = 0
+
+    def _new_ports(self, n: int) -> list[int]:
+        """Ports no process of this cluster was given yet: its nodes share this machine's address."""
+        ports = free_ports(n, taken=self._ports_given)
+        self._ports_given.update(ports)
+        return ports
+
+    def _node_port_flags(self) -> list[str]:
+        """Flags giving a node its own ports for every component ``ray start`` would otherwise pick."""
+        return [
+            f"--{flag}={port}"
+            for flag, port in zip(_NODE_PORT_FLAGS, self._new_ports(len(_NODE_PORT_FLAGS)), strict=True)
+        ]
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> DevCluster:
@@ -189,7 +193,7 @@ class DevCluster:
             f"--labels={NODE_LABEL}={name}",
             f"--node-name={name}",
             "--disable-usage-stats",
-            *_ports(),
+            *self._node_port_flags(),
             *extra,
         ]
         pid, log = self._spawn(name, argv)
@@ -204,7 +208,7 @@ class DevCluster:
             f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
+            f"--ray-client-server-port={self._new_ports(1)[0]}",
             f"--temp-dir={temp}",
         ]
         for attempt in range(1, 4):  # see start_worker: a loaded machine can make a raylet miss its 30s

@@ -50,8 +50,9 @@ from tests.cluster.ops import (
     widedeep,
 )
 from tests.conftest import ROOT
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from widedeep.dev_cluster import DevCluster
+from widedeep.ports import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -33,8 +33,8 @@ import pytest
 from tests import notebook_checks as checks
 from tests.cluster.ops import ray_list, s3_json, s3_keys, serve_apps
 from tests.conftest import ADULT, ROOT
-from tests.support import free_port
 from widedeep.dev_cluster import DevCluster
+from widedeep.ports import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -6,7 +6,6 @@ other placement (one process, three workers, replicated or hashed)."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from widedeep.kernels import OptimizerConfig, TableBatchedEmbeddingBag, TableCon
 from widedeep.kernels.sharded import ShardedTableBatchedEmbeddingBag, table_storage, table_tensors
 from widedeep.kernels.sharding import ShardingPlan, TablePlan
 from widedeep.kernels.table_store import load_tables, piece_sources, tables_meta, write_rank_tables
+from widedeep.ports import free_port
 
 pytestmark = pytest.mark.shard
 
@@ -116,12 +116,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str, backend: str = "gloo
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load(d: Path, module) -> None:
     meta = json.loads((d / "meta.json").read_text())
     load_tables(module, piece_sources(d, meta, module), str(d))
@@ -153,7 +147,7 @@ def check_row_wise_training(
 ) -> None:
     """Train sharded over ``world`` processes, then compare with the plain module (CPU) trained on
     the union of the batches, and read the written pieces into other placements."""
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), backend, device), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path), backend, device), nprocs=world, join=True)
     for set_name, (tables, _spec) in SETS.items():
         for opt_name, opt in OPTS.items():
             what = f"{set_name}/{opt_name}/W={world}"

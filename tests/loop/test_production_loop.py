@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.support import free_port, wait_until
+from tests.support import wait_until
+from widedeep.ports import free_port
 
 pytestmark = [pytest.mark.loop, pytest.mark.ray, pytest.mark.slow]
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from tests.serve.conftest import corrupt_copy
-from tests.support import free_port, wait_until
+from tests.support import wait_until
+from widedeep.ports import free_port
 from widedeep.serve.bundle import load_bundle
 from widedeep.serve.pipeline import RecommendPipeline
 

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT
-from tests.support import free_port
+from widedeep.ports import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -56,25 +56,28 @@ def _kill_head(temp_dir: str) -> None:
 @pytest.fixture
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="wdjob", dir="/tmp")  # short: Ray's socket paths must fit
-    dash = free_port()
+    flags = [
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+    ]
+    gcs, dash, *node_ports = free_ports(2 + len(flags))  # at once: ports picked one by one once collided
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
     cmd = [
         "ray",
         "start",
         "--head",
-        f"--port={free_port()}",
+        f"--port={gcs}",
         "--num-cpus=4",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--temp-dir={temp_dir}",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
+        *(f"--{flag}={port}" for flag, port in zip(flags, node_ports, strict=True)),
         "--disable-usage-stats",
     ]
     try:

@@ -27,7 +27,6 @@ the same run.
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -40,6 +39,7 @@ import torch
 from widedeep.kernels.bench import BenchConfig, make_batch
 from widedeep.kernels.config import OptimizerConfig, TableConfig
 from widedeep.kernels.sharding import ShardingConfig, plan_tables, table_bytes
+from widedeep.ports import free_port
 
 # Kaggle Criteo (display-ads challenge) categorical cardinalities C1..C26, as DLRM preprocesses them.
 CRITEO_CARDINALITIES = (
@@ -181,18 +181,12 @@ def _worker(rank: int, world: int, port: int, cfg: ShardBenchConfig, out_dir: st
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_world(cfg: ShardBenchConfig, world: int) -> dict[str, Any]:
     """Both contenders over ``world`` gloo processes; the per-world section of the report."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="widedeep-shard-bench-") as d:
-        mp.spawn(_worker, args=(world, _free_port(), cfg, d), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), cfg, d), nprocs=world, join=True)
         ranks = [json.loads((Path(d) / f"rank{r}.json").read_text()) for r in range(world)]
 
     def mean(key: str, name: str) -> float:
