@@ -282,24 +282,32 @@ class DevCluster:
         return raylet
 
     @staticmethod
-    def _stop_group(pid: int, timeout_s: float = 30.0) -> None:
+    def _stop_group(pid: int, grace_s: float = 10.0) -> None:
+        """Stop the process ``pid`` started (a ``ray start --block`` or the S3 server) and its group.
+
+        SIGTERM goes to ``pid`` alone first: ``ray start --block`` then stops the processes it
+        started, in its own order, within seconds. Sent to the whole group at once, the same signal
+        left the head's GCS, raylet and agents waiting on each other until they were killed. What
+        of the group is left after ``grace_s`` gets SIGTERM, then SIGKILL; returns once it is gone.
+        """
         try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            _reap(pid)
-            time.sleep(0.2)
-        try:
-            os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        _reap(pid)
+        for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
+            if sig is not None:
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                _reap(pid)
+                try:
+                    os.killpg(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
 
     # -- what clients see ------------------------------------------------------------------------
     @property

@@ -21,10 +21,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT
 from widedeep.dev_cluster import DevCluster, DevClusterConfig
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 @pytest.fixture(scope="package")
@@ -41,8 +49,18 @@ def cluster() -> Iterator[DevCluster]:
         print(f"\n[cluster] dev cluster up in {time.monotonic() - t0:.1f}s: head + 2 workers, S3 {c.s3_endpoint}")
         yield c
     finally:
+        groups = {n.pid for n in c.nodes.values()} | ({c.s3_pid} if c.s3_pid else set())
+        t0 = time.monotonic()
         c.stop()
+        print(f"\n[cluster] dev cluster stopped in {time.monotonic() - t0:.1f}s")
+        # stop() leaves no process behind: each node and the S3 server were started in a group of their own
+        left = [
+            (p.pid, p.info["name"])
+            for p in psutil.process_iter(["name", "status"])
+            if _group(p.pid) in groups and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
         shutil.rmtree(workdir, ignore_errors=True)
+        assert not left, f"processes of the dev cluster left after stop(): {left}"
 
 
 @pytest.fixture(scope="package")
