@@ -40,6 +40,6 @@ def free_ports(n: int, taken: Collection[int] = ()) -> list[int]:
     return chosen
 
 
-def free_port(taken: Collection[int] = ()) -> int:
-    """One port on ``LOOPBACK`` that nothing listens on now and that is not in ``taken``."""
-    return free_ports(1, taken)[0]
+def free_port() -> int:
+    """One port on ``LOOPBACK`` that nothing listens on now."""
+    return free_ports(1)[0]
