@@ -20,6 +20,9 @@ from widedeep.errors import CheckpointError, DataError
 
 FIT = ("train", "valid")
 RET_CFG = {"task_config": {"hidden": [], "output_dim": 8, "candidates": 50, "history": 5}}
+# a ranker that learned against drawn negatives: the final order reads its logit as is
+# (``widedeep.retrieval.candidates.ranker_term_of``), in the choice, the report and the bundle alike
+RANK_CFG = {"task_config": {"sampled_negatives": 2, "retrieval_negatives": 1}}
 
 
 def _table(root, split):
@@ -58,7 +61,7 @@ def pairs(tmp_path_factory):
     fs = FeatureSpace.load(root / "feature_space.json")
     ck: dict[str, str] = {}
     for name, seed in (("sel", 1), ("weights", 2)):
-        for task, cfg in (("ranking", {}), ("retrieval", RET_CFG)):
+        for task, cfg in (("ranking", RANK_CFG), ("retrieval", RET_CFG)):
             cfg = {"data": str(root), "task": task, "seed": seed, **cfg}
             model = build_model_from_dict(task, fs, cfg)
             path = tmp / f"{name}-{task}"
@@ -135,7 +138,9 @@ def test_a_split_the_models_fitted_is_refused(pairs):
         evaluate_split(ck["refit-ranking"], str(root / "valid"))
     with pytest.raises(CheckpointError, match="'train' split"):  # every checkpoint fitted its train split
         evaluate_split(ck["sel-ranking"], str(root / "train"))
-    assert evaluate_split(ck["refit-ranking"], str(root / "test"))["rows"] == _table(root, "test").num_rows
+    test = _table(root, "test")  # its logged rows, each with 2 sampled negatives, each positive with 1 retrieval one
+    positives = int(pc.sum(pc.greater(test.column("label"), 0.5)).as_py())
+    assert evaluate_split(ck["refit-ranking"], str(root / "test"))["rows"] == 3 * test.num_rows + positives
     # a pair fitted on different splits: one set of fitted statistics cannot serve both
     with pytest.raises(CheckpointError, match="refit both or neither"):
         run_topk(ck["sel-retrieval"], ck["refit-ranking"], str(root / "test"), None)
@@ -159,8 +164,10 @@ def test_refit_pair_is_chosen_for_by_its_selected_by_checkpoints(pairs, tmp_path
     refit_ret, refit_rk = load_checkpoint(ck["refit-retrieval"]), load_checkpoint(ck["refit-ranking"])
     valid = EvalData(fs, root / "valid")
     rc = two_tower_config(RET_CFG["task_config"])
-    by_sel = selection.choose_sources(sel_ret.model, sel_rk.model, fs, valid, rc.candidates, rc.temperature)
-    by_refit = selection.choose_sources(refit_ret.model, refit_rk.model, fs, valid, rc.candidates, rc.temperature)
+    by_sel = selection.choose_sources(sel_ret.model, sel_rk.model, fs, valid, rc.candidates, rc.temperature, "logit")
+    by_refit = selection.choose_sources(
+        refit_ret.model, refit_rk.model, fs, valid, rc.candidates, rc.temperature, "logit"
+    )
     assert by_sel.ordering.valid != by_refit.ordering.valid  # the two pairs choose differently
 
     fitted: list = []
@@ -178,6 +185,7 @@ def test_refit_pair_is_chosen_for_by_its_selected_by_checkpoints(pairs, tmp_path
     want = by_sel.summary()
     want["item_source"]["fit_splits"] = list(FIT)
     assert r["ordering"] == json.loads(json.dumps(want))
+    assert r["ordering"]["ranker_term"] == r["final"]["ranker_term"] == "logit"
     assert r["fit_splits"] == list(FIT)
     assert r["selected_by"] == {"retriever": ck["sel-retrieval"], "ranker": ck["sel-ranking"]}
     # the served source: the valid-chosen settings, fitted on train + valid
@@ -197,6 +205,7 @@ def test_refit_pair_is_chosen_for_by_its_selected_by_checkpoints(pairs, tmp_path
     bundle = export_from_checkpoints(ck["refit-ranking"], ck["refit-retrieval"], str(tmp_path / "bundle"))
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["sources"]["candidate_sources"] == r["ordering"]
+    assert m["ordering"]["ranker_term"] == "logit" and m["ordering"]["rerank_blend"] == r["ordering"]["rerank_blend"]
     assert m["sources"]["fit_splits"] == list(FIT) and m["sources"]["selected_by"]["ranker"] == ck["sel-ranking"]
     b = load_bundle(bundle)
     assert list(b.item_keys) == list(data.catalog.keys)

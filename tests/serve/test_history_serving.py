@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 import torch
 
 from tests.retrieval import synth
@@ -14,7 +15,7 @@ from tests.retrieval import synth
 COLUMNS = ["user_key", "item_key", "label", "user_id", "country", "app_id", "category"]
 
 
-def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False, choice=None):
+def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = False, choice=None, term="log_sigmoid"):
     """A bundle of untrained models over synthetic prepared data: ``(pipeline, fs, rows, retriever)``."""
     from widedeep.export.bundle_writer import write_bundle
     from widedeep.export.from_checkpoints import bundle_contents
@@ -41,7 +42,7 @@ def _pipeline(tmp_path, n_items: int, tower: dict, randomize_ranker: bool = Fals
                 p.normal_(0, 0.5)
     if callable(choice):
         choice = choice(rows)
-    contents = bundle_contents(fs, ranker, retriever, rows, choice=choice)
+    contents = bundle_contents(fs, ranker, retriever, rows, choice=choice, ranker_term=term)
     bundle = write_bundle(tmp_path / "b", contents, index_kind="exact")
     return RecommendPipeline(load_bundle(bundle)), fs, rows, retriever
 
@@ -97,7 +98,7 @@ def test_recommend_orders_like_offline_evaluation(tmp_path):
 
     torch.manual_seed(1)
     pipe, _, rows, _ = _pipeline(tmp_path, 80, {"temperature": 0.2, "rerank_blend": 3.0}, randomize_ranker=True)
-    assert pipe.bundle.manifest["ordering"] == {"rerank_blend": 3.0, "temperature": 0.2}
+    assert pipe.bundle.manifest["ordering"] == {"rerank_blend": 3.0, "temperature": 0.2, "ranker_term": "log_sigmoid"}
     ukey = rows.column("user_key")[0].as_py()
     q = pipe.prepare({pipe.user_key_field: ukey}, {})
     ((cand, retrieval),) = pipe.retrieve_scored([q], 40, [None])
@@ -110,6 +111,43 @@ def test_recommend_orders_like_offline_evaluation(tmp_path):
     # the scores shown are the ranker's probabilities of those items
     by_row = dict(zip(cand.tolist(), pipe.bundle.ranker.predict(logits).tolist(), strict=True))
     np.testing.assert_allclose([s for _, s in got], [by_row[int(r)] for r in want], rtol=1e-6)
+
+
+def test_recommend_reads_the_ranker_logit_as_the_bundle_says(tmp_path):
+    """A ranker trained against drawn negatives is exported with ``ranker_term: logit``: the served
+    order is ``final_scores`` with the logit itself (what ``evaluate --task topk`` measured for it),
+    which differs from the log-sigmoid order of the same scores; a bundle naming another term is
+    refused when it is loaded."""
+    import json
+
+    from widedeep.errors import CheckpointError
+    from widedeep.retrieval.candidates import final_scores
+    from widedeep.serve.bundle import load_bundle
+    from widedeep.serve.pipeline import RecommendPipeline
+
+    torch.manual_seed(1)
+    pipe, _, rows, _ = _pipeline(
+        tmp_path, 80, {"temperature": 0.2, "rerank_blend": 3.0}, randomize_ranker=True, term="logit"
+    )
+    assert pipe.bundle.manifest["ordering"]["ranker_term"] == "logit"
+    differed = 0
+    for ukey in dict.fromkeys(rows.column("user_key").to_pylist()[:60]):
+        q = pipe.prepare({pipe.user_key_field: ukey}, {})
+        ((cand, retrieval),) = pipe.retrieve_scored([q], 40, [None])
+        (logits,) = pipe.score([(q.part, q.row, cand)])
+        want = cand[np.argsort(-final_scores(logits, retrieval, 3.0, "logit"), kind="stable")[:10]]
+        got = pipe.recommend({pipe.user_key_field: ukey}, {}, k=10, n=40)
+        assert [k for k, _ in got] == list(pipe.bundle.item_keys[want])
+        log_sigmoid = cand[np.argsort(-final_scores(logits, retrieval, 3.0), kind="stable")[:10]]
+        differed += list(want) != list(log_sigmoid)
+    assert differed > 0  # the term changed some lists: the check above had teeth
+
+    manifest = pipe.bundle.path / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["ordering"]["ranker_term"] = "sigmoid"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="ranker_term must be one of"):
+        RecommendPipeline(load_bundle(pipe.bundle.path))
 
 
 def test_item_to_item_source_is_served_like_offline_evaluation(tmp_path):
@@ -136,7 +174,13 @@ def test_item_to_item_source_is_served_like_offline_evaluation(tmp_path):
     torch.manual_seed(2)
     pipe, _, rows, _ = _pipeline(tmp_path, 60, {"temperature": 0.2}, randomize_ranker=True, choice=choice)
     b = pipe.bundle
-    assert b.manifest["ordering"] == {"rerank_blend": 2.0, "temperature": 0.2, "item_share": 0.5, "item_weight": 0.5}
+    assert b.manifest["ordering"] == {
+        "rerank_blend": 2.0,
+        "temperature": 0.2,
+        "ranker_term": "log_sigmoid",
+        "item_share": 0.5,
+        "item_weight": 0.5,
+    }
     gen = b.generator
     assert gen.neighbors is not None and gen.mix == SourceMix(0.5, 0.5)
     ukey = rows.column("user_key")[0].as_py()

@@ -35,7 +35,7 @@ from widedeep.errors import CheckpointError
 from widedeep.evaluation.topk import EvalData, order_by, ranker_logits, retrieve_sourced
 from widedeep.evaluation.tuning import EaseRefused, Tuned, tune_ease, tune_item_knn, tune_source
 from widedeep.model.checkpoint import LoadedCheckpoint, load_checkpoint
-from widedeep.retrieval.candidates import SourceMix
+from widedeep.retrieval.candidates import RankerTerm, SourceMix, ranker_term_of
 from widedeep.retrieval.interactions import CSR
 from widedeep.retrieval.neighbors import ItemNeighbors, NeighborSettings
 from widedeep.retrieval.topk import ranking_metrics
@@ -55,6 +55,7 @@ class Ordering:
 
     mix: SourceMix
     blend: float
+    ranker_term: RankerTerm = "log_sigmoid"
     valid: dict[str, float] = field(default_factory=dict)
     grid: list[dict[str, float]] = field(default_factory=list)
 
@@ -63,6 +64,7 @@ class Ordering:
             "item_share": self.mix.item_share,
             "item_weight": self.mix.item_weight,
             "rerank_blend": self.blend,
+            "ranker_term": self.ranker_term,
             "selected_on": "valid",
             "select_by": SELECT_BY,
             "valid": self.valid,
@@ -87,8 +89,11 @@ def select_ordering(
     neighbors: ItemNeighbors,
     n: int,
     temperature: float,
+    ranker_term: RankerTerm = "log_sigmoid",
 ) -> Ordering:
-    """The (share, item weight, blend) with the best ``SELECT_BY`` on ``valid``."""
+    """The (share, item weight, blend) with the best ``SELECT_BY`` on ``valid``, the ranker's logit
+    read as ``ranker_term`` (``widedeep.retrieval.candidates.ranker_term_of``: fixed by how the
+    ranker was trained, not chosen here)."""
     t0 = time.monotonic()
     grid: list[dict[str, float]] = []
     for share in ITEM_SHARES:
@@ -99,7 +104,7 @@ def select_ordering(
         for w in ITEM_WEIGHTS:
             retrieval_logits = (index_score + w * item) / temperature
             for blend in BLENDS if ranker is not None else (1.0,):
-                final = order_by(c.rows, logits, retrieval_logits, blend)
+                final = order_by(c.rows, logits, retrieval_logits, blend, ranker_term)
                 m = ranking_metrics(final, valid.relevant, tuple(k for k in SELECT_KS if k <= n), ("recall", "ndcg"))
                 grid.append({"item_share": share, "item_weight": w, "rerank_blend": blend, **_metrics(m)})
     best = max(range(len(grid)), key=lambda i: (grid[i][SELECT_BY], -i))
@@ -107,6 +112,7 @@ def select_ordering(
     out = Ordering(
         SourceMix(g["item_share"], g["item_weight"]),
         g["rerank_blend"],
+        ranker_term,
         {k: v for k, v in g.items() if "@" in k},
         grid,
     )
@@ -159,7 +165,13 @@ class SourceChoice:
 
 
 def choose_sources(
-    retriever: Any, ranker: Any | None, ranker_fs: Any | None, valid: EvalData, n: int, temperature: float
+    retriever: Any,
+    ranker: Any | None,
+    ranker_fs: Any | None,
+    valid: EvalData,
+    n: int,
+    temperature: float,
+    ranker_term: RankerTerm = "log_sigmoid",
 ) -> SourceChoice:
     """Tune item-kNN and EASE on ``valid`` (as the baselines), build the item-to-item source from
     the better one (``tune_source``; fitted on ``valid``'s fit splits, the train split), and choose
@@ -172,7 +184,7 @@ def choose_sources(
         ease = None
     settings, source_valid = tune_source(valid, knn, ease)
     neighbors = ItemNeighbors.fit(valid.train_pos, settings)
-    ordering = select_ordering(retriever, ranker, ranker_fs, valid, neighbors, n, temperature)
+    ordering = select_ordering(retriever, ranker, ranker_fs, valid, neighbors, n, temperature, ranker_term)
     return SourceChoice(settings, neighbors, ordering, knn, ease, source_valid, valid.fit)
 
 
@@ -180,12 +192,15 @@ def choose_sources(
 class Choosers:
     """The models whose valid figures choose the settings (train-fitted, so valid is out of
     sample for them). ``checkpoints``: the ``selected_by`` checkpoints of a refit pair (``{"retriever":
-    path, "ranker": path or None}``); None when the evaluated models choose for themselves."""
+    path, "ranker": path or None}``); None when the evaluated models choose for themselves.
+    ``ranker_term``: how the final order reads the evaluated ranker's logit (``ranker_term_of`` its
+    job config; a refit and its ``selected_by`` run share that config)."""
 
     retriever: Any
     ranker: Any | None
     ranker_fs: Any | None
     checkpoints: dict[str, str | None] | None = None
+    ranker_term: RankerTerm = "log_sigmoid"
 
 
 def fit_splits_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> tuple[str, ...]:
@@ -228,8 +243,11 @@ def choosers_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> Choosers:
     """Who chooses for a (retriever, ranker) pair: the pair itself, or for a refit pair (either
     records ``refit.selected_by``) both ``selected_by`` checkpoints (each checked by ``_selector``)."""
     fit_splits_of(ret, rk)
+    term = "log_sigmoid" if rk is None else ranker_term_of(rk.config)
     if ret.selected_by is None and (rk is None or rk.selected_by is None) and ret.fit_splits == ("train",):
-        return Choosers(ret.model, None if rk is None else rk.model, None if rk is None else rk.feature_space)
+        return Choosers(
+            ret.model, None if rk is None else rk.model, None if rk is None else rk.feature_space, None, term
+        )
     fs = ret.feature_space
     sel_ret = _selector(ret, "retriever", fs)
     sel_rk = None if rk is None else _selector(rk, "ranker", fs)
@@ -238,6 +256,7 @@ def choosers_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> Choosers:
         None if sel_rk is None else sel_rk.model,
         None if sel_rk is None else sel_rk.feature_space,
         {"retriever": ret.selected_by, "ranker": None if rk is None else rk.selected_by},
+        term,
     )
 
 
@@ -253,5 +272,7 @@ def choose_fitted(
     evaluated models were fitted on other splits (a refit), the item-to-item source fitted again
     on those splits' ``positives`` (users x ``valid.catalog`` items): the settings are valid's,
     the statistics are what the models fitted."""
-    choice = choose_sources(choosers.retriever, choosers.ranker, choosers.ranker_fs, valid, n, temperature)
+    choice = choose_sources(
+        choosers.retriever, choosers.ranker, choosers.ranker_fs, valid, n, temperature, choosers.ranker_term
+    )
     return choice if tuple(fit_splits) == valid.fit else choice.refitted(positives, fit_splits)

@@ -52,7 +52,14 @@ from widedeep.model.checkpoint import load_checkpoint, refuse_in_sample
 from widedeep.model.two_tower import HISTORY_COLUMN, history_source, search_vectors, two_tower_config
 from widedeep.paths import Location, write_json
 from widedeep.retrieval.candidate_scores import CandidateStats, candidate_stats_from
-from widedeep.retrieval.candidates import SOURCE_NAMES, CandidateGenerator, Candidates, SourceMix, final_scores
+from widedeep.retrieval.candidates import (
+    SOURCE_NAMES,
+    CandidateGenerator,
+    Candidates,
+    RankerTerm,
+    SourceMix,
+    final_scores,
+)
 from widedeep.retrieval.data import (
     SPLITS,
     Catalog,
@@ -274,11 +281,17 @@ def ranker_logits(ranker: Any, rfs: Any, data: EvalData, cand: np.ndarray, users
     return out
 
 
-def order_by(cand: np.ndarray, logits: np.ndarray, retrieval_logits: np.ndarray | None, blend: float) -> np.ndarray:
+def order_by(
+    cand: np.ndarray,
+    logits: np.ndarray,
+    retrieval_logits: np.ndarray | None,
+    blend: float,
+    term: RankerTerm = "log_sigmoid",
+) -> np.ndarray:
     """The candidates of every user in ``final_scores`` order (padding -1 stays last)."""
     valid = cand >= 0
     s = np.full(cand.shape, -np.inf, dtype=np.float64)
-    s[valid] = final_scores(logits[valid], None if retrieval_logits is None else retrieval_logits[valid], blend)
+    s[valid] = final_scores(logits[valid], None if retrieval_logits is None else retrieval_logits[valid], blend, term)
     return np.take_along_axis(cand, np.argsort(-s, axis=1, kind="stable"), 1)
 
 
@@ -289,16 +302,18 @@ def rerank(
     cand: np.ndarray,
     retrieval_logits: np.ndarray | None = None,
     blend: float = 0.0,
+    term: RankerTerm = "log_sigmoid",
     users_per_chunk: int = 64,
 ) -> np.ndarray:
     """The candidates of every user re-ordered by the ranker (padding -1 stays last).
 
-    The order is by ``log sigmoid(ranker logit) + blend * retrieval logit``: with ``blend = 0``
+    The order is by ``ranker term + blend * retrieval logit`` (``final_scores``; the term is
+    ``log sigmoid(ranker logit)`` or the logit, ``term``): with ``blend = 0``
     the ranker alone orders the list; ``blend > 0`` keeps part of the retrieval score, i.e. the
     learned estimate of how likely the user is to engage with the item at all, which a ranker
     trained on impressions (P(label | shown)) does not model.
     """
-    return order_by(cand, ranker_logits(ranker, rfs, data, cand, users_per_chunk), retrieval_logits, blend)
+    return order_by(cand, ranker_logits(ranker, rfs, data, cand, users_per_chunk), retrieval_logits, blend, term)
 
 
 def valid_data(fs: Any, data: EvalData) -> EvalData | None:
@@ -423,8 +438,8 @@ def evaluate_topk(
     }
     valid = valid_data(data.fs, data)
     knn_t = ease_t = neighbors = mix = None
+    who = choosers or Choosers(retriever, ranker, ranker_fs)
     if valid is not None:
-        who = choosers or Choosers(retriever, ranker, ranker_fs)
         choice = choose_fitted(who, valid, n_candidates, temperature, data.fit, data.train_pos)
         knn_t, ease_t, neighbors = choice.knn, choice.ease, choice.neighbors
         mix, blend = choice.ordering.mix, choice.ordering.blend
@@ -433,11 +448,12 @@ def evaluate_topk(
     final = None
     if ranker is not None:
         t0 = time.monotonic()
-        final = rerank(ranker, ranker_fs, data, cand.rows, cand.scores / temperature, blend)
+        final = rerank(ranker, ranker_fs, data, cand.rows, cand.scores / temperature, blend, who.ranker_term)
         log.info("re-ranked %d x %d candidates in %.1fs", *cand.rows.shape, time.monotonic() - t0)
         result["final"] = _final_subset(ranking_metrics(final, data.relevant, FINAL_KS))
         result["final"]["reranked"] = True
         result["final"]["blend"] = float(blend)
+        result["final"]["ranker_term"] = who.ranker_term
     else:
         result["final"] = _final_subset(ranking_metrics(cand.rows, data.relevant, FINAL_KS))
         result["final"]["reranked"] = False

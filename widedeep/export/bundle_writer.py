@@ -61,7 +61,8 @@ class BundleContents:
         seen: optional ``(user keys, list of catalog rows per user)``.
         sources: provenance recorded in the manifest (checkpoint paths, epochs, metrics).
         ordering: how ``/v1/recommend`` orders re-ranked candidates, the retriever's
-            ``rerank_blend`` and ``temperature`` (``widedeep.retrieval.candidates.final_scores``).
+            ``rerank_blend`` and ``temperature`` and the ranker's ``ranker_term``
+            (``widedeep.retrieval.candidates.final_scores``).
         profile: the training data's distribution profile (``widedeep.features.drift``), written
             as ``profile.json``: serving measures its requests' drift against it.
         lineage: how this model came to be (``widedeep retrain``: the parent bundle, the data
@@ -85,7 +86,7 @@ class BundleContents:
     users: tuple[np.ndarray, pa.Table] | None = None
     seen: tuple[np.ndarray, list[np.ndarray]] | None = None
     sources: dict[str, Any] = field(default_factory=dict)
-    ordering: dict[str, float] = field(default_factory=dict)  # {"rerank_blend", "temperature"} of the retriever
+    ordering: dict[str, Any] = field(default_factory=dict)  # {"rerank_blend", "temperature", "ranker_term"}
     profile: dict[str, Any] | None = None
     lineage: dict[str, Any] | None = None
     neighbors: ItemNeighbors | None = None

@@ -40,6 +40,7 @@ from widedeep.retrieval.candidate_scores import (
     candidate_score_features,
     score_history,
 )
+from widedeep.retrieval.candidates import RankerTerm, ranker_term_of
 from widedeep.retrieval.data import (
     SPLITS,
     embed,
@@ -94,6 +95,7 @@ def bundle_contents(
     positives: pa.Table | None = None,
     sources: dict[str, Any] | None = None,
     choice: SourceChoice | None = None,
+    ranker_term: RankerTerm = "log_sigmoid",
 ) -> BundleContents:
     """Assemble a bundle from the two models and prepared rows.
 
@@ -112,6 +114,8 @@ def bundle_contents(
             (``widedeep.evaluation.selection.choose_fitted``, what ``evaluate --task topk``
             measured); ``None``: the two-tower index alone, ordered with the retriever's
             ``rerank_blend``.
+        ranker_term: how the served order reads the ranker's logit (``ranker_term_of`` the
+            ranker's job config, as ``evaluate --task topk`` reads it).
     """
     if not fs.item_key or "item_key" not in rows.column_names:
         raise DataError("export: the prepared data has no item_key column; serving needs an item catalog")
@@ -157,7 +161,11 @@ def bundle_contents(
         time.monotonic() - t0,
     )
     rcfg = getattr(retriever, "module", retriever).cfg
-    ordering = {"rerank_blend": float(rcfg.rerank_blend), "temperature": float(rcfg.temperature)}
+    ordering: dict[str, Any] = {
+        "rerank_blend": float(rcfg.rerank_blend),
+        "temperature": float(rcfg.temperature),
+        "ranker_term": ranker_term,
+    }
     if choice is not None:
         ordering |= {
             "rerank_blend": float(choice.ordering.blend),
@@ -307,7 +315,7 @@ def export_from_checkpoints(
     choice = _choose_sources(rk, rt, root, fit_rows)
     if choice is not None:
         sources["candidate_sources"] = choice.summary()
-    contents = bundle_contents(fs, rk.model, rt.model, rows, fit_rows, sources, choice)
+    contents = bundle_contents(fs, rk.model, rt.model, rows, fit_rows, sources, choice, ranker_term_of(rk.config))
     contents.profile = profile_splits(fs, [root / s for s in fit])
     contents.lineage = lineage
     if not is_uri(out):

@@ -23,6 +23,7 @@ from widedeep.features.drift import compare, finite
 from widedeep.model.checkpoint import load_checkpoint
 from widedeep.model.two_tower import two_tower_config
 from widedeep.retrain.config import GateConfig
+from widedeep.retrieval.candidates import ranker_term_of
 from widedeep.retrieval.topk import ranking_metrics
 from widedeep.train.evaluate import predict_split
 from widedeep.train.pointwise_metrics import binary_metrics, sigmoid
@@ -84,7 +85,8 @@ def topk(retriever: str, ranker: str, split: str, max_users: int) -> dict[str, f
     rc = two_tower_config(ret.config.get("task_config"))
     rows, scores, _ = retrieve(ret.model, data, max(rc.candidates, max(FINAL_KS)))
     n = max(rc.candidates, max(FINAL_KS))
-    final = rerank(rk.model, rk.feature_space, data, rows[:, :n], scores[:, :n] / rc.temperature, rc.rerank_blend)
+    term = ranker_term_of(rk.config)
+    final = rerank(rk.model, rk.feature_space, data, rows[:, :n], scores[:, :n] / rc.temperature, rc.rerank_blend, term)
     return {**ranking_metrics(final, data.relevant, FINAL_KS), "users": len(data.users)}
 
 

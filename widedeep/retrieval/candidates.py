@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -319,17 +319,45 @@ class CandidateGenerator:
         return rows[0][keep], scores[0][keep]
 
 
-def final_scores(ranker_logits: np.ndarray, retrieval_logits: np.ndarray | None, blend: float) -> np.ndarray:
+RankerTerm = Literal["log_sigmoid", "logit"]
+RANKER_TERMS: tuple[RankerTerm, ...] = ("log_sigmoid", "logit")
+
+
+def ranker_term_of(config: Mapping[str, Any] | None) -> RankerTerm:
+    """How the final order reads a ranker's logit, from the ranker's resolved job config.
+
+    ``log_sigmoid``: the ranker learned its logged rows alone (impressions: P(label | shown)), so
+    ``log sigmoid(logit)`` is a log-probability the retrieval logit multiplies. ``logit``: the
+    ranker learned against drawn negatives (``task_config.sampled_negatives`` or
+    ``retrieval_negatives``, ``widedeep.train.negatives``); a classifier of positives against k
+    items drawn from q converges to ``logit = log p(item | user) - log(k q(item))`` (the
+    negative-sampling / NCE reading), a log-probability ratio whose differences matter most among
+    the items far likelier than the noise, exactly where ``log sigmoid`` flattens to 0. Read as
+    is, the ranker still orders the candidates it is most sure of, and the blend's retrieval
+    logit (which carries popularity, ``popularity_prior``) supplies what ``q`` took out.
+    """
+    tc = (config or {}).get("task_config") or {}
+    drawn = int(tc.get("sampled_negatives") or 0) + int(tc.get("retrieval_negatives") or 0)
+    return "logit" if (config or {}).get("task", "ranking") == "ranking" and drawn > 0 else "log_sigmoid"
+
+
+def final_scores(
+    ranker_logits: np.ndarray, retrieval_logits: np.ndarray | None, blend: float, term: RankerTerm = "log_sigmoid"
+) -> np.ndarray:
     """The order of a re-ranked list, offline (``evaluate --task topk``) and online alike:
-    ``log sigmoid(ranker logit) + blend * retrieval logit`` (retrieval logit = search score /
-    temperature). ``blend = 0`` or no retrieval logits (a cold user's popularity candidates, or
-    caller-given items) orders by the ranker alone.
+    ``ranker term + blend * retrieval logit`` (retrieval logit = search score / temperature; the
+    ranker term ``log sigmoid(logit)`` or the logit itself, ``ranker_term_of`` says which).
+    ``blend = 0`` or no retrieval logits (a cold user's popularity candidates, or caller-given
+    items) orders by the ranker alone.
 
     Why the blend: a ranker trained on logged rows models P(label | logged); whether the user
     engages with an item at all is what the retriever learned, so a re-ranked list keeps part of
     its score (``task_config.rerank_blend`` of the retriever).
     """
-    s = -np.logaddexp(0.0, -np.asarray(ranker_logits, dtype=np.float64))  # log sigmoid
+    if term not in RANKER_TERMS:
+        raise ConfigError(f"ranker term: expected one of {list(RANKER_TERMS)}, got {term!r}")
+    x = np.asarray(ranker_logits, dtype=np.float64)
+    s = x if term == "logit" else -np.logaddexp(0.0, -x)  # log sigmoid
     if blend and retrieval_logits is not None:
         s = s + blend * np.asarray(retrieval_logits, dtype=np.float64)
     return s

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from widedeep.errors import DataError, ServingError
+from widedeep.errors import CheckpointError, DataError, ServingError
 from widedeep.features.spec import CrossedFeature, HistoryFeature, cross_components, feature_column
 from widedeep.model.two_tower import HISTORY_COLUMN
 from widedeep.retrieval.candidate_scores import candidate_score_features
-from widedeep.retrieval.candidates import final_scores
+from widedeep.retrieval.candidates import RANKER_TERMS, final_scores
 from widedeep.retrieval.interactions import CSR
 from widedeep.serve.bundle import ServingBundle
 from widedeep.serve.scoring import QUERY_SIDES, QueryPart
@@ -116,6 +116,11 @@ class RecommendPipeline:
         ordering = bundle.manifest.get("ordering") or {}
         self.rerank_blend = float(ordering.get("rerank_blend", 0.0))  # older bundles: the ranker alone
         self.temperature = float(ordering.get("temperature", 1.0))
+        self.ranker_term = ordering.get("ranker_term", "log_sigmoid")  # older bundles: log sigmoid
+        if self.ranker_term not in RANKER_TERMS:
+            raise CheckpointError(
+                f"bundle manifest: ordering.ranker_term must be one of {list(RANKER_TERMS)}, got {self.ranker_term!r}"
+            )
         self._spaces: dict[frozenset[str], Any] = {}
         self._transformed: dict[tuple[Any, ...], tuple[pa.Table, Any]] = {}
         self.item_columns = bundle.ranker.candidate_columns()
@@ -297,7 +302,7 @@ class RecommendPipeline:
         """The re-ranked order's key (``final_scores``, as offline evaluation), None: the ranker alone."""
         if not self.rerank_blend or retrieval_logits is None:
             return None
-        return final_scores(logits, retrieval_logits, self.rerank_blend)
+        return final_scores(logits, retrieval_logits, self.rerank_blend, self.ranker_term)
 
     def serve_batch(
         self, jobs: Sequence[tuple[Query, np.ndarray | None, np.ndarray | None]], n: int

@@ -62,10 +62,11 @@ class ScoredItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    """``items`` in recommendation order: the retrieved candidates re-ranked by ``log sigmoid(ranker)
-    + rerank_blend * retrieval logit``, the order ``widedeep evaluate --task topk`` measures (the
-    retriever's ``rerank_blend``, in the bundle manifest's ``ordering``). With a blend the shown
-    ranker scores need not decrease down the list."""
+    """``items`` in recommendation order: the retrieved candidates re-ranked by ``ranker term
+    + rerank_blend * retrieval logit`` (the term: ``log sigmoid(ranker)`` or the ranker's logit), the
+    order ``widedeep evaluate --task topk`` measures (``rerank_blend`` and ``ranker_term`` in the
+    bundle manifest's ``ordering``). With a blend the shown ranker scores need not decrease down
+    the list."""
 
     items: list[ScoredItem]
     model_version: str

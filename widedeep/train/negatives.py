@@ -30,13 +30,20 @@ ranker before (and independently of) the retriever, so the retrieval score enter
 order through ``final_scores``' blend, chosen on the valid split. Logs with impressions (the
 app-store generator, Criteo) keep their logged negatives: leave both counts at 0 there.
 
+How the served order reads the logit follows from these counts
+(``widedeep.retrieval.candidates.ranker_term_of``): with drawn negatives the classifier's logit
+estimates ``log p(item | user) - log(k q(item))`` (q: the distribution the negatives are drawn
+from), a log-ratio that ``final_scores`` adds to the blend as is; ``log sigmoid`` of it, the right
+reading of a ranker of logged impressions (P(label | shown)), would flatten the differences among
+the candidates the ranker is surest of.
+
 **The listwise term** (``listwise_weight``): the log loss scores every row on its own, so it
 spends capacity on calibrating P(positive) across users and contexts, which the served order
 never compares: the ranker only ever orders one user's candidates at one time. Each logged
 positive and its own negatives (same user, same time) form such a list, and the softmax
 cross-entropy of the positive within it (sampled softmax, the objective the two-tower retriever
 trains with) rewards exactly that order. The log loss stays beside it: the logged label-0 rows
-(rated, not liked) belong to no list, and ``final_scores`` reads the logit as a log-probability.
+(rated, not liked) belong to no list, and the logit stays the log-odds that ``final_scores`` reads.
 
 **Logged label-0 rows** (``logged_negatives``): on a rating log a logged label-0 row is an item
 the user chose to watch and rated low. Kept (the default), the ranker also learns P(liked | rated)
