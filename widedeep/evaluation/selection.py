@@ -246,7 +246,7 @@ def choosers_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> Choosers:
     term = "log_sigmoid" if rk is None else ranker_term_of(rk.config)
     if ret.selected_by is None and (rk is None or rk.selected_by is None) and ret.fit_splits == ("train",):
         return Choosers(
-            ret.model, None if rk is None else rk.model, None if rk is None else rk.feature_space, None, term
+            ret.model, None if rk is None else rk.model, None if rk is None else rk.feature_space, ranker_term=term
         )
     fs = ret.feature_space
     sel_ret = _selector(ret, "retriever", fs)
@@ -256,7 +256,7 @@ def choosers_of(ret: LoadedCheckpoint, rk: LoadedCheckpoint | None) -> Choosers:
         None if sel_rk is None else sel_rk.model,
         None if sel_rk is None else sel_rk.feature_space,
         {"retriever": ret.selected_by, "ranker": None if rk is None else rk.selected_by},
-        term,
+        ranker_term=term,
     )
 
 

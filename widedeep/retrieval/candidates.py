@@ -329,7 +329,8 @@ def ranker_term_of(config: Mapping[str, Any] | None) -> RankerTerm:
     ``log_sigmoid``: the ranker learned its logged rows alone (impressions: P(label | shown)), so
     ``log sigmoid(logit)`` is a log-probability the retrieval logit multiplies. ``logit``: the
     ranker learned against drawn negatives (``task_config.sampled_negatives`` or
-    ``retrieval_negatives``, ``widedeep.train.negatives``); a classifier of positives against k
+    ``retrieval_negatives``: ``RankingTaskConfig.draws_negatives`` of ``widedeep.train.negatives``,
+    asked here of the saved dict); a classifier of positives against k
     items drawn from q converges to ``logit = log p(item | user) - log(k q(item))`` (the
     negative-sampling / NCE reading), a log-probability ratio whose differences matter most among
     the items far likelier than the noise, exactly where ``log sigmoid`` flattens to 0. Read as

@@ -108,6 +108,13 @@ class RankingTaskConfig:
     listwise_weight: float = 0.0
     logged_negatives: bool = True
 
+    @property
+    def draws_negatives(self) -> bool:
+        """Whether the ranker learns against drawn negatives (either kind). The served order reads
+        such a ranker by its logit: ``widedeep.retrieval.candidates.ranker_term_of`` asks the same of
+        the saved job config (that layer cannot import this one)."""
+        return bool(self.sampled_negatives or self.retrieval_negatives)
+
     def __post_init__(self) -> None:
         if self.retrieval_negatives < 0:
             raise ConfigError(f"task_config.retrieval_negatives: must be >= 0, got {self.retrieval_negatives}")
@@ -121,12 +128,12 @@ class RankingTaskConfig:
             raise ConfigError(f"task_config.sampling_power: must be in [0, 1], got {self.sampling_power}")
         if self.listwise_weight < 0:
             raise ConfigError(f"task_config.listwise_weight: must be >= 0, got {self.listwise_weight}")
-        if self.listwise_weight and not (self.sampled_negatives or self.retrieval_negatives):
+        if self.listwise_weight and not self.draws_negatives:
             raise ConfigError(
                 "task_config.listwise_weight: needs sampled_negatives or retrieval_negatives (the list a "
                 "positive is ranked against)"
             )
-        if not self.logged_negatives and not (self.sampled_negatives or self.retrieval_negatives):
+        if not self.logged_negatives and not self.draws_negatives:
             raise ConfigError(
                 "task_config.logged_negatives: false needs sampled_negatives or retrieval_negatives "
                 "(without logged or drawn negatives every training row is a positive)"

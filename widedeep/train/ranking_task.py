@@ -74,7 +74,7 @@ class RankingTask:
         hist |= set(fs.liked_columns)  # the history features' input
         cols = [c for c in Collator(fs).columns() if c not in hist]  # computed in collate
         rc = ranking_config(cfg)
-        if rc.sampled_negatives or rc.retrieval_negatives:
+        if rc.draws_negatives:
             cols = list(dict.fromkeys([*cols, *extra_columns(fs), "label", *(["item_key"] if fs.item_key else [])]))
         if rc.retrieval_negatives:
             cols = list(dict.fromkeys([*cols, "user_key", *self._time(cfg)]))
@@ -188,9 +188,7 @@ class RankingTask:
         """Whether a batch's rows are computed from its logged rows (negatives added, or history
         or candidate-score columns), rather than being those rows as prepared."""
         rc = ranking_config(cfg)
-        return bool(
-            rc.sampled_negatives or rc.retrieval_negatives or fs.history_crosses or candidate_score_features(fs)
-        )
+        return bool(rc.draws_negatives or fs.history_crosses or candidate_score_features(fs))
 
     def collate(self, table: Any, fs: Any, cfg: Any) -> Any:
         if self._rows_per_batch(fs, cfg):
